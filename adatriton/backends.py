@@ -1,0 +1,54 @@
+"""Which implementation computes convolutions on multi-resolution maps.
+
+- ``"torch"``: gather-GEMM over the elements (cost follows the element count; the CPU path, differentiable).
+- ``"dense"``: densify, ordinary dense conv on the padded finest grid (cuDNN / oneDNN), sample at the element
+  centres.
+
+Both are exact (SPEC §3). The default is ``"torch"``; the environment variable ``ADATRITON_BACKEND`` or the
+:func:`use_backend` context manager change it, a ``backend=`` argument overrides it per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+__all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "use_backend"]
+
+BACKENDS = ("torch", "dense")
+ENV_VAR = "ADATRITON_BACKEND"
+_forced = threading.local()
+
+
+def _check(name: str, where: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} from {where}; expected one of {BACKENDS}")
+    return name
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """The backend to use: the argument, else the innermost :func:`use_backend`, else ``$ADATRITON_BACKEND``,
+    else ``"torch"``."""
+    if backend is not None:
+        return _check(backend, "the backend argument")
+    stack = getattr(_forced, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _check(env, f"${ENV_VAR}")
+    return "torch"
+
+
+@contextlib.contextmanager
+def use_backend(backend: str) -> Iterator[str]:
+    """Run the enclosed code with ``backend`` for every op that does not name one."""
+    _check(backend, "use_backend")
+    stack = _forced.__dict__.setdefault("stack", [])
+    stack.append(backend)
+    try:
+        yield backend
+    finally:
+        stack.pop()

@@ -1,0 +1,226 @@
+"""Adaptive torchvision ResNets (SPEC §3, §7): the stem, ``layer1`` and the layers at or above the finest output
+stride run densely; the remaining layers run on the multi-resolution map, downsampling adaptively where the
+strided network downsamples.
+
+The converted module holds the torchvision model's own children under the same names, so state_dict keys and
+parameters are shared, and it uses its own strides and dilations: the model's ``replace_stride_with_dilation``
+does not matter (the weights are the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from . import functional as AF
+from .levelmap import LevelMap, LevelMapError
+from .multires import MultiResMap
+
+__all__ = ["OUTPUT_STRIDES", "AdaptiveResNet", "BlockPlan", "plan_resnet"]
+
+#: output_stride -> (finest output stride of the adaptive part, number of adaptive downsamplings K).
+OUTPUT_STRIDES: dict[str, tuple[int, int]] = {
+    "8": (8, 0),
+    "16": (16, 0),
+    "32": (32, 0),
+    "8->16": (8, 1),
+    "8->32": (8, 2),
+    "16->32": (16, 1),
+}
+
+_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def parse_output_stride(output_stride: str | int) -> tuple[str, int, int]:
+    """Normalise ``output_stride`` (``8``, ``"8->32"``, ``"8→32"``) to ``(name, finest stride, K)``."""
+    key = str(output_stride).replace("→", "->").replace(" ", "")
+    if key not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+    return (key, *OUTPUT_STRIDES[key])
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one bottleneck runs.
+
+    Attributes:
+        adaptive: runs on the multi-resolution map.
+        stride: dense blocks: stride of conv2 and of the shortcut (1 or 2).
+        dilation: dense blocks: conv2's dilation; adaptive blocks: conv2's tap spacing on the finest grid.
+        downsample_step: adaptive blocks: this block performs the next adaptive downsampling step.
+    """
+
+    adaptive: bool
+    stride: int
+    dilation: int
+    downsample_step: bool
+
+
+def plan_resnet(num_blocks: list[int], finest_stride: int, num_levels: int) -> list[list[BlockPlan]]:
+    """Per-layer, per-block plan of a ResNet whose adaptive part starts at ``finest_stride`` with K levels.
+
+    The tap spacings are the dilations of the dense network that runs at ``finest_stride`` everywhere, computed
+    as torchvision's ``replace_stride_with_dilation`` does (block 0 keeps the previous dilation).
+    """
+    plans, stride_so_far, dilation, steps_left = [], 4, 1, num_levels
+    for li, blocks in enumerate(num_blocks):
+        nominal = 1 if li == 0 else 2
+        if stride_so_far * nominal <= finest_stride:  # still above the finest grid: the ordinary strided layer
+            stride_so_far *= nominal
+            plans.append([BlockPlan(False, nominal if b == 0 else 1, 1, False) for b in range(blocks)])
+            continue
+        previous, dilation = dilation, dilation * nominal
+        step = steps_left > 0
+        steps_left -= int(step)
+        plans.append(
+            [BlockPlan(num_levels > 0, 1, previous if b == 0 else dilation, step and b == 0) for b in range(blocks)]
+        )
+    return plans
+
+
+def _shortcut_parts(block: Bottleneck) -> tuple[nn.Conv2d, nn.Module] | None:
+    ds = block.downsample
+    if ds is None:
+        return None
+    if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)):
+        raise NotImplementedError(f"unsupported bottleneck shortcut {ds}; expected Sequential(conv1x1, norm)")
+    return ds[0], ds[1]
+
+
+def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
+    """A torchvision bottleneck with the plan's stride and dilation instead of its own."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    c2 = block.conv2
+    out = F.conv2d(out, c2.weight, c2.bias, plan.stride, plan.dilation, plan.dilation, c2.groups)
+    out = block.relu(block.bn2(out))
+    out = block.bn3(block.conv3(out))
+    shortcut = _shortcut_parts(block)
+    if shortcut is None:
+        identity = x
+    else:
+        conv, norm = shortcut
+        identity = norm(F.conv2d(x, conv.weight, conv.bias, plan.stride, 0, 1, conv.groups))
+    return block.relu(out + identity)
+
+
+def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, backend: str | None) -> MultiResMap:
+    """A torchvision bottleneck on a multi-resolution map (SPEC §3: conv2 at the surviving elements, shortcut
+    subsampled before its 1x1 conv)."""
+    c1, c2, c3 = block.conv1, block.conv2, block.conv3
+    out = AF.batch_norm(AF.conv2d(x, c1.weight, c1.bias, groups=c1.groups), block.bn1).map(block.relu)
+    out = AF.conv2d(out, c2.weight, c2.bias, plan.dilation, c2.groups, plan.downsample_step, backend)
+    out = AF.batch_norm(out, block.bn2).map(block.relu)
+    out = AF.batch_norm(AF.conv2d(out, c3.weight, c3.bias, groups=c3.groups), block.bn3)
+    shortcut = _shortcut_parts(block)
+    if shortcut is None:
+        if plan.downsample_step:
+            raise NotImplementedError("a downsampling bottleneck without a shortcut conv is not a torchvision ResNet")
+        identity = x
+    else:
+        conv, norm = shortcut
+        xi = AF.downsample(x) if plan.downsample_step else x
+        identity = AF.batch_norm(AF.conv2d(xi, conv.weight, conv.bias, groups=conv.groups), norm)
+    return (out + identity).map(block.relu)
+
+
+class AdaptiveResNet(nn.Module):
+    """A torchvision ResNet converted to an adaptive (or re-strided dense) network.
+
+    Use :func:`adatriton.convert` to build one. The children are the original model's modules (shared
+    parameters, identical state_dict keys).
+
+    Args:
+        model: a torchvision :class:`~torchvision.models.ResNet` with bottleneck blocks (ResNet-50/101/152,
+            ResNeXt, Wide ResNet), any ``replace_stride_with_dilation``.
+        output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
+        backend: conv backend of the adaptive part (``"torch"``, ``"dense"``); None resolves per call.
+    """
+
+    def __init__(self, model: ResNet, output_stride: str | int, backend: str | None = None):
+        super().__init__()
+        if not isinstance(model, ResNet):
+            raise TypeError(f"expected a torchvision ResNet, got {type(model).__name__}")
+        for name in _LAYERS:
+            for block in getattr(model, name):
+                if not isinstance(block, Bottleneck):
+                    raise NotImplementedError(
+                        f"{name} has {type(block).__name__} blocks; only bottleneck ResNets (50/101/152) are supported"
+                    )
+        self.output_stride, self.finest_stride, self.num_levels = parse_output_stride(output_stride)
+        self.backend = backend
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.plans = plan_resnet([len(getattr(model, n)) for n in _LAYERS], self.finest_stride, self.num_levels)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.num_levels > 0
+
+    def extra_repr(self) -> str:
+        return f"output_stride={self.output_stride!r}, backend={self.backend!r}"
+
+    def _level_map(self, levels: LevelMap | Tensor | None, x: Tensor) -> LevelMap | None:
+        if levels is None:
+            if self.adaptive:
+                raise ValueError(
+                    f"output_stride {self.output_stride!r} is adaptive: forward(x, levels) needs a level map "
+                    f"(LevelMap or integer tensor (N, Hf, Wf) on the OS{self.finest_stride} grid)"
+                )
+            return None
+        if isinstance(levels, LevelMap):
+            if levels.num_levels != self.num_levels:
+                raise LevelMapError(
+                    f"level map has K={levels.num_levels} levels but output_stride {self.output_stride!r} needs "
+                    f"K={self.num_levels}"
+                )
+            lm = levels
+        else:
+            lm = LevelMap(levels, self.num_levels)
+        if lm.device != x.device:
+            raise LevelMapError(f"level map is on {lm.device} but the input is on {x.device}")
+        return lm
+
+    def forward_features(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor:
+        """Backbone output (after ``layer4``), densified to the finest grid for adaptive output strides.
+
+        Args:
+            x: image batch ``(N, 3, H, W)``.
+            levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
+                optional for dense output strides (then it must be all zeros).
+
+        Returns:
+            ``(N, C, Hf, Wf)`` for adaptive output strides, else the dense ``layer4`` output at that stride.
+        """
+        lm = self._level_map(levels, x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        mr = None
+        for name, plans in zip(_LAYERS, self.plans):
+            for block, plan in zip(getattr(self, name), plans):
+                if not plan.adaptive:
+                    x = dense_bottleneck(block, x, plan)
+                    continue
+                if mr is None:
+                    mr = MultiResMap.from_dense(x, lm)
+                mr = adaptive_bottleneck(block, mr, plan, self.backend)
+        if mr is not None:
+            return mr.densify()
+        if lm is not None:
+            lm.check_matches(x.shape[0], x.shape[2], x.shape[3], x.device, what="dense output")
+        return x
+
+    def forward(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor:
+        """What the torchvision model returns (logits), computed from the densified backbone output.
+
+        Args:
+            x: image batch ``(N, 3, H, W)``.
+            levels: see :meth:`forward_features`.
+
+        Returns:
+            ``(N, num_classes)`` logits (or whatever ``fc`` makes of the pooled features).
+        """
+        x = self.forward_features(x, levels)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
