@@ -208,12 +208,10 @@ class LevelMap:
         return _ceil_div(self.height, s) * s, _ceil_div(self.width, s) * s
 
     def to(self, device) -> LevelMap:
-        """The same map on another device (already validated; layouts are rebuilt there on demand)."""
+        """The same map on another device (layouts are rebuilt there on demand)."""
         if torch.device(device) == self.device:
             return self
-        out = object.__new__(LevelMap)
-        out.num_levels, out.levels, out._layouts, out._fractions = self.num_levels, self.levels.to(device), {}, None
-        return out
+        return LevelMap(self.levels.to(device), self.num_levels)
 
     def check_matches(self, batch: int, height: int, width: int, device: torch.device, what: str = "features") -> None:
         """Raise :class:`LevelMapError` unless the map fits ``what`` of batch/size/device given."""
