@@ -184,3 +184,18 @@ def test_conv_rejects_bad_arguments():
         x + _map_at_stage(LevelMap.uniform(1, 4, 4, 0, 1), 0, 4, 0)
     with pytest.raises(ValueError, match="E = 16"):
         MultiResMap(torch.zeros(15, 4), lm.layout(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ops_on_cuda_match_cpu_float64(backend):
+    """Index tables built on the GPU and the GPU paths give the CPU float64 numbers (fp32 round-off)."""
+    lm = LevelMap.random(2, 19, 26, 2, generator=torch.Generator().manual_seed(9))
+    x = _map_at_stage(lm, 0, 16, 0)
+    weight = torch.randn(8, 16, 3, 3, dtype=DT)
+    expected = AF.conv2d(AF.conv2d(x, weight[:, :16], None, 1, downsample=True), weight[:, :8], None, 2)
+    lm_gpu = lm.to("cuda")
+    xg = MultiResMap(x.values.float().cuda(), lm_gpu.layout(0))
+    wg = weight.float().cuda()
+    got = AF.conv2d(AF.conv2d(xg, wg, None, 1, downsample=True, backend=backend), wg[:, :8], None, 2, backend=backend)
+    torch.testing.assert_close(densify(got).cpu().double(), densify(expected), rtol=1e-4, atol=1e-3)
