@@ -3,6 +3,8 @@
 - ``"torch"``: gather-GEMM over the elements (cost follows the element count; the CPU path, differentiable).
 - ``"dense"``: densify, ordinary dense conv on the padded finest grid (cuDNN / oneDNN), sample at the element
   centres.
+- ``"triton"``: the fused implicit-GEMM kernels of :mod:`adatriton.kernels` (CUDA; on the CPU only under the
+  Triton interpreter, ``TRITON_INTERPRET=1``). fp32, fp16 and bf16.
 
 Both are exact (SPEC §3). The default is ``"torch"``; the environment variable ``ADATRITON_BACKEND`` or the
 :func:`use_backend` context manager change it, a ``backend=`` argument overrides it per call.
@@ -15,9 +17,11 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "use_backend"]
+import torch
 
-BACKENDS = ("torch", "dense")
+__all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "triton_runs_on", "use_backend"]
+
+BACKENDS = ("torch", "dense", "triton")
 ENV_VAR = "ADATRITON_BACKEND"
 _forced = threading.local()
 
@@ -52,3 +56,10 @@ def use_backend(backend: str) -> Iterator[str]:
         yield backend
     finally:
         stack.pop()
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device``: CUDA, or the CPU under ``TRITON_INTERPRET=1``."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backends import resolve_backend
+from .backends import resolve_backend, triton_runs_on
 from .multires import MultiResMap
 
-__all__ = ["conv2d", "downsample", "batch_norm", "relu", "add"]
+__all__ = ["conv2d", "conv_bn_act", "downsample", "batch_norm", "relu", "add"]
 
 # The torch backend gathers (rows x k*k*Cin) columns; chunk rows so one gather stays below this many bytes
 # (a 1024x2048 image at OS8 would otherwise need 32768 x 9 x 512 x 4 B = 604 MB for one layer4 conv).
@@ -78,6 +78,92 @@ def _conv_dense(
     return out.permute(0, 2, 3, 1)[b, cy, cx]
 
 
+def _check_triton(x: MultiResMap) -> None:
+    if not triton_runs_on(x.device):
+        raise RuntimeError(
+            f"the triton backend needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); the input is on {x.device}"
+        )
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {x.dtype}")
+
+
+def _launch_triton(
+    values: Tensor,
+    index: Tensor | None,
+    weight: Tensor,
+    groups: int,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    """One fused kernel launch with the autotuned (or default) config for this bucket of shapes."""
+    from . import autotune
+    from .kernels.conv import conv_elements, pack_weight
+
+    taps = weight.shape[-1] * weight.shape[-2]
+    packed = pack_weight(weight, groups)
+    values = values.contiguous()
+
+    def launch(config):
+        return conv_elements(
+            values,
+            index,
+            packed,
+            taps=taps,
+            groups=groups,
+            scale=scale,
+            shift=shift,
+            residual=residual,
+            relu=relu,
+            config=config,
+        )
+
+    config = autotune.select_config(
+        rows=len(values) if index is None else len(index),
+        cin_g=values.shape[1] // groups,
+        cout_g=weight.shape[0] // groups,
+        taps=taps,
+        groups=groups,
+        dtype=values.dtype,
+        gather=index is not None,
+        device=values.device,
+        launch=launch,
+    )
+    return launch(config)
+
+
+class _TritonConv(torch.autograd.Function):
+    """Triton forward; the backward differentiates the torch gather-GEMM (the same function) by recomputation."""
+
+    @staticmethod
+    def forward(ctx, values, weight, bias, index, groups):
+        ctx.save_for_backward(values, weight, bias, index)
+        ctx.groups = groups
+        return _launch_triton(values, index, weight, groups, shift=bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, weight, bias, index = ctx.saved_tensors
+        inputs = [
+            t.detach().requires_grad_(t is not None and need) if t is not None else None
+            for t, need in zip((values, weight, bias), ctx.needs_input_grad[:3])
+        ]
+        with torch.enable_grad():
+            rows = index if index is not None else torch.arange(len(values), device=values.device)[:, None]
+            out = _gather_gemm(inputs[0], inputs[1], inputs[2], rows, ctx.groups)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out))
+        return (*[next(grads) if t is not None and t.requires_grad else None for t in inputs], None, None)
+
+
+def _tap_index_or_rows(x: MultiResMap, k: int, tap_spacing: int, downsample: bool) -> Tensor | None:
+    """The Triton kernel's row table: taps for k x k, top-left sources for a strided 1x1, None for a plain 1x1."""
+    if k > 1:
+        return x.layout.tap_index(k, tap_spacing, downsample)
+    return x.layout.downsample_sources("top_left")[:, None] if downsample else None
+
+
 def conv2d(
     x: MultiResMap,
     weight: Tensor,
@@ -100,7 +186,8 @@ def conv2d(
         groups: as in :func:`torch.nn.functional.conv2d`.
         downsample: also perform the next adaptive downsampling step (top-left variant): the conv is evaluated
             only at the elements that survive it, giving the next stage's map (a strided conv's fast path).
-        backend: ``"torch"`` or ``"dense"``; None resolves through :func:`adatriton.backends.resolve_backend`.
+        backend: ``"torch"``, ``"dense"`` or ``"triton"``; None resolves through
+            :func:`adatriton.backends.resolve_backend`.
 
     Returns:
         ``(E_out, Cout)`` map on ``x``'s layout, or on the next stage's layout with ``downsample``.
@@ -108,6 +195,11 @@ def conv2d(
     k = _check_conv_args(x, weight, bias, groups)
     lay = x.layout
     out_layout = lay.next() if downsample else lay
+    name = resolve_backend(backend)
+    if name == "triton":
+        _check_triton(x)
+        index = _tap_index_or_rows(x, k, tap_spacing, downsample)
+        return MultiResMap(_TritonConv.apply(x.values, weight, bias, index, groups), out_layout)
     if k == 1:  # never reads neighbours: a GEMM over the (surviving) elements on every backend
         values = x.values[lay.downsample_sources("top_left")] if downsample else x.values
         w = weight.reshape(weight.shape[0], -1)
@@ -116,12 +208,72 @@ def conv2d(
         else:
             out = _gather_gemm(values, weight, bias, torch.arange(len(values), device=x.device)[:, None], groups)
         return MultiResMap(out, out_layout)
-    name = resolve_backend(backend)
     if name == "dense":
         out = _conv_dense(x, weight, bias, tap_spacing, groups, downsample)
     else:
         out = _gather_gemm(x.values, weight, bias, lay.tap_index(k, tap_spacing, downsample), groups)
     return MultiResMap(out, out_layout)
+
+
+def _foldable(bn: nn.Module | None) -> bool:
+    """Eval-mode BatchNorm with running statistics is a per-channel affine map, foldable into the epilogue."""
+    return bn is None or (not bn.training and bn.running_mean is not None and bn.running_var is not None)
+
+
+def conv_bn_act(
+    x: MultiResMap,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    bn: nn.modules.batchnorm._BatchNorm | None = None,
+    relu: bool = False,
+    residual: MultiResMap | None = None,
+    tap_spacing: int = 1,
+    groups: int = 1,
+    downsample: bool = False,
+    backend: str | None = None,
+) -> MultiResMap:
+    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU.
+
+    On the triton backend with an eval-mode BatchNorm and no gradient needed, this is one kernel launch (bias and
+    BatchNorm folded into a per-channel scale and shift, the residual add, ReLU and the cast in the epilogue);
+    otherwise the ops run one after the other with the same result.
+
+    Args:
+        x, weight, bias, tap_spacing, groups, downsample, backend: as in :func:`conv2d`.
+        bn: BatchNorm applied to the conv output, or None.
+        relu: apply ReLU last.
+        residual: map on the output layout added after the BatchNorm.
+    """
+    name = resolve_backend(backend)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x.values, weight, bias, residual and residual.values)
+    )
+    if name != "triton" or needs_grad or not _foldable(bn):
+        out = conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
+        if bn is not None:
+            out = batch_norm(out, bn)
+        if residual is not None:
+            out = out + residual
+        return out.relu() if relu else out
+    k = _check_conv_args(x, weight, bias, groups)
+    _check_triton(x)
+    out_layout = x.layout.next() if downsample else x.layout
+    scale, shift = None, bias
+    if bn is not None:
+        inv_std = torch.rsqrt(bn.running_var.float() + bn.eps)
+        scale = inv_std if bn.weight is None else bn.weight.float() * inv_std
+        shift = -bn.running_mean.float() * scale if bias is None else (bias.float() - bn.running_mean.float()) * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.float()
+    res = None
+    if residual is not None:
+        if not residual.layout.same_as(out_layout):
+            raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
+        res = residual.values.contiguous()
+    values = _launch_triton(
+        x.values, _tap_index_or_rows(x, k, tap_spacing, downsample), weight, groups, scale, shift, res, relu
+    )
+    return MultiResMap(values, out_layout)
 
 
 def downsample(x: MultiResMap, variant: str = "top_left") -> MultiResMap:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .backends import resolve_backend, triton_runs_on
 from .levelmap import Layout, LevelMap
 
 __all__ = ["MultiResMap", "densify"]
@@ -108,19 +109,24 @@ class MultiResMap:
     __rmul__ = __mul__
 
     # ------------------------------------------------------------------ dense views
-    def densify(self, padded: bool = False) -> Tensor:
+    def densify(self, padded: bool = False, backend: str | None = None) -> Tensor:
         """``(N, C, Hf, Wf)`` map with every pixel holding its element's vector (SPEC §2).
 
         Args:
             padded: return the ``(N, C, Hp, Wp)`` grid padded to multiples of ``2^K`` (SPEC §4): padded pixels
                 hold the element of their block where that block is an element at level >= 1, else zero.
+            backend: ``"triton"`` scatters with the densify kernel; the other backends with an index_select.
 
-        The result is a channels-last view of a fresh tensor.
+        The result is channels-last (a fresh tensor).
         """
         lay = self.layout
         ids = lay.id_map
         if not padded:
             ids = ids[:, : lay.levelmap.height, : lay.levelmap.width]
+        if resolve_backend(backend) == "triton" and triton_runs_on(self.device):
+            from .kernels.densify import densify_elements
+
+            return densify_elements(self.values.contiguous(), ids)
         src = torch.cat([self.values, self.values.new_zeros(1, self.channels)])
         n, h, w = ids.shape
         return src.index_select(0, ids.reshape(-1)).view(n, h, w, self.channels).permute(0, 3, 1, 2)

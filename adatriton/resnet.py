@@ -109,22 +109,24 @@ def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
 
 def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, backend: str | None) -> MultiResMap:
     """A torchvision bottleneck on a multi-resolution map (SPEC §3: conv2 at the surviving elements, shortcut
-    subsampled before its 1x1 conv)."""
+    subsampled before its 1x1 conv). Each conv-BN(-add)-ReLU is one :func:`~adatriton.functional.conv_bn_act`,
+    a single launch on the triton backend in eval mode."""
     c1, c2, c3 = block.conv1, block.conv2, block.conv3
-    out = AF.batch_norm(AF.conv2d(x, c1.weight, c1.bias, groups=c1.groups), block.bn1).map(block.relu)
-    out = AF.conv2d(out, c2.weight, c2.bias, plan.dilation, c2.groups, plan.downsample_step, backend)
-    out = AF.batch_norm(out, block.bn2).map(block.relu)
-    out = AF.batch_norm(AF.conv2d(out, c3.weight, c3.bias, groups=c3.groups), block.bn3)
+    out = AF.conv_bn_act(x, c1.weight, c1.bias, block.bn1, relu=True, groups=c1.groups, backend=backend)
+    out = AF.conv_bn_act(
+        out, c2.weight, c2.bias, block.bn2, True, None, plan.dilation, c2.groups, plan.downsample_step, backend
+    )
     shortcut = _shortcut_parts(block)
     if shortcut is None:
         if plan.downsample_step:
             raise NotImplementedError("a downsampling bottleneck without a shortcut conv is not a torchvision ResNet")
         identity = x
-    else:
+    else:  # the strided shortcut: subsample then 1x1, one pass
         conv, norm = shortcut
-        xi = AF.downsample(x) if plan.downsample_step else x
-        identity = AF.batch_norm(AF.conv2d(xi, conv.weight, conv.bias, groups=conv.groups), norm)
-    return (out + identity).map(block.relu)
+        identity = AF.conv_bn_act(
+            x, conv.weight, conv.bias, norm, groups=conv.groups, downsample=plan.downsample_step, backend=backend
+        )
+    return AF.conv_bn_act(out, c3.weight, c3.bias, block.bn3, True, identity, groups=c3.groups, backend=backend)
 
 
 class AdaptiveResNet(nn.Module):
@@ -207,7 +209,7 @@ class AdaptiveResNet(nn.Module):
                     mr = MultiResMap.from_dense(x, lm)
                 mr = adaptive_bottleneck(block, mr, plan, self.backend)
         if mr is not None:
-            return mr.densify()
+            return mr.densify(backend=self.backend)
         if lm is not None:
             lm.check_matches(x.shape[0], x.shape[2], x.shape[3], x.device, what="dense output")
         return x
