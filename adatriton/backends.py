@@ -6,7 +6,10 @@
 - ``"triton"``: the fused implicit-GEMM kernels of :mod:`adatriton.kernels` (CUDA; on the CPU only under the
   Triton interpreter, ``TRITON_INTERPRET=1``). fp32, fp16 and bf16.
 
-Both are exact (SPEC §3). The default is ``"torch"``; the environment variable ``ADATRITON_BACKEND`` or the
+- ``"auto"``: ``"triton"`` on CUDA, ``"torch"`` elsewhere (a conservative built-in rule; the per-layer dispatcher
+  refines it).
+
+All are exact (SPEC §3). The default is ``"torch"``; the environment variable ``ADATRITON_BACKEND`` or the
 :func:`use_backend` context manager change it, a ``backend=`` argument overrides it per call.
 """
 
@@ -21,7 +24,7 @@ import torch
 
 __all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "triton_runs_on", "use_backend"]
 
-BACKENDS = ("torch", "dense", "triton")
+BACKENDS = ("torch", "dense", "triton", "auto")
 ENV_VAR = "ADATRITON_BACKEND"
 _forced = threading.local()
 
@@ -32,18 +35,20 @@ def _check(name: str, where: str) -> str:
     return name
 
 
-def resolve_backend(backend: str | None = None) -> str:
+def resolve_backend(backend: str | None = None, device: torch.device | None = None) -> str:
     """The backend to use: the argument, else the innermost :func:`use_backend`, else ``$ADATRITON_BACKEND``,
-    else ``"torch"``."""
+    else ``"torch"``; ``"auto"`` becomes ``"triton"`` for CUDA tensors and ``"torch"`` otherwise."""
     if backend is not None:
-        return _check(backend, "the backend argument")
-    stack = getattr(_forced, "stack", None)
-    if stack:
-        return stack[-1]
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return _check(env, f"${ENV_VAR}")
-    return "torch"
+        name = _check(backend, "the backend argument")
+    elif getattr(_forced, "stack", None):
+        name = _forced.stack[-1]
+    elif os.environ.get(ENV_VAR):
+        name = _check(os.environ[ENV_VAR], f"${ENV_VAR}")
+    else:
+        name = "torch"
+    if name == "auto":
+        return "triton" if device is not None and device.type == "cuda" else "torch"
+    return name
 
 
 @contextlib.contextmanager

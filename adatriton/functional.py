@@ -195,7 +195,7 @@ def conv2d(
     k = _check_conv_args(x, weight, bias, groups)
     lay = x.layout
     out_layout = lay.next() if downsample else lay
-    name = resolve_backend(backend)
+    name = resolve_backend(backend, x.device)
     if name == "triton":
         _check_triton(x)
         index = _tap_index_or_rows(x, k, tap_spacing, downsample)
@@ -244,7 +244,7 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
-    name = resolve_backend(backend)
+    name = resolve_backend(backend, x.device)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x.values, weight, bias, residual and residual.values)
     )

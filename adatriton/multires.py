@@ -123,7 +123,7 @@ class MultiResMap:
         ids = lay.id_map
         if not padded:
             ids = ids[:, : lay.levelmap.height, : lay.levelmap.width]
-        if resolve_backend(backend) == "triton" and triton_runs_on(self.device):
+        if resolve_backend(backend, self.device) == "triton" and triton_runs_on(self.device):
             from .kernels.densify import densify_elements
 
             return densify_elements(self.values.contiguous(), ids)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .backbone import MODELS, BenchConfig, run_backbone, write_rows
+from .kernels import DENSITIES, SHAPES, run_kernels, write_kernel_rows
 
 #: Full-run defaults; ``--quick`` swaps in the tiny ones (smoke tests), explicit options override either.
 DEFAULTS = {"size": (512, 1024), "repeats": 3, "warmup": 1}
@@ -73,6 +74,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"warmup {QUICK['warmup']}",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--suite",
+        choices=("all", "backbone", "kernels"),
+        default="all",
+        help="backbone: whole backbones (backbone_runtime.csv); kernels: single layers, sparse vs dense "
+        "(kernel_runtime.csv); all: both (default)",
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for name, value in base.items():
@@ -88,9 +96,27 @@ def main(argv: Sequence[str] | None = None) -> Path:
         argv: command-line arguments without the program name; None reads ``sys.argv``.
 
     Returns:
-        Path of the written ``backbone_runtime.csv``.
+        Path of the first CSV written (``backbone_runtime.csv`` unless only ``--suite kernels`` ran).
     """
     args = parse_args(argv)
+    paths = []
+    if args.suite in ("all", "backbone"):
+        paths.append(_backbone(args))
+    if args.suite in ("all", "kernels"):
+        paths.append(_kernels(args))
+    sys.stdout.flush()
+    return paths[0]
+
+
+def _show(table: pd.DataFrame, path: Path, header: str) -> None:
+    shown = table.drop(columns=[c for c in table.columns if c.endswith("_version") or c == "timestamp"])
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        print(header)
+        print(shown.to_string(index=False))
+    print(f"wrote {path}")
+
+
+def _backbone(args: argparse.Namespace) -> Path:
     config = BenchConfig(
         model=args.model,
         height=args.size[0],
@@ -103,18 +129,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     rows = run_backbone(config, progress=not args.no_progress)
     path, table = write_rows(rows, args.out)
-    shown = table.drop(
-        columns=["timestamp", "torch_version", "torchvision_version", "triton_version", "adatriton_version"]
+    r = rows[0]
+    _show(
+        table,
+        path,
+        f"{r.timestamp}  {r.device}  torch {r.torch_version}  torchvision {r.torchvision_version}  "
+        f"triton {r.triton_version or '-'}  adatriton {r.adatriton_version}",
     )
-    with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
-        print(
-            f"{rows[0].timestamp}  {rows[0].device}  torch {rows[0].torch_version}  "
-            f"torchvision {rows[0].torchvision_version}  triton {rows[0].triton_version or '-'}  "
-            f"adatriton {rows[0].adatriton_version}"
+    return path
+
+
+def _kernels(args: argparse.Namespace) -> Path:
+    shapes, densities = SHAPES, DENSITIES
+    if args.quick:  # an 8x16 grid and two densities: seconds on the CPU
+        shapes = tuple(
+            (f"{k}x{k}-{ci // 4}-{co // 4}", ci // 4, co // 4, k, o, 8, 16) for _, ci, co, k, o, _, _ in SHAPES
         )
-        print(shown.to_string(index=False))
-    print(f"wrote {path}")
-    sys.stdout.flush()
+        densities = (0.3, 1.0)
+    rows = run_kernels(args.device, None, args.repeats, args.warmup, densities, shapes, not args.no_progress)
+    path, table = write_kernel_rows(rows, args.out)
+    _show(table, path, f"single layers on {rows[0].device}, {rows[0].dtype}")
     return path
 
 

@@ -263,9 +263,9 @@ def _plan(config: BenchConfig, model: torch.nn.Module, x: torch.Tensor) -> list[
     for stride in DENSE_STRIDES:
         net = adatriton.convert(model, stride).eval()
         plan.append(_Measurement("dense", stride, "", None, functools.partial(net.forward_features, x)))
-    nets = {
-        backend: adatriton.convert(model, ADAPTIVE_STRIDE, backend=backend).eval() for backend in ("torch", "dense")
-    }
+    # The triton backend joins on CUDA; on the CPU it would only run in the (slow) interpreter.
+    backends = ("torch", "dense", "triton") if x.device.type == "cuda" else ("torch", "dense")
+    nets = {backend: adatriton.convert(model, ADAPTIVE_STRIDE, backend=backend).eval() for backend in backends}
     generator = torch.Generator().manual_seed(config.seed)
     hf, wf = _ceil_div(config.height, FINEST_STRIDE), _ceil_div(config.width, FINEST_STRIDE)
     # One noise field for all fractions: their masks are nested, so rows differ only in the kept area.

@@ -17,7 +17,7 @@ FRACTION = 0.3
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    path = main(["--quick", "--no-progress", "--fractions", str(FRACTION), "--out", str(out)])
+    path = main(["--quick", "--no-progress", "--suite", "backbone", "--fractions", str(FRACTION), "--out", str(out)])
     assert path == out / "backbone_runtime.csv"
     assert path.is_file()
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -88,3 +88,16 @@ def test_clustered_keep_mask_exact_tile_count(fraction):
     assert int(tiles.sum()) == round(fraction * tiles.numel())
     # Tiles are all-or-nothing, so the level map's level-0 area is exactly the kept tiles.
     assert torch.equal(keep[0], tiles.repeat_interleave(4, 0).repeat_interleave(4, 1))
+
+
+def test_kernels_suite_quick(tmp_path):
+    """The single-layer suite writes one row per (shape, density) plus a dense reference row per shape."""
+    main(["--quick", "--no-progress", "--suite", "kernels", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "kernel_runtime.csv")
+    assert not (tmp_path / "backbone_runtime.csv").exists()
+    assert len(table) == 2 * (1 + 2)
+    dense = table[table["backend"] == "dense"]
+    assert (dense["efficiency"] == 1.0).all() and (dense["elements"] == 8 * 16).all()
+    sparse = table[table["backend"] != "dense"]
+    assert ((sparse["elements"] > 0) & (sparse["elements"] <= 8 * 16)).all()
+    assert (table["median_ms"] > 0).all() and table["tflops"].notna().all()

@@ -199,3 +199,14 @@ def test_ops_on_cuda_match_cpu_float64(backend):
     wg = weight.float().cuda()
     got = AF.conv2d(AF.conv2d(xg, wg, None, 1, downsample=True, backend=backend), wg[:, :8], None, 2, backend=backend)
     torch.testing.assert_close(densify(got).cpu().double(), densify(expected), rtol=1e-4, atol=1e-3)
+
+
+def test_auto_backend_is_triton_on_cuda_and_torch_elsewhere(monkeypatch):
+    from adatriton import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "triton"
+    monkeypatch.setenv("ADATRITON_BACKEND", "auto")
+    assert resolve_backend(None, torch.device("cpu")) == "torch"
+    with use_backend("dense"):
+        assert resolve_backend(None, torch.device("cuda", 0)) == "dense"

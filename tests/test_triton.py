@@ -154,12 +154,17 @@ def test_triton_backend_rejects_what_it_cannot_run(monkeypatch):
 
 
 @pytest.mark.slow
-def test_resnet50_adaptive_forward_on_triton_equals_torch():
-    """A whole converted ResNet-50 8->32 (every conv a fused launch) against the torch backend, fp32."""
+def test_resnet50_adaptive_forward_on_triton_equals_torch(monkeypatch):
+    """A whole converted ResNet-50 8->32 run through $ADATRITON_BACKEND=triton (every conv a fused launch)
+    against the torch backend, fp32."""
     import torchvision
 
     import adatriton
+    from adatriton import autotune
 
+    launches = []
+    select = autotune.select_config
+    monkeypatch.setattr(autotune, "select_config", lambda **kw: launches.append(kw) or select(**kw))
     model = torchvision.models.resnet50().eval()
     net = adatriton.convert(model, "8->32").eval().to(DEVICE)
     x = torch.randn(2, 3, 64, 80, device=DEVICE)
@@ -167,6 +172,29 @@ def test_resnet50_adaptive_forward_on_triton_equals_torch():
     with torch.inference_mode():
         with use_backend("torch"):
             expected = net(x, lm).double().cpu()
-        with use_backend("triton"):
-            got = net(x, lm)
+        monkeypatch.setenv("ADATRITON_BACKEND", "triton")
+        got = net(x, lm)
+    # layer3 (6 blocks) and layer4 (3 blocks): 3 fused conv-BN(-add)-ReLU each, plus 2 shortcuts
+    assert len(launches) == 9 * 3 + 2
     _close(got, expected, torch.float32, 4608)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_resnet101_adaptive_fp16_on_gpu(dtype):
+    """ResNet-101 8->32 on the GPU in half precision against the torch backend in fp32."""
+    import torchvision
+
+    import adatriton
+
+    net = adatriton.convert(torchvision.models.resnet101(), "8->32").eval().cuda()
+    x = torch.randn(1, 3, 256, 512, device="cuda")
+    keep = torch.rand(1, 32, 64, generator=torch.Generator().manual_seed(0)) < 0.1
+    lm = LevelMap.from_keep_mask(keep, "8->32").to("cuda")
+    with torch.inference_mode():
+        with use_backend("torch"):
+            expected = net.forward_features(x, lm).double().cpu()
+        with use_backend("triton"):
+            got = net.to(dtype).forward_features(x.to(dtype), lm)
+    err = ((got.double().cpu() - expected).norm() / expected.norm()).item()
+    assert err < (2e-2 if dtype == torch.bfloat16 else 5e-3), f"relative L2 error {err:.3g}"
