@@ -6,6 +6,8 @@ Shapes: a :class:`~adatriton.multires.MultiResMap` holds ``(E, C)`` values; conv
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -87,6 +89,27 @@ def _check_triton(x: MultiResMap) -> None:
         raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {x.dtype}")
 
 
+# Packed weights per weight tensor: {id: (weakref to the tensor, its version counter, groups, packed)}. A hit needs
+# the same live tensor object at the same version, so in-place updates (optimizer steps) and reused ids repack.
+_PACKED: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
+
+
+def _packed_weight(weight: Tensor, groups: int) -> Tensor:
+    from .kernels.conv import pack_weight
+
+    if weight.requires_grad and torch.is_grad_enabled():
+        return pack_weight(weight, groups)  # keep the autograd graph; never cache a graph-carrying tensor
+    hit = _PACKED.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == groups:
+        return hit[3]
+    if len(_PACKED) > 4096:  # drop entries whose tensors are gone
+        for key in [k for k, v in _PACKED.items() if v[0]() is None]:
+            del _PACKED[key]
+    packed = pack_weight(weight.detach(), groups)
+    _PACKED[id(weight)] = (weakref.ref(weight), weight._version, groups, packed)
+    return packed
+
+
 def _launch_triton(
     values: Tensor,
     index: Tensor | None,
@@ -99,10 +122,10 @@ def _launch_triton(
 ) -> Tensor:
     """One fused kernel launch with the autotuned (or default) config for this bucket of shapes."""
     from . import autotune
-    from .kernels.conv import conv_elements, pack_weight
+    from .kernels.conv import conv_elements
 
     taps = weight.shape[-1] * weight.shape[-2]
-    packed = pack_weight(weight, groups)
+    packed = _packed_weight(weight, groups)
     values = values.contiguous()
 
     def launch(config):
@@ -146,7 +169,7 @@ class _TritonConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         values, weight, bias, index = ctx.saved_tensors
         inputs = [
-            t.detach().requires_grad_(t is not None and need) if t is not None else None
+            None if t is None else t.detach().requires_grad_(need)
             for t, need in zip((values, weight, bias), ctx.needs_input_grad[:3])
         ]
         with torch.enable_grad():
