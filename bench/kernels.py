@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import adatriton
 import adatriton.functional as AF
-from adatriton import LevelMap, MultiResMap
+from adatriton import LevelMap
 from adatriton.backends import triton_runs_on
 
 from .backbone import _device_name, _triton_version, clustered_keep_mask, time_call
@@ -130,16 +130,19 @@ def run_kernels(
                 keep = clustered_keep_mask(8 * h, 8 * w, rho, gen).to(dev)
                 layout = LevelMap.from_keep_mask(keep, "8->32").layout(0)
                 level0 = layout.levelmap.levels.flatten() == 0
-                x = MultiResMap(torch.randn(layout.num_elements, cin, generator=gen).to(dev, dtype), layout)
-                index = layout.tap_index(k, spacing)[level0]  # only the level-0 outputs, as an adaptive layer has
+                values = torch.randn(layout.num_elements, cin, generator=gen).to(dev, dtype)
+                if k == 1:  # a 1x1 conv reads only its own element: a GEMM over the level-0 rows, no gather
+                    values, index = values[level0].contiguous(), None
+                else:  # only the level-0 outputs, as an adaptive layer has, reading taps anywhere in the grid
+                    index = layout.tap_index(k, spacing)[level0]
                 out_layout_rows = int(level0.sum())
 
-                def call(x=x, weight=weight, index=index):
-                    return (
-                        AF._launch_triton(x.values, index, weight, 1)
-                        if sparse_backend == "triton"
-                        else (AF._gather_gemm(x.values, weight, None, index, 1))
-                    )
+                def call(values=values, weight=weight, index=index):
+                    if sparse_backend == "triton":
+                        return AF._launch_triton(values, index, weight, 1)
+                    if index is None:
+                        return values @ weight.reshape(weight.shape[0], -1).t()
+                    return AF._gather_gemm(values, weight, None, index, 1)
 
                 backend, elements = sparse_backend, out_layout_rows
             times, _ = time_call(call, dev, repeats, warmup)
