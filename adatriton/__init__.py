@@ -1,15 +1,18 @@
 """adatriton: content-adaptive downsampling for CNNs, exact on every backend.
 
 Public API: :class:`LevelMap`, :class:`MultiResMap`, :func:`densify`, :func:`convert`, the ops in
-:mod:`adatriton.functional`, and backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``).
+:mod:`adatriton.functional`, backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``), segmentation models
+(:mod:`adatriton.segmentation`), mask sources (:mod:`adatriton.masks`) and :func:`load_authors_state_dict`.
 """
 
-from . import functional
+from . import functional, masks, segmentation
 from .backends import BACKENDS, resolve_backend, use_backend
+from .checkpoints import CheckpointError, load_authors_state_dict
 from .convert import convert
 from .levelmap import Layout, LevelMap, LevelMapDtypeError, LevelMapError
 from .multires import MultiResMap, densify
 from .resnet import OUTPUT_STRIDES, AdaptiveResNet
+from .segmentation import AdaptiveSegmentationModel, DeepLabV3Plus
 
 __version__ = "0.1.0"
 
@@ -17,6 +20,9 @@ __all__ = [
     "BACKENDS",
     "OUTPUT_STRIDES",
     "AdaptiveResNet",
+    "AdaptiveSegmentationModel",
+    "CheckpointError",
+    "DeepLabV3Plus",
     "Layout",
     "LevelMap",
     "LevelMapDtypeError",
@@ -25,6 +31,9 @@ __all__ = [
     "convert",
     "densify",
     "functional",
+    "load_authors_state_dict",
+    "masks",
     "resolve_backend",
+    "segmentation",
     "use_backend",
 ]

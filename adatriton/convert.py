@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .resnet import OUTPUT_STRIDES, AdaptiveResNet
+from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
 
 __all__ = ["convert"]
 
@@ -14,26 +15,37 @@ def convert(model: nn.Module, output_stride: str | int, backend: str | None = No
 
     Args:
         model: a torchvision ``ResNet`` with bottleneck blocks (ResNet-50/101/152), any
-            ``replace_stride_with_dilation``.
+            ``replace_stride_with_dilation``; the ``IntermediateLayerGetter`` over one; or a segmentation model on
+            one: torchvision's ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (``FCN`` / ``DeepLabV3``), or
+            :func:`adatriton.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks) or ``"8->16"``, ``"8->32"``, ``"16->32"``
             (adaptive: finest grid at the first stride, downsampled by a level map towards the second).
-        backend: conv backend of the adaptive part (``"torch"`` or ``"dense"``); None resolves per call
-            (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``).
+        backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
+            resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``).
 
     Returns:
         A module with the same state_dict keys and shared parameters, whose ``forward(x, levels)`` takes the
         image batch ``(N, 3, H, W)`` and a level map (``LevelMap`` or integer tensor ``(N, Hf, Wf)`` on the finest
-        grid; optional for dense strides) and returns what the model returns.
+        grid; optional for dense strides) and returns what the model returns: logits for a ``ResNet``, the
+        getter's ``OrderedDict`` (adaptive layers densified to the finest grid) for an ``IntermediateLayerGetter``
+        (:class:`~adatriton.resnet.AdaptiveResNet`), ``OrderedDict(out=...[, aux=...])`` at the input size for a
+        segmentation model (:class:`~adatriton.segmentation.AdaptiveSegmentationModel`; heads on the densified
+        finest-grid maps).
 
     Example:
         >>> net = adatriton.convert(torchvision.models.resnet101(), "8->32").eval()
         >>> logits = net(images, levels)          # levels: (N, H/8, W/8) with values in {0, 1, 2}
+        >>> seg = adatriton.convert(adatriton.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
+        >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
     """
     from torchvision.models import ResNet
+    from torchvision.models._utils import IntermediateLayerGetter
 
-    if isinstance(model, ResNet):
+    if isinstance(model, (ResNet, IntermediateLayerGetter)):
         return AdaptiveResNet(model, output_stride, backend)
+    if isinstance(model, SEGMENTATION_MODELS):
+        return AdaptiveSegmentationModel(model, output_stride, backend)
     raise TypeError(
-        f"convert supports torchvision ResNet models, got {type(model).__name__}; "
-        f"output strides: {list(OUTPUT_STRIDES)}"
+        f"convert supports torchvision ResNet models (bottleneck ResNet-50/101/152) and FCN / DeepLabV3 / "
+        f"DeepLabV3+ segmentation models on them, got {type(model).__name__}; output strides: {list(OUTPUT_STRIDES)}"
     )

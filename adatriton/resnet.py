@@ -4,16 +4,20 @@ strided network downsamples.
 
 The converted module holds the torchvision model's own children under the same names, so state_dict keys and
 parameters are shared, and it uses its own strides and dilations: the model's ``replace_stride_with_dilation``
-does not matter (the weights are the same).
+does not matter (the weights are the same). The source is a ``ResNet`` or the ``IntermediateLayerGetter`` over one
+that torchvision's segmentation models use as ``model.backbone`` (same child names ``conv1`` .. ``layer4``).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from . import functional as AF
@@ -32,6 +36,7 @@ OUTPUT_STRIDES: dict[str, tuple[int, int]] = {
     "16->32": (16, 1),
 }
 
+_STEM = ("conv1", "bn1", "relu", "maxpool")
 _LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -137,26 +142,46 @@ class AdaptiveResNet(nn.Module):
 
     Args:
         model: a torchvision :class:`~torchvision.models.ResNet` with bottleneck blocks (ResNet-50/101/152,
-            ResNeXt, Wide ResNet), any ``replace_stride_with_dilation``.
+            ResNeXt, Wide ResNet), any ``replace_stride_with_dilation``; or the ``IntermediateLayerGetter`` over
+            one that torchvision's segmentation models hold as ``model.backbone`` (its ``return_layers`` must be
+            among ``layer1`` .. ``layer4``).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
         backend: conv backend of the adaptive part (``"torch"``, ``"dense"``); None resolves per call.
+
+    Attributes:
+        return_layers: the ``IntermediateLayerGetter``'s ``{layer: output name}`` mapping, None for a ``ResNet``.
     """
 
-    def __init__(self, model: ResNet, output_stride: str | int, backend: str | None = None):
+    def __init__(self, model: ResNet | IntermediateLayerGetter, output_stride: str | int, backend: str | None = None):
         super().__init__()
-        if not isinstance(model, ResNet):
-            raise TypeError(f"expected a torchvision ResNet, got {type(model).__name__}")
+        if not isinstance(model, (ResNet, IntermediateLayerGetter)):
+            raise TypeError(
+                f"expected a torchvision ResNet or an IntermediateLayerGetter over one, got {type(model).__name__}"
+            )
+        children = dict(model.named_children())
+        missing = [name for name in _STEM + _LAYERS if name not in children]
+        if missing:
+            raise TypeError(f"{type(model).__name__} has no {missing}; expected the children of a torchvision ResNet")
+        return_layers = None
+        if isinstance(model, IntermediateLayerGetter):
+            return_layers = {str(k): str(v) for k, v in model.return_layers.items()}
+            unsupported = sorted(set(return_layers) - set(_LAYERS))
+            if unsupported:
+                raise NotImplementedError(
+                    f"IntermediateLayerGetter returns {unsupported}; only {list(_LAYERS)} outputs are supported"
+                )
         for name in _LAYERS:
-            for block in getattr(model, name):
+            for block in children[name]:
                 if not isinstance(block, Bottleneck):
                     raise NotImplementedError(
                         f"{name} has {type(block).__name__} blocks; only bottleneck ResNets (50/101/152) are supported"
                     )
         self.output_stride, self.finest_stride, self.num_levels = parse_output_stride(output_stride)
         self.backend = backend
-        for name, child in model.named_children():
+        self.return_layers = return_layers
+        for name, child in children.items():
             self.add_module(name, child)
-        self.plans = plan_resnet([len(getattr(model, n)) for n in _LAYERS], self.finest_stride, self.num_levels)
+        self.plans = plan_resnet([len(children[n]) for n in _LAYERS], self.finest_stride, self.num_levels)
 
     @property
     def adaptive(self) -> bool:
@@ -186,6 +211,46 @@ class AdaptiveResNet(nn.Module):
             raise LevelMapError(f"level map is on {lm.device} but the input is on {x.device}")
         return lm
 
+    def forward_backbone(
+        self, x: Tensor, levels: LevelMap | Tensor | None = None, layers: Sequence[str] = ("layer3", "layer4")
+    ) -> dict[str, Tensor]:
+        """Outputs of the requested layers, each densified to the finest grid where it is adaptive.
+
+        The heads of segmentation models read these: ``layer4`` (FCN, ASPP), ``layer3`` (auxiliary FCN head),
+        ``layer1`` (DeepLabv3+ decoder; always dense).
+
+        Args:
+            x: image batch ``(N, 3, H, W)``.
+            levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
+                optional for dense output strides (then it must be all zeros on the ``layer4`` grid).
+            layers: names among ``"layer1"`` .. ``"layer4"``.
+
+        Returns:
+            ``{name: tensor}`` in the order of ``layers``: an adaptive layer's output densified to
+            ``(N, C, Hf, Wf)``; a dense layer's output ``(N, C, H/s, W/s)`` at its own stride ``s``.
+        """
+        unknown = [name for name in layers if name not in _LAYERS]
+        if unknown:
+            raise ValueError(f"layers must be among {list(_LAYERS)}, got {unknown}")
+        lm = self._level_map(levels, x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        mr, outputs = None, {}
+        # Every layer runs even when the last ones are not requested: the level map is checked against the
+        # finest grid (adaptive) or the layer4 grid (dense) only once those exist.
+        for name, plans in zip(_LAYERS, self.plans):
+            for block, plan in zip(getattr(self, name), plans):
+                if not plan.adaptive:
+                    x = dense_bottleneck(block, x, plan)
+                    continue
+                if mr is None:
+                    mr = MultiResMap.from_dense(x, lm)
+                mr = adaptive_bottleneck(block, mr, plan, self.backend)
+            if name in layers:
+                outputs[name] = x if mr is None else mr.densify(backend=self.backend)
+        if mr is None and lm is not None:
+            lm.check_matches(x.shape[0], x.shape[2], x.shape[3], x.device, what="dense output")
+        return {name: outputs[name] for name in layers}
+
     def forward_features(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor:
         """Backbone output (after ``layer4``), densified to the finest grid for adaptive output strides.
 
@@ -197,32 +262,23 @@ class AdaptiveResNet(nn.Module):
         Returns:
             ``(N, C, Hf, Wf)`` for adaptive output strides, else the dense ``layer4`` output at that stride.
         """
-        lm = self._level_map(levels, x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        mr = None
-        for name, plans in zip(_LAYERS, self.plans):
-            for block, plan in zip(getattr(self, name), plans):
-                if not plan.adaptive:
-                    x = dense_bottleneck(block, x, plan)
-                    continue
-                if mr is None:
-                    mr = MultiResMap.from_dense(x, lm)
-                mr = adaptive_bottleneck(block, mr, plan, self.backend)
-        if mr is not None:
-            return mr.densify(backend=self.backend)
-        if lm is not None:
-            lm.check_matches(x.shape[0], x.shape[2], x.shape[3], x.device, what="dense output")
-        return x
+        return self.forward_backbone(x, levels, ("layer4",))["layer4"]
 
-    def forward(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor:
-        """What the torchvision model returns (logits), computed from the densified backbone output.
+    def forward(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor | OrderedDict[str, Tensor]:
+        """What the torchvision model returns, computed from the densified backbone outputs.
 
         Args:
             x: image batch ``(N, 3, H, W)``.
             levels: see :meth:`forward_features`.
 
         Returns:
-            ``(N, num_classes)`` logits (or whatever ``fc`` makes of the pooled features).
+            For a ``ResNet``: ``(N, num_classes)`` logits (or whatever ``fc`` makes of the pooled features). For an
+            ``IntermediateLayerGetter``: an ``OrderedDict`` ``{output name: layer output}`` as it returns, adaptive
+            layers densified to the finest grid (see :meth:`forward_backbone`).
         """
+        if self.return_layers is not None:
+            names = [name for name in _LAYERS if name in self.return_layers]  # the getter's order: children order
+            feats = self.forward_backbone(x, levels, names)
+            return OrderedDict((self.return_layers[name], feats[name]) for name in names)
         x = self.forward_features(x, levels)
         return self.fc(torch.flatten(self.avgpool(x), 1))
