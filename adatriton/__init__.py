@@ -1,14 +1,16 @@
 """adatriton: content-adaptive downsampling for CNNs, exact on every backend.
 
 Public API: :class:`LevelMap`, :class:`MultiResMap`, :func:`densify`, :func:`convert`, the ops in
-:mod:`adatriton.functional`, backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``), segmentation models
-(:mod:`adatriton.segmentation`), mask sources (:mod:`adatriton.masks`) and :func:`load_authors_state_dict`.
+:mod:`adatriton.functional`, backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``, the per-layer ``"auto"``
+dispatcher :mod:`adatriton.dispatch` and :func:`explain`), segmentation models (:mod:`adatriton.segmentation`), mask
+sources (:mod:`adatriton.masks`) and :func:`load_authors_state_dict`.
 """
 
-from . import functional, masks, segmentation
+from . import dispatch, functional, masks, segmentation
 from .backends import BACKENDS, resolve_backend, use_backend
 from .checkpoints import CheckpointError, load_authors_state_dict
 from .convert import convert
+from .dispatch import explain
 from .levelmap import Layout, LevelMap, LevelMapDtypeError, LevelMapError
 from .multires import MultiResMap, densify
 from .resnet import OUTPUT_STRIDES, AdaptiveResNet
@@ -30,6 +32,8 @@ __all__ = [
     "MultiResMap",
     "convert",
     "densify",
+    "dispatch",
+    "explain",
     "functional",
     "load_authors_state_dict",
     "masks",

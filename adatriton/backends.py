@@ -6,8 +6,9 @@
 - ``"triton"``: the fused implicit-GEMM kernels of :mod:`adatriton.kernels` (CUDA; on the CPU only under the
   Triton interpreter, ``TRITON_INTERPRET=1``). fp32, fp16 and bf16.
 
-- ``"auto"``: ``"triton"`` on CUDA, ``"torch"`` elsewhere (a conservative built-in rule; the per-layer dispatcher
-  refines it).
+- ``"auto"``: the per-layer dispatcher (:mod:`adatriton.dispatch`) picks one of the three for every conv of the
+  adaptive part from its shape and the density of the elements it computes; where no layer is known (e.g.
+  :func:`resolve_backend`, densify) ``"auto"`` means ``"triton"`` on CUDA and ``"torch"`` elsewhere.
 
 All are exact (SPEC §3). The default is ``"torch"``; the environment variable ``ADATRITON_BACKEND`` or the
 :func:`use_backend` context manager change it, a ``backend=`` argument overrides it per call.
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "resolve_backend", "triton_runs_on", "use_backend"]
+__all__ = ["BACKENDS", "ENV_VAR", "requested_backend", "resolve_backend", "triton_runs_on", "use_backend"]
 
 BACKENDS = ("torch", "dense", "triton", "auto")
 ENV_VAR = "ADATRITON_BACKEND"
@@ -35,17 +36,28 @@ def _check(name: str, where: str) -> str:
     return name
 
 
+def requested_backend(backend: str | None = None) -> tuple[str, str]:
+    """The backend asked for, before ``"auto"`` is resolved, and where the request came from.
+
+    Returns:
+        ``(name, source)``: the argument (source ``"argument"``), else the innermost :func:`use_backend`
+        (``"use_backend"``), else ``$ADATRITON_BACKEND`` (``"$ADATRITON_BACKEND"``), else ``("torch", "default")``.
+    """
+    if backend is not None:
+        return _check(backend, "the backend argument"), "argument"
+    stack = getattr(_forced, "stack", None)
+    if stack:
+        return stack[-1], "use_backend"
+    if os.environ.get(ENV_VAR):
+        return _check(os.environ[ENV_VAR], f"${ENV_VAR}"), f"${ENV_VAR}"
+    return "torch", "default"
+
+
 def resolve_backend(backend: str | None = None, device: torch.device | None = None) -> str:
     """The backend to use: the argument, else the innermost :func:`use_backend`, else ``$ADATRITON_BACKEND``,
-    else ``"torch"``; ``"auto"`` becomes ``"triton"`` for CUDA tensors and ``"torch"`` otherwise."""
-    if backend is not None:
-        name = _check(backend, "the backend argument")
-    elif getattr(_forced, "stack", None):
-        name = _forced.stack[-1]
-    elif os.environ.get(ENV_VAR):
-        name = _check(os.environ[ENV_VAR], f"${ENV_VAR}")
-    else:
-        name = "torch"
+    else ``"torch"``; ``"auto"`` becomes ``"triton"`` for CUDA tensors and ``"torch"`` otherwise (the
+    per-layer choice of convolutions is :func:`adatriton.dispatch.select`)."""
+    name = requested_backend(backend)[0]
     if name == "auto":
         return "triton" if device is not None and device.type == "cuda" else "torch"
     return name

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backends import resolve_backend, triton_runs_on
+from . import dispatch
+from .backends import triton_runs_on
 from .multires import MultiResMap
 
 __all__ = ["conv2d", "conv_bn_act", "downsample", "batch_norm", "relu", "add"]
@@ -209,16 +210,24 @@ def conv2d(
         groups: as in :func:`torch.nn.functional.conv2d`.
         downsample: also perform the next adaptive downsampling step (top-left variant): the conv is evaluated
             only at the elements that survive it, giving the next stage's map (a strided conv's fast path).
-        backend: ``"torch"``, ``"dense"`` or ``"triton"``; None resolves through
-            :func:`adatriton.backends.resolve_backend`.
+        backend: ``"torch"``, ``"dense"``, ``"triton"`` or ``"auto"`` (per-layer choice,
+            :mod:`adatriton.dispatch`); None resolves through :func:`adatriton.dispatch.select`.
 
     Returns:
         ``(E_out, Cout)`` map on ``x``'s layout, or on the next stage's layout with ``downsample``.
     """
-    k = _check_conv_args(x, weight, bias, groups)
+    _check_conv_args(x, weight, bias, groups)
+    name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
+    return _conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
+
+
+def _conv2d(
+    x: MultiResMap, weight: Tensor, bias: Tensor | None, tap_spacing: int, groups: int, downsample: bool, name: str
+) -> MultiResMap:
+    """:func:`conv2d` on the backend ``name`` already selected (so the dispatcher decides and records once)."""
+    k = weight.shape[-1]
     lay = x.layout
     out_layout = lay.next() if downsample else lay
-    name = resolve_backend(backend, x.device)
     if name == "triton":
         _check_triton(x)
         index = _tap_index_or_rows(x, k, tap_spacing, downsample)
@@ -267,12 +276,13 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
-    name = resolve_backend(backend, x.device)
+    _check_conv_args(x, weight, bias, groups)
+    name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x.values, weight, bias, residual and residual.values)
     )
     if name != "triton" or needs_grad or not _foldable(bn):
-        out = conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
+        out = _conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
         if bn is not None:
             out = batch_norm(out, bn)
         if residual is not None:

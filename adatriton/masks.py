@@ -10,7 +10,8 @@ halvings. Finest cell ``(i, j)`` covers image pixels ``s*i .. s*i + s - 1`` (cli
 - :func:`keypoints`: SIFT saliency and a triplet of dilations for D2-Net / VGG-16 (``"1->8"``).
 - Density control: :func:`report`, :func:`match_fraction` (alias :func:`calibrate`) and :func:`synthetic`.
 
-Learned masks (SPEC §6, shallow CNN + Gumbel-softmax) are not here: they need the segmentation model.
+Learned masks (SPEC §6, shallow CNN + hard Gumbel-softmax) live in :mod:`adatriton.learned` (``LearnedMask``,
+re-exported here) with the training loop in :mod:`adatriton.train`.
 
 Binary sources end in the block rule of :meth:`LevelMap.from_keep_mask`: an aligned ``block x block`` tile of
 the finest grid with any informative cell gets level 0, every other tile level ``K`` (default block 4, or 8 for
@@ -34,6 +35,7 @@ __all__ = [
     "GRAY_WEIGHTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LearnedMask",
     "PAPER_EDGE_THRESHOLDS",
     "PAPER_KEYPOINT_DILATIONS",
     "PAPER_ORACLE_KERNELS",
@@ -678,3 +680,6 @@ def synthetic(
     tiles = tiles.view(batch, hb, wb)
     keep = tiles.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :hf, :wf]
     return _keep_to_levels(keep.contiguous(), conversion, block)
+
+
+from .learned import LearnedMask  # noqa: E402
