@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -39,6 +37,7 @@ from typing import Any
 import torch
 import triton
 
+from ._jsonfile import CacheFileError, dumps_entries, read_entries_file, write_atomic
 from .kernels.conv import ConvConfig, conv_configs, default_config, interpreting, prune_configs
 
 __all__ = [
@@ -192,17 +191,11 @@ class AutotuneCache:
             return {}
 
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            data = read_entries_file(self.path, "an autotune cache")
+        except CacheFileError as err:
+            return reject(str(err))
+        if data is None:
             return {}
-        except (OSError, UnicodeDecodeError) as err:
-            return reject(f"cannot read it ({err})")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            return reject(f"not valid JSON ({err})")
-        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-            return reject("not an autotune cache (expected an object with 'entries')")
         if data.get("schema") != SCHEMA:
             return reject(f"schema {data.get('schema')!r}, expected {SCHEMA}")
         if data.get("gpu") != self.name:
@@ -286,47 +279,11 @@ class AutotuneCache:
         with self._lock:
             merged = self._read(warn=False)
             merged.update(self._loaded())
-            text = self._dumps(merged)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-                with contextlib.suppress(OSError):
-                    os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is shareable like any other
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            self._fsync_dir()
+            header = {"schema": SCHEMA, "gpu": self.name, "triton": self.triton_version}
+            write_atomic(self.path, dumps_entries(header, merged))
             self._entries = merged
             self._dirty.clear()
         return self.path
-
-    def _dumps(self, entries: dict[str, dict[str, Any]]) -> str:
-        """The file's text: one line per entry, sorted, so the file reads (and diffs) like a table."""
-        head = json.dumps({"schema": SCHEMA, "gpu": self.name, "triton": self.triton_version})
-        lines = [f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in sorted(entries.items())]
-        body = "{\n" + ",\n".join(lines) + "\n }" if lines else "{}"
-        return head[:-1] + f',\n "entries": {body}}}\n'
-
-    def _fsync_dir(self) -> None:
-        """Persist the rename itself (POSIX); best effort."""
-        if not hasattr(os, "O_DIRECTORY"):
-            return
-        try:
-            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 # Two kinds of keys: ("file", device name, path) -> the one object per file; ("device", type, index, environment)

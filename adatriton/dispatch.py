@@ -24,13 +24,10 @@ line on the ``adatriton.dispatch`` logger. :func:`explain` lists the choice of e
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import platform
 import re
-import tempfile
 import threading
 import warnings
 import weakref
@@ -42,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._jsonfile import CacheFileError, dumps_entries, read_entries_file, write_atomic
 from .backends import BACKENDS, requested_backend, triton_runs_on
 
 __all__ = [
@@ -170,17 +168,11 @@ def _read_calibration(path: Path, name: str, warn: bool) -> dict[str, dict[str, 
         return {}
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        data = read_entries_file(path, "a dispatch calibration")
+    except CacheFileError as err:
+        return reject(str(err))
+    if data is None:
         return {}
-    except (OSError, UnicodeDecodeError) as err:
-        return reject(f"cannot read it ({err})")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        return reject(f"not valid JSON ({err})")
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        return reject("not a dispatch calibration (expected an object with 'entries')")
     if data.get("schema") != CALIBRATION_SCHEMA:
         return reject(f"schema {data.get('schema')!r}, expected {CALIBRATION_SCHEMA}")
     if data.get("device") != name:
@@ -233,24 +225,7 @@ def save_calibration(device: torch.device | str, entries: dict[str, dict[str, An
     with _tables_lock:
         merged = _read_calibration(path, name, warn=False)
         merged.update(entries)
-        head = json.dumps({"schema": CALIBRATION_SCHEMA, "device": name})
-        lines = [f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in sorted(merged.items())]
-        body = "{\n" + ",\n".join(lines) + "\n }" if lines else "{}"
-        text = head[:-1] + f',\n "entries": {body}}}\n'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is shareable
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, dumps_entries({"schema": CALIBRATION_SCHEMA, "device": name}, merged))
         _tables[str(path)] = merged
     return path
 
