@@ -563,25 +563,15 @@ def random_level_map(
 
     Per sample, a seeded random subset of the aligned 4x4 blocks of the finest grid (``ceil(H / s) x ceil(W / s)``
     for the finest stride ``s`` of ``output_stride``) is kept at level 0, the rest goes to level K
-    (:meth:`~adatriton.LevelMap.from_keep_mask`). None for dense output strides.
+    (:func:`adatriton.masks.synthetic` with ``kind="blocks"``). None for dense output strides.
     """
-    from .levelmap import LevelMap
+    from .masks import synthetic
     from .resnet import parse_output_stride
 
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    name, stride, k = parse_output_stride(output_stride)
+    name, _, k = parse_output_stride(output_stride)
     if k == 0:
         return None
-    hf, wf = -(-height // stride), -(-width // stride)
-    block = max(4, 1 << k)
-    bh, bw = -(-hf // block), -(-wf // block)
-    gen = torch.Generator().manual_seed(seed)
-    blocks = torch.zeros(batch, bh * bw, dtype=torch.bool)
-    for n in range(batch):
-        blocks[n, torch.randperm(bh * bw, generator=gen)[: round(fraction * bh * bw)]] = True
-    keep = blocks.view(batch, bh, bw).repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :hf, :wf]
-    return LevelMap.from_keep_mask(keep.contiguous(), name, block=block).to(device or "cpu")
+    return synthetic(batch, height, width, name, fraction, kind="blocks", seed=seed).to(device or "cpu")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
