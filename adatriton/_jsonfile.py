@@ -9,11 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CacheFileError", "dumps_entries", "read_entries_file", "write_atomic"]
+__all__ = ["CacheFileError", "dumps_entries", "read_entries_file", "slug", "write_atomic"]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a device name: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
 class CacheFileError(ValueError):

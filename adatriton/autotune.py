@@ -25,7 +25,6 @@ import copy
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 import triton
 
-from ._jsonfile import CacheFileError, dumps_entries, read_entries_file, write_atomic
+from ._jsonfile import CacheFileError, dumps_entries, read_entries_file, slug, write_atomic
 from .kernels.conv import ConvConfig, conv_configs, default_config, interpreting, prune_configs
 
 __all__ = [
@@ -112,14 +111,14 @@ def device_name(device: torch.device | str | int | None) -> str:
     return f"interpreter-{name}" if interpreting() else name
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
 def cache_path(device: torch.device | str | int | None) -> Path:
     """The cache file of ``device``'s GPU model and the installed Triton version, e.g.
     ``~/.cache/adatriton/conv-nvidia-h100-80gb-hbm3-triton3.8.0.json``."""
-    return cache_dir() / f"conv-{_slug(device_name(device))}-triton{triton.__version__}.json"
+    return _cache_file(device_name(device))
+
+
+def _cache_file(name: str) -> Path:
+    return cache_dir() / f"conv-{slug(name)}-triton{triton.__version__}.json"
 
 
 def conv_key(rows: int, cin_g: int, cout_g: int, taps: int, groups: int, dtype: torch.dtype, gather: bool) -> str:
@@ -306,7 +305,7 @@ def get_cache(device: torch.device | str | int | None) -> AutotuneCache:
     if cache is not None:
         return cache
     name = device_name(device if index is None else torch.device(device.type, index))
-    path = cache_dir() / f"conv-{_slug(name)}-triton{triton.__version__}.json"
+    path = _cache_file(name)
     # Keyed by the file too, so changing $ADATRITON_CACHE_DIR (tests, tools) gets a fresh object.
     with _caches_lock:
         cache = _caches.setdefault(("file", name, str(path)), AutotuneCache(name, path))

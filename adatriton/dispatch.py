@@ -27,7 +27,6 @@ import contextlib
 import logging
 import math
 import platform
-import re
 import threading
 import warnings
 import weakref
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._jsonfile import CacheFileError, dumps_entries, read_entries_file, write_atomic
+from ._jsonfile import CacheFileError, dumps_entries, read_entries_file, slug, write_atomic
 from .backends import BACKENDS, requested_backend, triton_runs_on
 
 __all__ = [
@@ -116,10 +115,6 @@ def _sparse_backend(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- calibration files
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
 _cpu_name: str | None = None
 
 
@@ -149,7 +144,7 @@ def calibration_path(device: torch.device | str) -> Path:
     """``<autotune cache dir>/dispatch-<device slug>.json``, e.g. ``~/.cache/adatriton/dispatch-nvidia-h100.json``."""
     from .autotune import cache_dir
 
-    return cache_dir() / f"dispatch-{_slug(dispatch_device_name(device))}.json"
+    return cache_dir() / f"dispatch-{slug(dispatch_device_name(device))}.json"
 
 
 def _valid_entry(entry: Any) -> bool:

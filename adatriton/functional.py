@@ -276,7 +276,7 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
-    _check_conv_args(x, weight, bias, groups)
+    k = _check_conv_args(x, weight, bias, groups)
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x.values, weight, bias, residual and residual.values)
@@ -288,7 +288,6 @@ def conv_bn_act(
         if residual is not None:
             out = out + residual
         return out.relu() if relu else out
-    k = _check_conv_args(x, weight, bias, groups)
     _check_triton(x)
     out_layout = x.layout.next() if downsample else x.layout
     scale, shift = None, bias
