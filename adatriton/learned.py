@@ -246,8 +246,8 @@ class LearnedMaskModel(nn.Module):
     ) -> OrderedDict[str, Tensor]:
         """Inference: the estimator's level map drives the ``"8->16"`` adaptive network.
 
-        The stem, ``layer1`` and ``layer2`` run twice (once for the estimator, once inside the adaptive network);
-        they are the cheap part of the backbone at OS8.
+        The estimator reads the ``layer2`` features the adaptive network computes anyway (its level map is
+        predicted inside the backbone's forward), so the stem, ``layer1`` and ``layer2`` run once.
 
         Args:
             x: images ``(N, 3, H, W)``.
@@ -258,12 +258,16 @@ class LearnedMaskModel(nn.Module):
             The adaptive model's ``OrderedDict(out=(N, classes, H, W)[, aux=...])``. ``last_levels`` holds the level
             map and ``last_fraction`` its level-1 share.
         """
-        if levels is None:
+
+        def predict(features: Tensor) -> LevelMap:
             with torch.no_grad():
-                levels = self.mask.level_map(self.layer2_features(x), _SUPPORTED, sample=sample)
+                self.last_levels = self.mask.level_map(features, _SUPPORTED, sample=sample)
+            return self.last_levels
+
         self.last_levels = levels
-        self.last_fraction = torch.tensor(float(levels.fractions()[1]))
-        return self.adaptive_model(x, levels)
+        out = self.adaptive_model(x, predict if levels is None else levels)
+        self.last_fraction = torch.tensor(float(self.last_levels.fractions()[1]))
+        return out
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """:meth:`forward_train` in training mode (fraction in ``last_fraction``), :meth:`forward_adaptive` in eval."""

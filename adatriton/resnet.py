@@ -222,7 +222,9 @@ class AdaptiveResNet(nn.Module):
         Args:
             x: image batch ``(N, 3, H, W)``.
             levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
-                optional for dense output strides (then it must be all zeros on the ``layer4`` grid).
+                optional for dense output strides (then it must be all zeros on the ``layer4`` grid). Or a callable
+                that maps the dense finest-grid features ``(N, C, Hf, Wf)`` (the input of the adaptive part) to the
+                level map, called once they are computed.
             layers: names among ``"layer1"`` .. ``"layer4"``.
 
         Returns:
@@ -232,7 +234,10 @@ class AdaptiveResNet(nn.Module):
         unknown = [name for name in layers if name not in _LAYERS]
         if unknown:
             raise ValueError(f"layers must be among {list(_LAYERS)}, got {unknown}")
-        lm = self._level_map(levels, x)
+        # A callable predicts the map from the finest-grid features (e.g. a learned mask): it runs once they exist,
+        # so the stem and the dense layers are computed only once.
+        predict = levels if callable(levels) else None
+        lm = None if predict is not None else self._level_map(levels, x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         mr, outputs = None, {}
         # Every layer runs even when the last ones are not requested: the level map is checked against the
@@ -243,6 +248,8 @@ class AdaptiveResNet(nn.Module):
                     x = dense_bottleneck(block, x, plan)
                     continue
                 if mr is None:
+                    if predict is not None:
+                        lm = self._level_map(predict(x), x)
                     mr = MultiResMap.from_dense(x, lm)
                 mr = adaptive_bottleneck(block, mr, plan, self.backend)
             if name in layers:

@@ -273,7 +273,8 @@ class AdaptiveSegmentationModel(nn.Module):
         Args:
             x: images ``(N, 3, H, W)``.
             levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
-                optional for dense output strides (then all zeros on the ``layer4`` grid).
+                optional for dense output strides (then all zeros on the ``layer4`` grid); or a callable from the
+                finest-grid features to the map (:meth:`AdaptiveResNet.forward_backbone`).
 
         Returns:
             ``OrderedDict`` with ``"out"`` ``(N, num_classes, H, W)`` and, with an auxiliary head, ``"aux"``

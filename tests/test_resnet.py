@@ -153,3 +153,19 @@ def test_bad_inputs_have_clear_errors():
         adatriton.convert(torch.nn.Conv2d(3, 3, 3), "8->32")
     with pytest.raises(NotImplementedError, match="bottleneck"):
         adatriton.convert(torchvision.models.resnet18(), "8->32")
+
+
+def test_levels_from_a_callable_on_the_finest_grid_features():
+    """A map predicted from the features entering the adaptive part: called once, same result as passing it."""
+    net = adatriton.convert(_model("resnet50"), "8->32")
+    x = torch.randn(2, 3, 64, 96, dtype=DT)
+    lm = LevelMap.random(2, 8, 12, 2, generator=torch.Generator().manual_seed(3))
+    seen = []
+
+    def predict(features):
+        seen.append(features.shape)
+        return lm
+
+    with torch.no_grad():
+        _assert_close(net.forward_features(x, predict), net.forward_features(x, lm))
+    assert seen == [(2, 512, 8, 12)]
