@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from .resnet import OUTPUT_STRIDES, AdaptiveResNet
@@ -10,8 +12,19 @@ from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
 __all__ = ["convert"]
 
 
-def convert(model: nn.Module, output_stride: str | int, backend: str | None = None) -> nn.Module:
+def convert(
+    model: nn.Module,
+    output_stride: str | int,
+    backend: str | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    downsampling: str = "top_left",
+) -> nn.Module:
     """Convert a torchvision model to run at ``output_stride``, sharing its weights.
+
+    Conversion swaps the model's ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` children,
+    recursively and in place, for their drop-in subclasses (:mod:`adatriton.modules`: the same parameter and buffer
+    objects, exactly the same outputs on tensors, so the model itself behaves as before), and wraps the model's
+    children in a module that runs them at ``output_stride``. No weight is copied.
 
     Args:
         model: a torchvision ``ResNet`` with bottleneck blocks (ResNet-50/101/152), any
@@ -22,6 +35,12 @@ def convert(model: nn.Module, output_stride: str | int, backend: str | None = No
             (adaptive: finest grid at the first stride, downsampled by a level map towards the second).
         backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
             resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which layers are swapped (``fqn`` is the dotted name
+            in ``model``, e.g. ``"layer3.0.conv2"``); None swaps all. The convs of the adaptive layers must be
+            swapped (a TypeError says which one is not).
+        downsampling: ``"top_left"`` (SPEC §3: the strided network's subsampling) or ``"softpool"``: every 2x2
+            merge from OS8 on (layer3, layer4; adaptive steps and dense strides alike) is a SoftPool, so a uniform
+            level map equals the dense network that SoftPools at those strides.
 
     Returns:
         A module with the same state_dict keys and shared parameters, whose ``forward(x, levels)`` takes the
@@ -42,9 +61,9 @@ def convert(model: nn.Module, output_stride: str | int, backend: str | None = No
     from torchvision.models._utils import IntermediateLayerGetter
 
     if isinstance(model, (ResNet, IntermediateLayerGetter)):
-        return AdaptiveResNet(model, output_stride, backend)
+        return AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling)
     if isinstance(model, SEGMENTATION_MODELS):
-        return AdaptiveSegmentationModel(model, output_stride, backend)
+        return AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling)
     raise TypeError(
         f"convert supports torchvision ResNet models (bottleneck ResNet-50/101/152) and FCN / DeepLabV3 / "
         f"DeepLabV3+ segmentation models on them, got {type(model).__name__}; output strides: {list(OUTPUT_STRIDES)}"

@@ -62,8 +62,8 @@ __all__ = [
 logger = logging.getLogger("adatriton.dispatch")
 
 #: Built-in crossover on CUDA: ``triton`` below this density, ``dense`` (cuDNN on the finest grid) at or above.
-#: The kernel benchmark (``results/kernel_runtime.csv``) has the sparse kernel losing to cuDNN somewhere between
-#: 40 % and 70 % density depending on the shape; 0.5 sits in that band, and a calibration replaces it per shape.
+#: Sparse-conv peers report dense cuDNN winning from 40-70 % density depending on the shape; 0.5 sits in that band
+#: (unmeasured here without a GPU: ``python -m bench layers`` measures it, a calibration replaces it per shape).
 CUDA_CROSSOVER = 0.5
 #: Built-in crossover on the CPU: ``torch`` (gather-GEMM) below, ``dense`` (oneDNN) at or above. The gather costs
 #: about as much as oneDNN's own im2col, so the dense path only wins when it computes (almost) nothing extra; the

@@ -124,9 +124,7 @@ class MultiResMap:
         if not padded:
             ids = ids[:, : lay.levelmap.height, : lay.levelmap.width]
         if resolve_backend(backend, self.device) == "triton" and triton_runs_on(self.device):
-            from .kernels.densify import densify_elements
-
-            return densify_elements(self.values.contiguous(), ids)
+            return torch.ops.adatriton.densify(self.values.contiguous(), ids)
         src = torch.cat([self.values, self.values.new_zeros(1, self.channels)])
         n, h, w = ids.shape
         return src.index_select(0, ids.reshape(-1)).view(n, h, w, self.channels).permute(0, 3, 1, 2)
@@ -137,3 +135,34 @@ def densify(x: MultiResMap) -> Tensor:
     if not isinstance(x, MultiResMap):
         raise TypeError(f"densify expects a MultiResMap, got {type(x).__name__}")
     return x.densify()
+
+
+@torch.library.custom_op("adatriton::densify", mutates_args=())
+def _densify_triton(values: Tensor, ids: Tensor) -> Tensor:
+    """The Triton densify kernel as one op for torch.compile: ``(E, C)`` values, ``(N, H, W)`` ids -> channels-last
+    ``(N, C, H, W)``."""
+    from .kernels.densify import densify_elements
+
+    return densify_elements(values, ids)
+
+
+@_densify_triton.register_fake
+def _(values, ids):
+    n, h, w = ids.shape
+    return values.new_empty(n, h, w, values.shape[1]).permute(0, 3, 1, 2)  # channels-last, as the kernel writes
+
+
+def _densify_backward(ctx, grad):
+    ids = ctx.saved_tensors[0]
+    e, c = ctx.values_shape
+    grad_values = grad.new_zeros(e + 1, c)  # row E collects the pixels that read zero
+    grad_values.index_add_(0, ids.reshape(-1), grad.permute(0, 2, 3, 1).reshape(-1, c))
+    return grad_values[:e], None
+
+
+def _densify_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.values_shape = tuple(inputs[0].shape)
+
+
+_densify_triton.register_autograd(_densify_backward, setup_context=_densify_setup)

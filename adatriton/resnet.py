@@ -2,7 +2,9 @@
 stride run densely; the remaining layers run on the multi-resolution map, downsampling adaptively where the
 strided network downsamples.
 
-The converted module holds the torchvision model's own children under the same names, so state_dict keys and
+Conversion swaps the model's ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` children, in place,
+for their drop-in subclasses (:mod:`adatriton.modules`, same parameter and buffer objects, same behaviour on
+tensors). The converted module holds the model's children under the same names, so state_dict keys and
 parameters are shared, and it uses its own strides and dilations: the model's ``replace_stride_with_dilation``
 does not matter (the weights are the same). The source is a ``ResNet`` or the ``IntermediateLayerGetter`` over one
 that torchvision's segmentation models use as ``model.backbone`` (same child names ``conv1`` .. ``layer4``).
@@ -11,17 +13,17 @@ that torchvision's segmentation models use as ``model.backbone`` (same child nam
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from . import functional as AF
 from .levelmap import LevelMap, LevelMapError
+from .modules import AdaptiveConv2d, conv_at, swap_modules
 from .multires import MultiResMap
 
 __all__ = ["OUTPUT_STRIDES", "AdaptiveResNet", "BlockPlan", "plan_resnet"]
@@ -57,32 +59,51 @@ class BlockPlan:
         stride: dense blocks: stride of conv2 and of the shortcut (1 or 2).
         dilation: dense blocks: conv2's dilation; adaptive blocks: conv2's tap spacing on the finest grid.
         downsample_step: adaptive blocks: this block performs the next adaptive downsampling step.
+        pool: how this block's stride-2 subsampling (dense ``stride == 2`` or an adaptive ``downsample_step``)
+            merges a 2x2 block: ``"top_left"`` (a strided conv) or ``"softpool"``.
     """
 
     adaptive: bool
     stride: int
     dilation: int
     downsample_step: bool
+    pool: str = "top_left"
 
 
-def plan_resnet(num_blocks: list[int], finest_stride: int, num_levels: int) -> list[list[BlockPlan]]:
+#: Downsampling operators of ``convert(..., downsampling=)``.
+DOWNSAMPLING = ("top_left", "softpool")
+#: SoftPool replaces the subsamplings that leave this output stride (layer3, layer4): exactly the steps an
+#: adaptive conversion can make adaptive, so that every ``L == v`` map equals a dense SoftPool network.
+_SOFTPOOL_FROM_STRIDE = 8
+
+
+def plan_resnet(
+    num_blocks: list[int], finest_stride: int, num_levels: int, downsampling: str = "top_left"
+) -> list[list[BlockPlan]]:
     """Per-layer, per-block plan of a ResNet whose adaptive part starts at ``finest_stride`` with K levels.
 
     The tap spacings are the dilations of the dense network that runs at ``finest_stride`` everywhere, computed
-    as torchvision's ``replace_stride_with_dilation`` does (block 0 keeps the previous dilation).
+    as torchvision's ``replace_stride_with_dilation`` does (block 0 keeps the previous dilation). With
+    ``downsampling="softpool"`` the subsamplings from OS8 on (layer3, layer4; dense or adaptive) SoftPool.
     """
+    if downsampling not in DOWNSAMPLING:
+        raise ValueError(f"downsampling must be one of {DOWNSAMPLING}, got {downsampling!r}")
     plans, stride_so_far, dilation, steps_left = [], 4, 1, num_levels
     for li, blocks in enumerate(num_blocks):
         nominal = 1 if li == 0 else 2
+        pool = downsampling if nominal == 2 and stride_so_far >= _SOFTPOOL_FROM_STRIDE else "top_left"
         if stride_so_far * nominal <= finest_stride:  # still above the finest grid: the ordinary strided layer
             stride_so_far *= nominal
-            plans.append([BlockPlan(False, nominal if b == 0 else 1, 1, False) for b in range(blocks)])
+            plans.append([BlockPlan(False, nominal if b == 0 else 1, 1, False, pool) for b in range(blocks)])
             continue
         previous, dilation = dilation, dilation * nominal
         step = steps_left > 0
         steps_left -= int(step)
         plans.append(
-            [BlockPlan(num_levels > 0, 1, previous if b == 0 else dilation, step and b == 0) for b in range(blocks)]
+            [
+                BlockPlan(num_levels > 0, 1, previous if b == 0 else dilation, step and b == 0, pool)
+                for b in range(blocks)
+            ]
         )
     return plans
 
@@ -97,41 +118,66 @@ def _shortcut_parts(block: Bottleneck) -> tuple[nn.Conv2d, nn.Module] | None:
 
 
 def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
-    """A torchvision bottleneck with the plan's stride and dilation instead of its own."""
+    """A torchvision bottleneck with the plan's stride, dilation and subsampling instead of its own."""
+    soft = plan.stride == 2 and plan.pool == "softpool"  # conv2 at stride 1, then SoftPool where it subsampled
     out = block.relu(block.bn1(block.conv1(x)))
-    c2 = block.conv2
-    out = F.conv2d(out, c2.weight, c2.bias, plan.stride, plan.dilation, plan.dilation, c2.groups)
-    out = block.relu(block.bn2(out))
+    out = conv_at(block.conv2, out, 1 if soft else plan.stride, plan.dilation)
+    out = block.relu(block.bn2(AF.softpool2d(out) if soft else out))
     out = block.bn3(block.conv3(out))
     shortcut = _shortcut_parts(block)
     if shortcut is None:
         identity = x
-    else:
+    else:  # SoftPool first, as the subsampling a strided 1x1 conv performs comes first
         conv, norm = shortcut
-        identity = norm(F.conv2d(x, conv.weight, conv.bias, plan.stride, 0, 1, conv.groups))
+        identity = norm(conv_at(conv, AF.softpool2d(x), 1, 1) if soft else conv_at(conv, x, plan.stride, 1))
     return block.relu(out + identity)
 
 
 def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, backend: str | None) -> MultiResMap:
     """A torchvision bottleneck on a multi-resolution map (SPEC §3: conv2 at the surviving elements, shortcut
-    subsampled before its 1x1 conv). Each conv-BN(-add)-ReLU is one :func:`~adatriton.functional.conv_bn_act`,
-    a single launch on the triton backend in eval mode."""
-    c1, c2, c3 = block.conv1, block.conv2, block.conv3
-    out = AF.conv_bn_act(x, c1.weight, c1.bias, block.bn1, relu=True, groups=c1.groups, backend=backend)
-    out = AF.conv_bn_act(
-        out, c2.weight, c2.bias, block.bn2, True, None, plan.dilation, c2.groups, plan.downsample_step, backend
-    )
+    subsampled before its 1x1 conv), through its :class:`~adatriton.modules.AdaptiveConv2d` modules with the plan's
+    tap spacing and downsampling step. Each conv-BN(-add)-ReLU is one
+    :meth:`~adatriton.modules.AdaptiveConv2d.multires` call, a single launch on the triton backend in eval mode.
+
+    With SoftPool (``plan.pool``) a downsampling conv2 runs at every pre-step element, then the step SoftPools
+    its output before the BatchNorm; the shortcut SoftPools its input before the 1x1 conv.
+    """
+    step, soft = plan.downsample_step, plan.downsample_step and plan.pool == "softpool"
+    out = block.conv1.multires(x, downsample=False, bn=block.bn1, relu=True, backend=backend)
+    c2 = block.conv2
+    if soft:
+        out = AF.downsample(c2.multires(out, tap_spacing=plan.dilation, downsample=False, backend=backend), "softpool")
+        out = AF.batch_norm(out, block.bn2).relu()
+    else:
+        out = c2.multires(out, tap_spacing=plan.dilation, downsample=step, bn=block.bn2, relu=True, backend=backend)
     shortcut = _shortcut_parts(block)
     if shortcut is None:
-        if plan.downsample_step:
+        if step:
             raise NotImplementedError("a downsampling bottleneck without a shortcut conv is not a torchvision ResNet")
         identity = x
+    elif soft:
+        conv, norm = shortcut
+        identity = conv.multires(AF.downsample(x, "softpool"), downsample=False, bn=norm, backend=backend)
     else:  # the strided shortcut: subsample then 1x1, one pass
         conv, norm = shortcut
-        identity = AF.conv_bn_act(
-            x, conv.weight, conv.bias, norm, groups=conv.groups, downsample=plan.downsample_step, backend=backend
-        )
-    return AF.conv_bn_act(out, c3.weight, c3.bias, block.bn3, True, identity, groups=c3.groups, backend=backend)
+        identity = conv.multires(x, downsample=step, bn=norm, backend=backend)
+    return block.conv3.multires(out, downsample=False, bn=block.bn3, relu=True, residual=identity, backend=backend)
+
+
+def _check_swapped(layers: dict[str, nn.Module], plans: list[list[BlockPlan]]) -> None:
+    """Every conv of an adaptive block must be an :class:`AdaptiveConv2d` (a ``filter_fn`` may have kept one)."""
+    for name, layer_plans in zip(_LAYERS, plans):
+        for index, (block, plan) in enumerate(zip(layers[name], layer_plans)):
+            shortcut = _shortcut_parts(block)
+            convs = {"conv1": block.conv1, "conv2": block.conv2, "conv3": block.conv3}
+            if shortcut is not None:
+                convs["downsample.0"] = shortcut[0]
+            for conv_name, conv in convs.items():
+                if plan.adaptive and not isinstance(conv, AdaptiveConv2d):
+                    raise TypeError(
+                        f"{name}.{index}.{conv_name} is a {type(conv).__name__}, but it runs on multi-resolution "
+                        "maps: filter_fn must not exclude the convs of the adaptive layers"
+                    )
 
 
 class AdaptiveResNet(nn.Module):
@@ -146,13 +192,26 @@ class AdaptiveResNet(nn.Module):
             one that torchvision's segmentation models hold as ``model.backbone`` (its ``return_layers`` must be
             among ``layer1`` .. ``layer4``).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
-        backend: conv backend of the adaptive part (``"torch"``, ``"dense"``); None resolves per call.
+        backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
+            resolves per call.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU``
+            / ``nn.MaxPool2d`` children :func:`~adatriton.modules.swap_modules` replaces (in place) by their drop-in
+            classes; None swaps all. The convs of the adaptive layers must be swapped.
+        downsampling: ``"top_left"`` (the strided network's subsampling, SPEC §3) or ``"softpool"`` (every
+            subsampling from OS8 on, dense or adaptive, merges 2x2 blocks by SoftPool; see :func:`plan_resnet`).
 
     Attributes:
         return_layers: the ``IntermediateLayerGetter``'s ``{layer: output name}`` mapping, None for a ``ResNet``.
     """
 
-    def __init__(self, model: ResNet | IntermediateLayerGetter, output_stride: str | int, backend: str | None = None):
+    def __init__(
+        self,
+        model: ResNet | IntermediateLayerGetter,
+        output_stride: str | int,
+        backend: str | None = None,
+        filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        downsampling: str = "top_left",
+    ):
         super().__init__()
         if not isinstance(model, (ResNet, IntermediateLayerGetter)):
             raise TypeError(
@@ -179,16 +238,20 @@ class AdaptiveResNet(nn.Module):
         self.output_stride, self.finest_stride, self.num_levels = parse_output_stride(output_stride)
         self.backend = backend
         self.return_layers = return_layers
+        self.downsampling = downsampling
+        self.plans = plan_resnet([len(children[n]) for n in _LAYERS], self.finest_stride, self.num_levels, downsampling)
+        swap_modules(model, filter_fn)  # in place: the model's own children, now drop-in modules with its weights
+        children = dict(model.named_children())
+        _check_swapped(children, self.plans)
         for name, child in children.items():
             self.add_module(name, child)
-        self.plans = plan_resnet([len(children[n]) for n in _LAYERS], self.finest_stride, self.num_levels)
 
     @property
     def adaptive(self) -> bool:
         return self.num_levels > 0
 
     def extra_repr(self) -> str:
-        return f"output_stride={self.output_stride!r}, backend={self.backend!r}"
+        return f"output_stride={self.output_stride!r}, backend={self.backend!r}, downsampling={self.downsampling!r}"
 
     def _level_map(self, levels: LevelMap | Tensor | None, x: Tensor) -> LevelMap | None:
         if levels is None:

@@ -16,7 +16,7 @@ runs as an :class:`~adatriton.resnet.AdaptiveResNet`, the heads run densely on i
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead, DeepLab
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from .levelmap import LevelMap
+from .modules import swap_modules
 from .resnet import AdaptiveResNet
 
 __all__ = [
@@ -242,9 +243,19 @@ class AdaptiveSegmentationModel(nn.Module):
             ResNet (torchvision's ``fcn_resnet50/101``, ``deeplabv3_resnet50/101``, this module's builders).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
         backend: conv backend of the adaptive part; None resolves per call.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g. ``"backbone.layer3.0.conv2"``)
+            chooses the layers :func:`~adatriton.modules.swap_modules` replaces in place; None swaps all.
+        downsampling: ``"top_left"`` or ``"softpool"`` (see :class:`~adatriton.resnet.AdaptiveResNet`).
     """
 
-    def __init__(self, model: nn.Module, output_stride: str | int, backend: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        output_stride: str | int,
+        backend: str | None = None,
+        filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        downsampling: str = "top_left",
+    ):
         super().__init__()
         if not isinstance(model, SEGMENTATION_MODELS):
             raise TypeError(
@@ -255,7 +266,10 @@ class AdaptiveSegmentationModel(nn.Module):
                 f"the model's backbone must be torchvision's IntermediateLayerGetter over a ResNet, got "
                 f"{type(model.backbone).__name__}"
             )
-        self.backbone = AdaptiveResNet(model.backbone, output_stride, backend)
+        swap_modules(model, filter_fn)  # heads too: with fqns relative to the whole model
+        self.backbone = AdaptiveResNet(
+            model.backbone, output_stride, backend, filter_fn=lambda module, fqn: False, downsampling=downsampling
+        )
         self.classifier = model.classifier
         self.aux_classifier = model.aux_classifier
 

@@ -1,23 +1,26 @@
-"""``python -m bench --out results``: the project's main job, the backbone runtime table (see :mod:`bench.backbone`).
+"""``python -m bench [SUITE ...]`` (console script ``adatriton-bench``): run benchmark suites, write
+``<out>/<suite>.csv`` (rows merged by key), ``<out>/<suite>_summary.md`` and ``<out>/<suite>_*.png``.
 
-Writes ``<out>/backbone_runtime.csv`` and prints the table and the CSV's path to stdout; progress goes to stderr.
+Without a suite it runs ``table2``. Without CUDA the run is ``--quick`` (CPU-sized, a few minutes on 2 cores)
+unless ``--full`` is given; on CUDA it is the full run unless ``--quick`` is given. Explicit options override the
+suite's quick / full defaults. Progress goes to stderr; each suite's summary and file paths to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
+import torch
 
-from .backbone import MODELS, BenchConfig, run_backbone, write_rows
-from .kernels import DENSITIES, SHAPES, run_kernels, write_kernel_rows
+from ._report import write_reports
+from ._suite import Context, Options, load_suite, suite_names
 
-#: Full-run defaults; ``--quick`` swaps in the tiny ones (smoke tests), explicit options override either.
-DEFAULTS = {"size": (512, 1024), "repeats": 3, "warmup": 1}
-QUICK = {"size": (64, 128), "repeats": 1, "warmup": 0}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_SUITES = ("table2",)
 
 
 def _fraction(text: str) -> float:
@@ -41,116 +44,127 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``--size``, ``--repeats`` and ``--warmup`` are resolved against ``--quick``."""
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``python -m bench --help``)."""
+    names = suite_names()
+    p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Backbone runtime of dense OS8/OS16/OS32 and adaptive 8->32 ResNets, side by side.",
+        description="Runtime and multiply-add benchmarks of adaptive vs dense networks; one CSV, a markdown "
+        "summary and plots per suite.",
     )
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
-    parser.add_argument("--model", choices=MODELS, default="resnet101", help="torchvision model (random weights)")
-    parser.add_argument(
-        "--size",
-        type=_positive,
-        nargs=2,
-        metavar=("H", "W"),
-        help=f"input size (default: {DEFAULTS['size'][0]} {DEFAULTS['size'][1]})",
-    )
-    parser.add_argument(
-        "--fractions",
-        type=_fraction,
+    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run, of {names} (default: table2)")
+    p.add_argument("--list", action="store_true", help="list the suites and exit")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", default=None, help="CPU-sized run (default without CUDA)")
+    mode.add_argument("--full", action="store_true", help="full-size run (default with CUDA)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--batch", type=_positive, help="images per call (default 1)")
+    p.add_argument("--size", type=_positive, nargs=2, metavar=("H", "W"), help="input size (suite default)")
+    p.add_argument("--warmup", type=_non_negative, help="untimed calls per measurement (full: 10)")
+    p.add_argument("--iters", type=_positive, help="timed calls per measurement (full: 10)")
+    p.add_argument("--fractions", type=_fraction, nargs="+", help="level-0 area fractions of the adaptive rows")
+    p.add_argument("--backbones", nargs="+", choices=("resnet50", "resnet101", "resnet152"))
+    p.add_argument("--heads", nargs="+", choices=("fcn", "deeplabv3", "deeplabv3plus"))
+    p.add_argument("--conversions", nargs="+", choices=("8->32", "8->16"), help="adaptive output strides")
+    p.add_argument("--masks", nargs="+", choices=("synthetic", "edges"), help="level-map sources")
+    p.add_argument(
+        "--backends",
         nargs="+",
-        default=[0.3],
-        help="level-0 area fractions of the adaptive rows (default: 0.3)",
+        choices=("auto", "torch", "dense", "triton"),
+        help="adaptive backends (auto = per-layer dispatcher); triton on the CPU only when named here",
     )
-    parser.add_argument("--repeats", type=_positive, help=f"timed calls per row (default: {DEFAULTS['repeats']})")
-    parser.add_argument("--warmup", type=_non_negative, help=f"untimed calls first (default: {DEFAULTS['warmup']})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, input and keep mask (default: 0)")
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"smoke test: size {QUICK['size'][0]}x{QUICK['size'][1]}, repeats {QUICK['repeats']}, "
-        f"warmup {QUICK['warmup']}",
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last (default on)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--suite",
-        choices=("all", "backbone", "kernels"),
-        default="all",
-        help="backbone: whole backbones (backbone_runtime.csv); kernels: single layers, sparse vs dense "
-        "(kernel_runtime.csv); all: both (default)",
-    )
-    args = parser.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for name, value in base.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    p.add_argument("--compile", action="store_true", default=None, help="time torch.compile-d callables")
+    p.add_argument("--seed", type=int, help="weights, inputs and synthetic masks (default 0)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Run the bench, write the CSV, print the table.
+def resolve(args: argparse.Namespace, suite) -> Options:
+    """The suite's :class:`Options`: base defaults, then its quick / full defaults, then the explicit options."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    quick = bool(args.quick) if args.quick or args.full else device.type != "cuda"
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    base = Options(device=device, dtype=dtype, quick=quick, out=args.out, progress=not args.no_progress)
+    given = {
+        name: getattr(args, name)
+        for name in (
+            "batch",
+            "warmup",
+            "iters",
+            "fractions",
+            "backbones",
+            "heads",
+            "conversions",
+            "masks",
+            "backends",
+            "channels_last",
+            "compile",
+            "seed",
+        )
+    }
+    given["size"] = tuple(args.size) if args.size else None
+    given["backends_given"] = True if args.backends else None
+    return base.merged(suite.quick if quick else suite.full, given)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
+    """Run the suites named in ``argv`` (see the module docstring).
 
     Args:
-        argv: command-line arguments without the program name; None reads ``sys.argv``.
+        argv: arguments without the program name; None reads ``sys.argv``.
 
     Returns:
-        Path of the first CSV written (``backbone_runtime.csv`` unless only ``--suite kernels`` ran).
+        ``{suite: {"csv", "summary", "plots", "table", "seconds"}}``.
     """
-    args = parse_args(argv)
-    paths = []
-    if args.suite in ("all", "backbone"):
-        paths.append(_backbone(args))
-    if args.suite in ("all", "kernels"):
-        paths.append(_kernels(args))
-    sys.stdout.flush()
-    return paths[0]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        for name in suite_names():
+            try:
+                print(f"{name:10s} {load_suite(name).description}")
+            except (ValueError, ImportError) as err:
+                print(f"{name:10s} (unavailable: {err})")
+        return {}
+    names = args.suites or list(DEFAULT_SUITES)
+    try:
+        suites = [load_suite(name) for name in names]
+    except ValueError as err:
+        parser.error(str(err))
+    results = {}
+    for suite in suites:
+        opts = resolve(args, suite)
+        if opts.device.type == "cpu":
+            # Random weights can drive activations into denormal floats, which x86 computes orders of magnitude
+            # slower; trained networks do not live there, so flush them (dense and adaptive rows alike).
+            torch.set_flush_denormal(True)
+        else:
+            torch.backends.cudnn.benchmark = True  # the dense references get cuDNN's best algorithm
+        ctx = Context(suite.name, opts)
+        start = time.perf_counter()
+        rows = list(suite.run(ctx))
+        seconds = time.perf_counter() - start
+        report = write_reports(rows, suite.name, opts.out, ctx.notes, suite.references)
+        report["seconds"] = seconds
+        results[suite.name] = report
+        print(report["summary"].read_text())
+        print(f"{suite.name}: {len(rows)} rows in {seconds:.0f} s ({'quick' if opts.quick else 'full'} run)")
+        print(f"wrote {report['csv']}, {report['summary']}" + "".join(f", {p}" for p in report["plots"]))
+        sys.stdout.flush()
+    return results
 
 
-def _show(table: pd.DataFrame, path: Path, header: str) -> None:
-    shown = table.drop(columns=[c for c in table.columns if c.endswith("_version") or c == "timestamp"])
-    with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
-        print(header)
-        print(shown.to_string(index=False))
-    print(f"wrote {path}")
-
-
-def _backbone(args: argparse.Namespace) -> Path:
-    config = BenchConfig(
-        model=args.model,
-        height=args.size[0],
-        width=args.size[1],
-        fractions=tuple(args.fractions),
-        repeats=args.repeats,
-        warmup=args.warmup,
-        seed=args.seed,
-        device=args.device,
-    )
-    rows = run_backbone(config, progress=not args.no_progress)
-    path, table = write_rows(rows, args.out)
-    r = rows[0]
-    _show(
-        table,
-        path,
-        f"{r.timestamp}  {r.device}  torch {r.torch_version}  torchvision {r.torchvision_version}  "
-        f"triton {r.triton_version or '-'}  adatriton {r.adatriton_version}",
-    )
-    return path
-
-
-def _kernels(args: argparse.Namespace) -> Path:
-    shapes, densities = SHAPES, DENSITIES
-    if args.quick:  # an 8x16 grid and two densities: seconds on the CPU
-        shapes = tuple(
-            (f"{k}x{k}-{ci // 4}-{co // 4}", ci // 4, co // 4, k, o, 8, 16) for _, ci, co, k, o, _, _ in SHAPES
-        )
-        densities = (0.3, 1.0)
-    rows = run_kernels(args.device, None, args.repeats, args.warmup, densities, shapes, not args.no_progress)
-    path, table = write_kernel_rows(rows, args.out)
-    _show(table, path, f"single layers on {rows[0].device}, {rows[0].dtype}")
-    return path
+def cli() -> int:
+    """The ``adatriton-bench`` console script: :func:`main` on ``sys.argv``, exit status 0."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor
 
 
@@ -65,12 +66,27 @@ class DenseSim:
         out = F.conv2d(
             self.pad(dense, stage), weight, bias, padding=tap_spacing * (k // 2), dilation=tap_spacing, groups=groups
         )
-        new_stage = stage + 1 if step else stage
+        return self._at_centres(out, stage, stage + 1 if step else stage)
+
+    def _at_centres(self, out: Tensor, stage: int, new_stage: int) -> Tensor:
+        """Sample a padded-grid conv output at the centres of the elements at ``new_stage`` (survivors)."""
         n, y, x = self._grid(self.h, self.w)
         u = self.levels.clamp(max=new_stage)
         ty, tx = (y >> u) << u, (x >> u) << u
         half = (1 << u.clamp(max=stage)) // 2  # the survivor is the top-left element of the pre-step level
         return out.permute(0, 2, 3, 1)[n, ty + half, tx + half].permute(0, 3, 1, 2)
+
+    def deform_conv(
+        self, dense: Tensor, offset_weight: Tensor, weight: Tensor, bias: Tensor | None, tap_spacing: int, stage: int
+    ) -> Tensor:
+        """Deformable conv at the element centres: offsets by the SPEC conv, torchvision's bilinear sampling of
+        the padded densified grid (the rule in the README)."""
+        offsets = self.pad(self.conv(dense, offset_weight, None, tap_spacing, stage), stage)
+        pad = tap_spacing * (weight.shape[-1] // 2)
+        out = torchvision.ops.deform_conv2d(
+            self.pad(dense, stage), offsets, weight, bias, padding=pad, dilation=tap_spacing
+        )
+        return self._at_centres(out, stage, stage)
 
     def downsample(self, dense: Tensor, stage: int, variant: str = "top_left") -> Tensor:
         """Step ``stage + 1``: blocks with ``L > stage`` take their top-left (or max) level-``stage`` element."""
@@ -81,6 +97,16 @@ class DenseSim:
         vals = dense.permute(0, 2, 3, 1)
         if variant == "top_left":
             merged = vals[n, ty, tx]
+        elif variant == "softpool":  # sum_i softmax_i(x) x_i over the real sub-elements, per channel
+            subs, real = [], []
+            for dy in (0, sub):
+                for dx in (0, sub):
+                    real.append(((ty + dy) < self.h) & ((tx + dx) < self.w))
+                    subs.append(vals[n, (ty + dy).clamp(max=self.h - 1), (tx + dx).clamp(max=self.w - 1)])
+            subs, real = torch.stack(subs), torch.stack(real)[..., None]
+            top = torch.where(real, subs, torch.full_like(subs, float("-inf"))).amax(0)
+            weights = torch.where(real, (subs - top).exp(), torch.zeros_like(subs))
+            merged = (weights * torch.where(real, subs, torch.zeros_like(subs))).sum(0) / weights.sum(0)
         else:
             merged = torch.full_like(vals, float("-inf"))
             for dy in (0, sub):
@@ -98,14 +124,19 @@ TAP_SPACINGS = {8: {"layer3": (1, 2), "layer4": (2, 4)}, 16: {"layer4": (1, 2)}}
 CONVERSIONS = {"8->32": (8, 2, ("layer3", "layer4")), "8->16": (8, 1, ("layer3",)), "16->32": (16, 1, ("layer4",))}
 
 
-def simulate_resnet_features(plain_model, x: Tensor, levels: Tensor, conversion: str) -> Tensor:
+def simulate_resnet_features(
+    plain_model, x: Tensor, levels: Tensor, conversion: str, downsampling: str = "top_left"
+) -> Tensor:
     """Dense simulation of an adaptive torchvision ResNet (eval mode), densified ``layer4`` output.
 
     Args:
-        plain_model: the torchvision ResNet with its default strides (supplies the dense prefix and weights).
+        plain_model: the torchvision ResNet with its default strides (supplies the dense prefix and weights). A
+            ``conv2`` with an ``offset`` child conv is simulated as the deformable conv of the README's rule.
         x: images ``(N, 3, H, W)``.
         levels: ``(N, Hf, Wf)`` level map on the finest grid.
-        conversion: ``"8->32"``, ``"8->16"`` or ``"16->32"``.
+        conversion: ``"8->32"``, ``"8->16"`` or ``"16->32"`` (``"16->32"`` with the top-left subsampling only).
+        downsampling: ``"top_left"`` or ``"softpool"``: the merge of the adaptive steps (the conv2 of a
+            downsampling block then runs at every pre-step element, and the step merges its output before bn2).
     """
     finest, k, step_layers = CONVERSIONS[conversion]
     m = plain_model
@@ -119,14 +150,21 @@ def simulate_resnet_features(plain_model, x: Tensor, levels: Tensor, conversion:
             step = b == 0 and name in step_layers
             c1, c2, c3 = block.conv1, block.conv2, block.conv3
             out = block.relu(block.bn1(sim.conv(dense, c1.weight, c1.bias, 1, stage)))
-            out = sim.conv(out, c2.weight, c2.bias, first if b == 0 else rest, stage, step, c2.groups)
+            spacing = first if b == 0 else rest
+            if hasattr(c2, "offset"):
+                out = sim.deform_conv(out, c2.offset.weight, c2.weight, c2.bias, spacing, stage)
+                out = sim.downsample(out, stage) if step else out
+            elif step and downsampling == "softpool":
+                out = sim.downsample(sim.conv(out, c2.weight, c2.bias, spacing, stage), stage, "softpool")
+            else:
+                out = sim.conv(out, c2.weight, c2.bias, spacing, stage, step, c2.groups)
             new_stage = stage + int(step)
             out = block.relu(block.bn2(out))
             out = block.bn3(sim.conv(out, c3.weight, c3.bias, 1, new_stage))
             if block.downsample is None:
                 identity = dense
             else:
-                xi = sim.downsample(dense, stage) if step else dense
+                xi = sim.downsample(dense, stage, downsampling) if step else dense
                 conv, norm = block.downsample
                 identity = norm(sim.conv(xi, conv.weight, conv.bias, 1, new_stage))
             dense, stage = block.relu(out + identity), new_stage

@@ -1,0 +1,320 @@
+"""Shared by the network suites (``table2``, ``models``): building the models, the input photograph, level maps
+from the mask sources, the bookkeeping that is timed apart, and one row per measured network."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import adatriton
+from adatriton import LevelMap, masks, segmentation
+from adatriton.levelmap import num_levels_of
+from adatriton.resnet import _LAYERS
+
+from ._measure import measure
+from ._schema import Row
+from ._suite import Context
+
+__all__ = [
+    "HEADS",
+    "MASK_SOURCES",
+    "Network",
+    "build_model",
+    "dense_backend_name",
+    "level_fractions",
+    "network_rows",
+    "photo",
+    "prepare_levelmap",
+    "timed_row",
+]
+
+#: Segmentation heads the suites build (adatriton.segmentation builders).
+HEADS = ("fcn", "deeplabv3", "deeplabv3plus")
+#: Level-map sources: clustered synthetic blobs, Sobel edges of the photograph.
+MASK_SOURCES = ("synthetic", "edges")
+#: ImageNet normalisation of the input photograph.
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def dense_backend_name(device: torch.device) -> str:
+    """What computes a dense torch conv there: ``cudnn`` on CUDA, ``onednn`` on the CPU."""
+    return "cudnn" if device.type == "cuda" else "onednn"
+
+
+def build_model(backbone: str, head: str, seed: int) -> nn.Module:
+    """A segmentation model with random weights (runtime does not depend on their values), in eval mode.
+
+    Args:
+        backbone: ``resnet50``, ``resnet101`` or ``resnet152``.
+        head: one of :data:`HEADS`.
+        seed: seeds the initialisation.
+    """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return getattr(segmentation, head)(backbone).eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _astronaut() -> Tensor:
+    from skimage import data  # bundled with scikit-image: no download
+
+    return torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255  # (3, 512, 512) RGB in [0, 1]
+
+
+def photo(batch: int, height: int, width: int) -> Tensor:
+    """The bundled astronaut photograph (scikit-image) resized to ``height x width``, RGB in ``[0, 1]``; sample
+    ``n`` is rolled by ``n * width // batch`` columns, so the samples (and their edge masks) differ.
+
+    Returns:
+        ``(batch, 3, height, width)`` float32 on the CPU.
+
+    Raises:
+        ImportError: scikit-image is not installed.
+    """
+    image = F.interpolate(_astronaut()[None], size=(height, width), mode="bilinear", antialias=True)
+    image = image.clamp(0, 1)
+    return torch.cat([image.roll(n * width // batch, dims=3) for n in range(batch)])
+
+
+def level_fractions(fractions: Sequence[float]) -> str:
+    """``"0.300/0.000/0.700"``: area fraction per level."""
+    return "/".join(f"{float(f):.3f}" for f in fractions)
+
+
+def prepare_levelmap(levels: Tensor, num_levels: int, net: nn.Module) -> LevelMap:
+    """The bookkeeping of an adaptive network: validate the level map and build every index table its convs
+    read: the layouts of all stages, the downsampling sources, and the tap tables of the 3x3 convs (built lazily
+    by the first forward otherwise, and then cached on the level map).
+
+    Args:
+        levels: ``(N, Hf, Wf)`` integer level values on the network's device.
+        num_levels: ``K``.
+        net: the converted model (its plans say which tap tables exist).
+
+    Returns:
+        The :class:`LevelMap` with its tables built; pass it to the network to time the network alone.
+    """
+    lm = LevelMap(levels, num_levels)
+    for stage in range(num_levels + 1):
+        layout = lm.layout(stage)
+        if stage < num_levels:
+            layout.downsample_sources("top_left")
+    backbone = net.backbone if isinstance(net, adatriton.AdaptiveSegmentationModel) else net
+    stage = 0
+    for name, plans in zip(_LAYERS, backbone.plans):
+        for block, plan in zip(getattr(backbone, name), plans):
+            if not plan.adaptive:
+                continue
+            k = block.conv2.weight.shape[-1]
+            lm.layout(stage).tap_index(k, plan.dilation, plan.downsample_step)
+            stage += int(plan.downsample_step)
+    return lm
+
+
+@dataclass
+class Network:
+    """One model of a network suite and the inputs its rows share.
+
+    Attributes:
+        model: the segmentation model (converted per row; the conversions share its weights).
+        backbone, head: its names.
+        x: input batch on the device (normalised photograph, or seeded noise without scikit-image).
+        images: the photograph ``(N, 3, H, W)`` in ``[0, 1]`` on the CPU for the edge masks; None without it.
+    """
+
+    model: nn.Module
+    backbone: str
+    head: str
+    x: Tensor
+    images: Tensor | None
+
+    @classmethod
+    def build(cls, ctx: Context, backbone: str, head: str) -> Network:
+        o = ctx.opts
+        h, w = o.size
+        try:
+            images = photo(o.batch, h, w)
+            x = (images - torch.tensor(_MEAN)[:, None, None]) / torch.tensor(_STD)[:, None, None]
+        except ImportError as err:
+            ctx.note(f"no photograph ({err}): noise input, edge masks skipped")
+            images, x = None, torch.randn(o.batch, 3, h, w, generator=torch.Generator().manual_seed(o.seed))
+        memory = torch.channels_last if o.channels_last else torch.contiguous_format
+        model = build_model(backbone, head, o.seed).to(o.device, o.dtype).to(memory_format=memory)
+        x = x.to(o.device, o.dtype).contiguous(memory_format=memory)
+        return cls(model, backbone, head, x, images)
+
+    @property
+    def name(self) -> str:
+        return f"{self.head}_{self.backbone}"
+
+
+def _level_map(ctx: Context, net: Network, conversion: str, source: str, fraction: float) -> LevelMap | None:
+    """The CPU level map of one adaptive row, or None (with a note) when the source cannot give one."""
+    o = ctx.opts
+    h, w = o.size
+    if source == "synthetic":
+        return masks.synthetic(o.batch, h, w, conversion, fraction, kind="blobs", seed=o.seed)
+    if source == "edges":
+        if net.images is None:
+            return None
+        edges = functools.partial(masks.edges, net.images, conversion, method="sobel")
+        return masks.match_fraction(edges, fraction, "threshold").levelmap
+    raise ValueError(f"unknown mask source {source!r}; expected one of {MASK_SOURCES}")
+
+
+_MASK_PARAM = {"synthetic": "blobs", "edges": "sobel"}
+
+
+def _dispatch_summary(records: list[dict]) -> str:
+    counts = collections.Counter(r["backend"] for r in records)
+    return " ".join(f"{name}:{n}" for name, n in sorted(counts.items()))
+
+
+def _compiled(ctx: Context, fn: Callable) -> Callable:
+    return torch.compile(fn) if ctx.opts.compile else fn
+
+
+def timed_row(
+    ctx: Context,
+    call: Callable[[], object],
+    label: str,
+    columns: dict,
+    record: bool,
+) -> Row | None:
+    """Measure ``call`` and make its row; a failure (e.g. out of memory) becomes a note instead of a row."""
+    o = ctx.opts
+    try:
+        warmup = o.warmup
+        dispatch = columns.pop("dispatch", "")
+        if record:  # one warm-up call records which backend computed every adaptive conv
+            with adatriton.dispatch.recording() as records:
+                call()
+            dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
+        timing = measure(call, o.device, warmup, o.iters)
+    except Exception as err:  # noqa: BLE001 -- one failed measurement must not lose the others
+        ctx.note(f"{label}: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        if o.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+    return ctx.row(
+        **columns,
+        dispatch=dispatch,
+        time_mean_ms=timing.mean,
+        time_median_ms=timing.median,
+        time_min_ms=timing.min,
+        time_max_ms=timing.max,
+        peak_memory_mb=timing.peak_memory_mb,
+        speedup_vs_os8=math.nan,
+    )
+
+
+def network_rows(
+    ctx: Context,
+    net: Network,
+    scope: str,
+    dense_strides: Sequence[str],
+    bar,
+) -> list[Row]:
+    """Every row of one model: the dense networks, then per conversion, mask source and level-0 fraction the
+    bookkeeping (timed once) and each backend; ``speedup_vs_os8`` filled from the dense OS8 row.
+
+    Args:
+        ctx: the suite's context (conversions, masks, fractions, backends come from ``ctx.opts``).
+        net: the model and its input.
+        scope: ``"backbone"`` times ``backbone.forward_features`` (stem .. layer4, densified), ``"model"`` the
+            whole forward (heads and upsampling included).
+        dense_strides: dense output strides to measure (must include ``"8"`` for the speedups).
+        bar: tqdm bar, advanced once per row.
+    """
+    o = ctx.opts
+    h, w = o.size
+    x_meta = torch.empty(tuple(net.x.shape), device="meta")
+    backends = ctx.backends()
+    common = {"model": net.name, "backbone": net.backbone, "head": net.head, "scope": scope, "height": h, "width": w}
+
+    def forward(model: nn.Module) -> Callable:
+        return _compiled(ctx, model.backbone.forward_features if scope == "backbone" else model)
+
+    rows = []
+    with torch.inference_mode():
+        for stride in dense_strides:
+            model = adatriton.convert(net.model, stride).eval()
+            fn = forward(model)
+            count = adatriton.count_macs(model, x_meta)
+            finest = int(stride)
+            level = int(math.log2(finest // 8))  # the uniform map on the OS8 grid that this network equals
+            columns = dict(
+                common,
+                output_stride=stride,
+                mask_source="none",
+                mask_param="",
+                fraction_target=float(level == 0),
+                fraction_level0=float(level == 0),
+                level_fractions=level_fractions([float(v == level) for v in range(level + 1)]),
+                backend=dense_backend_name(o.device),
+                dispatch="dense network",
+                elements=o.batch * -(-h // finest) * -(-w // finest),
+                macs_total=count.total,
+                macs_backbone=count.backbone,
+                bookkeeping_ms=0.0,
+            )
+            row = timed_row(ctx, functools.partial(fn, net.x), f"{net.name} OS{stride}", columns, record=False)
+            rows += [row] if row is not None else []
+            bar.update()
+        for conversion in o.conversions:
+            k = num_levels_of(conversion)
+            # One converted model per backend (they share the weights): the backend is the model's own setting, so
+            # a compiled forward specialises on it.
+            models = {b: adatriton.convert(net.model, conversion, backend=b).eval() for b in backends}
+            fns = {b: forward(m) for b, m in models.items()}
+            for source in o.masks:
+                for fraction in o.fractions:
+                    label = f"{net.name} {conversion} {source} {fraction:g}"
+                    lm_cpu = _level_map(ctx, net, conversion, source, fraction)
+                    if lm_cpu is None:
+                        bar.update(len(backends))
+                        continue
+                    levels = lm_cpu.levels.to(o.device)
+                    any_model = next(iter(models.values()))
+                    build = functools.partial(prepare_levelmap, levels, k, any_model)
+                    bookkeeping = measure(build, o.device, min(o.warmup, 1), o.iters).median
+                    lm = build()
+                    count = adatriton.count_macs(any_model, x_meta, lm_cpu)
+                    fr = lm_cpu.fractions().tolist()
+                    for backend in models:
+                        columns = dict(
+                            common,
+                            output_stride=conversion,
+                            mask_source=source,
+                            mask_param=_MASK_PARAM[source],
+                            fraction_target=float(fraction),
+                            fraction_level0=fr[0],
+                            level_fractions=level_fractions(fr),
+                            backend=backend,
+                            elements=count.elements[-1],
+                            macs_total=count.total,
+                            macs_backbone=count.backbone,
+                            bookkeeping_ms=bookkeeping,
+                        )
+                        call = functools.partial(fns[backend], net.x, lm)
+                        row = timed_row(ctx, call, f"{label} {backend}", columns, record=True)
+                        rows += [row] if row is not None else []
+                        bar.update()
+                    del lm
+    reference = next((r.time_median_ms for r in rows if r.output_stride == "8"), math.nan)
+    for r in rows:
+        r.speedup_vs_os8 = reference / r.time_median_ms
+    with contextlib.suppress(Exception):
+        if o.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows

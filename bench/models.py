@@ -1,0 +1,46 @@
+"""``models``: whole segmentation models (backbone, heads, upsampling), ResNet-50 / 101 / 152 x FCN / DeepLabv3 /
+DeepLabv3+, dense OS16 and OS8 against adaptive 8->32 at level-0 fraction 0.3 (clustered synthetic mask) through
+the per-layer dispatcher.
+
+Full run: 1024x2048, 10 + 10 calls. ``--quick``: 128x256, 1 + 2 calls.
+"""
+
+from __future__ import annotations
+
+from ._networks import Network, network_rows
+from ._suite import Context, Suite
+
+__all__ = ["SUITE", "run"]
+
+DENSE_STRIDES = ("16", "8")
+
+
+def run(ctx: Context) -> list:
+    """Measure every (backbone, head) pair's rows (see the module docstring)."""
+    o = ctx.opts
+    models = [(b, h) for b in o.backbones for h in o.heads]
+    backends = ctx.backends()
+    per_model = len(DENSE_STRIDES) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(backends)
+    rows = []
+    with ctx.progress(per_model * len(models)) as bar:
+        for backbone, head in models:
+            rows += network_rows(ctx, Network.build(ctx, backbone, head), "model", DENSE_STRIDES, bar)
+    return rows
+
+
+_COMMON = {
+    "fractions": (0.3,),
+    "backbones": ("resnet50", "resnet101", "resnet152"),
+    "heads": ("fcn", "deeplabv3", "deeplabv3plus"),
+    "conversions": ("8->32",),
+    "masks": ("synthetic",),
+    "backends": ("auto",),
+}
+
+SUITE = Suite(
+    name="models",
+    description="ResNet-50/101/152 x FCN/DeepLabv3/DeepLabv3+ whole models: dense OS16/OS8 vs adaptive 8->32",
+    run=run,
+    full={"size": (1024, 2048), "warmup": 10, "iters": 10, **_COMMON},
+    quick={"size": (128, 256), "warmup": 1, "iters": 2, **_COMMON},
+)

@@ -1,0 +1,62 @@
+"""``table2``: the paper's Table 2 on this machine. ResNet-101 + DeepLabv3 backbone (stem .. layer4, densified),
+dense OS16 and OS8, and adaptive 8->32 and 8->16 at level-0 fractions 0.1 / 0.2 / 0.3 / 0.5 / 0.7, each with a
+clustered synthetic mask and with the Sobel edge mask of a bundled photograph (threshold searched for the
+fraction), each through the per-layer dispatcher (``auto``) and each forced backend.
+
+Full run: 1024x2048, 10 warm-up + 10 timed calls (the paper's protocol). ``--quick``: 256x512, fractions 0.1 / 0.3 /
+0.5, 1 + 3 calls: a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from ._networks import Network, network_rows
+from ._suite import Context, Suite
+
+__all__ = ["SUITE", "run"]
+
+#: Dense references of every run: OS8 (the speedups' reference) and OS16.
+DENSE_STRIDES = ("16", "8")
+
+
+def run(ctx: Context) -> list:
+    """Measure every row (see the module docstring); backbones / heads from the options (default ResNet-101 +
+    DeepLabv3)."""
+    o = ctx.opts
+    models = [(b, h) for b in o.backbones for h in o.heads]
+    backends = ctx.backends()
+    per_model = len(DENSE_STRIDES) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(backends)
+    rows = []
+    with ctx.progress(per_model * len(models)) as bar:
+        for backbone, head in models:
+            rows += network_rows(ctx, Network.build(ctx, backbone, head), "backbone", DENSE_STRIDES, bar)
+    return rows
+
+
+SUITE = Suite(
+    name="table2",
+    description="ResNet-101 + DeepLabv3 backbone: dense OS16/OS8 vs adaptive 8->32 and 8->16 over level-0 "
+    "fractions, synthetic and edge masks, dispatcher and every backend",
+    run=run,
+    full={
+        "size": (1024, 2048),
+        "warmup": 10,
+        "iters": 10,
+        "fractions": (0.1, 0.2, 0.3, 0.5, 0.7),
+        "backbones": ("resnet101",),
+        "heads": ("deeplabv3",),
+        "conversions": ("8->32", "8->16"),
+        "masks": ("synthetic", "edges"),
+        "backends": ("auto", "torch", "dense", "triton"),
+    },
+    quick={
+        "size": (256, 512),
+        "warmup": 1,
+        "iters": 3,
+        "fractions": (0.1, 0.3, 0.5),
+        "backbones": ("resnet101",),
+        "heads": ("deeplabv3",),
+        "conversions": ("8->32", "8->16"),
+        "masks": ("synthetic", "edges"),
+        "backends": ("auto", "torch", "dense", "triton"),
+    },
+)
