@@ -33,6 +33,7 @@ __all__ = [
     "network_rows",
     "photo",
     "prepare_levelmap",
+    "run_networks",
     "timed_row",
 ]
 
@@ -317,4 +318,22 @@ def network_rows(
     with contextlib.suppress(Exception):
         if o.device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows
+
+
+def run_networks(ctx: Context, scope: str, dense_strides: Sequence[str] = ("16", "8")) -> list[Row]:
+    """A suite over every (backbone, head) pair of the options: :func:`network_rows` of each, one progress bar.
+
+    Args:
+        ctx: the suite's context.
+        scope: ``"backbone"`` (stem .. layer4, densified) or ``"model"`` (the whole forward).
+        dense_strides: dense references of every model, the speedups' reference ``"8"`` among them.
+    """
+    o = ctx.opts
+    models = [(b, h) for b in o.backbones for h in o.heads]
+    per_model = len(dense_strides) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(ctx.backends())
+    rows = []
+    with ctx.progress(per_model * len(models)) as bar:
+        for backbone, head in models:
+            rows += network_rows(ctx, Network.build(ctx, backbone, head), scope, dense_strides, bar)
     return rows

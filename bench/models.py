@@ -7,7 +7,7 @@ Full run: 1024x2048, 10 + 10 calls. ``--quick``: 128x256, 1 + 2 calls.
 
 from __future__ import annotations
 
-from ._networks import Network, network_rows
+from ._networks import run_networks
 from ._suite import Context, Suite
 
 __all__ = ["SUITE", "run"]
@@ -16,16 +16,8 @@ DENSE_STRIDES = ("16", "8")
 
 
 def run(ctx: Context) -> list:
-    """Measure every (backbone, head) pair's rows (see the module docstring)."""
-    o = ctx.opts
-    models = [(b, h) for b in o.backbones for h in o.heads]
-    backends = ctx.backends()
-    per_model = len(DENSE_STRIDES) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(backends)
-    rows = []
-    with ctx.progress(per_model * len(models)) as bar:
-        for backbone, head in models:
-            rows += network_rows(ctx, Network.build(ctx, backbone, head), "model", DENSE_STRIDES, bar)
-    return rows
+    """Measure every (backbone, head) pair's rows (see the module docstring): the whole model."""
+    return run_networks(ctx, "model", DENSE_STRIDES)
 
 
 _COMMON = {

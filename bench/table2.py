@@ -9,7 +9,7 @@ Full run: 1024x2048, 10 warm-up + 10 timed calls (the paper's protocol). ``--qui
 
 from __future__ import annotations
 
-from ._networks import Network, network_rows
+from ._networks import run_networks
 from ._suite import Context, Suite
 
 __all__ = ["SUITE", "run"]
@@ -19,17 +19,8 @@ DENSE_STRIDES = ("16", "8")
 
 
 def run(ctx: Context) -> list:
-    """Measure every row (see the module docstring); backbones / heads from the options (default ResNet-101 +
-    DeepLabv3)."""
-    o = ctx.opts
-    models = [(b, h) for b in o.backbones for h in o.heads]
-    backends = ctx.backends()
-    per_model = len(DENSE_STRIDES) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(backends)
-    rows = []
-    with ctx.progress(per_model * len(models)) as bar:
-        for backbone, head in models:
-            rows += network_rows(ctx, Network.build(ctx, backbone, head), "backbone", DENSE_STRIDES, bar)
-    return rows
+    """Every (backbone, head) pair's rows (see the module docstring), timing the densified backbone."""
+    return run_networks(ctx, "backbone", DENSE_STRIDES)
 
 
 SUITE = Suite(
