@@ -37,8 +37,11 @@ def _check(name: str, where: str) -> str:
 
 
 # torch.compile skips this file by its name (Dynamo's "backends" skip rule); tracing it keeps a compiled converted
-# model in one graph per segment instead of breaking at every conv.
-@torch._dynamo.dont_skip_tracing
+# model in one graph instead of breaking at every conv (a torch without the decorator breaks there, same result).
+_traced = getattr(torch._dynamo, "dont_skip_tracing", lambda fn: fn)
+
+
+@_traced
 def requested_backend(backend: str | None = None) -> tuple[str, str]:
     """The backend asked for, before ``"auto"`` is resolved, and where the request came from.
 
@@ -56,7 +59,7 @@ def requested_backend(backend: str | None = None) -> tuple[str, str]:
     return "torch", "default"
 
 
-@torch._dynamo.dont_skip_tracing
+@_traced
 def resolve_backend(backend: str | None = None, device: torch.device | None = None) -> str:
     """The backend to use: the argument, else the innermost :func:`use_backend`, else ``$ADATRITON_BACKEND``,
     else ``"torch"``; ``"auto"`` becomes ``"triton"`` for CUDA tensors and ``"torch"`` otherwise (the
@@ -79,7 +82,7 @@ def use_backend(backend: str) -> Iterator[str]:
         stack.pop()
 
 
-@torch._dynamo.dont_skip_tracing
+@_traced
 def triton_runs_on(device: torch.device) -> bool:
     """Whether the Triton kernels can run on ``device``: CUDA, or the CPU under ``TRITON_INTERPRET=1``."""
     if device.type == "cuda":
