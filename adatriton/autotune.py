@@ -578,18 +578,24 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 _MODELS = ("resnet50", "resnet101", "resnet152")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m adatriton.autotune",
-        description="Tune the Triton conv configs of an adaptive ResNet for this GPU and store them in the "
-        "autotune cache (random weights: configs depend only on shapes).",
-    )
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--output-stride``, ``--size``, ``--batch``: the network and input the tuning and calibration
+    CLIs (``python -m adatriton.autotune`` / ``adatriton.calibrate``) build."""
     p.add_argument("--model", choices=_MODELS, default="resnet101", help="torchvision backbone (default: %(default)s)")
     p.add_argument("--output-stride", default="8->32", help="adaptive output stride (default: %(default)s)")
     p.add_argument(
         "--size", nargs=2, type=int, default=(1024, 2048), metavar=("H", "W"), help="input size (default: 1024 2048)"
     )
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m adatriton.autotune",
+        description="Tune the Triton conv configs of an adaptive ResNet for this GPU and store them in the "
+        "autotune cache (random weights: configs depend only on shapes).",
+    )
+    add_model_arguments(p)
     p.add_argument("--fraction", type=float, default=0.3, help="area fraction at level 0 (default: %(default)s)")
     p.add_argument("--dtype", choices=list(_DTYPES), default="float16", help="inference dtype (default: %(default)s)")
     p.add_argument("--device", default="cuda", help="device (default: %(default)s)")

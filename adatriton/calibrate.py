@@ -24,6 +24,7 @@ from torch import nn
 
 from . import dispatch
 from . import functional as AF
+from .autotune import add_model_arguments
 from .levelmap import LevelMap
 from .multires import MultiResMap
 
@@ -202,7 +203,6 @@ def table(entries: dict[str, dict[str, Any]]):
 
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-_MODELS = ("resnet50", "resnet101", "resnet152")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -211,12 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Time sparse vs dense convs of an adaptive ResNet on this device and store the crossover "
         "densities the 'auto' backend uses (random weights: timings depend only on shapes).",
     )
-    p.add_argument("--model", choices=_MODELS, default="resnet101", help="torchvision backbone (default: %(default)s)")
-    p.add_argument("--output-stride", default="8->32", help="adaptive output stride (default: %(default)s)")
-    p.add_argument(
-        "--size", nargs=2, type=int, default=(1024, 2048), metavar=("H", "W"), help="input size (default: 1024 2048)"
-    )
-    p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    add_model_arguments(p)
     p.add_argument("--dtype", choices=list(_DTYPES), default=None, help="default: float16 on CUDA, float32 on CPU")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per point (default: %(default)s)")
