@@ -16,7 +16,17 @@ from . import dispatch
 from .backends import triton_runs_on
 from .multires import MultiResMap
 
-__all__ = ["conv2d", "conv_bn_act", "downsample", "softpool2d", "deform_conv2d", "batch_norm", "relu", "add"]
+__all__ = [
+    "conv2d",
+    "conv_bn_act",
+    "bn_add_act",
+    "downsample",
+    "softpool2d",
+    "deform_conv2d",
+    "batch_norm",
+    "relu",
+    "add",
+]
 
 # The torch backend gathers (rows x k*k*Cin) columns; chunk rows so one gather stays below this many bytes
 # (a 1024x2048 image at OS8 would otherwise need 32768 x 9 x 512 x 4 B = 604 MB for one layer4 conv).
@@ -327,6 +337,20 @@ def _foldable(bn: nn.Module | None) -> bool:
     return bn is None or (not bn.training and bn.running_mean is not None and bn.running_var is not None)
 
 
+def bn_add_act(
+    x: MultiResMap,
+    bn: nn.modules.batchnorm._BatchNorm | None = None,
+    relu: bool = False,
+    residual: MultiResMap | None = None,
+) -> MultiResMap:
+    """``act(bn(x) + residual)`` op by op: the epilogue of :func:`conv_bn_act` when it is not fused."""
+    if bn is not None:
+        x = batch_norm(x, bn)
+    if residual is not None:
+        x = x + residual
+    return x.relu() if relu else x
+
+
 def conv_bn_act(
     x: MultiResMap,
     weight: Tensor,
@@ -357,12 +381,7 @@ def conv_bn_act(
         t is not None and t.requires_grad for t in (x.values, weight, bias, residual and residual.values)
     )
     if name != "triton" or needs_grad or not _foldable(bn):
-        out = _conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
-        if bn is not None:
-            out = batch_norm(out, bn)
-        if residual is not None:
-            out = out + residual
-        return out.relu() if relu else out
+        return bn_add_act(_conv2d(x, weight, bias, tap_spacing, groups, downsample, name), bn, relu, residual)
     _check_triton(x)
     out_layout = x.layout.next() if downsample else x.layout
     scale, shift = None, bias

@@ -203,11 +203,7 @@ class DeformableConv2d(AdaptiveConv2d):
         out = AF.deform_conv2d(x, offsets, self.weight, self.bias, spacing)
         if (_pair_value(self.stride, "stride", self) == 2) if downsample is None else downsample:
             out = AF.downsample(out, "top_left")
-        if bn is not None:
-            out = AF.batch_norm(out, bn)
-        if residual is not None:
-            out = out + residual
-        return out.relu() if relu else out
+        return AF.bn_add_act(out, bn, relu, residual)
 
 
 class AdaptiveBatchNorm2d(nn.BatchNorm2d):

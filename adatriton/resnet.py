@@ -147,7 +147,7 @@ def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, back
     c2 = block.conv2
     if soft:
         out = AF.downsample(c2.multires(out, tap_spacing=plan.dilation, downsample=False, backend=backend), "softpool")
-        out = AF.batch_norm(out, block.bn2).relu()
+        out = AF.bn_add_act(out, block.bn2, relu=True)
     else:
         out = c2.multires(out, tap_spacing=plan.dilation, downsample=step, bn=block.bn2, relu=True, backend=backend)
     shortcut = _shortcut_parts(block)
