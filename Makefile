@@ -13,7 +13,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,bench,masks]"
 	touch $(STAMP)
 
 # No BENCH_ARGS: the table2 suite, --quick without CUDA (minutes on 2 cores), full size on CUDA (see README).

@@ -8,15 +8,21 @@ sources (:mod:`adatriton.masks`), :func:`load_authors_state_dict`, drop-in modul
 D2-Net / VGG-16 case study (:mod:`adatriton.d2net`, :mod:`adatriton.hpatches`).
 """
 
+import importlib
+
 from . import d2net, dispatch, functional, hpatches, masks, modules, segmentation
-from .backends import BACKENDS, resolve_backend, use_backend
-from .checkpoints import CheckpointError, load_authors_state_dict
-from .convert import convert
-from .d2net import D2Net, D2NetCheckpointError, load_d2net_state_dict
-from .dispatch import explain
-from .levelmap import Layout, LevelMap, LevelMapDtypeError, LevelMapError
-from .macs import count_macs
-from .modules import (
+from .analysis.explain import explain
+from .analysis.macs import count_macs
+from .core.layout import Layout
+from .core.levelmap import LevelMap, LevelMapDtypeError, LevelMapError
+from .core.multires import MultiResMap
+from .core.strides import OUTPUT_STRIDES
+from .models.checkpoints import CheckpointError, load_authors_state_dict, load_d2net_state_dict
+from .models.convert import convert
+from .models.d2net import D2Net, D2NetCheckpointError
+from .models.resnet import AdaptiveResNet
+from .models.segmentation import AdaptiveSegmentationModel, DeepLabV3Plus
+from .nn.modules import (
     AdaptiveBatchNorm2d,
     AdaptiveConv2d,
     AdaptiveMaxPool2d,
@@ -25,9 +31,8 @@ from .modules import (
     make_deformable,
     swap_modules,
 )
-from .multires import MultiResMap, densify
-from .resnet import OUTPUT_STRIDES, AdaptiveResNet
-from .segmentation import AdaptiveSegmentationModel, DeepLabV3Plus
+from .ops.densify import densify
+from .runtime.backend import BACKENDS, resolve_backend, use_backend
 
 __version__ = "0.1.0"
 
@@ -68,3 +73,12 @@ __all__ = [
     "swap_modules",
     "use_backend",
 ]
+
+# Entry points that pull in more than the op path (tqdm, the training loop, the CLIs) load on first use.
+_LAZY = ("autotune", "calibrate", "learned", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,12 +9,14 @@ import importlib.metadata
 import platform
 import resource
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from adatriton.runtime.files import cpu_model, gpu_name
+from adatriton.runtime.timing import time_calls
 
 __all__ = ["Timing", "device_name", "measure", "timestamp", "versions"]
 
@@ -74,9 +76,8 @@ def _peak_mb(device: torch.device) -> float:
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> Timing:
     """Time ``iters`` calls of ``fn`` after ``warmup`` untimed ones.
 
-    On CUDA each timed call sits between two recorded events after a ``synchronize``, so it starts on an idle GPU
-    and its time covers the kernels it launched (and the host work that waits for them, e.g. the index building of
-    a data-dependent gather); on the CPU ``time.perf_counter`` brackets the call.
+    The calls are timed by :func:`adatriton.runtime.timing.time_calls` (CUDA events around each call after a
+    ``synchronize`` on a GPU, ``time.perf_counter`` on the CPU).
 
     Args:
         fn: the call to time; its result is dropped at once, so it is not kept alive into the next call.
@@ -91,38 +92,18 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
         raise ValueError(f"need iters >= 1 and warmup >= 0, got {iters} and {warmup}")
     for _ in range(warmup):
         fn()
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
     _reset_peak(device)
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+    times = time_calls(fn, device, warmup=0, iters=iters)
     return Timing(tuple(times), _peak_mb(device))
 
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model with the intra-op thread count."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model or platform.processor() or platform.machine() or 'cpu'} ({torch.get_num_threads()} threads)"
+        return gpu_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def versions() -> dict[str, str]:

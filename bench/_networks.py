@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 import adatriton
 from adatriton import LevelMap, masks, segmentation
-from adatriton.levelmap import num_levels_of
-from adatriton.resnet import _LAYERS
+from adatriton.core.strides import num_levels_of
+from adatriton.models.resnet import LAYERS
 
 from ._measure import measure
 from ._schema import Row
@@ -112,7 +112,7 @@ def prepare_levelmap(levels: Tensor, num_levels: int, net: nn.Module) -> LevelMa
             layout.downsample_sources("top_left")
     backbone = net.backbone if isinstance(net, adatriton.AdaptiveSegmentationModel) else net
     stage = 0
-    for name, plans in zip(_LAYERS, backbone.plans):
+    for name, plans in zip(LAYERS, backbone.plans):
         for block, plan in zip(getattr(backbone, name), plans):
             if not plan.adaptive:
                 continue

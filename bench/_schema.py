@@ -33,7 +33,7 @@ class Row:
         channels_last: inputs and weights in channels-last memory format.
         compiled: the timed callable went through ``torch.compile``.
         elements: output positions of the last stage (feature vectors), whole batch.
-        macs_total: multiply-adds of the whole model (SPEC §5, :func:`adatriton.count_macs`).
+        macs_total: multiply-adds of the whole model (docs/semantics.md §5, :func:`adatriton.count_macs`).
         macs_backbone: multiply-adds of the backbone (layers suite: the layer's).
         warmup, iters: untimed and timed calls.
         time_mean_ms, time_median_ms, time_min_ms, time_max_ms: statistics of the timed calls (network only).

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from adatriton.runtime.backend import triton_runs_on
+
 from ._measure import device_name, timestamp, versions
 from ._schema import Row
 
@@ -128,8 +130,6 @@ class Context:
         """The adaptive backends this run can time. ``triton`` without CUDA only runs in the Triton interpreter,
         far too slow to time: dropped from the defaults with a note, kept when asked for on the command line and
         the interpreter is on (``TRITON_INTERPRET=1``)."""
-        from adatriton.backends import triton_runs_on
-
         if self._backends is not None:  # decided (and noted) once per run
             return self._backends
         chosen = []

@@ -1,5 +1,5 @@
 """``keypoints``: the D2-Net / VGG-16 trunk (conv1_1 .. conv4_3), dense OS1/2/4/8 against adaptive ``"1->8"`` at
-the paper's ten keypoint dilation triplets (SPEC §6). Two entry points:
+the paper's ten keypoint dilation triplets (docs/semantics.md §6). Two entry points:
 
 **The suite** (``python -m bench keypoints [--quick]``, :data:`SUITE`) writes ``<out>/keypoints.csv`` in the
 shared schema (:class:`bench.Row`), ``keypoints_summary.md`` (times and MAs over dense OS1 and OS8, the suite's
@@ -29,7 +29,8 @@ Full run: 240x320, 10 warm-up + 10 timed calls; ``--quick``: 96x128, 1 + 3.
 **Standalone** (``python -m bench.keypoints --out results [--quick] [--mma] [--weights d2_tf.pth] [--sequence
 PATH]``, :func:`run_keypoints`) writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
 
-- **multiply-adds** (SPEC §5, :func:`adatriton.d2net.count_macs`) per image, averaged over the six images of an
+- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.d2net.count_macs`) per image, averaged over the six images
+of an
   HPatches-layout sequence (by default the synthetic mini-sequence, or a folder of the real dataset), and of the
   timed image;
 - **runtime** of the trunk on image 1 (batch 1; ``warmup`` untimed then ``repeats`` timed calls; CUDA events on
@@ -49,7 +50,6 @@ import datetime as _dt
 import functools
 import importlib.metadata
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -64,8 +64,10 @@ import torch
 
 from adatriton import d2net, hpatches, masks
 from adatriton.d2net import D2Net
+from adatriton.runtime import timing
+from adatriton.runtime.backend import resolve_backend
 
-from ._measure import measure
+from ._measure import device_name, measure
 from ._networks import dense_backend_name, level_fractions, timed_row
 from ._schema import Row
 from ._suite import Context, Suite
@@ -74,7 +76,7 @@ __all__ = ["COLUMNS", "CSV_NAME", "DILATIONS", "SUITE", "KeypointRow", "main", "
 
 #: The standalone CLI's CSV (its own columns; the suite writes ``keypoints.csv`` in the shared schema).
 CSV_NAME = "keypoints_hpatches.csv"
-#: The paper's sweep of keypoint dilation triplets (SPEC §6), cheapest first.
+#: The paper's sweep of keypoint dilation triplets (docs/semantics.md §6), cheapest first.
 DILATIONS = masks.PAPER_KEYPOINT_DILATIONS
 #: Full-run and quick defaults; explicit arguments override either.
 DEFAULTS = {"size": (240, 320), "warmup": 10, "repeats": 10, "mma": True}
@@ -151,12 +153,6 @@ class KeypointRow:
 COLUMNS = tuple(f.name for f in fields(KeypointRow))
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine() or 'cpu'}, {torch.get_num_threads()} threads)"
-
-
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -169,27 +165,9 @@ def _dilation_label(dilations: Sequence[float]) -> str:
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CUDA events on a GPU)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1000.0)
-        return times
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (:func:`adatriton.runtime.timing.time_calls`
+    in seconds)."""
+    return [ms / 1e3 for ms in timing.time_calls(fn, device, warmup=warmup, iters=repeats)]
 
 
 def _resize_sequence(seq: hpatches.HPatchesSequence, size: tuple[int, int]) -> hpatches.HPatchesSequence:
@@ -289,7 +267,7 @@ def run_keypoints(
 
     common = {
         "timestamp": timestamp,
-        "device": _device_name(dev),
+        "device": device_name(dev),
         "torch_version": torch.__version__,
         "adatriton_version": _version("adatriton"),
         "weights": "random" if weights is None else Path(weights).name,
@@ -400,8 +378,6 @@ def run_keypoints(
 
 
 def _resolved_backend(device: torch.device) -> str:
-    from adatriton.backends import resolve_backend
-
     return resolve_backend(None, device)
 
 

@@ -7,7 +7,7 @@ so no im2col buffer and no gathered copy is ever written. ``tl.dot`` accumulates
 a per-channel scale and shift (bias and eval-mode BatchNorm folded), a residual add, ReLU and the cast to the
 output dtype, so a bottleneck's conv-BN(-add)-ReLU is one launch.
 
-The same kernel serves every conv of SPEC §3: k x k with any tap spacing (the tap table encodes it), the
+The same kernel serves every conv of docs/semantics.md §3: k x k with any tap spacing (the tap table encodes it), the
 downsampling conv evaluated only at the surviving elements (the table is centred there), the strided shortcut
 (a 1-tap table of top-left sources: subsample + 1x1 in one pass) and plain 1x1 convs (``GATHER=False``).
 """

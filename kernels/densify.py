@@ -1,4 +1,4 @@
-"""Densify (SPEC §2): scatter every element's vector over its block of the finest grid.
+"""Densify (docs/semantics.md §2): scatter every element's vector over its block of the finest grid.
 
 Each program handles ``BLOCK_P`` finest-grid pixels x ``BLOCK_C`` channels: it reads the pixel -> element table
 (``id_map``; ids ``>= num_src`` are outside the image and read zero) and copies the element's channels to the

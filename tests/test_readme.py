@@ -1,27 +1,51 @@
-"""The README's Python examples run as written."""
+"""The Python examples of the README and of every docs/*.md page run as written.
+
+A block fenced as ```python is executed; examples that are not meant to run (GPU-only, placeholders) use a
+```text or plain ``` fence instead.
+"""
 
 import pathlib
 import re
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
 
 
-def _run(block: str) -> dict:
-    scope: dict = {}
-    exec(compile(block, str(README), "exec"), scope)
+def _blocks(path: pathlib.Path) -> list[str]:
+    return _PYTHON_BLOCK.findall(path.read_text())
+
+
+BLOCKS = _blocks(README)
+#: (page, 1-based number of the block on its page, source) for every python block of docs/*.md.
+DOC_BLOCKS = [(page, number, block) for page in DOCS for number, block in enumerate(_blocks(page), start=1)]
+
+
+def _run(block: str, path: pathlib.Path = README) -> dict:
+    scope: dict = {"__name__": "__main__"}
+    exec(compile(block, str(path), "exec"), scope)
     return scope
 
 
 def test_readme_quick_start_runs():
-    assert BLOCKS, "README has no python example"
+    assert len(BLOCKS) == 1, "the README's one python example is the quick start; longer ones live in docs/"
     scope = _run(BLOCKS[0])
     assert scope["features"].shape == (2, 2048, 16, 20)
     assert scope["logits"].shape == (2, 1000)
 
 
-@pytest.mark.parametrize("index", range(1, len(BLOCKS)), ids=lambda i: f"block{i}")
-def test_readme_other_examples_run(index):
-    _run(BLOCKS[index])
+def test_docs_pages_exist():
+    names = {page.name for page in DOCS}
+    assert {"semantics.md", "api.md", "benchmarks.md"} <= names, names
+
+
+@pytest.mark.parametrize(
+    ("page", "number", "block"),
+    DOC_BLOCKS,
+    ids=[f"{page.name}-block{number}" for page, number, _ in DOC_BLOCKS],
+)
+def test_docs_examples_run(page, number, block):
+    _run(block, page)

@@ -1,0 +1,541 @@
+"""Multiply-add counts (docs/semantics.md §5): what every conv and linear layer computes, per layer and in total.
+
+A conv costs ``k * k * Cin/groups * Cout`` multiply-adds (MAs) per output element it computes, a linear layer
+``in_features * out_features`` per output row; nothing else counts (as in ptflops, whose figures the paper quotes;
+``torch.utils.flop_counter`` counts the same convs and matmuls at 2 FLOPs per MA). Index bookkeeping is not an MA
+and is timed separately by the bench.
+
+:func:`count_macs` never computes a feature: it runs the dense parts on ``meta`` tensors (shapes only, no memory,
+also for a 1x3x1024x2048 ResNet-101) and counts the adaptive convs analytically from the level map. An adaptive
+conv at stage ``j`` (``j`` downsamplings done) computes one output per element of that stage, ``E_j`` in total
+(:meth:`LevelMap.element_counts`); a conv that performs downsampling step ``j + 1`` (a ResNet bottleneck's ``conv2``
+and strided shortcut) computes only the survivors, ``E_{j+1}``. So an adaptive model's count is affine in the
+element counts::
+
+    MAs(L) = fixed + sum_j per_element[j] * E_j(L)
+
+with ``fixed`` the dense convs' MAs (stem, dense layers, heads) and ``per_element[j]`` the MAs per element of every
+conv whose outputs are stage-``j`` elements; :class:`MacCount` carries both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torchvision.models import ResNet
+
+from ..core.levelmap import LevelMap, LevelMapError
+from ..models.d2net import NUM_POOLS, D2Net, D2NetInputError
+from ..models.resnet import LAYERS, AdaptiveResNet, plan_resnet, shortcut_parts
+from ..models.segmentation import AdaptiveSegmentationModel, segmentation_heads
+from ..nn.modules import DeformableConv2d
+from ..runtime.extras import require
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "COLUMNS",
+    "D2NetMacCount",
+    "D2NetMacRow",
+    "MacCount",
+    "conv_macs",
+    "count_macs",
+    "d2net_macs",
+    "stage_element_counts",
+]
+
+#: Columns of :attr:`MacCount.rows`.
+COLUMNS = (
+    "layer",
+    "op",
+    "part",
+    "adaptive",
+    "stage",
+    "downsample",
+    "cin",
+    "cout",
+    "k",
+    "spacing",
+    "groups",
+    "elements",
+    "MAs",
+)
+
+
+def conv_macs(kernel: int, cin: int, cout: int, groups: int, elements: int) -> int:
+    """Multiply-adds of a ``kernel x kernel`` conv computing ``elements`` outputs: ``k*k*Cin/groups*Cout`` each."""
+    return int(kernel) * int(kernel) * (int(cin) // int(groups)) * int(cout) * int(elements)
+
+
+_CONVS = (torch.conv1d, torch.conv2d, torch.conv3d)
+#: torchvision's deformable conv (``DeformableConv2d`` on tensors): a k x k conv per output element.
+_DEFORM = (torch.ops.torchvision.deform_conv2d, torch.ops.torchvision.deform_conv2d.default)
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """Multiply-adds of one model on one input (and level map).
+
+    Attributes:
+        rows: one row per conv / linear call in execution order, columns :data:`COLUMNS`: ``layer`` (parameter
+            name without ``.weight``), ``op`` (``"conv"`` / ``"linear"``), ``part`` (``"backbone"`` / ``"head"``),
+            ``adaptive``, ``stage`` (downsamplings done before an adaptive conv; -1 for dense ones), ``downsample``
+            (computes only the survivors of the next step), ``cin``, ``cout``, ``k``, ``spacing`` (dilation, or tap
+            spacing on the finest grid), ``groups``, ``elements`` (output positions computed, whole batch),
+            ``MAs``.
+        fixed: MAs that do not depend on the level map (the dense convs and linear layers).
+        per_element: ``per_element[j]``: MAs per stage-``j`` element (empty for dense models).
+        elements: ``E_j``, elements per stage of the level map counted (empty for dense models).
+    """
+
+    rows: pd.DataFrame
+    fixed: int
+    per_element: tuple[int, ...] = ()
+    elements: tuple[int, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """MAs of the whole model (backbone and heads)."""
+        return int(self.rows["MAs"].sum())
+
+    @property
+    def backbone(self) -> int:
+        """MAs of the backbone (ResNet stem .. ``layer4``; for an unknown model without a ``backbone``, all)."""
+        return int(self.rows.loc[self.rows["part"] == "backbone", "MAs"].sum())
+
+    @property
+    def head(self) -> int:
+        """MAs of the heads (classifier ``fc``, segmentation heads)."""
+        return self.total - self.backbone
+
+    def at(self, elements: Sequence[int]) -> int:
+        """The model's MAs for another level map, given its elements per stage ``E_0 .. E_K``
+        (``[sum(lm.element_counts(j)) for j in range(K + 1)]``, or :func:`stage_element_counts`)."""
+        if len(elements) != len(self.per_element):
+            raise ValueError(f"need {len(self.per_element)} element counts (one per stage), got {len(elements)}")
+        return self.fixed + sum(c * int(e) for c, e in zip(self.per_element, elements))
+
+
+def stage_element_counts(levels: LevelMap | Tensor, num_levels: int | str | None = None) -> list[int]:
+    """Elements after each number of downsamplings, ``E_0 .. E_K``, straight from the level values (docs/semantics.md
+    §2, §4).
+
+    At stage ``j`` every aligned ``2^v`` cell with a real pixel whose top-left value is ``v`` (``v < j``), or at
+    least ``j`` (``v = j``), is one element; this is what :class:`~adatriton.core.layout.Layout` enumerates, without
+    building any index table.
+
+    Args:
+        levels: a :class:`LevelMap` or an integer tensor ``(N, Hf, Wf)`` with values (not on ``meta``).
+        num_levels: ``K`` (or a conversion name); taken from a :class:`LevelMap`, required for a tensor.
+
+    Returns:
+        ``[E_0, ..., E_K]``.
+    """
+    if isinstance(levels, LevelMap):
+        lm = levels
+    elif num_levels is None:
+        raise ValueError("num_levels is needed with a level tensor")
+    else:
+        lm = LevelMap(_values(levels).cpu(), num_levels)  # validates docs/semantics.md §1 (range, alignment)
+    lv, k = lm.levels.cpu(), lm.num_levels
+    counts = []
+    for j in range(k + 1):
+        total = 0
+        for v in range(j + 1):
+            top_left = lv[:, :: 1 << v, :: 1 << v]
+            total += int((top_left == v).sum() if v < j else (top_left >= j).sum())
+        counts.append(total)
+    return counts
+
+
+def _values(levels: Tensor) -> Tensor:
+    if not isinstance(levels, Tensor):
+        raise LevelMapError(f"levels must be a LevelMap or an integer tensor, got {type(levels).__name__}")
+    if levels.device.type == "meta":
+        raise LevelMapError("count_macs needs the level map's values: pass it on the CPU or GPU, not on meta")
+    return levels
+
+
+class _Recorder(TorchFunctionMode):
+    """Records every conv / linear call on the model's (meta) weights: name, shape and output size."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__()
+        self.names, self.part, self.rows = names, "backbone", []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CONVS or func is F.linear or func in _DEFORM:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            name = self.names.get(id(weight))
+            if name is not None:
+                self.rows.append(self._row(func, name, args, kwargs, weight, out))
+        return out
+
+    def _row(self, func, name: str, args, kwargs, weight: Tensor, out: Tensor) -> dict:
+        if func is F.linear:  # weight (out_features, in_features); every leading dim of the output is a row
+            cout, cin = weight.shape
+            elements = out.numel() // cout
+            return _make_row(name, "linear", self.part, cin, cout, 1, 1, 1, elements)
+
+        def arg(i: int, key: str, default):
+            return args[i] if len(args) > i else kwargs.get(key, default)
+
+        if func in _DEFORM:  # (input, weight, offset, mask, bias, stride h/w, pad h/w, dilation h/w, groups, ...)
+            groups, dilation = int(args[11]), args[9]
+        else:
+            groups, dilation = int(arg(6, "groups", 1)), arg(5, "dilation", 1)
+        dilation = dilation[0] if isinstance(dilation, (tuple, list)) else dilation
+        cout = weight.shape[0]
+        elements = out.numel() // cout
+        return _make_row(
+            name, "conv", self.part, weight.shape[1] * groups, cout, weight.shape[-1], int(dilation), groups, elements
+        )
+
+
+def _make_row(name, op, part, cin, cout, k, spacing, groups, elements, stage=-1, downsample=False, adaptive=False):
+    return {
+        "layer": name,
+        "op": op,
+        "part": part,
+        "adaptive": adaptive,
+        "stage": stage,
+        "downsample": downsample,
+        "cin": int(cin),
+        "cout": int(cout),
+        "k": int(k),
+        "spacing": int(spacing),
+        "groups": int(groups),
+        "elements": int(elements),
+    }
+
+
+class _Wrapper(nn.Module):
+    """Holds the model so that :func:`torch.func.functional_call` swaps in its meta weights for ``fn``."""
+
+    def __init__(self, model: nn.Module, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x: Tensor) -> object:
+        return self.fn(self.model, x)
+
+
+def _run_on_meta(model: nn.Module, x: Tensor, fn, part_of) -> list[dict]:
+    """Call ``fn(model, x_meta)`` with every parameter and buffer replaced by a meta tensor; record the calls."""
+    state = {}
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        # float32 everywhere: counts do not depend on the dtype, and mixed dtypes would trip the meta kernels.
+        dtype = torch.float32 if t.is_floating_point() else t.dtype
+        state[n] = torch.empty(t.shape, dtype=dtype, device="meta")
+    names = {id(t): n.removesuffix(".weight") for n, t in state.items() if n.endswith(".weight")}
+    recorder = _Recorder(names)
+    wrapper = _Wrapper(model, lambda m, xm: fn(m, xm, recorder))
+    x_meta = torch.empty(tuple(x.shape), dtype=torch.float32, device="meta")
+    # Eval mode for the count: train-mode BatchNorm would reject a batch of one at 1x1 (ASPP pooling) and update
+    # running statistics; the MAs are the same. Every module's own flag comes back afterwards.
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), recorder:
+            torch.func.functional_call(wrapper, {f"model.{n}": t for n, t in state.items()}, (x_meta,), strict=False)
+    finally:
+        for m, training in modes:
+            m.training = training
+    for row in recorder.rows:
+        if row["part"] == "backbone":
+            row["part"] = part_of(row["layer"])
+    return recorder.rows
+
+
+def _generic(model: nn.Module, x: Tensor) -> list[dict]:
+    def part_of(name: str) -> str:
+        if isinstance(getattr(model, "backbone", None), nn.Module):
+            return "backbone" if name.startswith("backbone.") else "head"
+        if isinstance(model, ResNet):
+            return "head" if name.startswith("fc") else "backbone"
+        return "backbone"
+
+    return _run_on_meta(model, x, lambda m, xm, rec: m(xm), part_of)
+
+
+def _resnet_walk(net: AdaptiveResNet, x: Tensor, recorder: _Recorder) -> dict[str, Tensor]:
+    """The dense network at the finest stride (every layer at least that fine), stem .. layer4 outputs.
+
+    For an adaptive net this is the ``L == 0`` network: the adaptive convs run at every finest-grid pixel here and
+    are rescaled to their element counts afterwards; for a dense net it is the net itself.
+    """
+    recorder.part = "backbone"
+    x = net.stem(x)
+    plans = plan_resnet([len(getattr(net, n)) for n in LAYERS], net.finest_stride, 0, net.downsampling)
+    outs = {}
+    for name, layer_plans in zip(LAYERS, plans):
+        x = outs[name] = net.dense_layer(name, x, layer_plans)
+    return outs
+
+
+def _adaptive_convs(net: AdaptiveResNet, prefix: str) -> dict[str, tuple[int, bool, int]]:
+    """``{conv name: (stage before, downsamples, stage of its outputs)}`` for every conv of the adaptive part.
+
+    A conv2 computes only the survivors of its step when that step subsamples (top-left); with SoftPool, or as a
+    deformable conv (and its offset conv), it computes every pre-step element and the step merges afterwards.
+    """
+    info, stage = {}, 0
+    for name, layer_plans in zip(LAYERS, net.plans):
+        for b, (block, plan) in enumerate(zip(getattr(net, name), layer_plans)):
+            if not plan.adaptive:
+                continue
+            base = f"{prefix}{name}.{b}."
+            step = int(plan.downsample_step)
+            info[base + "conv1"] = (stage, False, stage)
+            if step and (plan.pool != "top_left" or isinstance(block.conv2, DeformableConv2d)):
+                info[base + "conv2"] = (stage, False, stage)
+            else:
+                info[base + "conv2"] = (stage, bool(step), stage + step)
+            if isinstance(block.conv2, DeformableConv2d):
+                info[base + "conv2.offset"] = (stage, False, stage)
+            if shortcut_parts(block) is not None:
+                info[base + "downsample.0"] = (stage, bool(step), stage + step)
+            info[base + "conv3"] = (stage + step, False, stage + step)
+            stage += step
+    return info
+
+
+def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
+    """The D2-Net / VGG-16 trunk's convs (:func:`d2net_macs`, analytic) as rows of this table; every conv of the
+    ``"1->8"`` trunk is adaptive, the pools merge elements without computing any."""
+    lm = None
+    if net.adaptive and levels is not None:
+        lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), NUM_POOLS)
+        if lm.shape != (x.shape[0], x.shape[-2], x.shape[-1]):
+            raise LevelMapError(f"level map has shape {lm.shape} but the images are {tuple(x.shape)}")
+    count = d2net_macs(net, size=tuple(x.shape[-2:]), levels=lm, batch=x.shape[0])
+    stage = (lambda r: r.stage) if net.adaptive else (lambda r: -1)
+    rows = [
+        _make_row(
+            f"features.{r.index}",
+            "conv",
+            "backbone",
+            r.in_channels,
+            r.out_channels,
+            r.kernel,
+            r.dilation,
+            r.groups,
+            r.elements,
+            stage=stage(r),
+            adaptive=net.adaptive,
+        )
+        for r in count.rows
+    ]
+    return rows, tuple(stage_element_counts(lm)) if lm is not None else ()
+
+
+def _adaptive_resnet(model: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
+    seg = isinstance(model, AdaptiveSegmentationModel)
+    net: AdaptiveResNet = model.backbone if seg else model
+    prefix = "backbone." if seg else ""
+    finest: dict[str, int] = {}
+
+    def fn(m, xm, recorder):
+        net_m = m.backbone if seg else m
+        outs = _resnet_walk(net_m, xm, recorder)
+        first = next((name for name, p in zip(LAYERS, net_m.plans) if p and p[0].adaptive), None)
+        if first is not None:  # the finest grid: the input of the first adaptive layer
+            before = LAYERS[LAYERS.index(first) - 1]
+            finest["shape"] = (outs[before].shape[0], outs[before].shape[2], outs[before].shape[3])
+        recorder.part = "head"
+        if seg:
+            rl = net_m.return_layers
+            feats = {rl[name]: outs[name] for name in LAYERS if name in rl}
+            return segmentation_heads(m.classifier, m.aux_classifier, feats, xm.shape[-2:])
+        if net_m.return_layers is None:
+            return net_m.fc(torch.flatten(net_m.avgpool(outs["layer4"]), 1))
+        return outs
+
+    rows = _run_on_meta(model, x, fn, lambda name: "backbone")
+    if not net.adaptive:
+        return rows, ()
+    if levels is None:
+        raise ValueError(
+            f"output_stride {net.output_stride!r} is adaptive: count_macs needs its level map (LevelMap or integer "
+            f"tensor (N, Hf, Wf) on the OS{net.finest_stride} grid)"
+        )
+    if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
+        raise TypeError("count_macs needs the level map itself, not a callable that predicts it")
+    lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), net.num_levels)
+    if lm.num_levels != net.num_levels:
+        raise LevelMapError(
+            f"level map has K={lm.num_levels} but output_stride {net.output_stride!r} needs K={net.num_levels}"
+        )
+    n, hf, wf = finest["shape"]
+    if lm.shape != (n, hf, wf):
+        raise LevelMapError(f"level map has shape {lm.shape} but the finest grid of this input is {(n, hf, wf)}")
+    counts = tuple(stage_element_counts(lm))
+    info = _adaptive_convs(net, prefix)
+    for row in rows:
+        hit = info.get(row["layer"])
+        if hit is not None:
+            stage, down, out_stage = hit
+            row.update(adaptive=True, stage=stage, downsample=down, elements=counts[out_stage])
+    return rows, counts
+
+
+def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = None) -> MacCount:
+    """Multiply-adds of ``model`` on an input of ``x``'s shape (docs/semantics.md §5), per layer and in total.
+
+    Nothing is computed on ``x``: only its shape matters, so it may be a ``meta`` tensor
+    (``torch.empty(1, 3, 1024, 2048, device="meta")``). Dense parts run on meta copies of the weights; the model's
+    own weights are untouched.
+
+    Args:
+        model: a model :func:`adatriton.convert` returns (dense or adaptive ResNet, segmentation model), a
+            :class:`~adatriton.models.d2net.D2Net` trunk (dense or ``"1->8"``), or a plain module (e.g. a torchvision
+            ResNet or segmentation model; then ``levels`` must be None).
+        x: input batch ``(N, 3, H, W)``, any device including ``meta``.
+        levels: level map of an adaptive model on its finest grid (``LevelMap`` or integer tensor ``(N, Hf, Wf)``
+            with values, so not on meta; it is small). Ignored by dense output strides.
+
+    Returns:
+        :class:`MacCount`: ``rows`` (one per conv / linear call), ``total``, ``backbone``, ``head``, and the
+        affine form ``fixed + sum_j per_element[j] * E_j`` of an adaptive model's count.
+
+    Raises:
+        ValueError: an adaptive model without a level map; LevelMapError: a map of the wrong shape or K.
+
+    Example:
+        >>> net = adatriton.convert(torchvision.models.resnet101(), "16")
+        >>> adatriton.count_macs(net, torch.empty(1, 3, 1024, 2048, device="meta")).backbone   # ~4.15e11
+    """
+    pd = require("pandas")  # lazily: pandas is the bench extra's, and import adatriton stays light
+
+    if isinstance(model, (AdaptiveResNet, AdaptiveSegmentationModel)):
+        rows, counts = _adaptive_resnet(model, x, levels)
+    elif isinstance(model, D2Net):
+        rows, counts = _d2net(model, x, levels)
+    elif levels is not None:
+        raise TypeError(
+            f"count_macs counts adaptive models converted by adatriton.convert (ResNets and segmentation models on "
+            f"them); got a {type(model).__name__} with a level map. For other adaptive models, "
+            f"adatriton.explain(model, x, levels) lists every conv's MAs by running the model."
+        )
+    else:
+        rows, counts = _generic(model, x), ()
+    weights = dict(model.named_parameters())
+    # MAs per output position: every weight entry once (Cout * Cin/groups * k * k for a conv, out * in for a linear).
+    per_output = [int(math.prod(weights[r["layer"] + ".weight"].shape)) for r in rows]
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "MAs"])
+    table["MAs"] = pd.Series(per_output, dtype="int64") * table["elements"].astype("int64")
+    per_element = [0] * len(counts)
+    for r, cost in zip(rows, per_output):
+        if r["adaptive"]:
+            per_element[r["stage"] + int(r["downsample"])] += cost  # the stage of its outputs
+    fixed = int(table.loc[~table["adaptive"].astype(bool), "MAs"].sum())
+    return MacCount(table, fixed, tuple(per_element), counts)
+
+
+@dataclass(frozen=True)
+class D2NetMacRow:
+    """Multiply-adds of one conv (docs/semantics.md §5).
+
+    Attributes:
+        layer: VGG name (``conv1_1`` .. ``conv4_3``); index: module index in the trunk.
+        stage: max-pools before it (the adaptive stage it runs at).
+        kernel, in_channels, out_channels, groups: the conv.
+        dilation: its dilation (dense) or tap spacing (adaptive).
+        elements: output elements computed, whole batch (output pixels for a dense trunk).
+        macs: ``elements * k * k * Cin * Cout / groups``.
+    """
+
+    layer: str
+    index: int
+    stage: int
+    kernel: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    dilation: int
+    elements: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class D2NetMacCount:
+    """Multiply-adds of a trunk forward: ``total`` over the batch, ``per_image``, and one :class:`D2NetMacRow` per
+    conv."""
+
+    total: int
+    batch: int
+    rows: tuple[D2NetMacRow, ...] = field(default_factory=tuple)
+
+    @property
+    def per_image(self) -> float:
+        return self.total / self.batch
+
+
+def d2net_macs(
+    net: D2Net,
+    size: Sequence[int] | None = None,
+    levels: LevelMap | Tensor | None = None,
+    batch: int = 1,
+) -> D2NetMacCount:
+    """Multiply-adds of the trunk (docs/semantics.md §5), dense or adaptive; no forward pass runs.
+
+    Args:
+        net: the :class:`D2Net`.
+        size: ``(H, W)`` of the images (dense; taken from ``levels`` when given).
+        levels: the ``"1->8"`` level map ``(N, H, W)`` (required for the adaptive trunk); the count sums over
+            its samples, each computing the elements of its own map.
+        batch: images (dense trunk).
+
+    Returns:
+        :class:`D2NetMacCount`. A conv at stage ``j`` computes ``sum(levels.element_counts(j))`` elements (adaptive) or
+        ``ceil(H / r) * ceil(W / r)`` pixels per image, ``r`` = 2 to the pools it runs after (dense).
+    """
+    if net.adaptive:
+        if levels is None:
+            raise D2NetInputError("counting the '1->8' trunk's MAs needs its level map")
+        if isinstance(levels, Tensor):
+            levels = LevelMap(levels, NUM_POOLS)
+        if not isinstance(levels, LevelMap) or levels.num_levels != NUM_POOLS:
+            raise LevelMapError(f"the D2-Net trunk is '1->8' (K = {NUM_POOLS}); got {levels!r}")
+        if size is not None and tuple(size) != (levels.height, levels.width):
+            raise D2NetInputError(f"size {tuple(size)} differs from the level map's {levels.shape[1:]}")
+        batch = levels.batch
+    else:
+        if levels is not None:
+            raise D2NetInputError(f"a dense trunk (output stride {net.output_stride}) takes no level map")
+        if size is None or len(size) != 2 or min(int(s) for s in size) < 1:
+            raise D2NetInputError(f"size must be (H, W) with positive sides, got {size!r}")
+        if int(batch) < 1:
+            raise D2NetInputError(f"batch must be >= 1, got {batch}")
+    h, w = (levels.height, levels.width) if levels is not None else (int(size[0]), int(size[1]))
+    kept = 0 if net.adaptive else int(math.log2(net.stride))
+    rows = []
+    for op in net.ops:
+        if op.kind != "conv":
+            continue
+        m = net.features[op.index]
+        k = m.kernel_size[0]
+        if net.adaptive:
+            elements = sum(levels.element_counts(op.pools_before))
+            dilation = 1 << op.pools_before
+        else:
+            r = 1 << min(op.pools_before, kept)
+            elements = int(batch) * (-(-h // r)) * (-(-w // r))
+            dilation = 1 << (op.pools_before - min(op.pools_before, kept))
+        macs = conv_macs(k, m.in_channels, m.out_channels, m.groups, elements)
+        rows.append(
+            D2NetMacRow(
+                op.name, op.index, op.pools_before, k, m.in_channels, m.out_channels, m.groups, dilation, elements, macs
+            )
+        )
+    return D2NetMacCount(sum(r.macs for r in rows), int(batch), tuple(rows))

@@ -1,0 +1,1 @@
+"""The data: output strides and conversions, level maps, element layouts and multi-resolution maps."""

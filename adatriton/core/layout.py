@@ -1,0 +1,179 @@
+"""The elements of a level map after ``stage`` downsamplings, and the index tables over them.
+
+Element order inside a layout: by level, then sample, row, column on that level's grid. Index tables use
+``num_elements`` as the sentinel "reads zero" index: the ops append one zero row to the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .levelmap import LevelMap
+
+__all__ = ["Layout", "block_sums", "ceil_div"]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def block_sums(x: Tensor, block: int) -> Tensor:
+    """Sum of ``x (N, H, W)`` over aligned ``block x block`` tiles; the grid is zero-padded bottom/right."""
+    n, h, w = x.shape
+    hb, wb = ceil_div(h, block), ceil_div(w, block)
+    padded = x.new_zeros(n, hb * block, wb * block)
+    padded[:, :h, :w] = x
+    return padded.view(n, hb, block, wb, block).sum(dim=(2, 4))
+
+
+@dataclass(frozen=True)
+class _TapKey:
+    kernel: int
+    tap_spacing: int
+    downsample: bool
+
+
+class Layout:
+    """The elements of a level map after ``stage`` downsamplings, and the index tables over them.
+
+    Attributes:
+        levelmap: the :class:`LevelMap`.
+        stage: ``j``, the number of downsamplings done; levels ``0..j`` exist.
+        counts: elements per level ``0..j``; ``offsets`` their start in the element order.
+        num_elements: ``E``, total; also the sentinel index that reads zero.
+        cell_index: per level ``v``, ``(N, ceil(Hf/2^v), ceil(Wf/2^v))`` element index of each cell, or ``E``.
+        batch_index, rows, cols: ``(E,)`` sample and top-left cell of each element on its own level's grid.
+        element_level: ``(E,)`` level of each element.
+        centre_y, centre_x: ``(E,)`` centre ``c(e)`` on the (padded) finest grid.
+        id_map: ``(N, Hp, Wp)`` element covering each pixel of the padded finest grid, or ``E`` (reads zero).
+    """
+
+    def __init__(self, levelmap: LevelMap, stage: int):
+        self.levelmap, self.stage = levelmap, stage
+        lv, dev = levelmap.levels, levelmap.device
+        n, h, w = levelmap.shape
+        hp, wp = levelmap.padded_size
+        masks, counts = [], []
+        for v in range(stage + 1):
+            s = 1 << v
+            top_left = lv[:, ::s, ::s]  # (N, ceil(H/s), ceil(W/s)): every cell with a real pixel, docs/semantics.md §4
+            masks.append(top_left == v if v < stage else top_left >= stage)
+            counts.append(int(masks[-1].sum()))
+        self.counts = tuple(counts)
+        self.offsets = tuple(int(sum(counts[:v])) for v in range(stage + 1))
+        self.num_elements = e = int(sum(counts))
+        self.cell_index: list[Tensor] = []
+        batch_index, rows, cols, level, cy, cx = [], [], [], [], [], []
+        self.id_map = torch.full((n, hp, wp), e, dtype=torch.long, device=dev)
+        for v, mask in enumerate(masks):
+            s = 1 << v
+            idx = torch.full(mask.shape, e, dtype=torch.long, device=dev)
+            idx[mask] = torch.arange(self.offsets[v], self.offsets[v] + counts[v], device=dev)
+            self.cell_index.append(idx)
+            b, qy, qx = mask.nonzero(as_tuple=True)
+            batch_index.append(b)
+            rows.append(qy)
+            cols.append(qx)
+            level.append(torch.full_like(b, v))
+            cy.append(qy * s + s // 2)
+            cx.append(qx * s + s // 2)
+            up = idx.repeat_interleave(s, 1).repeat_interleave(s, 2)
+            view = self.id_map[:, : up.shape[1], : up.shape[2]]
+            torch.minimum(view, up, out=view)  # levels cover disjoint pixels; E marks "not covered"
+        self.batch_index = torch.cat(batch_index)
+        self.rows, self.cols = torch.cat(rows), torch.cat(cols)
+        self.element_level = torch.cat(level)
+        self.centre_y, self.centre_x = torch.cat(cy), torch.cat(cx)
+        self._taps: dict[_TapKey, Tensor] = {}
+        self._down: dict[str, Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.levelmap.device
+
+    def level_slice(self, level: int) -> slice:
+        """Rows of the values that hold the elements of ``level``."""
+        return slice(self.offsets[level], self.offsets[level] + self.counts[level])
+
+    def same_as(self, other: Layout) -> bool:
+        return self is other or (self.levelmap is other.levelmap and self.stage == other.stage)
+
+    # ------------------------------------------------------------------ downsampling
+    def next(self) -> Layout:
+        if self.stage >= self.levelmap.num_levels:
+            raise ValueError(f"no downsampling left: stage {self.stage} is the last of K={self.levelmap.num_levels}")
+        return self.levelmap.layout(self.stage + 1)
+
+    def downsample_sources(self, variant: str = "top_left") -> Tensor:
+        """Indices into this layout's elements that make each element of the next stage.
+
+        Returns:
+            ``top_left``: ``(E_next,)``; ``max``: ``(E_next, 4)`` with the sentinel ``E`` where a sub-block holds
+            no real pixel (docs/semantics.md §4).
+        """
+        if variant not in ("top_left", "max"):
+            raise ValueError(f"downsampling variant must be 'top_left' or 'max', got {variant!r}")
+        if variant not in self._down:
+            nxt, j = self.next(), self.stage + 1
+            parts = []
+            for v in range(j + 1):
+                sl = nxt.level_slice(v)
+                b, qy, qx = nxt.batch_index[sl], nxt.rows[sl], nxt.cols[sl]
+                if v < j:  # unchanged elements, found at the same cell of the same level
+                    src = self.cell_index[v][b, qy, qx]
+                    parts.append(src if variant == "top_left" else src[:, None].expand(-1, 4))
+                    continue
+                grid = self.cell_index[j - 1]
+                if variant == "top_left":
+                    parts.append(grid[b, 2 * qy, 2 * qx])
+                    continue
+                quad = []
+                for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                    y, x = 2 * qy + dy, 2 * qx + dx
+                    inside = (y < grid.shape[1]) & (x < grid.shape[2])
+                    got = grid[b, y.clamp(max=grid.shape[1] - 1), x.clamp(max=grid.shape[2] - 1)]
+                    quad.append(torch.where(inside, got, self.num_elements))
+                parts.append(torch.stack(quad, 1))
+            self._down[variant] = torch.cat(parts)
+        return self._down[variant]
+
+    # ------------------------------------------------------------------ convolution taps
+    def tap_index(self, kernel: int, tap_spacing: int, downsample: bool = False) -> Tensor:
+        """Element read by every tap of a ``kernel x kernel`` conv with the given tap spacing (docs/semantics.md §3).
+
+        Args:
+            kernel: odd kernel size ``k``.
+            tap_spacing: ``o``, the spacing of taps on the finest grid.
+            downsample: centre the conv at the elements that survive the next downsampling step (the top-left
+                sub-element of each merged block), i.e. produce the next stage's elements directly.
+
+        Returns:
+            ``(E_out, k*k)`` long tensor of indices into this layout's elements, ``E`` for taps that read zero;
+            taps in the row-major order of ``weight[:, :, i, j]``.
+        """
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel size must be odd and positive, got {kernel}")
+        if tap_spacing < 1:
+            raise ValueError(f"tap spacing must be >= 1, got {tap_spacing}")
+        key = _TapKey(kernel, tap_spacing, downsample)
+        if key not in self._taps:
+            b, cy, cx = self.batch_index, self.centre_y, self.centre_x
+            if downsample:
+                src = self.downsample_sources("top_left")
+                b, cy, cx = b[src], cy[src], cx[src]
+            hp, wp = self.id_map.shape[1:]
+            offs = (torch.arange(kernel, device=self.device) - kernel // 2) * tap_spacing
+            ty = cy[:, None, None] + offs[None, :, None]
+            tx = cx[:, None, None] + offs[None, None, :]
+            inside = (ty >= 0) & (ty < hp) & (tx >= 0) & (tx < wp)
+            got = self.id_map[b[:, None, None], ty.clamp(0, hp - 1), tx.clamp(0, wp - 1)]
+            self._taps[key] = torch.where(inside, got, self.num_elements).reshape(len(b), kernel * kernel)
+        return self._taps[key]
+
+    def __repr__(self) -> str:
+        return f"Layout(stage={self.stage}, counts={self.counts}, levelmap={self.levelmap.shape})"

@@ -1,0 +1,233 @@
+"""Level maps (docs/semantics.md §1, §4).
+
+A :class:`LevelMap` is a validated integer tensor ``(N, Hf, Wf)`` on the finest grid. From it, one
+:class:`~adatriton.core.layout.Layout` per stage ``j`` (``j`` adaptive downsamplings done) enumerates the elements
+and holds every index table the ops need; layouts are built once, on the level map's device, and cached on the level
+map, so every layer of a stage reuses them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layout import Layout, block_sums, ceil_div
+from .strides import num_levels_of
+
+__all__ = ["LevelMap", "LevelMapError", "LevelMapDtypeError"]
+
+
+class LevelMapError(ValueError):
+    """A level map breaks docs/semantics.md §1 (shape, value range, alignment, device)."""
+
+
+class LevelMapDtypeError(LevelMapError, TypeError):
+    """A level map is not an integer tensor (a ``ValueError`` and a ``TypeError``)."""
+
+
+class LevelMap:
+    """A validated level map on the finest grid (docs/semantics.md §1, §4).
+
+    Args:
+        levels: integer tensor ``(N, Hf, Wf)``; ``levels[n, y, x] = v`` downsamples that location ``v`` times.
+        num_levels: ``K``, the number of adaptive downsamplings (an int or a conversion name like ``"8->32"``).
+            Values must lie in ``0..K``.
+
+    Raises:
+        LevelMapError: (a ``ValueError``) for a wrong shape, an out-of-range value (naming the first offending
+            pixel) or a misaligned map (naming the first offending block). A non-integer tensor raises
+            :class:`LevelMapDtypeError`, which is both a ``ValueError`` and a ``TypeError``.
+
+    Sizes that are not multiples of ``2^K`` follow docs/semantics.md §4: alignment is judged on blocks clipped to the
+    grid.
+    """
+
+    def __init__(self, levels: Tensor, num_levels: int | str):
+        if not isinstance(levels, Tensor):
+            raise LevelMapDtypeError(f"level map must be a torch.Tensor, got {type(levels).__name__}")
+        if levels.dtype == torch.bool or levels.is_floating_point() or levels.is_complex():
+            hint = " (a boolean keep-mask goes through LevelMap.from_keep_mask)" if levels.dtype == torch.bool else ""
+            raise LevelMapDtypeError(f"level map must have an integer dtype, got {levels.dtype}{hint}")
+        if levels.dim() != 3:
+            raise LevelMapError(f"level map must have shape (N, Hf, Wf), got {tuple(levels.shape)}")
+        if levels.numel() == 0:
+            raise LevelMapError(f"level map must not be empty, got shape {tuple(levels.shape)}")
+        self.num_levels = num_levels_of(num_levels)
+        self.levels = levels.long()
+        self._validate()
+        self._layouts: dict[int, Layout] = {}
+        self._fractions: Tensor | None = None
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        lv, k = self.levels, self.num_levels
+        bad = (lv < 0) | (lv > k)
+        if bool(bad.any()):
+            n, y, x = (int(i) for i in bad.nonzero()[0])
+            raise LevelMapError(
+                f"level map value {int(lv[n, y, x])} at sample {n}, pixel (row {y}, col {x}) is outside 0..{k}"
+            )
+        real = torch.ones_like(lv)
+        for v in range(1, k + 1):
+            s = 1 << v
+            at_least = block_sums((lv >= v).long(), s)
+            size = block_sums(real, s)
+            mixed = (at_least > 0) & (at_least < size)
+            if bool(mixed.any()):
+                n, by, bx = (int(i) for i in mixed.nonzero()[0])
+                y0, x0 = by * s, bx * s
+                y1, x1 = min(y0 + s, self.height) - 1, min(x0 + s, self.width) - 1
+                block = lv[n, y0 : y1 + 1, x0 : x1 + 1]
+                raise LevelMapError(
+                    f"level map is not aligned: sample {n}, {s}x{s} block rows {y0}..{y1}, cols {x0}..{x1} mixes "
+                    f"levels >= {v} and < {v} (values {sorted(set(block.flatten().tolist()))}); "
+                    f"every region at level >= {v} must be a union of aligned {s}x{s} blocks"
+                )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_keep_mask(cls, keep: Tensor, conversion: str | int = "8->32", block: int | None = None) -> LevelMap:
+        """Level map from a binary keep-mask on the finest grid (docs/semantics.md §6, first item).
+
+        Every aligned ``block x block`` tile holding any nonzero value gets level 0, every other tile level ``K``.
+
+        Args:
+            keep: ``(N, Hf, Wf)`` tensor, nonzero = informative (bool, integer or float).
+            conversion: ``"8->32"`` (K=2), ``"8->16"`` / ``"16->32"`` (K=1), or an int K.
+            block: tile size, a multiple of ``2^K``; defaults to 4 (the paper's granularity at OS8), or ``2^K``
+                when that is larger.
+
+        Returns:
+            A :class:`LevelMap` with levels in ``{0, K}``.
+        """
+        if not isinstance(keep, Tensor) or keep.dim() != 3:
+            shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
+            raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {shape}")
+        k = num_levels_of(conversion)
+        block = max(4, 1 << k) if block is None else int(block)
+        if block < 1 or block % (1 << k):
+            raise ValueError(f"block must be a positive multiple of 2^K = {1 << k}, got {block}")
+        n, h, w = keep.shape
+        informative = block_sums((keep != 0).long(), block) > 0
+        tiles = torch.where(informative, 0, k)
+        levels = tiles.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :h, :w]
+        return cls(levels.contiguous(), k)
+
+    @classmethod
+    def uniform(cls, batch: int, height: int, width: int, level: int, num_levels: int | str, device=None) -> LevelMap:
+        """A level map with every location at ``level``."""
+        return cls(torch.full((batch, height, width), level, dtype=torch.long, device=device), num_levels)
+
+    @classmethod
+    def random(
+        cls,
+        batch: int,
+        height: int,
+        width: int,
+        num_levels: int | str,
+        probs: tuple[float, ...] | None = None,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> LevelMap:
+        """A random aligned level map mixing all levels, different for every sample.
+
+        Each aligned ``2^K`` block is kept coarse with probability ``probs[K]``, else split in four; recursively
+        down to level 0 (``probs`` are per-level stopping probabilities, default uniform). For tests and demos;
+        realistic, clustered masks come from :mod:`adatriton.masks` sources.
+        """
+        k = num_levels_of(num_levels)
+        if probs is None:
+            probs = tuple(1.0 / (v + 1) for v in range(k + 1))  # each level gets ~1/(K+1) of the area
+        if len(probs) != k + 1:
+            raise ValueError(f"probs needs {k + 1} entries (one per level), got {len(probs)}")
+        hp, wp = ceil_div(height, 1 << k) << k, ceil_div(width, 1 << k) << k
+        levels = torch.zeros(batch, hp, wp, dtype=torch.long)
+        decided = torch.zeros(batch, hp, wp, dtype=torch.bool)
+        for v in range(k, 0, -1):
+            s = 1 << v
+            draw = torch.rand(batch, hp // s, wp // s, generator=generator) < probs[v]
+            draw = draw.repeat_interleave(s, 1).repeat_interleave(s, 2) & ~decided
+            levels[draw] = v
+            decided |= draw
+        return cls(levels[:, :height, :width].contiguous().to(device), k)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def batch(self) -> int:
+        return self.levels.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.levels.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.levels.shape[2]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.levels.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.levels.device
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """``(Hp, Wp)``: the finest grid padded bottom/right to multiples of ``2^K`` (docs/semantics.md §4)."""
+        s = 1 << self.num_levels
+        return ceil_div(self.height, s) * s, ceil_div(self.width, s) * s
+
+    def to(self, device) -> LevelMap:
+        """The same map on another device (layouts are rebuilt there on demand)."""
+        if torch.device(device) == self.device:
+            return self
+        return LevelMap(self.levels.to(device), self.num_levels)
+
+    def check_matches(self, batch: int, height: int, width: int, device: torch.device, what: str = "features") -> None:
+        """Raise :class:`LevelMapError` unless the map fits ``what`` of batch/size/device given."""
+        if self.shape != (batch, height, width):
+            raise LevelMapError(
+                f"level map has shape {self.shape} but the {what} need (N, Hf, Wf) = {(batch, height, width)}"
+            )
+        if torch.device(device) != self.device:
+            raise LevelMapError(f"level map is on {self.device} but the {what} are on {device}")
+
+    # ------------------------------------------------------------------ statistics
+    def fractions(self, per_sample: bool = False) -> Tensor:
+        """Fraction of the finest grid's area at each level.
+
+        Returns:
+            float64 tensor ``(K + 1,)``, or ``(N, K + 1)`` with ``per_sample``; rows sum to one.
+        """
+        counts = torch.stack([(self.levels == v).sum(dim=(1, 2)) for v in range(self.num_levels + 1)], dim=1)
+        counts = counts.double().cpu()
+        if per_sample:
+            return counts / (self.height * self.width)
+        return counts.sum(0) / counts.sum()
+
+    def element_counts(self, stage: int | None = None) -> list[int]:
+        """Number of elements at each level ``0..stage`` after ``stage`` downsamplings (default: all ``K``)."""
+        return list(self.layout(self.num_levels if stage is None else stage).counts)
+
+    def stats(self) -> dict[str, object]:
+        """Summary: level fractions and element counts per stage (for logs and reports)."""
+        return {
+            "shape": self.shape,
+            "num_levels": self.num_levels,
+            "fractions": [round(f, 6) for f in self.fractions().tolist()],
+            "elements_per_stage": [self.element_counts(j) for j in range(self.num_levels + 1)],
+        }
+
+    def __repr__(self) -> str:
+        fr = ", ".join(f"{f:.3f}" for f in self.fractions().tolist())
+        return f"LevelMap(shape={self.shape}, K={self.num_levels}, fractions=[{fr}], device={self.device})"
+
+    # ------------------------------------------------------------------ layouts
+    def layout(self, stage: int) -> Layout:
+        """The element layout after ``stage`` downsamplings (``0 <= stage <= K``), built once and cached."""
+        if not 0 <= stage <= self.num_levels:
+            raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
+        if stage not in self._layouts:
+            self._layouts[stage] = Layout(self, stage)
+        return self._layouts[stage]

@@ -1,0 +1,59 @@
+"""Output strides and conversions (docs/semantics.md §1, §7): the one table and the one parser.
+
+A conversion ``"a->b"`` keeps the finest output stride ``a`` where the level map says so and downsamples up to
+``K = log2(b / a)`` times elsewhere; a plain ``"8"`` / ``"16"`` / ``"32"`` is a dense network at that stride.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["CONVERSIONS", "OUTPUT_STRIDES", "num_levels_of", "parse_output_stride"]
+
+#: Adaptive conversions: name -> (finest output stride, number of adaptive downsamplings K).
+CONVERSIONS: dict[str, tuple[int, int]] = {"8->16": (8, 1), "8->32": (8, 2), "16->32": (16, 1), "1->8": (1, 3)}
+
+#: What :func:`adatriton.convert` accepts for a ResNet: the dense strides (K = 0) and the ResNet conversions.
+OUTPUT_STRIDES: dict[str, tuple[int, int]] = {
+    "8": (8, 0),
+    "16": (16, 0),
+    "32": (32, 0),
+    "8->16": (8, 1),
+    "8->32": (8, 2),
+    "16->32": (16, 1),
+}
+
+
+def parse_output_stride(
+    output_stride: str | int,
+    choices: Mapping[str, tuple[int, int]] = OUTPUT_STRIDES,
+    error: type[Exception] = ValueError,
+) -> tuple[str, int, int]:
+    """Normalise an output stride (``8``, ``"8"``, ``"8->32"``, ``"8→32"``, ``"8 -> 32"``) to ``(name, finest, K)``.
+
+    Args:
+        output_stride: a name, or an int for a dense stride.
+        choices: the accepted names (default :data:`OUTPUT_STRIDES`).
+        error: the exception type raised for anything else.
+
+    Raises:
+        error: not one of ``choices`` (an int for an adaptive-only table is refused: ``8`` could be 8->16 or 8->32).
+    """
+    if isinstance(output_stride, bool) or not isinstance(output_stride, (str, int)):
+        raise error(f"unknown output_stride {output_stride!r}: output_stride must be one of {list(choices)}")
+    key = str(output_stride).replace("→", "->").replace(" ", "")
+    if key not in choices:
+        raise error(f"unknown output_stride {output_stride!r}: output_stride must be one of {list(choices)}")
+    return (key, *choices[key])
+
+
+def num_levels_of(conversion: str | int) -> int:
+    """Number of adaptive downsamplings ``K`` of a conversion name such as ``"8->32"`` (ints pass through)."""
+    if isinstance(conversion, int) and not isinstance(conversion, bool):
+        if conversion < 0:
+            raise ValueError(f"number of levels must be >= 0, got {conversion}")
+        return conversion
+    key = str(conversion).replace("→", "->").replace(" ", "")
+    if key not in CONVERSIONS:
+        raise ValueError(f"unknown conversion {conversion!r}; expected one of {sorted(CONVERSIONS)} or an int K")
+    return CONVERSIONS[key][1]

@@ -1,0 +1,1 @@
+"""Evaluation: HPatches loading, keypoint matching and mean matching accuracy."""

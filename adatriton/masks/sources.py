@@ -1,0 +1,432 @@
+"""Mask sources: level maps from label maps, images and keypoints (docs/semantics.md §6).
+
+Every source takes image-resolution input and returns a validated :class:`~adatriton.LevelMap` on the finest grid
+of its conversion: ``ceil(H / s) x ceil(W / s)`` for the finest output stride ``s`` (8 for ``"8->16"`` and
+``"8->32"``, 16 for ``"16->32"``, 1 for ``"1->8"``), which is what torchvision's ResNets produce by repeated ceil
+halvings. Finest cell ``(i, j)`` covers image pixels ``s*i .. s*i + s - 1`` (clipped at the bottom/right border).
+
+- :func:`oracle`: ground-truth segmentation boundaries, box-dilated, reduced to the finest grid (any pixel).
+- :func:`edges`: ``method="sobel"`` (the paper's description) or ``method="cad"`` (the authors' released code).
+- :func:`keypoints`: SIFT saliency and a triplet of dilations for D2-Net / VGG-16 (``"1->8"``).
+- Density control (:mod:`adatriton.masks.density`): ``report``, ``match_fraction`` (alias ``calibrate``) and
+  ``synthetic``.
+
+Learned masks (docs/semantics.md §6, shallow CNN + hard Gumbel-softmax): the estimator is
+:mod:`adatriton.masks.learned`, the
+model that trains it :mod:`adatriton.models.learned`, the training loop :mod:`adatriton.tools.train`.
+
+Binary sources end in the block rule of :meth:`LevelMap.from_keep_mask`: an aligned ``block x block`` tile of
+the finest grid with any informative cell gets level 0, every other tile level ``K`` (default block 4, or 8 for
+``"1->8"``; ``edges(method="cad")`` at ``"16->32"`` uses 2, as the released code does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..core.layout import ceil_div
+from ..core.levelmap import LevelMap
+from ..runtime.extras import require
+from .common import MaskDtypeError, MaskInputError, keep_to_levels, odd_size, parse_conversion
+
+__all__ = [
+    "GRAY_WEIGHTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PAPER_EDGE_THRESHOLDS",
+    "PAPER_KEYPOINT_DILATIONS",
+    "PAPER_ORACLE_KERNELS",
+    "edges",
+    "keypoints",
+    "oracle",
+    "sift_keypoints",
+]
+
+#: ITU-R BT.601 luma weights (R, G, B), as used by the authors' code and OpenCV.
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+#: ImageNet channel statistics the authors' images were normalised with before their edge detector.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Paper settings: oracle box sizes, edge thresholds (budget knobs, 11x11 dilation), D2-Net dilation triplets.
+PAPER_ORACLE_KERNELS = (33, 55)
+PAPER_EDGE_THRESHOLDS = (0.95, 0.35, 0.15)
+PAPER_KEYPOINT_DILATIONS: tuple[tuple[float, float, float], ...] = (
+    (0, 0, 0),
+    (0, 0, 5),
+    (0, 0, 11),
+    (0, 0, 21),
+    (0, 0, 31),
+    (0, 19, 35),
+    (0, 27, 37),
+    (19, 41, 41),
+    (25, 51, 51),
+    (math.inf, math.inf, math.inf),
+)
+
+_EDGE_METHODS = ("sobel", "cad")
+_KEYPOINT_CONVERSION = "1->8"
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _as_tensor(x, what: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise MaskDtypeError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+def _box_dilate(mask: Tensor, size: int) -> Tensor:
+    """Binary dilation of ``mask (N, H, W)`` by a centred ``size x size`` box; outside the image counts as 0.
+
+    Separable running sums (O(1) per pixel whatever the size), so 55x55 boxes at 1024x2048 stay cheap.
+    """
+    if size == 1:
+        return mask
+    r = size // 2
+    out = mask
+    for dim in (1, 2):
+        n = out.shape[dim]
+        counts = torch.cumsum(out.to(torch.int32), dim)
+        zero = torch.zeros_like(counts.narrow(dim, 0, 1))
+        counts = torch.cat([zero, counts], dim)  # counts[i] = sum of the first i entries
+        pos = torch.arange(n, device=mask.device)
+        hi, lo = (pos + r + 1).clamp(max=n), (pos - r).clamp(min=0)
+        out = (counts.index_select(dim, hi) - counts.index_select(dim, lo)) > 0
+    return out
+
+
+def _any_reduce(mask: Tensor, stride: int) -> Tensor:
+    """``(N, ceil(H/s), ceil(W/s))``: a cell is True if any pixel of its ``s x s`` footprint (clipped) is."""
+    if stride == 1:
+        return mask
+    n, h, w = mask.shape
+    hf, wf = ceil_div(h, stride), ceil_div(w, stride)
+    padded = mask.new_zeros(n, hf * stride, wf * stride)
+    padded[:, :h, :w] = mask
+    return padded.view(n, hf, stride, wf, stride).any(dim=4).any(dim=2)
+
+
+def _touching_blocks(mask: Tensor, block: int) -> Tensor:
+    """``(N, H, W)``: True on every aligned ``block x block`` tile (clipped) that holds any True pixel."""
+    n, h, w = mask.shape
+    tiles = _any_reduce(mask, block)
+    return tiles.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :h, :w]
+
+
+def _images(images, what: str = "images") -> Tensor:
+    """``(N, 3, H, W)`` float64 in ``[0, 1]`` from float ``[0, 1]`` or uint8 ``0..255`` images."""
+    x = _as_tensor(images, what)
+    if x.dim() != 4 or x.shape[1] != 3:
+        hint = ""
+        if x.dim() == 4 and x.shape[-1] == 3:
+            hint = " (channels last? permute to (N, 3, H, W))"
+        elif x.dim() == 3 and x.shape[0] == 3:
+            hint = " (one image? add a batch dimension)"
+        raise MaskInputError(f"{what} must have shape (N, 3, H, W) (RGB), got {tuple(x.shape)}{hint}")
+    if x.numel() == 0:
+        raise MaskInputError(f"{what} must not be empty, got shape {tuple(x.shape)}")
+    # Contiguous: images from HWC arrays arrive as strided views, on which the filters below are ~10x slower.
+    x = x.contiguous()
+    if x.dtype == torch.uint8:
+        return x.double() / 255.0
+    if not x.is_floating_point():
+        raise MaskDtypeError(f"{what} must be float in [0, 1] or uint8 in 0..255, got {x.dtype}")
+    x = x.double()
+    lo, hi = float(x.min()), float(x.max())
+    # A small slack for interpolation round-off; ImageNet-normalised inputs (about -2.1..2.6) are refused.
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):
+        raise MaskInputError(
+            f"float {what} must lie in [0, 1] (un-normalised RGB), got values in [{lo:.4g}, {hi:.4g}]; "
+            "normalisation, where a method needs it, happens inside"
+        )
+    return x.clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- oracle
+def oracle(
+    labels, output_stride: str, kernel: int = 33, ignore_index: int | None = 255, *, block: int | None = None
+) -> LevelMap:
+    """Oracle level map from ground-truth segmentation boundaries (docs/semantics.md §6).
+
+    A pixel is a boundary pixel if its label differs from one of its 4-neighbours, where neither of the two is
+    ``ignore_index`` (the ignore label is not a class: class/ignore and ignore/ignore changes are no boundary).
+    Both pixels of such a pair are boundary pixels. The boundary map is dilated by a ``kernel x kernel`` box at
+    image resolution (outside the image counts as no boundary), reduced to the finest grid (a cell is
+    informative if any pixel of its ``s x s`` footprint is), then turned into levels by the block rule.
+
+    Args:
+        labels: ``(N, H, W)`` integer class ids (tensor or numpy array).
+        output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``).
+        kernel: odd box size; 33 and 55 in the paper.
+        ignore_index: the ignore label, or None when every value is a class.
+        block: tile size of the block rule (default: that of :meth:`LevelMap.from_keep_mask`, 4 or 8).
+
+    Returns:
+        :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the labels' device.
+
+    Raises:
+        MaskDtypeError: non-integer labels. MaskInputError: wrong shape, even or non-positive ``kernel``,
+        unknown ``output_stride``.
+    """
+    conversion, stride, _ = parse_conversion(output_stride)
+    kernel = odd_size(kernel, "kernel")
+    lab = _as_tensor(labels, "labels")
+    if lab.dtype == torch.bool or lab.is_floating_point() or lab.is_complex():
+        raise MaskDtypeError(f"labels must be integer class ids, got dtype {lab.dtype}")
+    if lab.dim() != 3 or lab.numel() == 0:
+        raise MaskInputError(f"labels must have shape (N, H, W) and not be empty, got {tuple(lab.shape)}")
+    if ignore_index is None:
+        valid = torch.ones_like(lab, dtype=torch.bool)
+    else:
+        valid = lab != ignore_index
+    boundary = torch.zeros_like(lab, dtype=torch.bool)
+    # Horizontal then vertical neighbour pairs; a pair with an ignore pixel is not a class change.
+    dx = (lab[:, :, 1:] != lab[:, :, :-1]) & valid[:, :, 1:] & valid[:, :, :-1]
+    boundary[:, :, 1:] |= dx
+    boundary[:, :, :-1] |= dx
+    dy = (lab[:, 1:, :] != lab[:, :-1, :]) & valid[:, 1:, :] & valid[:, :-1, :]
+    boundary[:, 1:, :] |= dy
+    boundary[:, :-1, :] |= dy
+    keep = _any_reduce(_box_dilate(boundary, kernel), stride)
+    return keep_to_levels(keep, conversion, block)
+
+
+# ---------------------------------------------------------------------------------------------------- edges
+def _gray(x: Tensor) -> Tensor:
+    r, g, b = GRAY_WEIGHTS
+    return r * x[:, 0] + g * x[:, 1] + b * x[:, 2]
+
+
+def _sobel_edges(x: Tensor, threshold: float) -> Tensor:
+    # Replicate padding: for a 3x3 kernel the same as skimage/scipy's 'reflect', no spurious border edges.
+    p = F.pad(_gray(x)[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    # Separable Sobel as differences first: equal pixels give exactly 0 (a conv2d may leave round-off, which the
+    # per-image normalisation would blow up to full-strength edges on a flat image).
+    dx = p[:, :, 2:] - p[:, :, :-2]
+    dy = p[:, 2:, :] - p[:, :-2, :]
+    gx = dx[:, :-2] + 2 * dx[:, 1:-1] + dx[:, 2:]
+    gy = dy[:, :, :-2] + 2 * dy[:, :, 1:-1] + dy[:, :, 2:]
+    mag = torch.sqrt(gx**2 + gy**2)
+    peak = mag.amax(dim=(1, 2), keepdim=True)
+    # Per-image normalisation to [0, 1]; a constant image has no gradient and hence no edges.
+    norm = torch.where(peak > 0, mag / peak.clamp(min=torch.finfo(x.dtype).tiny), torch.zeros_like(mag))
+    return norm > threshold
+
+
+def _cad_edges(x: Tensor, threshold: float) -> Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    gray = _gray((x - mean) / std)
+    # Zero padding of the normalised grayscale, as the released code's conv2d(padding=1) does.
+    g = F.pad(gray, (1, 1, 1, 1))
+    gx = g[:, 1:-1, 2:] - g[:, 1:-1, :-2]
+    gy = g[:, 2:, 1:-1] - g[:, :-2, 1:-1]
+    return (gx >= threshold) | (gy >= threshold)
+
+
+def edges(
+    images,
+    output_stride: str,
+    threshold: float = 0.15,
+    dilation: int = 11,
+    method: str = "sobel",
+    *,
+    block: int | None = None,
+) -> LevelMap:
+    """Edge level map from RGB images (docs/semantics.md §6).
+
+    ``method="sobel"`` (the paper's description): grayscale ``0.299R + 0.587G + 0.114B``; 3x3 Sobel gradients
+    with replicated borders; magnitude ``sqrt(gx^2 + gy^2)`` divided by its per-image maximum (a constant image
+    has no edges); edges where the normalised magnitude ``> threshold``; ``dilation x dilation`` box dilation;
+    reduction to the finest grid (a cell is informative if any pixel of its ``s x s`` footprint is); block rule.
+
+    ``method="cad"`` (the authors' released code, with which their checkpoints were trained): normalise each
+    channel with the ImageNet mean/std, grayscale of the normalised channels, signed central differences
+    ``gx[y, x] = g[y, x+1] - g[y, x-1]`` and ``gy[y, x] = g[y+1, x] - g[y-1, x]`` with ``g = 0`` outside the
+    image (their zero-padded conv, so border pixels can fire), edges where ``gx >= t or gy >= t`` (signed, no
+    absolute value), box dilation, then the dilated map *sampled* at pixels ``(s*i, s*j)`` instead of the
+    any-reduction, then the block rule. The released code used 2x2 tiles at OS16 and 4x4 at OS8, so for
+    ``"16->32"`` this method's default ``block`` is 2. Its released checkpoint used ``t = 0.15`` and an 11x11
+    box; the paper's budgets 0.95 / 0.35 / 0.15 are thresholds of this detector.
+
+    Both methods compute in float64, so the threshold test does not depend on the device.
+
+    Args:
+        images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8 in ``0..255`` (tensor or numpy array).
+        output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``).
+        threshold: ``sobel``: in ``[0, 1]`` (of the normalised magnitude); ``cad``: finite and ``>= 0`` (units of
+            the normalised grayscale, whose differences reach about 4.5).
+        dilation: odd box size (11 in the paper and the released code).
+        method: ``"sobel"`` or ``"cad"``.
+        block: tile size of the block rule (see above for the defaults).
+
+    Returns:
+        :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the images' device.
+
+    Raises:
+        MaskInputError: unknown method or output stride, threshold out of range, even dilation, bad image shape
+        or value range. MaskDtypeError: images neither float nor uint8.
+    """
+    if method not in _EDGE_METHODS:
+        raise MaskInputError(f"unknown edge method {method!r}; expected one of {_EDGE_METHODS}")
+    conversion, stride, _ = parse_conversion(output_stride)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
+        raise MaskInputError(f"threshold must be a number, got {threshold!r}")
+    threshold = float(threshold)
+    if method == "sobel" and not 0.0 <= threshold <= 1.0:
+        raise MaskInputError(f"sobel threshold must lie in [0, 1] (normalised magnitude), got {threshold}")
+    if method == "cad" and not (math.isfinite(threshold) and threshold >= 0.0):
+        raise MaskInputError(f"cad threshold must be finite and >= 0, got {threshold}")
+    dilation = odd_size(dilation, "dilation")
+    x = _images(images)
+    if method == "sobel":
+        keep = _any_reduce(_box_dilate(_sobel_edges(x, threshold), dilation), stride)
+    else:
+        keep = _box_dilate(_cad_edges(x, threshold), dilation)[:, ::stride, ::stride]
+        if block is None and conversion == "16->32":
+            block = 2
+    return keep_to_levels(keep, conversion, block)
+
+
+# ---------------------------------------------------------------------------------------------------- keypoints
+def sift_keypoints(images, max_keypoints: int = 512) -> list[np.ndarray]:
+    """The strongest SIFT keypoints of each image, one per pixel (D2-Net experiments of the paper).
+
+    OpenCV's ``SIFT_create()`` with default parameters runs on the uint8 grayscale (``cv2.COLOR_RGB2GRAY`` of the
+    RGB image rounded to 0..255). Keypoints are ranked by response (ties by position, for determinism) and taken
+    in that order while their rounded pixel is new, up to ``max_keypoints`` distinct pixels, as the released code
+    does. (That code applies the RGB weights to BGR-ordered channels; the standard conversion is used here.)
+
+    Args:
+        images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8.
+        max_keypoints: at most this many distinct pixels per image (512 in the paper).
+
+    Returns:
+        Per image, a float64 array ``(M, 2)`` of sub-pixel ``(x, y)`` positions, strongest first, ``M <= max``.
+    """
+    cv2 = require("cv2")  # lazily: only keypoint masks need OpenCV
+
+    if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, (int, np.integer)) or max_keypoints < 0:
+        raise MaskInputError(f"max_keypoints must be an int >= 0, got {max_keypoints!r}")
+    x = _images(images)
+    rgb = (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    sift = cv2.SIFT_create()
+    h, w = rgb.shape[1:3]
+    out = []
+    for img in rgb:
+        gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+        kps = sift.detect(gray, None)
+        if not kps:
+            out.append(np.zeros((0, 2)))
+            continue
+        pts = np.array([kp.pt for kp in kps], dtype=np.float64)
+        resp = np.array([kp.response for kp in kps], dtype=np.float64)
+        order = np.lexsort((pts[:, 0], pts[:, 1], -resp))
+        pts = pts[order]
+        px = np.stack([np.clip(np.rint(pts[:, 0]), 0, w - 1), np.clip(np.rint(pts[:, 1]), 0, h - 1)], 1)
+        _, first = np.unique(px[:, 1] * w + px[:, 0], return_index=True)
+        out.append(pts[np.sort(first)[:max_keypoints]])
+    return out
+
+
+def _keypoint_dilation(value, index: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise MaskInputError(f"dilations[{index}] must be 0, an odd positive int or math.inf, got {value!r}")
+    if value == math.inf:
+        return math.inf
+    if not (math.isfinite(value) and float(value).is_integer()):
+        raise MaskInputError(f"dilations[{index}] must be 0, an odd positive int or math.inf, got {value!r}")
+    value = int(value)
+    if value < 0 or (value > 0 and value % 2 == 0):
+        raise MaskInputError(f"dilations[{index}] must be 0, an odd positive int or math.inf, got {value}")
+    return value
+
+
+def _saliency(points: Sequence, n: int, h: int, w: int) -> Tensor:
+    if len(points) != n:
+        raise MaskInputError(f"keypoints_xy needs one (M, 2) array per image ({n}), got {len(points)}")
+    sal = torch.zeros(n, h, w, dtype=torch.bool)
+    for i, pts in enumerate(points):
+        p = np.asarray(pts, dtype=np.float64)
+        if p.size == 0:
+            p = np.zeros((0, 2))
+        elif p.ndim != 2 or p.shape[1] != 2:
+            raise MaskInputError(f"keypoints_xy[{i}] must have shape (M, 2) of (x, y), got {p.shape}")
+        px, py = np.rint(p[:, 0]).astype(np.int64), np.rint(p[:, 1]).astype(np.int64)
+        outside = (px < 0) | (px >= w) | (py < 0) | (py >= h) | ~np.isfinite(p).all(1)
+        if outside.any():
+            j = int(np.flatnonzero(outside)[0])
+            raise MaskInputError(f"keypoints_xy[{i}][{j}] = {tuple(p[j])} (x, y) lies outside the {h}x{w} image")
+        sal[i, torch.from_numpy(py), torch.from_numpy(px)] = True
+    return sal
+
+
+def keypoints(
+    images,
+    dilations: Sequence[float] = (25, 51, 51),
+    *,
+    keypoints_xy: Sequence | None = None,
+    max_keypoints: int = 512,
+) -> LevelMap:
+    """Keypoint level map for VGG-16 / D2-Net (``"1->8"``: finest grid = image, ``K = 3``; docs/semantics.md §6).
+
+    The saliency map is 1 at the (rounded) pixels of the keypoints: :func:`sift_keypoints` of the images, or
+    ``keypoints_xy``. ``dilations = (d1, d2, d4)`` control the retained output strides OS1, OS2, OS4. Retaining
+    OS ``2^v`` at a location skips the pooling to OS ``2^(v+1)`` there, whose windows are ``2^(v+1)`` pixels
+    wide, so (as in the released code) the region retained at OS ``2^v`` is the union of aligned
+    ``2^(v+1) x 2^(v+1)`` blocks touching the saliency dilated by a ``d x d`` box:
+
+    - ``R0``: 2x2 blocks touching ``dilate(S, d1)`` -> level 0;
+    - ``R1``: 4x4 blocks touching ``dilate(S, d2)`` or ``R0`` -> level ``<= 1``;
+    - ``R2``: 8x8 blocks touching ``dilate(S, d4)`` or ``R1`` -> level ``<= 2``; everything else level 3.
+
+    A location's level is the smallest ``v`` with the location in ``R_v``. Folding ``R0`` into ``R1`` and ``R1``
+    into ``R2`` makes the regions nested and the map aligned (docs/semantics.md §1) for any triplet; for the
+    non-decreasing
+    triplets of the paper it changes nothing. ``0`` retains nothing at that stride, ``math.inf`` everything.
+
+    Args:
+        images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8 (only the size is used with ``keypoints_xy``).
+        dilations: ``(d1, d2, d4)``, each 0, an odd positive int or ``math.inf``; see
+            :data:`PAPER_KEYPOINT_DILATIONS` for the paper's sweep.
+        keypoints_xy: per image an array ``(M, 2)`` of ``(x, y)`` pixel positions, replacing SIFT.
+        max_keypoints: SIFT keypoints per image (512 in the paper).
+
+    Returns:
+        :class:`LevelMap` ``(N, H, W)`` with ``K = 3``, on the images' device.
+
+    Raises:
+        MaskInputError: a triplet of the wrong length, an even, negative or fractional size, bad images,
+        keypoints outside the image or a ``keypoints_xy`` of the wrong length.
+    """
+    if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Sequence) or len(dilations) != 3:
+        raise MaskInputError(f"dilations must be a triplet (d1, d2, d4), got {dilations!r}")
+    dils = [_keypoint_dilation(d, i) for i, d in enumerate(dilations)]
+    x = _as_tensor(images, "images")
+    if keypoints_xy is None:
+        keypoints_xy = sift_keypoints(x, max_keypoints)
+    elif x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0:
+        raise MaskInputError(f"images must have shape (N, 3, H, W), got {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    sal = _saliency(keypoints_xy, n, h, w)
+    regions = []
+    for v, d in enumerate(dils):
+        blk = 2 << v
+        if d == math.inf:
+            region = torch.ones_like(sal)
+        elif d == 0:
+            region = torch.zeros_like(sal)
+        else:
+            region = _touching_blocks(_box_dilate(sal, d), blk)
+        if regions:  # nest: the previous (finer) region's pixels, widened to this level's blocks
+            region |= _touching_blocks(regions[-1], blk)
+        regions.append(region)
+    levels = 3 - sum(r.long() for r in regions)
+    return LevelMap(levels.to(x.device), _KEYPOINT_CONVERSION)

@@ -1,0 +1,1 @@
+"""Entry points: autotuning, dispatcher calibration and training (``python -m adatriton.autotune`` etc.)."""

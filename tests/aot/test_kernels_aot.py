@@ -1,0 +1,260 @@
+"""Ahead-of-time compile of every Triton kernel, with every config of its config factory, for real GPUs.
+
+Runs on the CPU (no GPU needed, never skipped): each variant is compiled by Triton for ``sm_80`` (A100) and
+``sm_90`` (H100) down to a cubin, exactly as the launcher would specialise it at runtime (16-aligned pointers and
+sizes, ints equal to 1 as constants), and checked against the hardware:
+
+* it compiles (PTX and cubin produced);
+* shared memory (Triton's dynamic request plus any static shared in the cubin) fits the per-block opt-in limit;
+* at most 255 registers per thread (``cuobjdump -res-usage`` of the cubin, else ptxas's own ``-v`` log) and the
+  block's registers fit the 64K register file; register spills (ptxas ``-v``) are reported as a ``SpillWarning``
+  (slower, not wrong), or fail with ``FAIL_ON_SPILLS``;
+* the fp16/bf16 convs (and fp32 with TF32) run their dot on tensor cores (``mma.sync`` / ``wgmma`` with the right
+  operand type), and fp32 with ``ieee`` precision does not (TF32 there would silently lose precision).
+
+Every compiled variant prints one line (``pytest -s``) and records it as a junit property ``aot``. The kernels are
+listed in :data:`KERNELS`; a new kernel is one more :class:`Kernel` entry. The compiles run in spawned worker
+processes (see ``tests/aot/aot.py`` for why they cannot run in the ``TRITON_INTERPRET=1`` test process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from adatriton.kernels import conv, densify
+from tests.aot import aot
+
+# cudaDevAttrMaxSharedMemoryPerBlockOptin: A100 (sm_80) 163 KB, H100 (sm_90) 227 KB.
+SHARED_OPTIN = {80: 166912, 90: 232448}
+MAX_REGS_PER_THREAD = 255
+REGS_PER_BLOCK = 65536  # registers are allocated per warp in units of 256
+DTYPES = ("fp32", "fp16", "bf16")
+RESULT_TIMEOUT_S = 300
+FAIL_ON_SPILLS = True  # every listed config and the default compile without register spills
+
+
+class SpillWarning(UserWarning):
+    """ptxas spilled registers to local memory for this variant (slower, still correct)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A constexpr specialisation of a kernel: compiled with every config of the factory, or the spot config only."""
+
+    tag: str  # part of the test id ("" for the main specialisation)
+    constexprs: dict  # constexpr values, and runtime ints the launcher passes as 1 (specialised to constants)
+    every_config: bool = True
+    dtypes: tuple[str, ...] = DTYPES
+    aligned_ints: bool = True  # ints 16-divisible (Triton specialises them so); False: only the pointers are
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One ``@triton.jit`` kernel and how its launcher calls it."""
+
+    name: str
+    fn: object  # the kernel (an InterpretedFunction in this process; the workers import a real JITFunction)
+    args: Callable[[str], dict[str, str]]  # data dtype -> Triton type of every runtime parameter
+    specs: tuple[Spec, ...]
+    configs: Callable[[], Sequence[tuple]]  # the config factory
+    launch: Callable[[tuple], tuple[dict, int, int | None]]  # config -> (block constexprs, num_warps, num_stages)
+    spot_config: tuple  # the config the spot-checked specs are compiled with
+    dtype_constexprs: Callable[[str], dict] = lambda dtype: {}  # constexprs the launcher derives from the dtype
+    # expected dot instructions: "f16"/"bf16"/"tf32" = tensor cores with that operand type, "fma" = no tensor
+    # cores, None = no dot to check
+    tensor_cores: Callable[[str, dict], str | None] = lambda dtype, constexprs: None
+
+
+def _conv_args(dt: str) -> dict[str, str]:
+    ints = ("rows", "num_src", "cin_g", "cout_g", "stride_x", "stride_res", "stride_out")
+    return {
+        **{p: f"*{dt}" for p in ("x_ptr", "w_ptr", "res_ptr", "out_ptr")},
+        "index_ptr": "*i64",
+        "scale_ptr": "*fp32",
+        "shift_ptr": "*fp32",
+        **dict.fromkeys(ints, "i32"),
+    }
+
+
+def _conv_tensor_cores(dt: str, constexprs: dict) -> str:
+    return {"fp16": "f16", "bf16": "bf16"}.get(dt) or ("tf32" if constexprs["DOT_PRECISION"] == "tf32" else "fma")
+
+
+def _densify_args(dt: str) -> dict[str, str]:
+    ints = ("pixels", "width", "hw", "channels", "num_src", "stride_v", "stride_in", "stride_iy")
+    strides = ("stride_on", "stride_oc", "stride_oy", "stride_ox")
+    return {"values_ptr": f"*{dt}", "ids_ptr": "*i64", "out_ptr": f"*{dt}", **dict.fromkeys(ints + strides, "i32")}
+
+
+_CONV_FUSED = dict(TAPS=9, GATHER=True, HAS_SCALE=True, HAS_SHIFT=True, HAS_RES=True, RELU=True, UPCAST=False)
+_CONV_PLAIN = dict(TAPS=1, GATHER=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RES=False, RELU=False, UPCAST=False)
+
+KERNELS = (
+    Kernel(
+        name="conv",
+        fn=conv._conv_elements_kernel,
+        args=_conv_args,
+        specs=(
+            # 3x3 gather with the whole epilogue (bottleneck conv-BN-add-ReLU): the heaviest variant, every config.
+            Spec("", _CONV_FUSED),
+            # fp32 without TF32 (cudnn.allow_tf32 off): FMA dots, the most registers.
+            Spec("ieee", {**_CONV_FUSED, "DOT_PRECISION": "ieee"}, every_config=False, dtypes=("fp32",)),
+            # plain 1x1 conv, no gather, no epilogue.
+            Spec("1x1", _CONV_PLAIN, every_config=False),
+            # channel counts that are not multiples of 16: no vectorised loads.
+            Spec("unaligned", _CONV_FUSED, every_config=False, aligned_ints=False),
+        ),
+        configs=conv.conv_configs,
+        launch=lambda c: (c.meta, c[4], c[3]),
+        spot_config=conv.default_config(1 << 16, 256, 256),  # the untuned default for large problems
+        # on a GPU fp32 uses TF32 by default (torch.backends.cudnn.allow_tf32 is True), see conv.dot_precision
+        dtype_constexprs=lambda dt: {"DOT_PRECISION": "tf32" if dt == "fp32" else "ieee"},
+        tensor_cores=_conv_tensor_cores,
+    ),
+    Kernel(
+        name="densify",
+        fn=densify._densify_kernel,
+        args=_densify_args,
+        specs=(
+            Spec("nhwc", {"stride_oc": 1}),  # channels-last output: the launcher passes stride_oc == 1
+            Spec("nchw", {"stride_ox": 1}, every_config=False),
+        ),
+        configs=densify.densify_configs,
+        launch=lambda c: ({"BLOCK_P": c[0], "BLOCK_C": c[1]}, c[2], None),
+        spot_config=densify.densify_configs()[0],
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    variant: aot.Variant
+    tensor_cores: str | None
+
+
+def _params(fn) -> list[str]:
+    return list(getattr(fn, "arg_names", None) or fn.fn.__code__.co_varnames[: fn.fn.__code__.co_argcount])
+
+
+def _cases() -> list[Case]:
+    cases = []
+    for k in KERNELS:
+        params = _params(k.fn)
+        module, name = k.fn.fn.__module__, k.fn.fn.__name__
+        for spec in k.specs:
+            for cfg in k.configs() if spec.every_config else [k.spot_config]:
+                blocks, warps, stages = k.launch(cfg)
+                label = "x".join(str(b) for b in blocks.values()) + (f"-s{stages}" if stages else "") + f"-w{warps}"
+                for cap in SHARED_OPTIN:
+                    for dt in spec.dtypes:
+                        constexprs = {**k.dtype_constexprs(dt), **spec.constexprs, **blocks}
+                        types = {p: "constexpr" for p in constexprs} | {
+                            p: t for p, t in k.args(dt).items() if p not in constexprs
+                        }
+                        if sorted(types) != sorted(params):
+                            raise ValueError(f"{k.name}: the table types {sorted(types)}, the kernel has {params}")
+                        aligned = [
+                            p
+                            for p in params
+                            if types[p].startswith("*") or (spec.aligned_ints and types[p] != "constexpr")
+                        ]
+                        variant = aot.Variant(
+                            kernel=f"{module}:{name}",
+                            signature=tuple((p, types[p]) for p in params),
+                            constexprs=tuple((p, constexprs[p]) for p in params if p in constexprs),
+                            aligned=tuple(aligned),
+                            cap=cap,
+                            num_warps=warps,
+                            num_stages=stages,
+                        )
+                        case_id = "-".join(filter(None, (k.name, f"sm{cap}", dt, spec.tag, label)))
+                        cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs)))
+    ids = [c.id for c in cases]
+    assert len(set(ids)) == len(ids), "duplicate case ids"
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def aot_compile(request, tmp_path_factory):
+    """Compile in spawned workers (one per core, at most 4); every selected case is queued up front, in test order,
+    so both cores stay busy while the tests consume the results one by one."""
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+        and "case" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+    workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, max(1, len(selected))),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=aot.init_worker,
+        initargs=(str(tmp_path_factory.mktemp("triton-cache")),),
+    )
+    futures = {case.id: pool.submit(aot.compile_variant, case.variant) for case in selected}
+
+    def compile_case(case: Case) -> dict:
+        if case.id not in futures:
+            futures[case.id] = pool.submit(aot.compile_variant, case.variant)
+        return futures[case.id].result(timeout=RESULT_TIMEOUT_S)
+
+    yield compile_case
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _report(case: Case, r: dict) -> str:
+    spills = "?" if r["spill_stores"] is None else f"{r['spill_stores']}/{r['spill_loads']}"
+    mma = ",".join(sorted({m.split(".")[0] for m in r["mma"]})) or "-"
+    return (
+        f"{case.id:<44} regs {r['regs'] if r['regs'] is not None else '?':>3}  "
+        f"shared {r['shared']:>6}+{r['static_shared']:<4}  mma {mma:<10} cp.async {'y' if r['cp_async'] else 'n'}  "
+        f"spills {spills}  stack {r['stack']}  {r['compile_s']:.1f}s"
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_kernel_compiles_within_limits(case: Case, aot_compile, record_property):
+    r = aot_compile(case)
+    assert "error" not in r, f"{case.id} does not compile for sm_{case.variant.cap}:\n{r['error']}"
+    record_property("aot", r)
+    print(_report(case, r))
+    v = case.variant
+    assert r["ptx_bytes"] > 0 and r["cubin_bytes"] > 0, "no PTX or no cubin"
+
+    shared = r["shared"] + r["static_shared"]
+    assert shared <= SHARED_OPTIN[v.cap], (
+        f"{case.id}: {shared} bytes of shared memory > {SHARED_OPTIN[v.cap]} (sm_{v.cap} per-block opt-in limit)"
+    )
+
+    if r["regs"] is None:
+        warnings.warn(f"{case.id}: register check skipped, no register count: {r['regs_source']}", stacklevel=1)
+    else:
+        assert r["regs"] <= MAX_REGS_PER_THREAD, f"{case.id}: {r['regs']} registers per thread"
+        per_warp = -(-r["regs"] * 32 // 256) * 256
+        assert per_warp * v.num_warps <= REGS_PER_BLOCK, (
+            f"{case.id}: {r['regs']} registers x {v.num_warps} warps exceed the {REGS_PER_BLOCK}-register file"
+        )
+    if r["spill_stores"] or r["spill_loads"]:
+        # Spills cost speed, not correctness, and exceed no hardware limit: reported (pytest's warnings summary),
+        # not failed. Set FAIL_ON_SPILLS to make them fail.
+        message = f"{case.id}: ptxas spills {r['spill_stores']} bytes stores / {r['spill_loads']} bytes loads"
+        assert not FAIL_ON_SPILLS, message
+        warnings.warn(message, SpillWarning, stacklevel=1)
+
+    if case.tensor_cores == "fma":
+        assert not r["mma"], f"{case.id}: ieee fp32 dot must not use tensor cores (TF32), found {r['mma']}"
+    elif case.tensor_cores is not None:
+        want = case.tensor_cores
+        hits = [m for m in r["mma"] if f".{want}." in m + "."]
+        assert hits, f"{case.id}: no {want} tensor-core instruction (mma.sync/wgmma) in the PTX, found {r['mma']}"
