@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .layout import Layout, block_sums, ceil_div
-from .strides import num_levels_of
+from .strides import default_tile, num_levels_of
 
 __all__ = ["LevelMap", "LevelMapError", "LevelMapDtypeError"]
 
@@ -94,8 +94,8 @@ class LevelMap:
         Args:
             keep: ``(N, Hf, Wf)`` tensor, nonzero = informative (bool, integer or float).
             conversion: ``"8->32"`` (K=2), ``"8->16"`` / ``"16->32"`` (K=1), or an int K.
-            block: tile size, a multiple of ``2^K``; defaults to 4 (the paper's granularity at OS8), or ``2^K``
-                when that is larger.
+            block: tile size, a multiple of ``2^K``; None: :func:`~adatriton.core.strides.default_tile` of the
+                conversion (the authors' tiles: 4 at OS8, 2 for ``"16->32"``; 8 for ``"1->8"``).
 
         Returns:
             A :class:`LevelMap` with levels in ``{0, K}``.
@@ -104,7 +104,7 @@ class LevelMap:
             shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
             raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {shape}")
         k = num_levels_of(conversion)
-        block = max(4, 1 << k) if block is None else int(block)
+        block = default_tile(conversion) if block is None else int(block)
         if block < 1 or block % (1 << k):
             raise ValueError(f"block must be a positive multiple of 2^K = {1 << k}, got {block}")
         n, h, w = keep.shape

@@ -16,8 +16,8 @@ Learned masks (docs/semantics.md §6, shallow CNN + hard Gumbel-softmax): the es
 model that trains it :mod:`adatriton.models.learned`, the training loop :mod:`adatriton.tools.train`.
 
 Binary sources end in the block rule of :meth:`LevelMap.from_keep_mask`: an aligned ``block x block`` tile of
-the finest grid with any informative cell gets level 0, every other tile level ``K`` (default block 4, or 8 for
-``"1->8"``; ``edges(method="cad")`` at ``"16->32"`` uses 2, as the released code does).
+the finest grid with any informative cell gets level 0, every other tile level ``K`` (default block:
+:func:`adatriton.core.strides.default_tile`, the released code's tiles: 4 at OS8, 2 at ``"16->32"``, 8 for ``"1->8"``).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def oracle(
         output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``).
         kernel: odd box size; 33 and 55 in the paper.
         ignore_index: the ignore label, or None when every value is a class.
-        block: tile size of the block rule (default: that of :meth:`LevelMap.from_keep_mask`, 4 or 8).
+        block: tile size of the block rule (default: :func:`~adatriton.core.strides.default_tile`).
 
     Returns:
         :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the labels' device.
@@ -252,8 +252,8 @@ def edges(
     ``gx[y, x] = g[y, x+1] - g[y, x-1]`` and ``gy[y, x] = g[y+1, x] - g[y-1, x]`` with ``g = 0`` outside the
     image (their zero-padded conv, so border pixels can fire), edges where ``gx >= t or gy >= t`` (signed, no
     absolute value), box dilation, then the dilated map *sampled* at pixels ``(s*i, s*j)`` instead of the
-    any-reduction, then the block rule. The released code used 2x2 tiles at OS16 and 4x4 at OS8, so for
-    ``"16->32"`` this method's default ``block`` is 2. Its released checkpoint used ``t = 0.15`` and an 11x11
+    any-reduction, then the block rule (the released code's 2x2 tiles at OS16 and 4x4 at OS8 are every source's
+    default, :func:`~adatriton.core.strides.default_tile`). Its released checkpoint used ``t = 0.15`` and an 11x11
     box; the paper's budgets 0.95 / 0.35 / 0.15 are thresholds of this detector.
 
     Both methods compute in float64, so the threshold test does not depend on the device.
@@ -290,8 +290,6 @@ def edges(
         keep = _any_reduce(_box_dilate(_sobel_edges(x, threshold), dilation), stride)
     else:
         keep = _box_dilate(_cad_edges(x, threshold), dilation)[:, ::stride, ::stride]
-        if block is None and conversion == "16->32":
-            block = 2
     return keep_to_levels(keep, conversion, block)
 
 
