@@ -442,7 +442,9 @@ def train(
     if world > 1 and not isinstance(model, DistributedDataParallel):
         net = DistributedDataParallel(
             inner,
-            device_ids=[device.index] if device.type == "cuda" else None,
+            device_ids=[torch.cuda.current_device() if device.index is None else device.index]
+            if device.type == "cuda"
+            else None,
             find_unused_parameters=inner.model.aux_classifier is not None,
         )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "last.pt"

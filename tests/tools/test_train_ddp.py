@@ -1,8 +1,9 @@
 """Distributed training (DDP, gloo on the CPU): two processes started with ``torch.multiprocessing.spawn`` train a
-tiny learned-mask DeepLabv3 for a few steps through :func:`adatriton.train.train`; afterwards both hold identical
-parameters and buffers, only rank 0 wrote the one checkpoint, synchronised BatchNorm equals single-process
-BatchNorm on the whole batch, and a run resumed from a mid-run checkpoint ends exactly where the uninterrupted run
-ends."""
+tiny learned-mask DeepLabv3 for a few steps through :func:`adatriton.train.train` (a plain model and a dataset,
+which ``train`` wraps and shards); afterwards both hold identical parameters and buffers, only rank 0 wrote the one
+checkpoint, synchronised BatchNorm equals single-process BatchNorm on the whole batch, and a run resumed from a
+mid-run checkpoint (a DDP-wrapped model and a DataLoader with a DistributedSampler, as set up by hand) ends exactly
+where the uninterrupted run ends."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 import adatriton.tools.train as train_module
 from adatriton.learned import LearnedMaskModel
@@ -105,9 +109,20 @@ def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
         result.update(history=history, saves=list(log))
         dist.barrier()  # rank 0's mid.pt exists
 
-        resumed = _model(seed=1)  # other weights: everything must come from the checkpoint
+        # Resumed, as a user would set it up by hand: a DDP-wrapped model and a DataLoader with a DistributedSampler
+        # (the issue's reproducers); other initial weights, so everything must come from the checkpoint.
+        resumed = _model(seed=1)
+        loader = DataLoader(
+            data, batch_size=2, sampler=DistributedSampler(data, seed=0), generator=torch.Generator().manual_seed(0)
+        )
         log.clear()
-        history = train(resumed, data, resume=root / "mid.pt", checkpoint_dir=root / "resumed", **options)
+        history = train(
+            DistributedDataParallel(resumed),
+            loader,
+            resume=root / "mid.pt",
+            checkpoint_dir=root / "resumed",
+            **options,
+        )
         result.update(resumed_state=_state_vector(resumed), resumed_history=history, resumed_saves=list(log))
         result["worker_s"] = time.perf_counter() - t0
         torch.save(result, root / f"rank{rank}.pt")
