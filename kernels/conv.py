@@ -30,6 +30,8 @@ from torch import Tensor
 __all__ = [
     "ConvConfig",
     "INT32_OFFSET_LIMIT",
+    "SHARED_OPTIN",
+    "SHARED_SLACK",
     "config_problems",
     "conv_configs",
     "conv_elements",
@@ -45,8 +47,12 @@ __all__ = [
 
 #: Row offsets ``E_in * row_stride`` from this value on need 64-bit address math in the reduction loop.
 INT32_OFFSET_LIMIT = 2**31
-#: cudaDevAttrMaxSharedMemoryPerBlockOptin per compute capability (bytes): A100 163 KB, sm_86/89 99 KB, H100 227 KB.
-SHARED_OPTIN = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+#: cudaDevAttrMaxSharedMemoryPerBlockOptin per compute capability (bytes): A100 163 KB, sm_86/89/120 99 KB,
+#: H100 and B200 227 KB.
+SHARED_OPTIN = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+#: Shared memory the kernel takes besides its pipelined A and B tiles (barriers, layout scratch): 0.5-2 KB measured
+#: on sm_80 and sm_90 (tests/aot/test_kernels_aot.py asserts it stays below this bound).
+SHARED_SLACK = 4096
 
 
 class ConvConfig(tuple):
@@ -98,13 +104,15 @@ def pipeline_buffers(num_stages: int, arch: int) -> int:
 
     ``num_stages`` on sm_90 (wgmma reads its operands from shared memory while the next copies land, so it needs the
     extra buffer), ``num_stages - 1`` on sm_80 (mma.sync works from registers loaded out of the oldest buffer);
-    ``num_stages <= 2`` on sm_80 means one buffer, no overlap. Measured from the TTGIR of Triton 3.8.0.
+    ``num_stages <= 2`` on sm_80 means one buffer, no overlap. Measured from the TTGIR of Triton 3.8.0 for sm_80
+    and sm_90; sm_100 (asynchronous tcgen05 MMAs from shared memory) is assumed to follow sm_90, the other mma.sync
+    GPUs sm_80.
     """
-    return max(1, num_stages if arch >= 90 else num_stages - 1)
+    return max(1, num_stages if arch in (90, 100, 103) else num_stages - 1)
 
 
 def pipeline_shared_bytes(config: ConvConfig | tuple, element_size: int, arch: int) -> int:
-    """Shared memory of the pipelined A and B tiles of ``config`` (the kernel adds < 1 KB: tap table, barriers)."""
+    """Shared memory of the pipelined A and B tiles of ``config`` (the kernel adds at most :data:`SHARED_SLACK`)."""
     block_m, block_n, block_k, stages = config[:4]
     return pipeline_buffers(stages, arch) * (block_m * block_k + block_k * block_n) * element_size
 
@@ -142,11 +150,10 @@ def config_problems(config: object, *, element_size: int | None = None, arch: in
     if len(config) == 6 and config[5] not in (0, 1):
         problems.append(f"persistent={config[5]} is not 0 or 1")
     if not problems and element_size is not None and arch is not None:
-        need, limit = pipeline_shared_bytes(config, element_size, arch), SHARED_OPTIN.get(arch)
+        need, limit = pipeline_shared_bytes(config, element_size, arch) + SHARED_SLACK, SHARED_OPTIN.get(arch)
         if limit is not None and need > limit:
             problems.append(
-                f"its pipelined tiles need {need} B of shared memory for {element_size}-byte values, sm_{arch} "
-                f"has {limit}"
+                f"it needs up to {need} B of shared memory for {element_size}-byte values, sm_{arch} has {limit}"
             )
     return problems
 
@@ -202,16 +209,26 @@ def prune_configs(
     return kept or [min(configs, key=lambda c: c[0] * c[1] * c[2])]
 
 
-#: The untuned config per architecture, before shrinking to the problem (register and spill report of
+#: The untuned config per GPU family, before shrinking to the problem (register and spill report of
 #: tests/aot/test_kernels_aot.py, fp16 3x3 gather with the residual epilogue).
 DEFAULT_CONFIGS = {
-    # wgmma 64xN per warpgroup: 128x128 over 2 warpgroups, 174 registers, 97 KB shared, 2 groups in flight.
+    # sm_90 / sm_100 (227 KB shared): wgmma 64xN per warpgroup, 128x128 over 2 warpgroups; 174 registers on sm_90,
+    # 97 KB shared (192 KB in fp32), 2 groups in flight.
     90: ConvConfig(128, 128, 64, 3, 8),
-    # mma.sync: 128x128x32 with 3 buffers (4 stages), 210 registers, 49 KB shared, 2 stages' groups in flight.
+    # sm_80 / sm_87 (163 KB): mma.sync, 128x128x32 with 3 buffers (4 stages); 210 registers, 49 KB shared, 2 stages'
+    # copies in flight.
     80: ConvConfig(128, 128, 32, 4, 8),
+    # sm_86 / sm_89 / sm_120 (99 KB): the sm_80 tile with 2 buffers, so that fp32 (64 KB of tiles) fits too.
+    86: ConvConfig(128, 128, 32, 3, 8),
 }
-#: Unknown GPUs and the interpreter: the moderate tile of the first kernel (~120 registers on sm_80 and sm_90).
+#: Unknown GPUs (before sm_80) and the interpreter: the moderate tile of the first kernel (~120 registers).
 GENERIC_DEFAULT = ConvConfig(64, 64, 32, 3, 4)
+
+
+def _family(arch: int | None) -> int | None:
+    if arch is None or arch < 80:
+        return None
+    return 90 if arch in (90, 100, 103) else 80 if arch in (80, 87) else 86
 
 
 def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -> ConvConfig:
@@ -219,15 +236,17 @@ def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -
 
     Args:
         rows, cin, cout: output elements, input and output channels per group.
-        arch: compute capability as an int (:func:`device_arch`); sm_90 and newer get 128x128x64 with 3 stages
-            and 8 warps, sm_80-89 128x128x32 with 4 stages and 8 warps, None (the interpreter) 64x64x32, 3 stages,
-            4 warps.
+        arch: compute capability as an int (:func:`device_arch`): sm_90 and sm_100 get 128x128x64 with 3 stages
+            and 8 warps, sm_80 and sm_87 128x128x32 with 4 stages and 8 warps, the 99 KB-shared-memory GPUs
+            (sm_86, sm_89, sm_120) the same with 3 stages; None (the interpreter) and older GPUs 64x64x32, 3
+            stages, 4 warps.
 
     Returns:
         The architecture's tile with each block capped at the next power of two of the problem (at least 32 rows,
         32 channels, 16 reduction), and 4 warps once the tile has shrunk below 128x128.
     """
-    base = GENERIC_DEFAULT if arch is None else DEFAULT_CONFIGS[90 if arch >= 90 else 80]
+    family = _family(arch)
+    base = GENERIC_DEFAULT if family is None else DEFAULT_CONFIGS[family]
     bm = min(base[0], max(32, triton.next_power_of_2(rows)))
     bn = min(base[1], max(32, triton.next_power_of_2(cout)))
     bk = min(base[2], max(16, triton.next_power_of_2(cin)))
@@ -258,10 +277,13 @@ def device_arch(device: torch.device | str) -> int | None:
     return None if facts is None else facts[0]
 
 
-def needs_int64_offsets(num_rows: int, row_stride: int, limit: int = INT32_OFFSET_LIMIT) -> bool:
-    """Whether element offsets ``row * row_stride`` of a ``num_rows``-row operand can reach ``limit`` (2^31): the
-    kernel then computes its row offsets in 64 bits."""
-    return num_rows * row_stride >= limit
+def needs_int64_offsets(num_rows: int, row_stride: int, limit: int | None = None) -> bool:
+    """Whether element offsets ``row * row_stride`` of a ``num_rows``-row operand can reach ``limit`` (default
+    :data:`INT32_OFFSET_LIMIT`, 2^31, read at call time): the kernel then computes its row offsets in 64 bits.
+
+    A 1024x2048 image's layer4 at OS8 is 32768 elements x 2048 channels = 2^26 offsets: 32 bits are the rule.
+    """
+    return num_rows * row_stride >= (INT32_OFFSET_LIMIT if limit is None else limit)
 
 
 def _row_align(row_stride: int, cin_g: int, groups: int) -> int:
