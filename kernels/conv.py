@@ -99,22 +99,25 @@ def _split_n(block_m: int, block_n: int, num_warps: int) -> int:
     return 2 if block_m * block_n >= 128 * 32 * num_warps and block_n >= 32 else 1
 
 
-def pipeline_buffers(num_stages: int, arch: int) -> int:
-    """Shared-memory copies of each of A and B that Triton's pipeliner allocates for ``num_stages``.
+def pipeline_buffers(config: ConvConfig | tuple, arch: int) -> int:
+    """Shared-memory copies of each of the A and B tiles that Triton's pipeliner allocates for ``config``.
 
-    ``num_stages`` on sm_90 (wgmma reads its operands from shared memory while the next copies land, so it needs the
-    extra buffer), ``num_stages - 1`` on sm_80 (mma.sync works from registers loaded out of the oldest buffer);
-    ``num_stages <= 2`` on sm_80 means one buffer, no overlap. Measured from the TTGIR of Triton 3.8.0 for sm_80
-    and sm_90; sm_100 (asynchronous tcgen05 MMAs from shared memory) is assumed to follow sm_90, the other mma.sync
-    GPUs sm_80.
+    ``num_stages`` where the dot is an asynchronous MMA reading its operands from shared memory while the next
+    copies land (wgmma on sm_90 for ``BLOCK_M >= 64``: one more buffer); ``num_stages - 1`` for mma.sync (sm_80, and
+    sm_90 below 64 rows), which works from registers loaded out of the oldest buffer, so ``num_stages <= 2`` means one
+    buffer and no overlap there. Measured from the TTGIR of Triton 3.8.0 on sm_80 and sm_90; sm_100 (asynchronous
+    tcgen05 MMAs) is assumed to follow sm_90 and the other mma.sync GPUs sm_80. fp32 without TF32 (FMA dots) takes
+    the mma.sync count on every GPU, so this is an upper bound there.
     """
-    return max(1, num_stages if arch in (90, 100, 103) else num_stages - 1)
+    block_m, stages = config[0], config[3]
+    async_mma = arch in (90, 100, 103) and block_m >= 64
+    return max(1, stages if async_mma else stages - 1)
 
 
 def pipeline_shared_bytes(config: ConvConfig | tuple, element_size: int, arch: int) -> int:
     """Shared memory of the pipelined A and B tiles of ``config`` (the kernel adds at most :data:`SHARED_SLACK`)."""
-    block_m, block_n, block_k, stages = config[:4]
-    return pipeline_buffers(stages, arch) * (block_m * block_k + block_k * block_n) * element_size
+    block_m, block_n, block_k = config[:3]
+    return pipeline_buffers(config, arch) * (block_m * block_k + block_k * block_n) * element_size
 
 
 def config_problems(config: object, *, element_size: int | None = None, arch: int | None = None) -> list[str]:
@@ -238,15 +241,18 @@ def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -
         rows, cin, cout: output elements, input and output channels per group.
         arch: compute capability as an int (:func:`device_arch`): sm_90 and sm_100 get 128x128x64 with 3 stages
             and 8 warps, sm_80 and sm_87 128x128x32 with 4 stages and 8 warps, the 99 KB-shared-memory GPUs
-            (sm_86, sm_89, sm_120) the same with 3 stages; None (the interpreter) and older GPUs 64x64x32, 3
-            stages, 4 warps.
+            (sm_86, sm_89, sm_120) the same with 3 stages; None (the interpreter), older GPUs and channel counts
+            that are no multiple of 16 64x64x32, 3 stages, 4 warps.
 
     Returns:
         The architecture's tile with each block capped at the next power of two of the problem (at least 32 rows,
         32 channels, 16 reduction), and 4 warps once the tile has shrunk below 128x128.
     """
     family = _family(arch)
-    base = GENERIC_DEFAULT if family is None else DEFAULT_CONFIGS[family]
+    # Channels that are no multiple of 16 defeat vectorised loads (Triton only knows 16-divisible sizes): 128x128
+    # tiles then sat at 255 registers and spilled 52-68 bytes on sm_80 and sm_90; 64x64x32 needs 145-176.
+    aligned = cin % 16 == 0 and cout % 16 == 0
+    base = DEFAULT_CONFIGS[family] if family is not None and aligned else GENERIC_DEFAULT
     bm = min(base[0], max(32, triton.next_power_of_2(rows)))
     bn = min(base[1], max(32, triton.next_power_of_2(cout)))
     bk = min(base[2], max(16, triton.next_power_of_2(cin)))
@@ -390,10 +396,15 @@ def _conv_tile(
     n_ok = offs_n < cout_g
     x_group = x_ptr + group * cin_g
     w_group = w_ptr + group * TAPS * cin_g * cout_g  # weights: (groups, TAPS * cin_g, cout_g), row-major
+    # Row offsets in units of ROW_ALIGN elements (the largest power of two <= 16 dividing every row start): the loop
+    # multiplies by the constant ROW_ALIGN, a shift from which Triton's alignment analysis sees 16-byte aligned rows
+    # and so issues 16-byte cp.async copies. (A tl.multiple_of hint on the gathered column is lost when Triton
+    # re-lays-out the gather, as it does for 16-wide fp16 K blocks: A then was not pipelined at all.)
+    stride_units = stride_x // ROW_ALIGN
     if GATHER:
-        # The whole tap table of the tile, once, before the reduction: row offsets pre-multiplied by the row stride,
-        # -1 for taps outside the image (masked loads read zero). The loop then only picks a column, so its gathered
-        # A loads no longer depend on a load issued in the loop and the pipeliner can run them num_stages ahead.
+        # The whole tap table of the tile, once, before the reduction, -1 for taps outside the image (masked loads
+        # read zero). The loop then only picks a column, so its gathered A loads no longer depend on a load issued in
+        # the loop and the pipeliner can run them num_stages ahead.
         offs_t = tl.arange(0, TAPS_P2)
         src = tl.load(
             index_ptr + offs_m.to(tl.int64)[:, None] * TAPS + offs_t[None, :],
@@ -401,16 +412,16 @@ def _conv_tile(
             other=num_src,
         )
         if INT64_OFFSETS:
-            row_off = src.to(tl.int64) * stride_x
+            units = src.to(tl.int64) * stride_units
         else:  # E_in * stride_x < 2^31 (checked on the host): 32-bit address math in the loop
-            row_off = src.to(tl.int32) * stride_x
-        row_off = tl.where(src < num_src, row_off, -ROW_ALIGN)
+            units = src.to(tl.int32) * stride_units
+        units = tl.where(src < num_src, units, -1)
         pick = tl.zeros((BLOCK_M, 1), dtype=tl.int32)
     else:
         if INT64_OFFSETS:
-            row_off = tl.where(m_ok, offs_m.to(tl.int64) * stride_x, -ROW_ALIGN)[:, None]
+            units = tl.where(m_ok, offs_m.to(tl.int64) * stride_units, -1)[:, None]
         else:
-            row_off = tl.where(m_ok, offs_m * stride_x, -ROW_ALIGN)[:, None]
+            units = tl.where(m_ok, offs_m * stride_units, -1)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_blocks = tl.cdiv(cin_g, BLOCK_K)
     # One flat loop over (tap, channel block), so the compiler software-pipelines the loads across taps too.
@@ -418,18 +429,17 @@ def _conv_tile(
         t = it // k_blocks
         offs_k = (it - t * k_blocks) * BLOCK_K + offs_kb
         if GATHER and TAPS_P2 > 1:
-            off = tl.gather(row_off, pick + t, axis=1)  # (BLOCK_M, 1): column t, a register shuffle
+            row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t, register shuffles
         else:
-            off = row_off
-        off = tl.multiple_of(off, (ROW_ALIGN, 1))
+            row = units
         if EVEN_K:  # cin_g % BLOCK_K == 0: no channel mask
-            a_mask = off >= 0
+            a_mask = row >= 0
             b_mask = n_ok[None, :]
         else:
             k_ok = offs_k < cin_g
-            a_mask = (off >= 0) & k_ok[None, :]
+            a_mask = (row >= 0) & k_ok[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :]
-        a = tl.load(x_group + off + offs_k[None, :], mask=a_mask, other=0.0)
+        a = tl.load(x_group + row * ROW_ALIGN + offs_k[None, :], mask=a_mask, other=0.0)
         b = tl.load(w_group + (t * cin_g + offs_k)[:, None] * cout_g + offs_n[None, :], mask=b_mask, other=0.0)
         if UPCAST:  # the interpreter computes bf16 products wrongly: multiply in fp32 there
             a = a.to(tl.float32)

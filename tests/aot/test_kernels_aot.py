@@ -12,10 +12,10 @@ sizes, ints equal to 1 as constants), and checked against the hardware:
 * the fp16/bf16 convs (and fp32 with TF32) run their dot on tensor cores (``mma.sync`` / ``wgmma`` with the right
   operand type), and fp32 with ``ieee`` precision does not (TF32 there would silently lose precision);
 * the conv's reduction is software-pipelined as its config asks: at 3 or more stages the TTGIR multi-buffers the A
-  (gathered rows) and B (weights) tiles :func:`conv.pipeline_buffers` times (``num_stages`` on sm_90,
-  ``num_stages - 1`` on sm_80), their bytes are :func:`conv.pipeline_shared_bytes` (what ``config_problems``
-  checks against the GPU's shared memory), and every ``cp.async.wait_group N`` in the PTX's innermost dot loop
-  leaves ``N >= 1`` groups in flight (``N = 0`` stalls every iteration on its own loads).
+  (gathered rows) and B (weights) tiles :func:`conv.pipeline_buffers` times (``num_stages`` for wgmma on sm_90,
+  ``num_stages - 1`` for mma.sync on sm_80), their bytes are :func:`conv.pipeline_shared_bytes` (what
+  ``config_problems`` checks against the GPU's shared memory), and every ``cp.async.wait_group N`` in the PTX's
+  innermost dot loop leaves ``N >= 1`` groups in flight (``N = 0`` stalls every iteration on its own loads).
 
 The conv configs whose pipelined tiles cannot fit a GPU's shared memory for a dtype (``conv.config_problems``, e.g.
 128x256x64 at 3 stages in fp32: 288 KB) are not compiled for it: Triton would refuse them at launch and the autotuner
@@ -78,7 +78,7 @@ class Kernel:
     configs: Callable[[], Sequence[tuple]]  # the config factory
     launch: Callable[[tuple], tuple[dict, int, int | None]]  # config -> (block constexprs, num_warps, num_stages)
     label: Callable[[tuple], str]  # config -> its part of the test id
-    spot_config: Callable[[int], tuple]  # compute capability -> the config the spot-checked specs are compiled with
+    spot_config: Callable[[int, Spec], tuple]  # compute capability, spec -> the config its spot checks compile with
     fits: Callable[[tuple, str, int], bool] = lambda config, dtype, cap: True  # config, dtype, cap: worth compiling
     dtype_constexprs: Callable[[str], dict] = lambda dtype: {}  # constexprs the launcher derives from the dtype
     # expected dot instructions: "f16"/"bf16"/"tf32" = tensor cores with that operand type, "fma" = no tensor
@@ -146,7 +146,8 @@ KERNELS = (
         configs=conv.conv_configs,
         launch=lambda c: (c.meta, c[4], c[3]),
         label=_conv_label,
-        spot_config=lambda cap: conv.default_config(1 << 16, 256, 256, arch=cap),  # the default for large problems
+        # the default for large problems, with 256 channels (or 250: no multiple of 16, as the unaligned spec)
+        spot_config=lambda cap, spec: conv.default_config(1 << 16, *[256 if spec.aligned_ints else 250] * 2, arch=cap),
         fits=_conv_fits,
         # on a GPU fp32 uses TF32 by default (torch.backends.cudnn.allow_tf32 is True), see conv.dot_precision
         dtype_constexprs=lambda dt: {"DOT_PRECISION": "tf32" if dt == "fp32" else "ieee"},
@@ -163,7 +164,7 @@ KERNELS = (
         configs=densify.densify_configs,
         launch=lambda c: ({"BLOCK_P": c[0], "BLOCK_C": c[1]}, c[2], None),
         label=lambda c: f"{c[0]}x{c[1]}-w{c[2]}",
-        spot_config=lambda cap: densify.densify_configs()[0],
+        spot_config=lambda cap, spec: densify.densify_configs()[0],
     ),
 )
 
@@ -188,7 +189,7 @@ def _cases() -> list[Case]:
         module, name = k.fn.fn.__module__, k.fn.fn.__name__
         for spec in k.specs:
             for cap in SHARED_OPTIN:
-                spot = k.spot_config(cap)
+                spot = k.spot_config(cap, spec)
                 runs = [(cfg, dt) for cfg in k.configs() for dt in spec.dtypes] if spec.every_config else []
                 runs += [(spot, dt) for dt in (spec.spot_dtypes if spec.every_config else spec.dtypes)]
                 for cfg, dt in runs:
@@ -217,7 +218,7 @@ def _cases() -> list[Case]:
                     if spec.pipelined and stages is not None and stages >= 3:
                         bm, bn, bk = (blocks[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
                         nbytes = conv.pipeline_shared_bytes(cfg, ELEMENT_SIZE[dt], cap)
-                        pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(stages, cap), nbytes)
+                        pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(cfg, cap), nbytes)
                     case_id = "-".join(filter(None, (k.name, f"sm{cap}", dt, spec.tag, k.label(cfg))))
                     cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs), pipeline))
     ids = [c.id for c in cases]

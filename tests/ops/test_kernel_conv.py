@@ -279,7 +279,8 @@ def test_no_two_configs_compile_to_the_same_kernel():
     the same buffers with the same tiles and warps on an architecture are one kernel tuned twice."""
     assert len(set(SPACE)) == len(SPACE)
     for arch in (80, 90):
-        kernels = {(c[:3], c[4], c.persistent, conv.pipeline_buffers(c[3], arch)) for c in SPACE}
+        kernels = {(c[:3], c[4], c.persistent, conv.pipeline_buffers(c, arch)) for c in SPACE}
         assert len(kernels) == len(SPACE), f"sm_{arch}"
-    assert [conv.pipeline_buffers(s, 80) for s in (1, 2, 3, 4)] == [1, 1, 2, 3]
-    assert [conv.pipeline_buffers(s, 90) for s in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert [conv.pipeline_buffers((64, 64, 32, s), 80) for s in (1, 2, 3, 4)] == [1, 1, 2, 3]
+    assert [conv.pipeline_buffers((64, 64, 32, s), 90) for s in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert conv.pipeline_buffers((32, 64, 32, 3), 90) == 2  # below 64 rows sm_90 runs mma.sync
