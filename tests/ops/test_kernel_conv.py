@@ -267,9 +267,11 @@ def test_default_config_per_architecture(arch):
     expected = {75: generic, 80: sm80, 86: small_smem, 89: small_smem, 90: sm90, 100: sm90, 120: small_smem}
     expected[None] = generic
     assert big == expected[arch] and isinstance(big, ConvConfig)
-    small = conv.default_config(20, 3, 24, arch=arch)
-    assert small == (32, 32, 16, big[3], 4)
-    assert conv.default_config(300, 64, 64, arch=arch)[:3] == (min(big[0], 512), 64, min(big[2], 64))
+    assert conv.default_config(20, 16, 32, arch=arch) == (32, 32, 16, big[3], 4)  # shrunk, 4 warps
+    assert conv.default_config(300, 64, 64, arch=arch)[:3] == (big[0], 64, min(big[2], 64))
+    # channels that are no multiple of 16: the moderate tile everywhere (128x128 spilled there)
+    assert conv.default_config(1 << 16, 250, 256, arch=arch) == generic
+    assert conv.default_config(20, 3, 24, arch=arch) == (32, 32, 16, 3, 4)
     if arch in conv.SHARED_OPTIN:  # the default fits the GPU for every dtype (fp32 is the largest)
         assert conv.config_problems(big, element_size=4, arch=arch) == []
 
