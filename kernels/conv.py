@@ -7,6 +7,12 @@ so no im2col buffer and no gathered copy is ever written. ``tl.dot`` accumulates
 a per-channel scale and shift (bias and eval-mode BatchNorm folded), a residual add, ReLU and the cast to the
 output dtype, so a bottleneck's conv-BN(-add)-ReLU is one launch.
 
+The tile's whole tap table is read once, before the reduction loop, as a ``(BLOCK_M, taps)`` tile of row offsets
+(already multiplied by the row stride, 32-bit unless ``E * stride`` reaches 2^31); the loop picks one column per
+tap with ``tl.gather``. Its gathered loads then depend on nothing loaded inside the loop, so Triton's pipeliner
+keeps ``num_stages - 1`` A and B tiles in flight with ``cp.async`` (tests/aot/test_kernels_aot.py checks the
+buffers and the ``cp.async.wait_group`` depth in the compiled PTX for sm_80 and sm_90).
+
 The same kernel serves every conv of docs/semantics.md §3: k x k with any tap spacing (the tap table encodes it), the
 downsampling conv evaluated only at the surviving elements (the table is centred there), the strided shortcut
 (a 1-tap table of top-left sources: subsample + 1x1 in one pass) and plain 1x1 convs (``GATHER=False``).
@@ -21,39 +27,151 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ConvConfig", "conv_configs", "default_config", "prune_configs", "conv_elements", "dot_precision"]
+__all__ = [
+    "ConvConfig",
+    "INT32_OFFSET_LIMIT",
+    "SHARED_OPTIN",
+    "SHARED_SLACK",
+    "config_problems",
+    "conv_configs",
+    "conv_elements",
+    "default_config",
+    "device_arch",
+    "dot_precision",
+    "needs_int64_offsets",
+    "pack_weight",
+    "pipeline_buffers",
+    "pipeline_shared_bytes",
+    "prune_configs",
+]
+
+#: Row offsets ``E_in * row_stride`` from this value on need 64-bit address math in the reduction loop.
+INT32_OFFSET_LIMIT = 2**31
+#: cudaDevAttrMaxSharedMemoryPerBlockOptin per compute capability (bytes): A100 163 KB, sm_86/89/120 99 KB,
+#: H100 and B200 227 KB.
+SHARED_OPTIN = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+#: Shared memory the kernel takes besides its pipelined A and B tiles (barriers, layout scratch): 0.5-2 KB measured
+#: on sm_80 and sm_90 (tests/aot/test_kernels_aot.py asserts it stays below this bound).
+SHARED_SLACK = 4096
 
 
 class ConvConfig(tuple):
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)`` of one launch; hashable and JSON-friendly."""
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps[, persistent])`` of one launch; hashable, JSON-friendly.
+
+    ``persistent`` (default 0) launches about one program per SM that walks the output tiles instead of one program
+    per tile. The tuple has 5 entries when it is 0 and 6 (the last being 1) when it is set, so a config stored as 5
+    ints reads back as the same non-persistent config and ``ConvConfig(*json_list)`` round-trips both forms.
+    """
 
     __slots__ = ()
     fields = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", "num_warps")
 
-    def __new__(cls, block_m: int, block_n: int, block_k: int, num_stages: int, num_warps: int):
-        return super().__new__(cls, (int(block_m), int(block_n), int(block_k), int(num_stages), int(num_warps)))
+    def __new__(
+        cls, block_m: int, block_n: int, block_k: int, num_stages: int, num_warps: int, persistent: int = 0
+    ) -> ConvConfig:
+        base = (int(block_m), int(block_n), int(block_k), int(num_stages), int(num_warps))
+        return super().__new__(cls, base + ((int(persistent),) if persistent else ()))
+
+    @property
+    def persistent(self) -> bool:
+        return len(self) > 5 and bool(self[5])
+
+    @property
+    def split_n(self) -> int:
+        """Epilogue subtiles along N: 2 once the fp32 accumulator alone takes 128 registers per thread."""
+        return _split_n(self[0], self[1], self[4])
 
     def as_dict(self) -> dict[str, int]:
-        return dict(zip(self.fields, self))
+        return {**dict(zip(self.fields, self)), "persistent": int(self.persistent)}
 
     @property
     def meta(self) -> dict[str, int]:
-        """The block sizes, as constexpr keyword arguments."""
-        return dict(zip(self.fields[:3], self[:3]))
+        """The constexpr keyword arguments the config gives the kernel (block sizes, epilogue split, persistence)."""
+        block_m, block_n, block_k = self[:3]
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_N=self.split_n, PERSISTENT=self.persistent)
 
     def __repr__(self) -> str:
         return "ConvConfig({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
 
 
+def _split_n(block_m: int, block_n: int, num_warps: int) -> int:
+    # 128x256 at 8 warps: 128 accumulator registers per thread; a whole-tile residual add next to them spilled.
+    return 2 if block_m * block_n >= 128 * 32 * num_warps and block_n >= 32 else 1
+
+
+def pipeline_buffers(config: ConvConfig | tuple, arch: int) -> int:
+    """Shared-memory copies of each of the A and B tiles that Triton's pipeliner allocates for ``config``.
+
+    ``num_stages`` where the dot is an asynchronous MMA reading its operands from shared memory while the next
+    copies land (wgmma on sm_90 for ``BLOCK_M >= 64``: one more buffer); ``num_stages - 1`` for mma.sync (sm_80, and
+    sm_90 below 64 rows), which works from registers loaded out of the oldest buffer, so ``num_stages <= 2`` means one
+    buffer and no overlap there. Measured from the TTGIR of Triton 3.8.0 on sm_80 and sm_90; sm_100 (asynchronous
+    tcgen05 MMAs) is assumed to follow sm_90 and the other mma.sync GPUs sm_80. fp32 without TF32 (FMA dots) takes
+    the mma.sync count on every GPU, so this is an upper bound there.
+    """
+    block_m, stages = config[0], config[3]
+    async_mma = arch in (90, 100, 103) and block_m >= 64
+    return max(1, stages if async_mma else stages - 1)
+
+
+def pipeline_shared_bytes(config: ConvConfig | tuple, element_size: int, arch: int) -> int:
+    """Shared memory of the pipelined A and B tiles of ``config`` (the kernel adds at most :data:`SHARED_SLACK`)."""
+    block_m, block_n, block_k = config[:3]
+    return pipeline_buffers(config, arch) * (block_m * block_k + block_k * block_n) * element_size
+
+
+def config_problems(config: object, *, element_size: int | None = None, arch: int | None = None) -> list[str]:
+    """Why ``config`` cannot run :func:`conv_elements`; empty when it can.
+
+    Args:
+        config: a :class:`ConvConfig` or a list / tuple of its 5 or 6 ints (e.g. an autotune cache entry).
+        element_size: bytes per value (2 for fp16 / bf16, 4 for fp32); with ``arch``, also checks that the
+            pipelined tiles fit the GPU's shared memory.
+        arch: compute capability as an int (80, 90, ...).
+
+    Returns:
+        One sentence per problem: wrong length or types, block sizes that are not powers of two or out of range
+        (16..256 for M and N, 16..128 for K: ``tl.dot`` needs 16, larger tiles exceed the register file), warps
+        not a power of two in 1..16, stages outside 1..8, ``persistent`` not 0 or 1, shared memory over the limit.
+    """
+    if not isinstance(config, (tuple, list)) or len(config) not in (5, 6):
+        return [f"a conv config is 5 or 6 ints (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps[, persistent]), "
+                f"got {config!r}"]  # fmt: skip
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in config):
+        return [f"a conv config holds ints, got {config!r}"]
+    problems = []
+    for name, value, low, high in (
+        ("BLOCK_M", config[0], 16, 256),
+        ("BLOCK_N", config[1], 16, 256),
+        ("BLOCK_K", config[2], 16, 128),
+        ("num_warps", config[4], 1, 16),
+    ):
+        if not low <= value <= high or value & (value - 1):
+            problems.append(f"{name}={value} is not a power of two in {low}..{high}")
+    if not 1 <= config[3] <= 8:
+        problems.append(f"num_stages={config[3]} is not in 1..8")
+    if len(config) == 6 and config[5] not in (0, 1):
+        problems.append(f"persistent={config[5]} is not 0 or 1")
+    if not problems and element_size is not None and arch is not None:
+        need, limit = pipeline_shared_bytes(config, element_size, arch) + SHARED_SLACK, SHARED_OPTIN.get(arch)
+        if limit is not None and need > limit:
+            problems.append(
+                f"it needs up to {need} B of shared memory for {element_size}-byte values, sm_{arch} has {limit}"
+            )
+    return problems
+
+
 def conv_configs() -> list[ConvConfig]:
     """The implicit-GEMM search space (after Inductor's conv templates): elements x channels x reduction tiles.
 
-    BLOCK_M 32-256 elements, BLOCK_N 32-256 channels, BLOCK_K 16-128, 2-5 stages, 4-8 warps. 128x256 and 256x128
-    tiles are left out: their fp32 accumulator alone needs 128 registers per thread at 8 warps, and ptxas spilled
-    180-490 bytes for them on sm_90 (tests/test_kernels_aot.py reports registers and spills per config).
+    BLOCK_M 32-256 elements, BLOCK_N 32-256 channels, BLOCK_K 16-128, 3-5 stages (2 would not overlap on sm_80),
+    4-8 warps; every entry compiles to a different kernel on sm_80 and sm_90. 128x256 and 256x128 tiles split their
+    epilogue in N halves (:attr:`ConvConfig.split_n`): the residual add otherwise spilled 200-300 bytes on sm_90.
+    The persistent entries walk the tiles with one program per SM. Registers, spills and pipelining of every entry:
+    tests/aot/test_kernels_aot.py.
     """
     space = [
-        (32, 32, 32, 2, 4),
+        (32, 32, 32, 3, 4),
         (64, 32, 32, 3, 4),
         (64, 64, 32, 3, 4),
         (64, 64, 64, 3, 4),
@@ -64,31 +182,120 @@ def conv_configs() -> list[ConvConfig]:
         (128, 128, 64, 3, 8),
         (256, 64, 32, 4, 8),
         (64, 256, 32, 4, 8),
-        (64, 64, 128, 2, 4),
         (128, 128, 16, 5, 8),
+        (128, 256, 32, 4, 8),
+        (128, 256, 64, 3, 8),
+        (256, 128, 64, 3, 8),
+        (128, 128, 64, 3, 8, 1),
+        (128, 256, 64, 3, 8, 1),
     ]
     return [ConvConfig(*c) for c in space]
 
 
-def prune_configs(configs: list[ConvConfig], rows: int, cin: int, cout: int) -> list[ConvConfig]:
-    """Drop configs whose tiles are much larger than the problem (they only waste work); never returns none."""
+def prune_configs(
+    configs: list[ConvConfig],
+    rows: int,
+    cin: int,
+    cout: int,
+    *,
+    element_size: int | None = None,
+    arch: int | None = None,
+) -> list[ConvConfig]:
+    """Drop configs whose tiles are much larger than the problem (they only waste work), and with ``element_size``
+    and ``arch`` those whose pipelined tiles exceed the GPU's shared memory; never returns none."""
     m_cap = max(32, triton.next_power_of_2(max(rows, 1)))
     n_cap = max(32, triton.next_power_of_2(cout))
     k_cap = max(16, triton.next_power_of_2(cin))
     kept = [c for c in configs if c[0] <= m_cap and c[1] <= n_cap and c[2] <= k_cap]
+    if element_size is not None and arch is not None:
+        kept = [c for c in kept if not config_problems(c, element_size=element_size, arch=arch)]
     return kept or [min(configs, key=lambda c: c[0] * c[1] * c[2])]
 
 
-def default_config(rows: int, cin: int, cout: int) -> ConvConfig:
-    """The untuned config: 64 x 64 x 32 tiles, 3 stages, 4 warps, shrunk to small problems (autotuning replaces it).
+#: The untuned config per GPU family, before shrinking to the problem (register and spill report of
+#: tests/aot/test_kernels_aot.py, fp16 3x3 gather with the residual epilogue).
+DEFAULT_CONFIGS = {
+    # sm_90 / sm_100 (227 KB shared): wgmma 64xN per warpgroup, 128x128 over 2 warpgroups; 174 registers on sm_90,
+    # 97 KB shared (192 KB in fp32), 2 groups in flight.
+    90: ConvConfig(128, 128, 64, 3, 8),
+    # sm_80 / sm_87 (163 KB): mma.sync, 128x128x32 with 3 buffers (4 stages); 210 registers, 49 KB shared, 2 stages'
+    # copies in flight.
+    80: ConvConfig(128, 128, 32, 4, 8),
+    # sm_86 / sm_89 / sm_120 (99 KB): the sm_80 tile with 2 buffers, so that fp32 (64 KB of tiles) fits too.
+    86: ConvConfig(128, 128, 32, 3, 8),
+}
+#: Unknown GPUs (before sm_80) and the interpreter: the moderate tile of the first kernel (~120 registers).
+GENERIC_DEFAULT = ConvConfig(64, 64, 32, 3, 4)
 
-    Moderate on purpose: 128 x 128 x 32 at 8 warps sat at 255 registers and spilled when the channel count is not a
-    multiple of 16; 64 x 64 x 32 needs ~120 registers on sm_80 and sm_90.
+
+def _family(arch: int | None) -> int | None:
+    if arch is None or arch < 80:
+        return None
+    return 90 if arch in (90, 100, 103) else 80 if arch in (80, 87) else 86
+
+
+def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -> ConvConfig:
+    """The untuned config for ``arch`` (autotuning replaces it), shrunk to small problems.
+
+    Args:
+        rows, cin, cout: output elements, input and output channels per group.
+        arch: compute capability as an int (:func:`device_arch`): sm_90 and sm_100 get 128x128x64 with 3 stages
+            and 8 warps, sm_80 and sm_87 128x128x32 with 4 stages and 8 warps, the 99 KB-shared-memory GPUs
+            (sm_86, sm_89, sm_120) the same with 3 stages; None (the interpreter), older GPUs and channel counts
+            that are no multiple of 16 64x64x32, 3 stages, 4 warps.
+
+    Returns:
+        The architecture's tile with each block capped at the next power of two of the problem (at least 32 rows,
+        32 channels, 16 reduction), and 4 warps once the tile has shrunk below 128x128.
     """
-    bm = min(64, max(32, triton.next_power_of_2(rows)))
-    bn = min(64, max(32, triton.next_power_of_2(cout)))
-    bk = min(32, max(16, triton.next_power_of_2(cin)))
-    return ConvConfig(bm, bn, bk, 3, 4)
+    family = _family(arch)
+    # Channels that are no multiple of 16 defeat vectorised loads (Triton only knows 16-divisible sizes): 128x128
+    # tiles then sat at 255 registers and spilled 52-68 bytes on sm_80 and sm_90; 64x64x32 needs 145-176.
+    aligned = cin % 16 == 0 and cout % 16 == 0
+    base = DEFAULT_CONFIGS[family] if family is not None and aligned else GENERIC_DEFAULT
+    bm = min(base[0], max(32, triton.next_power_of_2(rows)))
+    bn = min(base[1], max(32, triton.next_power_of_2(cout)))
+    bk = min(base[2], max(16, triton.next_power_of_2(cin)))
+    warps = base[4] if bm * bn >= 128 * 128 else 4
+    return ConvConfig(bm, bn, bk, base[3], warps)
+
+
+# Per CUDA device index: (compute capability as an int, SM count); looked up once, conv_elements runs per launch.
+_devices: dict[int, tuple[int, int]] = {}
+#: Programs of a persistent launch in the interpreter: 2, so a test walks several tiles per program.
+INTERPRETER_PROGRAMS = 2
+
+
+def _device_facts(device: torch.device) -> tuple[int, int] | None:
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    facts = _devices.get(index)
+    if facts is None:
+        props = torch.cuda.get_device_properties(index)
+        facts = _devices[index] = (props.major * 10 + props.minor, props.multi_processor_count)
+    return facts
+
+
+def device_arch(device: torch.device | str) -> int | None:
+    """The compute capability of a CUDA device as an int (``90`` for an H100), None for the CPU (interpreter)."""
+    facts = _device_facts(device if isinstance(device, torch.device) else torch.device(device))
+    return None if facts is None else facts[0]
+
+
+def needs_int64_offsets(num_rows: int, row_stride: int, limit: int | None = None) -> bool:
+    """Whether element offsets ``row * row_stride`` of a ``num_rows``-row operand can reach ``limit`` (default
+    :data:`INT32_OFFSET_LIMIT`, 2^31, read at call time): the kernel then computes its row offsets in 64 bits.
+
+    A 1024x2048 image's layer4 at OS8 is 32768 elements x 2048 channels = 2^26 offsets: 32 bits are the rule.
+    """
+    return num_rows * row_stride >= (INT32_OFFSET_LIMIT if limit is None else limit)
+
+
+def _row_align(row_stride: int, cin_g: int, groups: int) -> int:
+    """Largest power of two <= 16 dividing every row start (``row * row_stride + group * cin_g``), in elements."""
+    span = row_stride if groups == 1 else row_stride | cin_g
+    return min(16, span & -span) if span else 16
 
 
 def interpreting() -> bool:
@@ -104,7 +311,45 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _conv_elements_kernel(
+def _epilogue(
+    acc,
+    offs_m,
+    m_ok,
+    n0,
+    group,
+    scale_ptr,
+    shift_ptr,
+    res_ptr,
+    out_ptr,
+    cout_g,
+    stride_res,
+    stride_out,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
+    WIDTH: tl.constexpr,
+):
+    """Scale, shift, residual, ReLU, cast and store of ``WIDTH`` output channels from ``n0`` on."""
+    offs_n = n0 + tl.arange(0, WIDTH)
+    n_ok = offs_n < cout_g
+    chan = group * cout_g + offs_n
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_SHIFT:
+        acc = acc + tl.load(shift_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    rows64 = offs_m.to(tl.int64)[:, None]  # once per tile: int64 costs nothing here, and M * stride may pass 2^31
+    if HAS_RES:
+        acc = acc + tl.load(res_ptr + rows64 * stride_res + chan[None, :], mask=out_mask, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out_ptr + rows64 * stride_out + chan[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _conv_tile(
+    tile,
     x_ptr,
     index_ptr,
     w_ptr,
@@ -120,7 +365,11 @@ def _conv_elements_kernel(
     stride_res,
     stride_out,
     TAPS: tl.constexpr,
+    TAPS_P2: tl.constexpr,
     GATHER: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     HAS_RES: tl.constexpr,
@@ -130,55 +379,135 @@ def _conv_elements_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    group = tl.program_id(2)
+    """One ``BLOCK_M x BLOCK_N`` output tile; ``tile`` counts output-channel blocks fastest, then rows, then groups."""
+    num_pid_n = tl.cdiv(cout_g, BLOCK_N)
+    num_pid_m = tl.cdiv(rows, BLOCK_M)
+    # Channel blocks fastest: the CTAs that run side by side share their gathered A rows (the irregular operand)
+    # in L2; the weights they differ in are at most taps * Cin * Cout = 9 * 512 * 512 * 2 B = 4.7 MB, L2-resident.
+    pid_n = tile % num_pid_n
+    pid_m = (tile // num_pid_n) % num_pid_m
+    group = tile // (num_pid_n * num_pid_m)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kb = tl.arange(0, BLOCK_K)
     m_ok = offs_m < rows
     n_ok = offs_n < cout_g
     x_group = x_ptr + group * cin_g
     w_group = w_ptr + group * TAPS * cin_g * cout_g  # weights: (groups, TAPS * cin_g, cout_g), row-major
+    # Row offsets in units of ROW_ALIGN elements (the largest power of two <= 16 dividing every row start): the loop
+    # multiplies by the constant ROW_ALIGN, a shift from which Triton's alignment analysis sees 16-byte aligned rows
+    # and so issues 16-byte cp.async copies. (A tl.multiple_of hint on the gathered column is lost when Triton
+    # re-lays-out the gather, as it does for 16-wide fp16 K blocks: A then was not pipelined at all.)
+    stride_units = stride_x // ROW_ALIGN
+    if GATHER:
+        # The whole tap table of the tile, once, before the reduction, -1 for taps outside the image (masked loads
+        # read zero). The loop then only picks a column, so its gathered A loads no longer depend on a load issued in
+        # the loop and the pipeliner can run them num_stages ahead.
+        offs_t = tl.arange(0, TAPS_P2)
+        src = tl.load(
+            index_ptr + offs_m.to(tl.int64)[:, None] * TAPS + offs_t[None, :],
+            mask=m_ok[:, None] & (offs_t < TAPS)[None, :],
+            other=num_src,
+        )
+        if INT64_OFFSETS:
+            units = src.to(tl.int64) * stride_units
+        else:  # E_in * stride_x < 2^31 (checked on the host): 32-bit address math in the loop
+            units = src.to(tl.int32) * stride_units
+        units = tl.where(src < num_src, units, -1)
+        pick = tl.zeros((BLOCK_M, 1), dtype=tl.int32)
+    else:
+        if INT64_OFFSETS:
+            units = tl.where(m_ok, offs_m.to(tl.int64) * stride_units, -1)[:, None]
+        else:
+            units = tl.where(m_ok, offs_m * stride_units, -1)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_blocks = tl.cdiv(cin_g, BLOCK_K)
     # One flat loop over (tap, channel block), so the compiler software-pipelines the loads across taps too.
     for it in range(0, TAPS * k_blocks):
         t = it // k_blocks
-        offs_k = (it - t * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
-        if GATHER:
-            # The fused mask lookup: which element this tap reads; num_src means "outside, read zero".
-            src = tl.load(index_ptr + offs_m.to(tl.int64) * TAPS + t, mask=m_ok, other=num_src)
+        offs_k = (it - t * k_blocks) * BLOCK_K + offs_kb
+        if GATHER and TAPS_P2 > 1:
+            row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t, register shuffles
         else:
-            src = offs_m
-        src_ok = m_ok & (src < num_src)
-        k_ok = offs_k < cin_g
-        a = tl.load(
-            x_group + src.to(tl.int64)[:, None] * stride_x + offs_k[None, :],
-            mask=src_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        b = tl.load(
-            w_group + (t * cin_g + offs_k)[:, None] * cout_g + offs_n[None, :],
-            mask=k_ok[:, None] & n_ok[None, :],
-            other=0.0,
-        )
+            row = units
+        if EVEN_K:  # cin_g % BLOCK_K == 0: no channel mask
+            a_mask = row >= 0
+            b_mask = n_ok[None, :]
+        else:
+            k_ok = offs_k < cin_g
+            a_mask = (row >= 0) & k_ok[None, :]
+            b_mask = k_ok[:, None] & n_ok[None, :]
+        a = tl.load(x_group + row * ROW_ALIGN + offs_k[None, :], mask=a_mask, other=0.0)
+        b = tl.load(w_group + (t * cin_g + offs_k)[:, None] * cout_g + offs_n[None, :], mask=b_mask, other=0.0)
         if UPCAST:  # the interpreter computes bf16 products wrongly: multiply in fp32 there
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    chan = group * cout_g + offs_n
-    if HAS_SCALE:
-        acc = acc * tl.load(scale_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_SHIFT:
-        acc = acc + tl.load(shift_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out_mask = m_ok[:, None] & n_ok[None, :]
-    rows64 = offs_m.to(tl.int64)[:, None]
-    if HAS_RES:
-        acc = acc + tl.load(res_ptr + rows64 * stride_res + chan[None, :], mask=out_mask, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(out_ptr + rows64 * stride_out + chan[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    n0 = pid_n * BLOCK_N
+    if SPLIT_N == 2:
+        # The epilogue in two N halves (as EPILOGUE_SUBTILE in Triton's persistent matmul): a 128x256 tile's
+        # residual add would otherwise hold a second 128-register tile next to the accumulator and spill.
+        lo, hi = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        _epilogue(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, res_ptr, out_ptr, cout_g, stride_res,
+                  stride_out, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
+        _epilogue(hi, offs_m, m_ok, n0 + BLOCK_N // 2, group, scale_ptr, shift_ptr, res_ptr, out_ptr, cout_g,
+                  stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
+    else:
+        _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, res_ptr, out_ptr, cout_g, stride_res,
+                  stride_out, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, BLOCK_N)  # fmt: skip
+
+
+@triton.jit
+def _conv_elements_kernel(
+    x_ptr,
+    index_ptr,
+    w_ptr,
+    scale_ptr,
+    shift_ptr,
+    res_ptr,
+    out_ptr,
+    rows,
+    num_src,
+    cin_g,
+    cout_g,
+    groups,
+    stride_x,
+    stride_res,
+    stride_out,
+    TAPS: tl.constexpr,
+    TAPS_P2: tl.constexpr,
+    GATHER: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_N: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+):
+    if PERSISTENT:
+        # A grid of about one program per SM walks the tiles: no per-CTA launch and prologue cost, and the tiles
+        # of one wave stay adjacent in the channel-fastest order.
+        num_tiles = tl.cdiv(rows, BLOCK_M) * tl.cdiv(cout_g, BLOCK_N) * groups
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), disable_licm=True):
+            _conv_tile(tile, x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, rows, num_src, cin_g,
+                       cout_g, stride_x, stride_res, stride_out, TAPS, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K,
+                       ROW_ALIGN, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N,
+                       BLOCK_K, SPLIT_N)  # fmt: skip
+    else:
+        _conv_tile(tl.program_id(0), x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, rows, num_src,
+                   cin_g, cout_g, stride_x, stride_res, stride_out, TAPS, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K,
+                   ROW_ALIGN, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+                   SPLIT_N)  # fmt: skip
 
 
 def pack_weight(weight: Tensor, groups: int) -> Tensor:
@@ -206,8 +535,8 @@ def conv_elements(
 
     Args:
         values: ``(E_in, Cin)`` input elements, channels contiguous (fp32, fp16 or bf16).
-        index: ``(M, taps)`` int64 tap table (entries ``>= E_in`` read zero), or None for ``out[m] <- x[m]``
-            (a 1x1 conv, ``M = E_in``).
+        index: ``(M, taps)`` tap table, int32 (preferred: half the bytes) or int64, entries ``>= E_in`` read zero;
+            or None for ``out[m] <- x[m]`` (a 1x1 conv, ``M = E_in``). Used as is when contiguous.
         packed_weight: :func:`pack_weight` output, ``(groups, taps * Cin/g, Cout/g)``, same dtype as values.
         taps: number of taps ``k*k``.
         groups: conv groups.
@@ -215,7 +544,7 @@ def conv_elements(
         residual: optional ``(M, Cout)`` tensor added before the activation.
         relu: apply ReLU last.
         out_dtype: output dtype (default: the input's).
-        config: tile config; default :func:`default_config`.
+        config: tile config; default :func:`default_config` for the device's architecture.
 
     Returns:
         ``(M, Cout)`` tensor.
@@ -233,9 +562,10 @@ def conv_elements(
             f"{values.dtype} channels in {groups} groups"
         )
     if index is not None:
-        if index.dim() != 2 or index.shape[1] != taps or index.dtype != torch.int64:
-            raise ValueError(f"index must be int64 (M, {taps}), got {index.dtype} {tuple(index.shape)}")
-        index = index.contiguous()
+        if index.dim() != 2 or index.shape[1] != taps or index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"index must be int32 or int64 (M, {taps}), got {index.dtype} {tuple(index.shape)}")
+        if not index.is_contiguous():
+            index = index.contiguous()
     rows = e_in if index is None else index.shape[0]
     cout = cout_g * groups
     out = torch.empty(rows, cout, dtype=out_dtype or values.dtype, device=values.device)
@@ -243,34 +573,49 @@ def conv_elements(
         return out
     if residual is not None and (residual.shape != (rows, cout) or residual.stride(1) != 1):
         raise ValueError(f"residual must be ({rows}, {cout}) with contiguous channels, got {tuple(residual.shape)}")
-    config = config or default_config(rows, cin_g, cout_g)
+    facts = _device_facts(values.device)
+    if config is None:
+        config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0])
+    block_m, block_n, block_k, num_stages, num_warps = config[:5]
+    tiles = triton.cdiv(rows, block_m) * triton.cdiv(cout_g, block_n) * groups
+    persistent = len(config) > 5 and config[5]
+    grid = (min(tiles, INTERPRETER_PROGRAMS if facts is None else facts[1]) if persistent else tiles,)
+    stride_x = values.stride(0)
     dummy = out  # never read: the matching HAS_* flag is off
-    grid = (triton.cdiv(rows, config[0]), triton.cdiv(cout_g, config[1]), groups)
     _conv_elements_kernel[grid](
         values,
         dummy if index is None else index,
         packed_weight,
-        dummy if scale is None else scale.contiguous(),
-        dummy if shift is None else shift.contiguous(),
+        dummy if scale is None else scale if scale.is_contiguous() else scale.contiguous(),
+        dummy if shift is None else shift if shift.is_contiguous() else shift.contiguous(),
         dummy if residual is None else residual,
         out,
         rows,
         e_in,
         cin_g,
         cout_g,
-        values.stride(0),
+        groups,
+        stride_x,
         0 if residual is None else residual.stride(0),
         out.stride(0),
         TAPS=taps,
+        TAPS_P2=triton.next_power_of_2(taps),
         GATHER=index is not None,
+        INT64_OFFSETS=needs_int64_offsets(e_in, stride_x),
+        EVEN_K=cin_g % block_k == 0,
+        ROW_ALIGN=_row_align(stride_x, cin_g, groups),
         HAS_SCALE=scale is not None,
         HAS_SHIFT=shift is not None,
         HAS_RES=residual is not None,
         RELU=relu,
-        UPCAST=interpreting() and values.dtype == torch.bfloat16,
+        UPCAST=facts is None and values.dtype == torch.bfloat16 and interpreting(),
         DOT_PRECISION=dot_precision(values.dtype),
-        num_warps=config[4],
-        num_stages=config[3],
-        **config.meta,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        SPLIT_N=_split_n(block_m, block_n, num_warps),
+        PERSISTENT=bool(persistent),
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return out

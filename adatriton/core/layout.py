@@ -6,7 +6,6 @@ Element order inside a layout: by level, then sample, row, column on that level'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,19 +22,18 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def block_sums(x: Tensor, block: int) -> Tensor:
-    """Sum of ``x (N, H, W)`` over aligned ``block x block`` tiles; the grid is zero-padded bottom/right."""
+    """Sum of ``x (N, H, W)`` over aligned ``block x block`` tiles, clipped at the bottom/right border.
+
+    Returns:
+        ``(N, ceil(H / block), ceil(W / block))``. A tile side larger than the grid is clipped to it first, so the
+        work stays O(N H W) whatever ``block`` is.
+    """
     n, h, w = x.shape
-    hb, wb = ceil_div(h, block), ceil_div(w, block)
-    padded = x.new_zeros(n, hb * block, wb * block)
-    padded[:, :h, :w] = x
-    return padded.view(n, hb, block, wb, block).sum(dim=(2, 4))
-
-
-@dataclass(frozen=True)
-class _TapKey:
-    kernel: int
-    tap_spacing: int
-    downsample: bool
+    bh, bw = min(block, h), min(block, w)  # one tile spans the whole axis: the same sums without the padding
+    hb, wb = ceil_div(h, bh), ceil_div(w, bw)
+    if hb * bh != h or wb * bw != w:
+        x = torch.nn.functional.pad(x, (0, wb * bw - w, 0, hb * bh - h))
+    return x.reshape(n, hb, bh, wb, bw).sum(dim=(2, 4))
 
 
 class Layout:
@@ -53,29 +51,28 @@ class Layout:
         id_map: ``(N, Hp, Wp)`` element covering each pixel of the padded finest grid, or ``E`` (reads zero).
     """
 
-    def __init__(self, levelmap: LevelMap, stage: int):
+    def __init__(self, levelmap: LevelMap, stage: int, counts: list[int]):
+        """Build the tables without host syncs: ``counts`` (elements per level, from the level map's one sync)
+        sizes them, and a cumulative sum numbers the cells of each level."""
         self.levelmap, self.stage = levelmap, stage
         lv, dev = levelmap.levels, levelmap.device
         n, h, w = levelmap.shape
         hp, wp = levelmap.padded_size
-        masks, counts = [], []
-        for v in range(stage + 1):
-            s = 1 << v
-            top_left = lv[:, ::s, ::s]  # (N, ceil(H/s), ceil(W/s)): every cell with a real pixel, docs/semantics.md §4
-            masks.append(top_left == v if v < stage else top_left >= stage)
-            counts.append(int(masks[-1].sum()))
-        self.counts = tuple(counts)
-        self.offsets = tuple(int(sum(counts[:v])) for v in range(stage + 1))
-        self.num_elements = e = int(sum(counts))
+        self.counts = tuple(int(c) for c in counts)
+        self.offsets = tuple(sum(self.counts[:v]) for v in range(stage + 1))
+        self.num_elements = e = sum(self.counts)
         self.cell_index: list[Tensor] = []
         batch_index, rows, cols, level, cy, cx = [], [], [], [], [], []
         self.id_map = torch.full((n, hp, wp), e, dtype=torch.long, device=dev)
-        for v, mask in enumerate(masks):
+        for v in range(stage + 1):
             s = 1 << v
-            idx = torch.full(mask.shape, e, dtype=torch.long, device=dev)
-            idx[mask] = torch.arange(self.offsets[v], self.offsets[v] + counts[v], device=dev)
+            top_left = lv[:, ::s, ::s]  # (N, ceil(H/s), ceil(W/s)): every cell with a real pixel, docs/semantics.md §4
+            mask = top_left == v if v < stage else top_left >= stage
+            # Element number of each cell in (sample, row, col) order: a running count, no boolean indexing.
+            number = mask.flatten().cumsum(0).view(mask.shape) - 1 + self.offsets[v]
+            idx = torch.where(mask, number, e)
             self.cell_index.append(idx)
-            b, qy, qx = mask.nonzero(as_tuple=True)
+            b, qy, qx = torch.nonzero_static(mask, size=self.counts[v]).unbind(1)  # sized: no sync
             batch_index.append(b)
             rows.append(qy)
             cols.append(qx)
@@ -89,7 +86,8 @@ class Layout:
         self.rows, self.cols = torch.cat(rows), torch.cat(cols)
         self.element_level = torch.cat(level)
         self.centre_y, self.centre_x = torch.cat(cy), torch.cat(cx)
-        self._taps: dict[_TapKey, Tensor] = {}
+        self._taps: dict[tuple[int, int, bool], Tensor] = {}
+        self._kernel_tables: dict[tuple[int, int, bool], Tensor | None] = {}
         self._down: dict[str, Tensor] = {}
 
     @property
@@ -156,24 +154,48 @@ class Layout:
             ``(E_out, k*k)`` long tensor of indices into this layout's elements, ``E`` for taps that read zero;
             taps in the row-major order of ``weight[:, :, i, j]``.
         """
+        key = (kernel, tap_spacing, bool(downsample))
+        hit = self._taps.get(key)
+        if hit is not None:
+            return hit
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel size must be odd and positive, got {kernel}")
         if tap_spacing < 1:
             raise ValueError(f"tap spacing must be >= 1, got {tap_spacing}")
-        key = _TapKey(kernel, tap_spacing, downsample)
-        if key not in self._taps:
-            b, cy, cx = self.batch_index, self.centre_y, self.centre_x
-            if downsample:
-                src = self.downsample_sources("top_left")
-                b, cy, cx = b[src], cy[src], cx[src]
-            hp, wp = self.id_map.shape[1:]
-            offs = (torch.arange(kernel, device=self.device) - kernel // 2) * tap_spacing
-            ty = cy[:, None, None] + offs[None, :, None]
-            tx = cx[:, None, None] + offs[None, None, :]
-            inside = (ty >= 0) & (ty < hp) & (tx >= 0) & (tx < wp)
-            got = self.id_map[b[:, None, None], ty.clamp(0, hp - 1), tx.clamp(0, wp - 1)]
-            self._taps[key] = torch.where(inside, got, self.num_elements).reshape(len(b), kernel * kernel)
+        b, cy, cx = self.batch_index, self.centre_y, self.centre_x
+        if downsample:
+            src = self.downsample_sources("top_left")
+            b, cy, cx = b[src], cy[src], cx[src]
+        hp, wp = self.id_map.shape[1:]
+        offs = (torch.arange(kernel, device=self.device) - kernel // 2) * tap_spacing
+        ty = cy[:, None, None] + offs[None, :, None]
+        tx = cx[:, None, None] + offs[None, None, :]
+        inside = (ty >= 0) & (ty < hp) & (tx >= 0) & (tx < wp)
+        got = self.id_map[b[:, None, None], ty.clamp(0, hp - 1), tx.clamp(0, wp - 1)]
+        self._taps[key] = torch.where(inside, got, self.num_elements).reshape(len(b), kernel * kernel)
         return self._taps[key]
+
+    def kernel_table(self, kernel: int, tap_spacing: int, downsample: bool = False) -> Tensor | None:
+        """The row table the Triton conv kernel reads, built once per layout and cached.
+
+        Returns:
+            :meth:`tap_index` for ``kernel > 1``; the top-left sources ``(E_next, 1)`` for a downsampling 1x1 conv
+            (subsample and GEMM in one pass); None for a plain 1x1 conv (every element reads itself). int32 while
+            the element count fits (half the bytes per tile load), int64 beyond.
+        """
+        key = (kernel, tap_spacing, bool(downsample))
+        if key in self._kernel_tables:
+            return self._kernel_tables[key]
+        if kernel > 1:
+            table = self.tap_index(kernel, tap_spacing, downsample)
+        elif downsample:
+            table = self.downsample_sources("top_left")[:, None]
+        else:
+            table = None
+        if table is not None and self.num_elements < 2**31 - 1:
+            table = table.to(torch.int32)
+        self._kernel_tables[key] = table
+        return table
 
     def __repr__(self) -> str:
         return f"Layout(stage={self.stage}, counts={self.counts}, levelmap={self.levelmap.shape})"

@@ -11,10 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..runtime.host import to_host
 from .layout import Layout, block_sums, ceil_div
 from .strides import default_tile, num_levels_of
 
-__all__ = ["LevelMap", "LevelMapError", "LevelMapDtypeError"]
+__all__ = ["MAX_LEVELS", "LevelMap", "LevelMapError", "LevelMapDtypeError"]
+
+#: The largest ``K`` a level map takes: blocks of up to 2^12 = 4096 finest-grid pixels per side (the conversions in
+#: use have K <= 3); beyond it a block is larger than any image.
+MAX_LEVELS = 12
 
 
 class LevelMapError(ValueError):
@@ -44,7 +49,9 @@ class LevelMap:
 
     def __init__(self, levels: Tensor, num_levels: int | str):
         if not isinstance(levels, Tensor):
-            raise LevelMapDtypeError(f"level map must be a torch.Tensor, got {type(levels).__name__}")
+            raise LevelMapDtypeError(
+                f"level map must be a torch.Tensor of integer levels (N, Hf, Wf), got {type(levels).__name__}"
+            )
         if levels.dtype == torch.bool or levels.is_floating_point() or levels.is_complex():
             hint = " (a boolean keep-mask goes through LevelMap.from_keep_mask)" if levels.dtype == torch.bool else ""
             raise LevelMapDtypeError(f"level map must have an integer dtype, got {levels.dtype}{hint}")
@@ -52,37 +59,74 @@ class LevelMap:
             raise LevelMapError(f"level map must have shape (N, Hf, Wf), got {tuple(levels.shape)}")
         if levels.numel() == 0:
             raise LevelMapError(f"level map must not be empty, got shape {tuple(levels.shape)}")
+        if levels.device.type == "meta":
+            raise LevelMapError(
+                "level map is on the meta device, which holds no values; pass it on the CPU or a GPU (it is small)"
+            )
         self.num_levels = num_levels_of(num_levels)
-        self.levels = levels.long()
-        self._validate()
+        if self.num_levels > MAX_LEVELS:
+            raise LevelMapError(
+                f"num_levels must be at most {MAX_LEVELS} (blocks of 2^K pixels on the finest grid), "
+                f"got {self.num_levels}"
+            )
+        # An own copy: the layouts cached on this map must not change when the caller edits its tensor in place.
+        self.levels = levels.to(torch.long, copy=True)
+        self._stage_counts = self._validate_and_count()
         self._layouts: dict[int, Layout] = {}
-        self._fractions: Tensor | None = None
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
+    def _validate_and_count(self) -> list[list[int]]:
+        """Check docs/semantics.md §1 and count the elements of every level at every stage, with one host sync.
+
+        Returns:
+            ``counts[j][v]``: elements of level ``v`` after ``j`` downsamplings (``v <= j``), what the layouts need
+            to size their tables without reading the device again.
+        """
         lv, k = self.levels, self.num_levels
-        bad = (lv < 0) | (lv > k)
-        if bool(bad.any()):
-            n, y, x = (int(i) for i in bad.nonzero()[0])
-            raise LevelMapError(
-                f"level map value {int(lv[n, y, x])} at sample {n}, pixel (row {y}, col {x}) is outside 0..{k}"
-            )
-        real = torch.ones_like(lv)
+        flags = [((lv < 0) | (lv > k)).any()]
         for v in range(1, k + 1):
-            s = 1 << v
-            at_least = block_sums((lv >= v).long(), s)
-            size = block_sums(real, s)
-            mixed = (at_least > 0) & (at_least < size)
-            if bool(mixed.any()):
-                n, by, bx = (int(i) for i in mixed.nonzero()[0])
-                y0, x0 = by * s, bx * s
-                y1, x1 = min(y0 + s, self.height) - 1, min(x0 + s, self.width) - 1
-                block = lv[n, y0 : y1 + 1, x0 : x1 + 1]
-                raise LevelMapError(
-                    f"level map is not aligned: sample {n}, {s}x{s} block rows {y0}..{y1}, cols {x0}..{x1} mixes "
-                    f"levels >= {v} and < {v} (values {sorted(set(block.flatten().tolist()))}); "
-                    f"every region at level >= {v} must be a union of aligned {s}x{s} blocks"
-                )
+            flags.append(self._mixed_blocks(v).any())
+        counts = []
+        for j in range(k + 1):
+            for v in range(j + 1):
+                top_left = lv[:, :: 1 << v, :: 1 << v]  # every cell with a real pixel, docs/semantics.md §4
+                counts.append((top_left == v).sum() if v < j else (top_left >= j).sum())
+        values = to_host(torch.stack([*(f.long() for f in flags), *counts]))  # the one host sync per map
+        if values[0]:
+            self._raise_out_of_range()
+        for v in range(1, k + 1):
+            if values[v]:
+                self._raise_misaligned(v)
+        it = iter(values[k + 1 :])
+        return [[next(it) for _ in range(j + 1)] for j in range(k + 1)]
+
+    def _mixed_blocks(self, v: int) -> Tensor:
+        """``(N, hb, wb)``: aligned ``2^v`` blocks (clipped to the grid) that mix levels ``>= v`` and ``< v``."""
+        s, (_, h, w) = 1 << v, self.levels.shape
+        at_least = block_sums((self.levels >= v).long(), s)
+        # Real pixels per clipped block, from the block's row and column extents (no ones-tensor of the grid).
+        rows = (h - torch.arange(at_least.shape[1], device=self.device) * s).clamp(max=s)
+        cols = (w - torch.arange(at_least.shape[2], device=self.device) * s).clamp(max=s)
+        return (at_least > 0) & (at_least < rows[:, None] * cols[None, :])
+
+    def _raise_out_of_range(self) -> None:
+        lv, k = self.levels, self.num_levels
+        n, y, x = (int(i) for i in ((lv < 0) | (lv > k)).nonzero()[0])
+        raise LevelMapError(
+            f"level map value {int(lv[n, y, x])} at sample {n}, pixel (row {y}, col {x}) is outside 0..{k}"
+        )
+
+    def _raise_misaligned(self, v: int) -> None:
+        s, lv = 1 << v, self.levels
+        n, by, bx = (int(i) for i in self._mixed_blocks(v).nonzero()[0])
+        y0, x0 = by * s, bx * s
+        y1, x1 = min(y0 + s, self.height) - 1, min(x0 + s, self.width) - 1
+        block = lv[n, y0 : y1 + 1, x0 : x1 + 1]
+        raise LevelMapError(
+            f"level map is not aligned: sample {n}, {s}x{s} block rows {y0}..{y1}, cols {x0}..{x1} mixes "
+            f"levels >= {v} and < {v} (values {sorted(set(block.flatten().tolist()))}); "
+            f"every region at level >= {v} must be a union of aligned {s}x{s} blocks"
+        )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -92,7 +136,8 @@ class LevelMap:
         Every aligned ``block x block`` tile holding any nonzero value gets level 0, every other tile level ``K``.
 
         Args:
-            keep: ``(N, Hf, Wf)`` tensor, nonzero = informative (bool, integer or float).
+            keep: ``(N, Hf, Wf)`` bool or 0/1 integer tensor, nonzero = informative (threshold probabilities
+                first: a float mask raises :class:`LevelMapDtypeError`).
             conversion: ``"8->32"`` (K=2), ``"8->16"`` / ``"16->32"`` (K=1), or an int K.
             block: tile size, a multiple of ``2^K``; None: :func:`~adatriton.core.strides.default_tile` of the
                 conversion (the authors' tiles: 4 at OS8, 2 for ``"16->32"``; 8 for ``"1->8"``).
@@ -103,6 +148,13 @@ class LevelMap:
         if not isinstance(keep, Tensor) or keep.dim() != 3:
             shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
             raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {shape}")
+        if keep.is_floating_point() or keep.is_complex():
+            raise LevelMapDtypeError(
+                f"keep mask has dtype {keep.dtype}: a keep mask must be bool or 0/1 integers; threshold "
+                "probabilities first (e.g. probs > 0.5)"
+            )
+        if keep.dtype != torch.bool and bool(((keep != 0) & (keep != 1)).any()):
+            raise LevelMapError("a keep mask must be bool or 0/1 integers; got other integer values")
         k = num_levels_of(conversion)
         block = default_tile(conversion) if block is None else int(block)
         if block < 1 or block % (1 << k):
@@ -208,7 +260,10 @@ class LevelMap:
 
     def element_counts(self, stage: int | None = None) -> list[int]:
         """Number of elements at each level ``0..stage`` after ``stage`` downsamplings (default: all ``K``)."""
-        return list(self.layout(self.num_levels if stage is None else stage).counts)
+        stage = self.num_levels if stage is None else stage
+        if not 0 <= stage <= self.num_levels:
+            raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
+        return list(self._stage_counts[stage])
 
     def stats(self) -> dict[str, object]:
         """Summary: level fractions and element counts per stage (for logs and reports)."""
@@ -229,7 +284,7 @@ class LevelMap:
         if not 0 <= stage <= self.num_levels:
             raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
         if stage not in self._layouts:
-            self._layouts[stage] = Layout(self, stage)
+            self._layouts[stage] = Layout(self, stage, self._stage_counts[stage])
         return self._layouts[stage]
 
 

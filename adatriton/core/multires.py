@@ -39,12 +39,17 @@ class MultiResMap:
 
     @classmethod
     def from_dense(cls, x: Tensor, levelmap: LevelMap) -> MultiResMap:
-        """Enter the adaptive part: a dense ``(N, C, Hf, Wf)`` map, every pixel a level-0 element (stage 0)."""
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ValueError(f"expected a dense feature map (N, C, Hf, Wf), got {getattr(x, 'shape', type(x))}")
+        """Enter the adaptive part: a dense ``(N, C, Hf, Wf)`` map, every pixel a level-0 element (stage 0).
+
+        The values are contiguous ``(E, C)`` rows: a view of a channels-last ``x``, else one copy.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor (N, C, Hf, Wf), got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"expected a dense feature map (N, C, Hf, Wf), got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
         levelmap.check_matches(n, h, w, x.device)
-        return cls(x.permute(0, 2, 3, 1).reshape(n * h * w, c), levelmap.layout(0))
+        return cls(x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c), levelmap.layout(0))
 
     # ------------------------------------------------------------------ properties
     @property

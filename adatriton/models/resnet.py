@@ -301,6 +301,8 @@ class AdaptiveResNet(nn.Module):
             ``{name: tensor}`` in the order of ``layers``: an adaptive layer's output densified to
             ``(N, C, Hf, Wf)``; a dense layer's output ``(N, C, H/s, W/s)`` at its own stride ``s``.
         """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be an image batch, expected a torch.Tensor (N, 3, H, W), got {type(x).__name__}")
         unknown = [name for name in layers if name not in LAYERS]
         if unknown:
             raise ValueError(f"layers must be among {list(LAYERS)}, got {unknown}")

@@ -12,27 +12,49 @@ Shapes: a :class:`~adatriton.core.multires.MultiResMap` holds ``(E, C)`` values;
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..core.multires import MultiResMap
-from ..kernels.conv import conv_elements, pack_weight
+from ..kernels import conv as conv_kernels
 from ..runtime import autotune, dispatch
 from ..runtime.backend import triton_runs_on
 from .batchnorm import bn_add_act, foldable
 
-__all__ = ["MAX_GATHER_BYTES", "check_conv_args", "conv2d", "conv_bn_act", "gather_conv_torch", "packed_weight"]
+__all__ = [
+    "MAX_GATHER_BYTES",
+    "autocast_conv_inputs",
+    "check_conv_args",
+    "conv2d",
+    "conv_bn_act",
+    "folded_bn",
+    "gather_conv_torch",
+    "packed_weight",
+]
 
 # The torch backend gathers (rows x k*k*Cin) columns; chunk rows so one gather stays below this many bytes
 # (a 1024x2048 image at OS8 would otherwise need 32768 x 9 x 512 x 4 B = 604 MB for one layer4 conv).
 MAX_GATHER_BYTES = 128 << 20
 
 
-def check_conv_args(x: MultiResMap, weight: Tensor, bias: Tensor | None, groups: int) -> int:
+def check_conv_args(x: MultiResMap, weight: Tensor, bias: Tensor | None, groups: int, tap_spacing: int = 1) -> int:
+    """Check a conv's arguments against the input map; returns the kernel size ``k``.
+
+    Raises:
+        TypeError: ``x`` is not a MultiResMap, or ``tap_spacing`` / ``groups`` is not an int.
+        ValueError: shapes, devices or dtypes that do not fit, or ``tap_spacing < 1``.
+    """
     if not isinstance(x, MultiResMap):
         raise TypeError(f"expected a MultiResMap, got {type(x).__name__}")
+    for name, value in (("tap_spacing", tap_spacing), ("groups", groups)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if tap_spacing < 1:
+        raise ValueError(f"tap_spacing must be a positive int (the dilation on the finest grid), got {tap_spacing}")
     if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
         raise ValueError(f"weight must be (Cout, Cin/groups, k, k) with odd k, got {tuple(weight.shape)}")
     cout, cin_g, k, _ = weight.shape
@@ -51,27 +73,111 @@ def check_conv_args(x: MultiResMap, weight: Tensor, bias: Tensor | None, groups:
 
 
 def gather_conv_torch(values: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor, groups: int) -> Tensor:
-    """``out[e] = bias + sum_t W[:, :, t] @ values[index[e, t]]`` with ``index == E`` reading zero."""
+    """``out[e] = bias + sum_t W[:, :, t] @ values[index[e, t]]`` with ``index == E`` reading zero: the reference.
+
+    Rows go in chunks of at most :data:`MAX_GATHER_BYTES` of gathered columns, each GEMM writing its rows of the
+    output in place (not differentiable itself: autograd reaches it through the custom op ``adatriton::gather_conv``).
+    """
     rows, taps = index.shape
     cin, cout = values.shape[1], weight.shape[0]
-    src = torch.cat([values, values.new_zeros(1, cin)])
+    src = torch.cat([values, values.new_zeros(1, cin)])  # row E reads zero
     if groups == 1:
         w = weight.permute(0, 2, 3, 1).reshape(cout, taps * cin).t()  # (taps*Cin, Cout), tap-major like the cols
     else:
         w = weight.reshape(groups, cout // groups, cin // groups, taps)
     chunk = max(1, MAX_GATHER_BYTES // max(1, taps * cin * values.element_size()))
-    outs = []
+    out = values.new_empty(rows, cout)
     for start in range(0, rows, chunk):
         idx = index[start : start + chunk]
+        dst = out[start : start + chunk]
         cols = src.index_select(0, idx.reshape(-1))
         if groups == 1:
             cols = cols.view(len(idx), taps * cin)
-            outs.append(cols @ w if bias is None else torch.addmm(bias, cols, w))
+            torch.mm(cols, w, out=dst) if bias is None else torch.addmm(bias, cols, w, out=dst)
         else:
             cols = cols.view(len(idx), taps, groups, cin // groups)
-            out = torch.einsum("etgc,goct->ego", cols, w).reshape(len(idx), cout)
-            outs.append(out if bias is None else out + bias)
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+            dst.copy_(torch.einsum("etgc,goct->ego", cols, w).reshape(len(idx), cout))
+            if bias is not None:
+                dst.add_(bias)
+    return out
+
+
+def autocast_conv_inputs(
+    x: MultiResMap, weight: Tensor, bias: Tensor | None
+) -> tuple[MultiResMap, Tensor, Tensor | None]:
+    """The conv's inputs as :func:`torch.autocast` would give them to ``F.conv2d``: floating tensors other than
+    float64 cast to the autocast dtype of the input's device, when autocast is on there (else unchanged)."""
+    device_type = x.values.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        if t is None or not t.is_floating_point() or t.dtype in (dtype, torch.float64):
+            return t
+        return t.to(dtype)
+
+    values = cast(x.values)
+    if values is not x.values:
+        x = MultiResMap(values, x.layout)
+    return x, cast(weight), cast(bias)
+
+
+def folded_bn(
+    bn: nn.modules.batchnorm._BatchNorm | None, bias: Tensor | None, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(scale, shift)`` with ``bn(conv + bias) == scale * conv + shift`` for an eval-mode BatchNorm (either may be
+    None: no scale, or no shift), computed in ``dtype`` promoted to at least float32."""
+    dtype = torch.promote_types(dtype, torch.float32)
+    if bn is None:
+        return None, None if bias is None else bias.to(dtype)
+    inv_std = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+    scale = inv_std if bn.weight is None else bn.weight.to(dtype) * inv_std
+    mean = bn.running_mean.to(dtype) if bias is None else bn.running_mean.to(dtype) - bias.to(dtype)
+    shift = -mean * scale if bn.bias is None else torch.addcmul(bn.bias.to(dtype), mean, scale, value=-1)
+    return scale, shift
+
+
+def _fused_gemm_epilogue(out: Tensor, shift: Tensor | None, residual: Tensor | None, relu: bool) -> Tensor:
+    """``act(out + shift + residual)`` in place on a GEMM output (one pass each for the add and the ReLU)."""
+    if shift is not None:
+        out.add_(shift)
+    if residual is not None:
+        out.add_(residual)
+    return out.relu_() if relu else out
+
+
+def _conv_torch_fused(
+    x: MultiResMap,
+    weight: Tensor,
+    scale: Tensor | None,
+    shift: Tensor | None,
+    residual: Tensor | None,
+    relu: bool,
+    index: Tensor | None,
+    groups: int,
+) -> Tensor:
+    """The torch backend's eval-mode conv-BN(-add)-ReLU: BatchNorm's scale folded into the GEMM weight, its shift
+    into the GEMM's bias, residual add and ReLU in place on the GEMM output.
+
+    ``index`` is the tap table, the strided 1x1's source rows ``(M, 1)``, or None for a plain 1x1.
+    """
+    dtype = x.dtype
+    if scale is not None:
+        weight = weight * scale.to(dtype).view(-1, 1, 1, 1)
+    bias = None if shift is None else shift.to(dtype)
+    # Under torch.compile the gather-GEMM stays one opaque op (its chunk loop writes in place).
+    gather = _gather_conv if torch.compiler.is_compiling() else gather_conv_torch
+    if groups > 1:  # grouped convs: the reference einsum, then the epilogue
+        rows = torch.arange(len(x.values), device=x.device)[:, None] if index is None else index
+        return _fused_gemm_epilogue(gather(x.values, weight, bias, rows, groups), None, residual, relu)
+    cout = weight.shape[0]
+    if index is None or index.shape[1] == 1:  # 1x1: a GEMM over the (surviving) elements
+        values = x.values if index is None else x.values.index_select(0, index[:, 0])
+        w = weight.reshape(cout, -1).t()
+        out = values @ w if bias is None else torch.addmm(bias, values, w)
+        return _fused_gemm_epilogue(out, None, residual, relu)
+    return _fused_gemm_epilogue(gather(x.values, weight, bias, index, 1), None, residual, relu)
 
 
 def _conv_dense(
@@ -97,22 +203,36 @@ def _check_triton(x: MultiResMap) -> None:
         raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {x.dtype}")
 
 
-# Packed weights per weight tensor, held weakly by identity: {weight: (its version counter, groups, packed)}. A hit
-# needs the same live tensor at the same version, so in-place updates (optimizer steps) repack.
+# Packed weights per weight tensor, held weakly by identity: {weight: (fingerprint, packed)}. The fingerprint (storage
+# pointer, version counter, dtype, device, shape, groups) changes with optimizer steps, `.data = ...`, dtype and
+# device moves and load_state_dict, so those repack.
 _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _fingerprint(weight: Tensor, groups: int) -> tuple | None:
+    if weight.is_inference():
+        return None  # inference tensors have no version counter: never cache them
+    return (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape, groups)
 
 
 def packed_weight(weight: Tensor, groups: int) -> Tensor:
     """``weight`` in the Triton kernel's layout (:func:`~adatriton.kernels.conv.pack_weight`), cached per tensor
     until it changes."""
     if weight.requires_grad and torch.is_grad_enabled():
-        return pack_weight(weight, groups)  # keep the autograd graph; never cache a graph-carrying tensor
+        return conv_kernels.pack_weight(weight, groups)  # keep the autograd graph; never cache a graph-carrying tensor
+    key = _fingerprint(weight, groups)
+    if key is None:
+        return conv_kernels.pack_weight(weight, groups)
     hit = _PACKED.get(weight)
-    if hit is not None and hit[0] == weight._version and hit[1] == groups:
-        return hit[2]
-    packed = pack_weight(weight.detach(), groups)
-    _PACKED[weight] = (weight._version, groups, packed)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    packed = conv_kernels.pack_weight(weight.detach(), groups)
+    _PACKED[weight] = (key, packed)
     return packed
+
+
+# Launch configs by shape bucket while tuning is off (see _launch_triton).
+_CONFIGS: dict[tuple, tuple] = {}
 
 
 def _launch_triton(
@@ -131,7 +251,7 @@ def _launch_triton(
     values = values.contiguous()
 
     def launch(config):
-        return conv_elements(
+        return conv_kernels.conv_elements(
             values,
             index,
             packed,
@@ -144,17 +264,30 @@ def _launch_triton(
             config=config,
         )
 
-    config = autotune.select_config(
-        rows=len(values) if index is None else len(index),
-        cin_g=values.shape[1] // groups,
-        cout_g=weight.shape[0] // groups,
-        taps=taps,
-        groups=groups,
-        dtype=values.dtype,
-        gather=index is not None,
-        device=values.device,
-        launch=launch,
-    )
+    rows = len(values) if index is None else len(index)
+    cin_g, cout_g = values.shape[1] // groups, weight.shape[0] // groups
+    # The config of a bucket of shapes does not change while nothing is tuned: remember it here instead of asking
+    # the autotune cache (key formatting, file lookup) on every launch. Keyed like the cache's buckets, plus the
+    # cache directory, so a test or tool that moves the cache gets fresh answers.
+    memo_key = (
+        (rows - 1).bit_length(), cin_g, cout_g, taps, groups, values.dtype, index is not None, values.device,
+        os.environ.get(autotune.CACHE_DIR_ENV),
+    )  # fmt: skip
+    tuning = autotune.is_tuning()
+    config = None if tuning else _CONFIGS.get(memo_key)
+    if config is None:
+        config = autotune.select_config(
+            rows=rows,
+            cin_g=cin_g,
+            cout_g=cout_g,
+            taps=taps,
+            groups=groups,
+            dtype=values.dtype,
+            gather=index is not None,
+            device=values.device,
+            launch=launch,
+        )
+        _CONFIGS[memo_key] = config
     return launch(config)
 
 
@@ -263,6 +396,14 @@ def _tap_index_or_rows(x: MultiResMap, k: int, tap_spacing: int, downsample: boo
     return x.layout.downsample_sources("top_left")[:, None] if downsample else None
 
 
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _out_layout(x: MultiResMap, downsample: bool):
+    return x.layout.next() if downsample else x.layout
+
+
 def conv2d(
     x: MultiResMap,
     weight: Tensor,
@@ -275,13 +416,14 @@ def conv2d(
     """Convolution on a multi-resolution map (docs/semantics.md §3).
 
     ``y_e = b + sum_ij W[:, :, i, j] . F[c(e) + ((i - k//2) o, (j - k//2) o)]`` with ``F = densify(x)``, zero
-    outside the grid (docs/semantics.md §4 at odd sizes). A 1x1 conv is ``y_e = W x_e + b``.
+    outside the grid (docs/semantics.md §4 at odd sizes). A 1x1 conv is ``y_e = W x_e + b``. Under
+    :func:`torch.autocast` the inputs are cast as for ``F.conv2d``.
 
     Args:
         x: input map, ``(E, Cin)`` values.
         weight: ``(Cout, Cin / groups, k, k)``, ``k`` odd.
         bias: ``(Cout,)`` or None.
-        tap_spacing: ``o``, the conv's dilation in the dense network at the finest resolution.
+        tap_spacing: ``o``, the conv's dilation in the dense network at the finest resolution (a positive int).
         groups: as in :func:`torch.nn.functional.conv2d`.
         downsample: also perform the next adaptive downsampling step (top-left variant): the conv is evaluated
             only at the elements that survive it, giving the next stage's map (a strided conv's fast path).
@@ -291,7 +433,8 @@ def conv2d(
     Returns:
         ``(E_out, Cout)`` map on ``x``'s layout, or on the next stage's layout with ``downsample``.
     """
-    check_conv_args(x, weight, bias, groups)
+    x, weight, bias = autocast_conv_inputs(x, weight, bias)
+    check_conv_args(x, weight, bias, groups, tap_spacing)
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
     return _conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
 
@@ -302,12 +445,16 @@ def _conv2d(
     """:func:`conv2d` on the backend ``name`` already selected (so the dispatcher decides and records once)."""
     k = weight.shape[-1]
     lay = x.layout
-    out_layout = lay.next() if downsample else lay
+    out_layout = _out_layout(x, downsample)
     if name == "triton":
         _check_triton(x)
         index = _tap_index_or_rows(x, k, tap_spacing, downsample)
-        values = _triton_conv(x.values.contiguous(), weight, bias, index, groups, None, None, False)
-        return MultiResMap(values, out_layout)
+        values = x.values.contiguous()
+        if torch.compiler.is_compiling() or _needs_grad(values, weight, bias):
+            out = _triton_conv(values, weight, bias, index, groups, None, None, False)  # opaque op with a backward
+        else:  # eager inference: launch directly, without the custom op's dispatch
+            out = _launch_triton(values, index, weight, groups, None, None if bias is None else bias.float())
+        return MultiResMap(out, out_layout)
     if k == 1:  # never reads neighbours: a GEMM over the (surviving) elements on every backend
         values = x.values[lay.downsample_sources("top_left")] if downsample else x.values
         w = weight.reshape(weight.shape[0], -1)
@@ -337,9 +484,11 @@ def conv_bn_act(
 ) -> MultiResMap:
     """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU.
 
-    On the triton backend with an eval-mode BatchNorm and no gradient needed, this is one kernel launch (bias and
-    BatchNorm folded into a per-channel scale and shift, the residual add, ReLU and the cast in the epilogue);
-    otherwise the ops run one after the other with the same result.
+    In eval mode with no gradient needed the epilogue is fused: on the triton backend one kernel launch (bias and
+    BatchNorm as a per-channel scale and shift, the residual add, ReLU and the cast in the epilogue); on the torch
+    and dense backends BatchNorm's scale goes into the GEMM / conv weight and its shift into the bias, and the
+    residual add and ReLU run in place on the output. Otherwise (training, or any of the tensors needs a gradient,
+    BatchNorm's affine parameters included) the ops run one after the other. Same result either way.
 
     Args:
         x, weight, bias, tap_spacing, groups, downsample, backend: as in :func:`conv2d`.
@@ -347,27 +496,31 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
-    k = check_conv_args(x, weight, bias, groups)
+    x, weight, bias = autocast_conv_inputs(x, weight, bias)
+    k = check_conv_args(x, weight, bias, groups, tap_spacing)
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x.values, weight, bias, residual and residual.values)
-    )
-    if name != "triton" or needs_grad or not foldable(bn):
+    bn_params = (None, None) if bn is None else (bn.weight, bn.bias)
+    if not foldable(bn) or _needs_grad(x.values, weight, bias, *bn_params, residual and residual.values):
         return bn_add_act(_conv2d(x, weight, bias, tap_spacing, groups, downsample, name), bn, relu, residual)
-    _check_triton(x)
-    out_layout = x.layout.next() if downsample else x.layout
-    scale, shift = None, bias
-    if bn is not None:
-        inv_std = torch.rsqrt(bn.running_var.float() + bn.eps)
-        scale = inv_std if bn.weight is None else bn.weight.float() * inv_std
-        shift = -bn.running_mean.float() * scale if bias is None else (bias.float() - bn.running_mean.float()) * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.float()
+    out_layout = _out_layout(x, downsample)
     res = None
     if residual is not None:
         if not residual.layout.same_as(out_layout):
             raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
-        res = residual.values.contiguous()
+        res = residual.values
+    scale, shift = folded_bn(bn, bias, x.dtype)
+    if name == "triton":
+        _check_triton(x)
+        index = _tap_index_or_rows(x, k, tap_spacing, downsample)
+        values, res = x.values.contiguous(), None if res is None else res.contiguous()
+        if torch.compiler.is_compiling():
+            out = _triton_conv(values, weight, shift, index, groups, scale, res, relu)
+        else:
+            out = _launch_triton(values, index, weight, groups, scale, shift, res, relu)
+        return MultiResMap(out, out_layout)
+    if name == "dense" and k > 1:
+        w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
+        out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)
+        return MultiResMap(_fused_gemm_epilogue(out, None, res, relu), out_layout)
     index = _tap_index_or_rows(x, k, tap_spacing, downsample)
-    values = _triton_conv(x.values.contiguous(), weight, shift, index, groups, scale, res, relu)
-    return MultiResMap(values, out_layout)
+    return MultiResMap(_conv_torch_fused(x, weight, scale, shift, res, relu, index, groups), out_layout)

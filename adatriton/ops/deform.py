@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..core.multires import MultiResMap
 from . import conv
-from .conv import check_conv_args
+from .conv import autocast_conv_inputs, check_conv_args
 
 __all__ = ["deform_conv2d"]
 
@@ -59,11 +59,10 @@ def deform_conv2d(
     Returns:
         ``(E, Cout)`` map on ``x``'s layout.
     """
-    k = check_conv_args(x, weight, bias, groups)
+    x, weight, bias = autocast_conv_inputs(x, weight, bias)
+    k = check_conv_args(x, weight, bias, groups, tap_spacing)
     if groups != 1:
         raise ValueError(f"deform_conv2d supports groups=1 only, got groups={groups}")
-    if tap_spacing < 1:
-        raise ValueError(f"tap spacing must be >= 1, got {tap_spacing}")
     taps = k * k
     _check_aux_map("offset", offset, x, 2 * taps)
     if mask is not None:

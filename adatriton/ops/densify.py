@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..core.multires import MultiResMap
-from ..kernels.densify import densify_elements
+from ..kernels import densify as densify_kernels
 
 __all__ = ["densify"]
 
@@ -29,7 +29,7 @@ def densify(x: MultiResMap) -> Tensor:
 def _densify_triton(values: Tensor, ids: Tensor) -> Tensor:
     """The Triton densify kernel as one op for torch.compile: ``(E, C)`` values, ``(N, H, W)`` ids -> channels-last
     ``(N, C, H, W)``."""
-    return densify_elements(values, ids)
+    return densify_kernels.densify_elements(values, ids)
 
 
 @_densify_triton.register_fake

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -39,7 +40,16 @@ from torch import Tensor, nn
 
 from .backend import BACKENDS, requested_backend, triton_runs_on
 from .context import ScopedStack
-from .files import CacheFileError, cache_dir, dumps_entries, hardware_name, read_entries_file, slug, write_atomic
+from .files import (
+    CACHE_DIR_ENV,
+    CacheFileError,
+    cache_dir,
+    dumps_entries,
+    hardware_name,
+    read_entries_file,
+    slug,
+    write_atomic,
+)
 
 __all__ = [
     "CALIBRATION_SCHEMA",
@@ -159,12 +169,21 @@ def _read_calibration(path: Path, name: str, warn: bool) -> dict[str, dict[str, 
 # changed $ADATRITON_CACHE_DIR gets its own). calibrate() updates the loaded table when it saves.
 _tables: dict[str, dict[str, dict[str, Any]]] = {}
 _tables_lock = threading.Lock()
+# (device, the environment variables the file name depends on) -> the same table objects as _tables.
+_by_device: dict[tuple, dict[str, dict[str, Any]]] = {}
 
 
 def load_calibration(device: torch.device | str) -> dict[str, dict[str, Any]]:
     """The calibration entries of ``device`` (``{Signature.key: {"crossover": float | None, ...}}``), read once
     per file; a corrupt or foreign file is ignored with a ``UserWarning``."""
     device = torch.device(device)
+    # choose() asks once per conv call: find the table without building the file name (hardware name, cache
+    # directory, slug) when neither the device nor the environment that names the file changed.
+    env = os.environ
+    fast_key = (device, env.get(CACHE_DIR_ENV), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+    table = _by_device.get(fast_key)
+    if table is not None:
+        return table
     if device.type == "cuda" and not torch.cuda.is_available():
         return {}  # no GPU to name the file by (a choice asked about on a CPU-only host): the built-in rule
     path = calibration_path(device)
@@ -174,6 +193,7 @@ def load_calibration(device: torch.device | str) -> dict[str, dict[str, Any]]:
             table = _tables.get(str(path))
             if table is None:
                 table = _tables[str(path)] = _read_calibration(path, dispatch_device_name(device), warn=True)
+    _by_device[fast_key] = table
     return table
 
 
@@ -181,6 +201,7 @@ def clear_calibration_cache() -> None:
     """Forget the loaded calibration files (the next :func:`choose` reads them again)."""
     with _tables_lock:
         _tables.clear()
+        _by_device.clear()
 
 
 def save_calibration(device: torch.device | str, entries: dict[str, dict[str, Any]]) -> Path:
@@ -199,6 +220,7 @@ def save_calibration(device: torch.device | str, entries: dict[str, dict[str, An
         merged.update(entries)
         write_atomic(path, dumps_entries({"schema": CALIBRATION_SCHEMA, "device": name}, merged))
         _tables[str(path)] = merged
+        _by_device.clear()  # the fast lookups point at the replaced table
     return path
 
 

@@ -81,6 +81,44 @@ def _ptxas_facts(log: str) -> dict[str, int]:
     return facts
 
 
+def _smem_allocs(ttgir: str) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, shape)`` of every shared-memory buffer the TTGIR allocates, e.g. ``("a", (3, 128, 64))``.
+
+    The name is the source variable Triton's location info gives the SSA value (``%a_48`` -> ``"a"``); a pipelined
+    operand's buffer has rank 3, its leading dimension being the number of stages it is multi-buffered over.
+    """
+    allocs = []
+    for m in re.finditer(r"%(\w+?)(?:_\d+)? = ttg\.local_alloc\b[^\n]*?!ttg\.memdesc<([0-9x]+)x[a-z]", ttgir):
+        allocs.append((m.group(1), tuple(int(d) for d in m.group(2).split("x"))))
+    return allocs
+
+
+def _loop_wait_groups(ptx: str) -> list[int]:
+    """The ``N`` of every ``cp.async.wait_group N`` inside an innermost loop of the PTX that runs a dot.
+
+    LLVM marks each innermost loop's header label with an ``Inner Loop Header`` comment; the loop runs from there to
+    the last branch back to that label. ``N`` is how many cp.async groups the wait leaves in flight: 0 means every
+    iteration stalls on its own loads (no overlap of the copies with the dot).
+    """
+    lines = ptx.splitlines()
+    headers, label = {}, None
+    for i, line in enumerate(lines):
+        if m := re.match(r"(\$L__BB\d+_\d+):", line):
+            label = (m.group(1), i)
+        if label and "Inner Loop Header" in line:
+            headers[label[0]] = label[1]
+        elif not m and not line.lstrip().startswith("//"):
+            label = None  # the comment belongs to the label only if nothing but comments come between
+    dot = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync|fma\.rn\.f32)")
+    waits = []
+    for name, start in headers.items():
+        back = [j for j, line in enumerate(lines) if j > start and re.search(rf"\bbra(?:\.uni)?\s+\{name};", line)]
+        body = lines[start : max(back, default=start)]
+        if any(dot.search(line) for line in body):
+            waits += [int(n) for n in re.findall(r"cp\.async\.wait_group\s+(\d+)", "\n".join(body))]
+    return waits
+
+
 def compile_variant(v: Variant) -> dict:
     """Compile ``v`` for ``sm_<cap>`` and return what the test checks; ``{"error": traceback}`` if it fails."""
     try:
@@ -136,6 +174,8 @@ def compile_variant(v: Variant) -> dict:
             # distinct tensor-core instructions, e.g. "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
             "mma": sorted(set(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)[\w.]*", ptx))),
             "cp_async": "cp.async" in ptx,
+            "smem_allocs": _smem_allocs(k.asm.get("ttgir", "")),
+            "loop_wait_groups": _loop_wait_groups(ptx),
         }
     except BaseException:  # noqa: B036 -- a compiler error must come back as text, not break the pool
         return {"error": traceback.format_exc()}

@@ -10,7 +10,17 @@ sizes, ints equal to 1 as constants), and checked against the hardware:
   block's registers fit the 64K register file; register spills (ptxas ``-v``) are reported as a ``SpillWarning``
   (slower, not wrong), or fail with ``FAIL_ON_SPILLS``;
 * the fp16/bf16 convs (and fp32 with TF32) run their dot on tensor cores (``mma.sync`` / ``wgmma`` with the right
-  operand type), and fp32 with ``ieee`` precision does not (TF32 there would silently lose precision).
+  operand type), and fp32 with ``ieee`` precision does not (TF32 there would silently lose precision);
+* the conv's reduction is software-pipelined as its config asks: at 3 or more stages the TTGIR multi-buffers the A
+  (gathered rows) and B (weights) tiles :func:`conv.pipeline_buffers` times (``num_stages`` for wgmma on sm_90,
+  ``num_stages - 1`` for mma.sync on sm_80), their bytes are :func:`conv.pipeline_shared_bytes` (what
+  ``config_problems`` checks against the GPU's shared memory), and every ``cp.async.wait_group N`` in the PTX's
+  innermost dot loop leaves ``N >= 1`` groups in flight (``N = 0`` stalls every iteration on its own loads).
+
+The conv configs whose pipelined tiles cannot fit a GPU's shared memory for a dtype (``conv.config_problems``, e.g.
+128x256x64 at 3 stages in fp32: 288 KB) are not compiled for it: Triton would refuse them at launch and the autotuner
+skips such candidates. fp16 and fp32 compile every config; bf16 (the same tiles and shared memory as fp16, another
+mma operand type) compiles the default configs.
 
 Every compiled variant prints one line (``pytest -s``) and records it as a junit property ``aot``. The kernels are
 listed in :data:`KERNELS`; a new kernel is one more :class:`Kernel` entry. The compiles run in spawned worker
@@ -53,6 +63,8 @@ class Spec:
     every_config: bool = True
     dtypes: tuple[str, ...] = DTYPES
     aligned_ints: bool = True  # ints 16-divisible (Triton specialises them so); False: only the pointers are
+    spot_dtypes: tuple[str, ...] = ()  # dtypes compiled with the spot config only (every_config specs)
+    pipelined: bool = False  # aligned operands, so the loop's loads must be multi-buffered (conv only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,22 +73,25 @@ class Kernel:
 
     name: str
     fn: object  # the kernel (an InterpretedFunction in this process; the workers import a real JITFunction)
-    args: Callable[[str], dict[str, str]]  # data dtype -> Triton type of every runtime parameter
+    args: Callable[[str, dict], dict[str, str]]  # data dtype, spec constexprs -> Triton type of every runtime parameter
     specs: tuple[Spec, ...]
     configs: Callable[[], Sequence[tuple]]  # the config factory
     launch: Callable[[tuple], tuple[dict, int, int | None]]  # config -> (block constexprs, num_warps, num_stages)
-    spot_config: tuple  # the config the spot-checked specs are compiled with
+    label: Callable[[tuple], str]  # config -> its part of the test id
+    spot_config: Callable[[int, Spec], tuple]  # compute capability, spec -> the config its spot checks compile with
+    fits: Callable[[tuple, str, int], bool] = lambda config, dtype, cap: True  # config, dtype, cap: worth compiling
     dtype_constexprs: Callable[[str], dict] = lambda dtype: {}  # constexprs the launcher derives from the dtype
     # expected dot instructions: "f16"/"bf16"/"tf32" = tensor cores with that operand type, "fma" = no tensor
     # cores, None = no dot to check
     tensor_cores: Callable[[str, dict], str | None] = lambda dtype, constexprs: None
 
 
-def _conv_args(dt: str) -> dict[str, str]:
-    ints = ("rows", "num_src", "cin_g", "cout_g", "stride_x", "stride_res", "stride_out")
+def _conv_args(dt: str, constexprs: dict) -> dict[str, str]:
+    ints = ("rows", "num_src", "cin_g", "cout_g", "groups", "stride_x", "stride_res", "stride_out")
     return {
         **{p: f"*{dt}" for p in ("x_ptr", "w_ptr", "res_ptr", "out_ptr")},
-        "index_ptr": "*i64",
+        # the host path's cached tap tables are int32; int64 ones come with 64-bit offsets in the tests
+        "index_ptr": "*i64" if constexprs["INT64_OFFSETS"] else "*i32",
         "scale_ptr": "*fp32",
         "shift_ptr": "*fp32",
         **dict.fromkeys(ints, "i32"),
@@ -87,14 +102,28 @@ def _conv_tensor_cores(dt: str, constexprs: dict) -> str:
     return {"fp16": "f16", "bf16": "bf16"}.get(dt) or ("tf32" if constexprs["DOT_PRECISION"] == "tf32" else "fma")
 
 
-def _densify_args(dt: str) -> dict[str, str]:
+def _densify_args(dt: str, constexprs: dict) -> dict[str, str]:
     ints = ("pixels", "width", "hw", "channels", "num_src", "stride_v", "stride_in", "stride_iy")
     strides = ("stride_on", "stride_oc", "stride_oy", "stride_ox")
     return {"values_ptr": f"*{dt}", "ids_ptr": "*i64", "out_ptr": f"*{dt}", **dict.fromkeys(ints + strides, "i32")}
 
 
-_CONV_FUSED = dict(TAPS=9, GATHER=True, HAS_SCALE=True, HAS_SHIFT=True, HAS_RES=True, RELU=True, UPCAST=False)
-_CONV_PLAIN = dict(TAPS=1, GATHER=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RES=False, RELU=False, UPCAST=False)
+ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
+# What conv_elements passes for 256-channel values: 16-aligned rows, 32-bit offsets, channels a multiple of BLOCK_K.
+_CONV_ALIGNED = dict(INT64_OFFSETS=False, EVEN_K=True, ROW_ALIGN=16, UPCAST=False, groups=1)
+_CONV_FUSED = dict(TAPS=9, TAPS_P2=16, GATHER=True, HAS_SCALE=True, HAS_SHIFT=True, HAS_RES=True, RELU=True)
+_CONV_FUSED.update(_CONV_ALIGNED)
+_CONV_PLAIN = dict(TAPS=1, TAPS_P2=1, GATHER=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RES=False, RELU=False)
+_CONV_PLAIN.update(_CONV_ALIGNED)
+
+
+def _conv_label(c: conv.ConvConfig) -> str:
+    return "x".join(map(str, c[:3])) + f"-s{c[3]}-w{c[4]}" + ("-p" if c.persistent else "")
+
+
+def _conv_fits(c: conv.ConvConfig, dt: str, cap: int) -> bool:
+    return not conv.config_problems(c, element_size=ELEMENT_SIZE[dt], arch=cap)
+
 
 KERNELS = (
     Kernel(
@@ -102,18 +131,24 @@ KERNELS = (
         fn=conv._conv_elements_kernel,
         args=_conv_args,
         specs=(
-            # 3x3 gather with the whole epilogue (bottleneck conv-BN-add-ReLU): the heaviest variant, every config.
-            Spec("", _CONV_FUSED),
+            # 3x3 gather through an int32 tap table with the whole epilogue (bottleneck conv-BN-add-ReLU): the
+            # heaviest variant, every config.
+            Spec("", _CONV_FUSED, dtypes=("fp16", "fp32"), spot_dtypes=("bf16",), pipelined=True),
+            # an int64 tap table and 64-bit row offsets (E_in * stride >= 2^31).
+            Spec("int64", {**_CONV_FUSED, "INT64_OFFSETS": True}, False, ("fp16",), pipelined=True),
             # fp32 without TF32 (cudnn.allow_tf32 off): FMA dots, the most registers.
             Spec("ieee", {**_CONV_FUSED, "DOT_PRECISION": "ieee"}, every_config=False, dtypes=("fp32",)),
             # plain 1x1 conv, no gather, no epilogue.
-            Spec("1x1", _CONV_PLAIN, every_config=False),
-            # channel counts that are not multiples of 16: no vectorised loads.
-            Spec("unaligned", _CONV_FUSED, every_config=False, aligned_ints=False),
+            Spec("1x1", _CONV_PLAIN, every_config=False, pipelined=True),
+            # channel counts that are no multiple of 16 or 8 (e.g. 3): unvectorised loads, no cp.async.
+            Spec("unaligned", {**_CONV_FUSED, "EVEN_K": False, "ROW_ALIGN": 1}, every_config=False, aligned_ints=False),
         ),
         configs=conv.conv_configs,
         launch=lambda c: (c.meta, c[4], c[3]),
-        spot_config=conv.default_config(1 << 16, 256, 256),  # the untuned default for large problems
+        label=_conv_label,
+        # the default for large problems, with 256 channels (or 250: no multiple of 16, as the unaligned spec)
+        spot_config=lambda cap, spec: conv.default_config(1 << 16, *[256 if spec.aligned_ints else 250] * 2, arch=cap),
+        fits=_conv_fits,
         # on a GPU fp32 uses TF32 by default (torch.backends.cudnn.allow_tf32 is True), see conv.dot_precision
         dtype_constexprs=lambda dt: {"DOT_PRECISION": "tf32" if dt == "fp32" else "ieee"},
         tensor_cores=_conv_tensor_cores,
@@ -128,7 +163,8 @@ KERNELS = (
         ),
         configs=densify.densify_configs,
         launch=lambda c: ({"BLOCK_P": c[0], "BLOCK_C": c[1]}, c[2], None),
-        spot_config=densify.densify_configs()[0],
+        label=lambda c: f"{c[0]}x{c[1]}-w{c[2]}",
+        spot_config=lambda cap, spec: densify.densify_configs()[0],
     ),
 )
 
@@ -138,6 +174,8 @@ class Case:
     id: str
     variant: aot.Variant
     tensor_cores: str | None
+    # the A and B tiles' (rows, cols), the buffers each must get and their bytes together; None: no check
+    pipeline: tuple[tuple[tuple[int, int], ...], int, int] | None = None
 
 
 def _params(fn) -> list[str]:
@@ -150,33 +188,39 @@ def _cases() -> list[Case]:
         params = _params(k.fn)
         module, name = k.fn.fn.__module__, k.fn.fn.__name__
         for spec in k.specs:
-            for cfg in k.configs() if spec.every_config else [k.spot_config]:
-                blocks, warps, stages = k.launch(cfg)
-                label = "x".join(str(b) for b in blocks.values()) + (f"-s{stages}" if stages else "") + f"-w{warps}"
-                for cap in SHARED_OPTIN:
-                    for dt in spec.dtypes:
-                        constexprs = {**k.dtype_constexprs(dt), **spec.constexprs, **blocks}
-                        types = {p: "constexpr" for p in constexprs} | {
-                            p: t for p, t in k.args(dt).items() if p not in constexprs
-                        }
-                        if sorted(types) != sorted(params):
-                            raise ValueError(f"{k.name}: the table types {sorted(types)}, the kernel has {params}")
-                        aligned = [
-                            p
-                            for p in params
-                            if types[p].startswith("*") or (spec.aligned_ints and types[p] != "constexpr")
-                        ]
-                        variant = aot.Variant(
-                            kernel=f"{module}:{name}",
-                            signature=tuple((p, types[p]) for p in params),
-                            constexprs=tuple((p, constexprs[p]) for p in params if p in constexprs),
-                            aligned=tuple(aligned),
-                            cap=cap,
-                            num_warps=warps,
-                            num_stages=stages,
-                        )
-                        case_id = "-".join(filter(None, (k.name, f"sm{cap}", dt, spec.tag, label)))
-                        cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs)))
+            for cap in SHARED_OPTIN:
+                spot = k.spot_config(cap, spec)
+                runs = [(cfg, dt) for cfg in k.configs() for dt in spec.dtypes] if spec.every_config else []
+                runs += [(spot, dt) for dt in (spec.spot_dtypes if spec.every_config else spec.dtypes)]
+                for cfg, dt in runs:
+                    if not k.fits(cfg, dt, cap):
+                        continue
+                    blocks, warps, stages = k.launch(cfg)
+                    constexprs = {**k.dtype_constexprs(dt), **spec.constexprs, **blocks}
+                    types = {p: "constexpr" for p in constexprs} | {
+                        p: t for p, t in k.args(dt, spec.constexprs).items() if p not in constexprs
+                    }
+                    if sorted(types) != sorted(params):
+                        raise ValueError(f"{k.name}: the table types {sorted(types)}, the kernel has {params}")
+                    aligned = [
+                        p for p in params if types[p].startswith("*") or (spec.aligned_ints and types[p] != "constexpr")
+                    ]
+                    variant = aot.Variant(
+                        kernel=f"{module}:{name}",
+                        signature=tuple((p, types[p]) for p in params),
+                        constexprs=tuple((p, constexprs[p]) for p in params if p in constexprs),
+                        aligned=tuple(aligned),
+                        cap=cap,
+                        num_warps=warps,
+                        num_stages=stages,
+                    )
+                    pipeline = None
+                    if spec.pipelined and stages is not None and stages >= 3:
+                        bm, bn, bk = (blocks[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                        nbytes = conv.pipeline_shared_bytes(cfg, ELEMENT_SIZE[dt], cap)
+                        pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(cfg, cap), nbytes)
+                    case_id = "-".join(filter(None, (k.name, f"sm{cap}", dt, spec.tag, k.label(cfg))))
+                    cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs), pipeline))
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids), "duplicate case ids"
     return cases
@@ -216,10 +260,13 @@ def aot_compile(request, tmp_path_factory):
 def _report(case: Case, r: dict) -> str:
     spills = "?" if r["spill_stores"] is None else f"{r['spill_stores']}/{r['spill_loads']}"
     mma = ",".join(sorted({m.split(".")[0] for m in r["mma"]})) or "-"
+    buffers = ",".join(str(shape[0]) for _, shape in r["smem_allocs"] if len(shape) == 3) or "-"
+    waits = ",".join(map(str, sorted(set(r["loop_wait_groups"])))) or "-"
     return (
-        f"{case.id:<44} regs {r['regs'] if r['regs'] is not None else '?':>3}  "
-        f"shared {r['shared']:>6}+{r['static_shared']:<4}  mma {mma:<10} cp.async {'y' if r['cp_async'] else 'n'}  "
-        f"spills {spills}  stack {r['stack']}  {r['compile_s']:.1f}s"
+        f"{case.id:<48} regs {r['regs'] if r['regs'] is not None else '?':>3}  "
+        f"shared {r['shared']:>6}+{r['static_shared']:<4}  buffers {buffers:<5} wait_group {waits:<3} "
+        f"mma {mma:<10} cp.async {'y' if r['cp_async'] else 'n'}  spills {spills}  stack {r['stack']}  "
+        f"{r['compile_s']:.1f}s"
     )
 
 
@@ -251,6 +298,22 @@ def test_kernel_compiles_within_limits(case: Case, aot_compile, record_property)
         message = f"{case.id}: ptxas spills {r['spill_stores']} bytes stores / {r['spill_loads']} bytes loads"
         assert not FAIL_ON_SPILLS, message
         warnings.warn(message, SpillWarning, stacklevel=1)
+
+    if case.pipeline is not None:
+        tiles, buffers, nbytes = case.pipeline
+        allocs = [shape for _, shape in r["smem_allocs"] if len(shape) == 3 and shape[1:] in tiles]
+        assert len(allocs) == 2 and all(shape[0] == buffers for shape in allocs), (
+            f"{case.id}: A {tiles[0]} and B {tiles[1]} should be {buffers}-buffered for {v.num_stages} stages on "
+            f"sm_{v.cap}, the TTGIR allocates {r['smem_allocs']}"
+        )
+        # what config_problems checks against the GPU's limit: the buffers' bytes, and the rest of the kernel's
+        assert nbytes <= r["shared"] <= nbytes + conv.SHARED_SLACK, (
+            f"{case.id}: {r['shared']} B shared, {nbytes} B tiles"
+        )
+        waits = r["loop_wait_groups"]
+        assert waits and min(waits) >= 1, (
+            f"{case.id}: the dot loop's cp.async.wait_group should leave >= 1 group in flight, found {waits}"
+        )
 
     if case.tensor_cores == "fma":
         assert not r["mma"], f"{case.id}: ieee fp32 dot must not use tensor cores (TF32), found {r['mma']}"

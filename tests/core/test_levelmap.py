@@ -94,7 +94,7 @@ def test_from_keep_mask(conversion, block, coarse):
 
 def test_from_keep_mask_rejects_block_finer_than_levels():
     with pytest.raises(ValueError, match="multiple of 2"):
-        LevelMap.from_keep_mask(torch.ones(1, 8, 8), "8->32", block=2)
+        LevelMap.from_keep_mask(torch.ones(1, 8, 8, dtype=torch.bool), "8->32", block=2)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

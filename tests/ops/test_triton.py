@@ -160,11 +160,11 @@ def test_resnet50_adaptive_forward_on_triton_equals_torch(monkeypatch):
     import torchvision
 
     import adatriton
-    from adatriton.runtime import autotune
+    from adatriton.kernels import conv as conv_kernels
 
     launches = []
-    select = autotune.select_config
-    monkeypatch.setattr(autotune, "select_config", lambda **kw: launches.append(kw) or select(**kw))
+    launch = conv_kernels.conv_elements
+    monkeypatch.setattr(conv_kernels, "conv_elements", lambda *a, **kw: launches.append(kw) or launch(*a, **kw))
     model = torchvision.models.resnet50().eval()
     net = adatriton.convert(model, "8->32").eval().to(DEVICE)
     x = torch.randn(2, 3, 64, 80, device=DEVICE)

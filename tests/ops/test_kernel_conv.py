@@ -1,0 +1,288 @@
+"""The implicit-GEMM conv kernel itself (``adatriton.kernels.conv``), in the interpreter on the CPU or on a GPU.
+
+Against a plain torch gather-GEMM written here (float64 on the values rounded to the kernel dtype), so they test
+the kernel's tap tables, offsets, configs and epilogue, not the host path around it: int32 and int64 tap tables,
+the 32/64-bit offset decision, taps outside the image, and every config of the search space (split epilogues,
+the persistent grid). Also the pure-Python config helpers: ``config_problems``, the per-architecture defaults,
+pruning by shared memory, and a search space without configs that compile to the same kernel.
+
+Shapes are tiny (the interpreter runs every program in numpy); channels are no multiples of 16 on purpose.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adatriton.kernels import conv
+from adatriton.kernels.conv import ConvConfig, conv_elements, pack_weight
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: Relative tolerance per dtype (of the output's magnitude): fp32 accumulation order; one fp16 output ulp; bf16 one
+#: ulp and the interpreter's truncating fp32 -> bf16 cast.
+RTOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16"),
+]
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, reduction: int) -> None:
+    scale = expected.abs().max().item() or 1.0
+    tol = RTOL[dtype] * scale * (1.0 if dtype != torch.float32 else max(1.0, reduction / 64) ** 0.5)
+    err = (got.double().cpu() - expected).abs().max().item()
+    assert err <= tol, f"max abs error {err:.3g} > {tol:.3g} (scale {scale:.3g})"
+
+
+def _reference(values, index, weight, groups=1, scale=None, shift=None, residual=None, relu=False):
+    """``act(scale * sum_t W_t values[index[:, t]] + shift + residual)`` in float64; taps ``>= E`` read zero."""
+    e_in, cin = values.shape
+    cout, cin_g, taps = weight.shape[0], weight.shape[1], weight.shape[2] * weight.shape[3]
+    src = torch.cat([values.double().cpu(), torch.zeros(1, cin, dtype=torch.float64)])
+    cols = src[index.cpu().clamp(max=e_in)]  # (M, taps, Cin)
+    cols = cols.view(len(index), taps, groups, cin_g)
+    w = weight.double().cpu().reshape(groups, cout // groups, cin_g, taps)
+    out = torch.einsum("mtgc,goct->mgo", cols, w).reshape(len(index), cout)
+    if scale is not None:
+        out = out * scale.double().cpu()
+    if shift is not None:
+        out = out + shift.double().cpu()
+    if residual is not None:
+        out = out + residual.double().cpu()
+    return out.clamp(min=0) if relu else out
+
+
+def _problem(rows, e_in, cin, cout, dtype, seed=0, taps=9, outside=0.2):
+    """Values, weight, an int64 tap table (about ``outside`` of its taps ``>= E_in``) and an epilogue."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(e_in, cin, generator=gen).to(dtype)
+    k = int(taps**0.5)
+    weight = (torch.randn(cout, cin, k, k, generator=gen) / (taps * cin) ** 0.5).to(dtype)
+    index = torch.randint(0, e_in, (rows, taps), generator=gen)
+    out_of_range = torch.rand(rows, taps, generator=gen) < outside
+    index[out_of_range] = e_in + torch.randint(0, 3, (int(out_of_range.sum()),), generator=gen)
+    scale = torch.rand(cout, generator=gen) + 0.5
+    shift = torch.randn(cout, generator=gen)
+    residual = torch.randn(rows, cout, generator=gen).to(dtype)
+    return values, weight, index, scale, shift, residual
+
+
+def _run(values, weight, index, *, groups=1, **kw):
+    """conv_elements on DEVICE with the weight packed; ``index`` None runs the 1x1 path."""
+    taps = weight.shape[2] * weight.shape[3]
+    on = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    return conv_elements(
+        values.to(DEVICE),
+        None if index is None else index.to(DEVICE),
+        pack_weight(weight.to(DEVICE), groups),
+        taps=taps,
+        groups=groups,
+        **on,
+    )
+
+
+class KernelSpy:
+    """Stands in for the Triton kernel object: records each launch's grid and constexprs, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches: list[tuple[tuple, dict]] = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    spy = KernelSpy(conv._conv_elements_kernel)
+    monkeypatch.setattr(conv, "_conv_elements_kernel", spy)
+    return spy
+
+
+# ---------------------------------------------------------------------------------------------- tap tables
+def test_int32_and_int64_tap_tables_give_the_same_result(spy):
+    values, weight, index, scale, shift, residual = _problem(40, 30, 12, 20, torch.float32)
+    index[3, 4] = 2**40  # an int64 "outside" entry far beyond int32: still reads zero
+    config = ConvConfig(32, 32, 16, 3, 4)
+    epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True, config=config)
+    wide = _run(values, weight, index, **epilogue)
+    small = index.clone()
+    small[3, 4] = 31  # outside too, in int32 range
+    narrow = _run(values, weight, small.int(), **epilogue)
+    assert [kw["INT64_OFFSETS"] for _, kw in spy.launches] == [False, False]
+    assert torch.equal(wide, narrow)
+    _close(wide, _reference(values, index, weight, 1, scale, shift, residual, True), torch.float32, 9 * 12)
+
+
+def test_offset_width_decision_at_the_threshold():
+    assert not conv.needs_int64_offsets(2**31 // 256 - 1, 256)
+    assert conv.needs_int64_offsets(2**31 // 256, 256)
+    assert not conv.needs_int64_offsets(32768, 2048)  # layer4 of a 1024x2048 image at OS8
+    assert conv.needs_int64_offsets(10, 7, limit=70) and not conv.needs_int64_offsets(10, 7, limit=71)
+
+
+@pytest.mark.parametrize("gather", [True, False], ids=["gather", "1x1"])
+def test_forced_int64_offsets_compute_the_same(spy, monkeypatch, gather):
+    """The 64-bit offset path (E_in * stride >= 2^31 on real data), forced on a tiny problem by lowering the limit
+    to exactly E_in * stride; one element less keeps 32 bits."""
+    values, weight, index, *_ = _problem(24, 24 if not gather else 30, 10, 12, torch.float16)
+    if not gather:
+        weight, index = weight[:, :, :1, :1].contiguous(), None
+    e_in, stride = values.shape[0], values.stride(0)
+    config = ConvConfig(16, 16, 16, 3, 4)
+    monkeypatch.setattr(conv, "INT32_OFFSET_LIMIT", e_in * stride + 1)
+    narrow = _run(values, weight, index, config=config)
+    monkeypatch.setattr(conv, "INT32_OFFSET_LIMIT", e_in * stride)
+    wide = _run(values, weight, index, config=config)
+    assert [kw["INT64_OFFSETS"] for _, kw in spy.launches] == [False, True]
+    assert torch.equal(wide, narrow)
+    ref_index = index if gather else torch.arange(e_in)[:, None]
+    _close(wide, _reference(values, ref_index, weight), torch.float16, weight[0].numel())
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
+def test_taps_outside_the_image_read_zero(index_dtype):
+    """A single-level 5x7 grid with a 3x3 tap table whose border taps point past the last element equals
+    ``F.conv2d`` with zero padding."""
+    h, w, cin, cout = 5, 7, 6, 5
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(1, cin, h, w, generator=gen)
+    weight = torch.randn(cout, cin, 3, 3, generator=gen)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    taps = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            y, x = ys + dy, xs + dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            taps.append(torch.where(inside, y * w + x, h * w + (dy + 1) * 3 + dx + 1).flatten())  # >= E: zero
+    index = torch.stack(taps, 1).to(index_dtype)
+    assert (index >= h * w).any(1).sum() == 2 * (h + w) - 4  # every border pixel has taps outside
+    values = image[0].permute(1, 2, 0).reshape(h * w, cin).contiguous()
+    got = _run(values, weight, index, config=ConvConfig(16, 16, 16, 3, 4))
+    expected = F.conv2d(image.double(), weight.double(), padding=1)[0].permute(1, 2, 0).reshape(h * w, cout)
+    _close(got, expected, torch.float32, 9 * cin)
+
+
+# ---------------------------------------------------------------------------------------------- every config
+def _config_id(c: ConvConfig) -> str:
+    return "x".join(map(str, c[:3])) + f"-s{c[3]}-w{c[4]}" + ("-p" if c.persistent else "")
+
+
+SPACE = conv.conv_configs()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", SPACE, ids=[_config_id(c) for c in SPACE])
+def test_every_config_computes_the_fused_conv(spy, config, dtype):
+    """3x3 gather, 20 input and BLOCK_N / 2 + 8 output channels (the second epilogue half has channels too),
+    scale, shift, residual and ReLU; the persistent configs walk several tiles per program."""
+    block_m, block_n = config[:2]
+    rows = 2 * block_m + 5 if config.persistent else block_m + 5
+    values, weight, index, scale, shift, residual = _problem(rows, 70, 20, block_n // 2 + 8, dtype, seed=block_n)
+    epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True)
+    got = _run(values, weight, index.int(), **epilogue, config=config)
+    (grid, kw), tiles = spy.launches[-1], -(-rows // block_m)
+    assert kw["SPLIT_N"] == config.split_n and kw["PERSISTENT"] == config.persistent
+    if not config.persistent:
+        assert grid == (tiles,)
+    elif DEVICE == "cpu":
+        assert grid == (conv.INTERPRETER_PROGRAMS,) and tiles > conv.INTERPRETER_PROGRAMS
+    assert got.dtype == dtype
+    _close(got, _reference(values, index, weight, 1, scale, shift, residual, True), dtype, 9 * 20)
+
+
+def test_the_space_has_split_epilogues_and_persistent_grids():
+    """128x256 and 256x128 tiles split their epilogue, 128x128 at 8 warps (64 accumulator registers) does not; the
+    test above runs each of them."""
+    assert {(c[0], c[1]) for c in SPACE if c.split_n == 2} == {(128, 256), (256, 128)}
+    assert {c[:2] for c in SPACE if c.persistent} == {(128, 128), (128, 256)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_1x1_and_default_config(dtype):
+    """Groups (each group's channels start at group * Cin/g, 10 here: rows 8-aligned only) and the 1x1 path, with
+    the default config of this device."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(33, 20, generator=gen).to(dtype)
+    weight = (torch.randn(12, 10, 1, 1, generator=gen) / 3).to(dtype)
+    got = _run(values, weight, None, groups=2)
+    expected = _reference(values, torch.arange(33)[:, None], weight, groups=2)
+    _close(got, expected, dtype, 10)
+    weight3 = (torch.randn(12, 10, 3, 3, generator=gen) / 9).to(dtype)
+    index = torch.randint(0, 34, (21, 9), generator=gen)
+    _close(_run(values, weight3, index, groups=2), _reference(values, index, weight3, groups=2), dtype, 90)
+
+
+# ---------------------------------------------------------------------------------------------- config helpers
+def test_config_round_trips_as_five_or_six_ints():
+    plain, persistent = ConvConfig(128, 128, 64, 3, 8), ConvConfig(128, 256, 64, 3, 8, 1)
+    assert list(plain) == [128, 128, 64, 3, 8] and ConvConfig(*plain, 0) == plain and not plain.persistent
+    assert list(persistent) == [128, 256, 64, 3, 8, 1] and persistent.persistent
+    for c in (plain, persistent):
+        assert ConvConfig(*json.loads(json.dumps(list(c)))) == c
+    assert persistent.as_dict()["persistent"] == 1 and plain.as_dict()["persistent"] == 0
+    assert plain.meta == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_N=1, PERSISTENT=False)
+    assert persistent.meta["SPLIT_N"] == 2 and persistent.meta["PERSISTENT"] is True
+
+
+def test_config_problems_says_why():
+    for c in [*SPACE, conv.default_config(10, 3, 5), conv.default_config(1 << 16, 512, 512, arch=90)]:
+        assert conv.config_problems(c) == [] and conv.config_problems(list(c)) == []
+    assert conv.config_problems([64, 64, 32, 3]) and conv.config_problems("64,64,32,3,4")
+    assert conv.config_problems([64, 64, 32.0, 3, 4]) and conv.config_problems([64, 64, True, 3, 4])
+    (problem,) = conv.config_problems([96, 64, 32, 3, 4])
+    assert "BLOCK_M=96" in problem
+    assert len(conv.config_problems([64, 512, 8, 0, 3])) == 4  # BLOCK_N, BLOCK_K, num_warps, num_stages
+    assert "persistent=2" in conv.config_problems([64, 64, 32, 3, 4, 2])[0]
+    big = ConvConfig(128, 256, 64, 3, 8)  # 3 x 48 KB of fp16 tiles on sm_90, 2 x 96 KB of fp32 on sm_80
+    assert conv.config_problems(big, element_size=2, arch=90) == []
+    assert conv.config_problems(big, element_size=2, arch=80) == []
+    assert "shared memory" in conv.config_problems(big, element_size=4, arch=80)[0]
+    assert conv.config_problems(big, element_size=2, arch=89)  # 99 KB opt-in on sm_86/89
+
+
+def test_prune_configs_drops_what_does_not_fit_the_gpu():
+    everything = conv.prune_configs(SPACE, 1 << 16, 512, 512)
+    assert everything == SPACE
+    fp32_sm80 = conv.prune_configs(SPACE, 1 << 16, 512, 512, element_size=4, arch=80)
+    assert ConvConfig(128, 256, 64, 3, 8) not in fp32_sm80 and ConvConfig(128, 128, 32, 4, 8) in fp32_sm80
+    assert all(not conv.config_problems(c, element_size=4, arch=80) for c in fp32_sm80)
+
+
+@pytest.mark.parametrize("arch", [75, 80, 86, 89, 90, 100, 120, None])
+def test_default_config_per_architecture(arch):
+    big = conv.default_config(1 << 16, 256, 256, arch=arch)
+    sm80, small_smem, sm90, generic = (
+        (128, 128, 32, 4, 8),
+        (128, 128, 32, 3, 8),
+        (128, 128, 64, 3, 8),
+        (64, 64, 32, 3, 4),
+    )
+    expected = {75: generic, 80: sm80, 86: small_smem, 89: small_smem, 90: sm90, 100: sm90, 120: small_smem}
+    expected[None] = generic
+    assert big == expected[arch] and isinstance(big, ConvConfig)
+    assert conv.default_config(20, 16, 32, arch=arch) == (32, 32, 16, big[3], 4)  # shrunk, 4 warps
+    assert conv.default_config(300, 64, 64, arch=arch)[:3] == (big[0], 64, min(big[2], 64))
+    # channels that are no multiple of 16: the moderate tile everywhere (128x128 spilled there)
+    assert conv.default_config(1 << 16, 250, 256, arch=arch) == generic
+    assert conv.default_config(20, 3, 24, arch=arch) == (32, 32, 16, 3, 4)
+    if arch in conv.SHARED_OPTIN:  # the default fits the GPU for every dtype (fp32 is the largest)
+        assert conv.config_problems(big, element_size=4, arch=arch) == []
+
+
+def test_no_two_configs_compile_to_the_same_kernel():
+    """Stages only matter through the buffers the pipeliner allocates (``pipeline_buffers``); two configs that get
+    the same buffers with the same tiles and warps on an architecture are one kernel tuned twice."""
+    assert len(set(SPACE)) == len(SPACE)
+    for arch in (80, 90):
+        kernels = {(c[:3], c[4], c.persistent, conv.pipeline_buffers(c, arch)) for c in SPACE}
+        assert len(kernels) == len(SPACE), f"sm_{arch}"
+    assert [conv.pipeline_buffers((64, 64, 32, s), 80) for s in (1, 2, 3, 4)] == [1, 1, 2, 3]
+    assert [conv.pipeline_buffers((64, 64, 32, s), 90) for s in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert conv.pipeline_buffers((32, 64, 32, 3), 90) == 2  # below 64 rows sm_90 runs mma.sync
