@@ -309,14 +309,14 @@ def _is_traced(t: Tensor) -> bool:
 
 
 _EXPORT_WHY = {
-    "_validate": (
+    "_validate_and_count": (
         "validating a level map given as a tensor reads its values (data-dependent); give torch.export a LevelMap "
         "built outside (LevelMap is a pytree node: torch.export.export(net, (x, levels)))"
     ),
     "layout": (
-        "building the index tables of the adaptive part (adatriton.Layout: element counts, element lists, tap "
-        "tables) needs the level map's values, and torch.export cannot follow these data-dependent sizes yet; "
-        "dense output strides ('8', '16', '32') export"
+        "building the index tables of the adaptive part (adatriton.Layout: element lists, tap tables) turns the "
+        "element counts, data-dependent sizes, into Python ints, which torch.export cannot trace; dense output "
+        "strides ('8', '16', '32') export"
     ),
 }
 
@@ -340,7 +340,7 @@ def _explained(method):
     return wrapper
 
 
-LevelMap._validate = _explained(LevelMap._validate)
+LevelMap._validate_and_count = _explained(LevelMap._validate_and_count)
 LevelMap.layout = _explained(LevelMap.layout)
 
 
@@ -352,19 +352,58 @@ def _flatten_with_keys(lm: LevelMap) -> tuple[list[tuple[pytree.GetAttrKey, Tens
     return [(pytree.GetAttrKey("levels"), lm.levels)], lm.num_levels
 
 
+def _traced_stage_counts(lm: LevelMap) -> list[list]:
+    """What ``_validate_and_count`` returns, for a traced map, without the checks (they read values): the element
+    counts as unbacked symbols, one per level and stage, each between 0 and the cells of its grid; stage 0 has every
+    finest cell."""
+    lv, counts = lm.levels, []
+    for j in range(lm.num_levels + 1):
+        row = []
+        for v in range(j + 1):
+            top_left = lv[:, :: 1 << v, :: 1 << v]
+            if j == 0:
+                row.append(top_left.numel())
+                continue
+            count = (top_left == v if v < j else top_left >= j).sum().item()
+            torch._check(count >= 0)
+            torch._check(count <= top_left.numel())
+            row.append(count)
+        counts.append(row)
+    return counts
+
+
+class _TracedCounts:
+    """The counts of a traced map, made when a layout first asks for them: inside the traced forward, where the
+    symbols bind to the graph (the pytree is unflattened before tracing starts)."""
+
+    def __init__(self, lm: LevelMap):
+        self.lm, self.rows = lm, None
+
+    def __getitem__(self, stage: int) -> list:
+        if self.rows is None:
+            if torch.is_grad_enabled():
+                raise LevelMapExportError(
+                    "torch.export of the adaptive part needs torch.no_grad() (an inference export): with gradients "
+                    "enabled its BatchNorms run as the native op, which guards on the data-dependent element count "
+                    "(is it 0?); under no_grad they are folded into the convs. See docs/api.md, 'torch.export'."
+                )
+            self.rows = _traced_stage_counts(self.lm)
+        return self.rows[stage]
+
+
 def _unflatten(values, num_levels: int) -> LevelMap:
     (levels,) = values
     if not _is_traced(levels):
         return LevelMap(levels, num_levels)
-    # The map torch.export rebuilds from the traced tensor of a LevelMap argument is not validated again: validation
-    # reads the values, and the real map was validated when it was built. (A LevelMap, not a subclass: pytree
-    # nodes are looked up by exact type.)
+    # The map torch.export rebuilds from the traced tensor of a LevelMap argument is not validated again (validation
+    # reads the values; the real map was validated when it was built); its counts are symbols. A LevelMap, not a
+    # subclass: pytree nodes are looked up by exact type.
     lm = LevelMap.__new__(LevelMap)
-    lm._validate = lambda: None
+    lm._validate_and_count = lambda: _TracedCounts(lm)
     try:
         LevelMap.__init__(lm, levels, num_levels)
     finally:
-        del lm._validate
+        del lm._validate_and_count
     return lm
 
 

@@ -24,11 +24,6 @@ from adatriton import LevelMap
 EPS_FACTOR = 8
 CPU_BACKENDS = ("torch", "dense")
 
-# TODO(host-path): remove once the op-level autocast casting (adatriton/ops) is on main.
-needs_op_autocast = pytest.mark.xfail(
-    strict=True, reason="needs op-level autocast from the host-path change", raises=ValueError
-)
-
 
 @pytest.fixture(scope="module")
 def resnet50():
@@ -63,7 +58,6 @@ def _check_autocast(model, x, levels, device: str, dtype: torch.dtype, backend: 
     assert err <= tol
 
 
-@needs_op_autocast
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_autocast_bf16_cpu_converted_resnet50_matches_float32(resnet50, backend):
     _check_autocast(*resnet50, "cpu", torch.bfloat16, backend)
@@ -91,7 +85,6 @@ def _torchvision_stat_deviation(state_dict, x) -> float:
     return _stat_deviation(states[1], states[0])
 
 
-@needs_op_autocast
 def test_autocast_bf16_cpu_training_step_has_finite_gradients(resnet50):
     """One training step of the converted network under autocast: every parameter gets a finite float32 gradient,
     the BatchNorm running statistics stay float32 and finite and move about as far from those of a float32 step as
@@ -128,7 +121,6 @@ def test_autocast_bf16_cpu_training_step_has_finite_gradients(resnet50):
         model.eval()
 
 
-@needs_op_autocast
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("backend", ("torch", "dense", "triton"))
