@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         start = time.perf_counter()
         rows = list(suite.run(ctx))
         seconds = time.perf_counter() - start
-        report = write_reports(rows, suite.name, opts.out, ctx.notes, suite.references)
+        report = write_reports(rows, suite.name, opts.out, ctx.notes, suite.references, suite.summary, suite.plot)
         report["seconds"] = seconds
         results[suite.name] = report
         print(report["summary"].read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 __all__ = ["COLUMNS", "KEY", "Row"]
@@ -46,6 +47,14 @@ class Row:
         device: GPU name, or CPU model and intra-op threads.
         torch_version, triton_version, adatriton_version: software versions (``triton_version`` empty if absent).
         timestamp: start of the run (ISO 8601, UTC); the same for every row of a run.
+        scenario: what else names the measurement; the ``host`` suite: ``reused_map`` / ``new_map``; empty for the
+            other suites. Part of the key.
+        convs_per_forward: adaptive convs per forward (``host`` suite; 0 where not counted).
+        launches_per_forward: device ops per forward: ATen ops that launch a kernel on a GPU plus Triton launches
+            (``host`` suite: of the adaptive part; NaN where not counted).
+        syncs_per_forward: host-device synchronisations per forward (``host`` suite; NaN where not counted).
+        host_us_per_conv: host time of the adaptive part per adaptive conv, microseconds, launches stubbed
+            (``host`` suite; NaN where not measured).
     """
 
     suite: str
@@ -84,6 +93,11 @@ class Row:
     triton_version: str
     adatriton_version: str
     timestamp: str
+    scenario: str = ""
+    convs_per_forward: int = 0
+    launches_per_forward: float = math.nan
+    syncs_per_forward: float = math.nan
+    host_us_per_conv: float = math.nan
 
 
 #: Column order of every CSV.
@@ -106,4 +120,5 @@ KEY = (
     "channels_last",
     "compiled",
     "device",
+    "scenario",
 )
