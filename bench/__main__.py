@@ -1,5 +1,6 @@
 """``python -m bench [SUITE ...]`` (console script ``adatriton-bench``): run benchmark suites, write
 ``<out>/<suite>.csv`` (rows merged by key), ``<out>/<suite>_summary.md`` and ``<out>/<suite>_*.png``.
+``python -m bench gpu-check [--dry-run]`` runs the GPU check instead (:mod:`bench._gpu_check`).
 
 Without a suite it runs ``table2``. Without CUDA the run is ``--quick`` (CPU-sized, a few minutes on 2 cores)
 unless ``--full`` is given; on CUDA it is the full run unless ``--quick`` is given. Explicit options override the
@@ -97,11 +98,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     """Run the suites named in ``argv`` (see the module docstring).
 
     Args:
-        argv: arguments without the program name; None reads ``sys.argv``.
+        argv: arguments without the program name; None reads ``sys.argv``. ``gpu-check ...`` runs the GPU check.
 
     Returns:
-        ``{suite: {"csv", "summary", "plots", "table", "seconds"}}``.
+        ``{suite: {"csv", "summary", "plots", "table", "seconds"}}``; for ``gpu-check``:
+        ``{"gpu-check": {"returncode": status}}``.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gpu-check"]:
+        from ._gpu_check import main as gpu_check
+
+        return {"gpu-check": {"returncode": gpu_check(argv[1:])}}
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
@@ -140,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def cli() -> int:
-    """The ``adatriton-bench`` console script: :func:`main` on ``sys.argv``, exit status 0."""
-    main()
-    return 0
+    """The ``adatriton-bench`` console script: :func:`main` on ``sys.argv``; exit status 0 (``gpu-check``: its
+    own)."""
+    return main().get("gpu-check", {}).get("returncode", 0)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ __all__ = [
     "summary",
     "verdict",
     "write_reports",
+    "x_axis",
 ]
 
 _TYPES = {f.name: f.type for f in fields(Row)}
@@ -107,27 +108,33 @@ def merge_csv(rows: Sequence[Row], path: str | Path) -> pd.DataFrame:
     return table
 
 
-def noise(time_min: float, time_max: float, calls: int) -> str:
-    """Why a timing is too noisy to judge, or ``""``: max/min of the timed calls above :data:`NOISY_SPREAD`, or
-    fewer than :data:`MIN_CALLS` timed calls.
-
-    Returns:
-        e.g. ``"noisy: max/min 1.31"``, ``"noisy: 3 timed calls < 5"``, or ``""``.
-    """
+def _noise_reasons(time_min: float, time_max: float, calls: int) -> list[str]:
     reasons = []
     if calls < MIN_CALLS:
         reasons.append(f"{calls} timed calls < {MIN_CALLS}")
     if time_min > 0 and time_max / time_min > NOISY_SPREAD:
         reasons.append(f"max/min {time_max / time_min:.2f} > {NOISY_SPREAD}")
+    return reasons
+
+
+def noise(time_min: float, time_max: float, calls: int) -> str:
+    """Why a timing is too noisy to judge, or ``""``: max/min of the timed calls above :data:`NOISY_SPREAD`, or
+    fewer than :data:`MIN_CALLS` timed calls.
+
+    Returns:
+        e.g. ``"noisy: max/min 1.31 > 1.25"``, ``"noisy: 3 timed calls < 5"``, or ``""``.
+    """
+    reasons = _noise_reasons(time_min, time_max, calls)
     return "noisy: " + ", ".join(reasons) if reasons else ""
 
 
 def verdict(ratio: float, target: float, *timings: tuple[float, float, int]) -> str:
-    """``"met"`` / ``"not met"`` for ``ratio <= target``, marked ``noisy`` (with the reason) when any of the
-    ``timings`` (``(min, max, calls)`` of the rows the ratio divides) is (:func:`noise`)."""
-    reasons = [n for n in (noise(*t) for t in timings) if n]
+    """``"met"`` / ``"not met"`` for ``ratio <= target``, marked ``noisy`` (with the reasons) when any of the
+    ``timings`` (``(min, max, calls)`` of the rows the ratio divides) is (:func:`noise`), e.g.
+    ``"met (noisy: 3 timed calls < 5)"``."""
+    reasons = list(dict.fromkeys(r for t in timings for r in _noise_reasons(*t)))
     text = "met" if ratio <= target else "not met"
-    return f"{text} ({'; '.join(reasons)})" if reasons else text
+    return f"{text} (noisy: {', '.join(reasons)})" if reasons else text
 
 
 def ratios(table: pd.DataFrame, references: tuple[str, str] = ("8", "16")) -> pd.DataFrame:
@@ -311,6 +318,9 @@ _REFERENCE_STYLES = (
     ("0.7", (0, (1, 1))),
 )
 
+#: Bars of the dense references, finest first (light enough for the black error bars).
+_BAR_GREYS = ("0.5", "0.7", "0.85", "0.93")
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:40]
@@ -342,6 +352,22 @@ def _title(suite: str, info: dict, what: str) -> str:
     )
 
 
+def x_axis(rows: pd.DataFrame) -> tuple[pd.Series, list[str] | None]:
+    """The x of each adaptive row in :func:`plot_lines`: the realised level-0 fraction, or, where the maps ask for
+    no fraction (every ``fraction_target < 0``: the keypoint dilation triplets), the position of the row's
+    ``mask_param`` among the maps ordered by MAs (then by name).
+
+    Returns:
+        ``(x per row, tick labels)``; the labels are None for the numeric axis. ``rows`` needs ``macs_timed``
+        (:func:`ratios`).
+    """
+    if not (rows["fraction_target"] < 0).all():
+        return rows["fraction_level0"], None
+    order = rows.drop_duplicates("mask_param").sort_values(["macs_timed", "mask_param"], kind="stable")
+    labels = list(order["mask_param"])
+    return rows["mask_param"].map({p: i for i, p in enumerate(labels)}), labels
+
+
 def plot_lines(table: pd.DataFrame, suite: str, out_dir: Path, references: tuple[str, str] = ("8", "16")) -> list[Path]:
     """Median time (min–max error bars) and multiply-adds against the level map, per model, configuration and
     mask source: one colour per backend and one line style per conversion in both panels, the dense networks as
@@ -366,13 +392,9 @@ def plot_lines(table: pd.DataFrame, suite: str, out_dir: Path, references: tuple
             maps = ["mask_param", "fraction_target"]  # what names a level map (keypoints: the triplet)
             if len(rows[maps].drop_duplicates()) < 2:
                 continue
-            categorical = bool((rows["fraction_target"] < 0).all())
-            if categorical:
-                order = rows.drop_duplicates("mask_param").sort_values(["macs_timed", "mask_param"], kind="stable")
-                position = {p: i for i, p in enumerate(order["mask_param"])}
-                rows = rows.assign(x=rows["mask_param"].map(position))
-            else:
-                rows = rows.assign(x=rows["fraction_level0"])
+            x, labels = x_axis(rows)
+            rows = rows.assign(x=x)
+            categorical = labels is not None
             conversions = list(dict.fromkeys(rows["output_stride"]))
             style = {c: _CONVERSION_STYLES[i % len(_CONVERSION_STYLES)] for i, c in enumerate(conversions)}
             extra: dict[str, str] = {}
@@ -406,7 +428,7 @@ def plot_lines(table: pd.DataFrame, suite: str, out_dir: Path, references: tuple
             for ax in (ax_t, ax_m):
                 ax.grid(alpha=0.3)
                 if categorical:
-                    ax.set_xticks(range(len(position)), list(position), rotation=45, ha="right", fontsize=8)
+                    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
             handles = [Line2D([], [], color=c, linewidth=2.5, label=f"backend {b}") for b, c in dict(backends).items()]
             handles += [
                 Line2D([], [], color="0.2", linestyle=ls, marker=m, label=f"{c} (MAs: any backend)")
@@ -459,7 +481,7 @@ def plot_bars(table: pd.DataFrame, suite: str, out_dir: Path, references: tuple[
             x = np.arange(len(models)) + (j - (len(series) - 1) / 2) * width
             if s["mask_source"] == "none":
                 i = list(dense["output_stride"]).index(s["output_stride"])
-                color, _ = _REFERENCE_STYLES[min(i, len(_REFERENCE_STYLES) - 1)]
+                color = _BAR_GREYS[min(i, len(_BAR_GREYS) - 1)]
                 hatch, label = "", f"dense OS{s['output_stride']} ({s['backend']})"
                 edge = "black"
             else:
@@ -469,9 +491,13 @@ def plot_bars(table: pd.DataFrame, suite: str, out_dir: Path, references: tuple[
                 edge = "0.2"
             med = rows["time_median_ms"].to_numpy(dtype=float)
             yerr = [med - rows["time_min_ms"].to_numpy(dtype=float), rows["time_max_ms"].to_numpy(dtype=float) - med]
-            ax.bar(x, med, width, yerr=yerr, capsize=3, color=color, hatch=hatch, edgecolor=edge, label=label)
+            ax.bar(
+                x, med, width, yerr=yerr, capsize=3, color=color, hatch=hatch, edgecolor=edge, ecolor="black",
+                label=label,
+            )  # fmt: skip
             if s["mask_source"] != "none":
-                for xi, yi, r in zip(x, med, rows["t_os8"].to_numpy(dtype=float)):
+                top = rows["time_max_ms"].to_numpy(dtype=float)
+                for xi, yi, r in zip(x, top, rows["t_os8"].to_numpy(dtype=float)):
                     if not math.isnan(r):
                         ax.annotate(f"{r:.2f}x", (xi, yi), ha="center", va="bottom", fontsize=7, xytext=(0, 3),
                                     textcoords="offset points")  # fmt: skip

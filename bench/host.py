@@ -91,7 +91,7 @@ MODEL = "resnet101"
 #: ``ops_constant``, ``syncs`` syncs per forward, at most ``host_us_per_conv``; a new map: ``syncs_per_map``.
 TARGETS = {"ops_per_conv": 1.2, "ops_constant": 16, "syncs": 0, "host_us_per_conv": 60.0, "syncs_per_map": 1}
 
-#: ATen ops that never launch a kernel: views and metadata (their outputs alias an input).
+#: ATen ops that never launch a kernel: views and metadata (their outputs alias an input, or they change a view).
 VIEW_OPS = frozenset(
     {
         "view",
@@ -127,10 +127,21 @@ VIEW_OPS = frozenset(
         "dim",
         "size",
         "stride",
+        # in-place metadata: they change the tensor's view, not its data
+        "detach_",
+        "squeeze_",
+        "unsqueeze_",
+        "t_",
+        "transpose_",
+        "as_strided_",
+        "swapdims_",
+        "set_",
     }
 )
 #: ATen ops that only allocate.
-ALLOC_OPS = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "empty_permuted"})
+ALLOC_OPS = frozenset(
+    {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "empty_permuted", "resize_"}
+)
 #: ATen ops whose result the host must wait for (a data-dependent size or a value read on the host).
 SYNC_OPS = frozenset(
     {

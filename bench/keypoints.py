@@ -73,7 +73,17 @@ from ._networks import dense_backend_name, level_fractions, timed_row
 from ._schema import Row
 from ._suite import Context, Suite
 
-__all__ = ["COLUMNS", "CSV_NAME", "DILATIONS", "SUITE", "KeypointRow", "main", "run", "run_keypoints"]
+__all__ = [
+    "COLUMNS",
+    "CSV_NAME",
+    "DILATIONS",
+    "SUITE",
+    "KeypointRow",
+    "build_parser",
+    "main",
+    "run",
+    "run_keypoints",
+]
 
 #: The standalone CLI's CSV (its own columns; the suite writes ``keypoints.csv`` in the shared schema).
 CSV_NAME = "keypoints_hpatches.csv"
@@ -410,8 +420,8 @@ def write_rows(rows: Sequence[KeypointRow], path: str | Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """``python -m bench.keypoints``: run :func:`run_keypoints`, print the table, return the CSV's path."""
+def build_parser() -> argparse.ArgumentParser:
+    """The standalone command line (``python -m bench.keypoints --help``)."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.keypoints",
         description="D2-Net / VGG-16 keypoints benchmark (own CSV "
@@ -431,7 +441,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0, help="random weights and the synthetic sequence (default 0)")
     parser.add_argument("--no-timing", action="store_true", help="count MAs (and MMA) only, no runtime")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m bench.keypoints``: run :func:`run_keypoints`, print the table, return the CSV's path."""
+    args = build_parser().parse_args(argv)
     rows = run_keypoints(
         args.out,
         quick=args.quick,
