@@ -13,12 +13,12 @@ class Row:
     """One measurement: a row of ``<suite>.csv`` (columns declared once, here; the README's table mirrors this).
 
     Attributes:
-        suite: suite name (``table2``, ``models``, ``layers``, ...).
+        suite: suite name (``table2``, ``models``, ``layers``, ``keypoints``, ``host``).
         model: what runs, e.g. ``deeplabv3_resnet101``, or a layer name for the ``layers`` suite.
         backbone: ``resnet50`` / ``resnet101`` / ``resnet152`` (or another trunk).
         head: ``fcn`` / ``deeplabv3`` / ``deeplabv3plus``, or ``none``.
-        scope: what the timed call covers: ``backbone`` (stem .. layer4, densified), ``model`` (whole forward) or
-            ``layer`` (one conv).
+        scope: what the timed call covers: ``backbone`` (stem .. layer4, densified), ``model`` (whole forward),
+            ``layer`` (one conv) or ``adaptive`` (the ``host`` suite: the adaptive part of the backbone).
         output_stride: ``"8"``, ``"16"`` (dense networks) or ``"8->32"``, ``"8->16"`` (adaptive).
         mask_source: ``none`` (dense), ``synthetic`` (clustered blobs), ``edges`` (Sobel edges of a photograph).
         mask_param: the source's setting that names the map (``blobs``, ``sobel``); part of the key.

@@ -167,7 +167,7 @@ def test_options_quick_on_cpu_full_on_request():
     parser = build_parser()
     suite = load_suite("table2")
     quick = resolve(parser.parse_args(["--device", "cpu"]), suite)
-    assert quick.quick and quick.size == (256, 512) and (quick.warmup, quick.iters) == (1, 3)
+    assert quick.quick and quick.size == (256, 512) and (quick.warmup, quick.iters) == (1, 5)
     assert quick.dtype == torch.float32 and quick.channels_last
     full = resolve(parser.parse_args(["--device", "cpu", "--full"]), suite)
     assert not full.quick and full.size == (1024, 2048) and (full.warmup, full.iters) == (10, 10)
