@@ -28,9 +28,11 @@ Per row (one per conversion and scenario):
   tensor (a device-to-host copy on a GPU);
 - ``convs_per_forward``: adaptive convs of one forward (``adatriton.dispatch.recording()``), all on triton;
 - ``time_median_ms`` (mean, min, max): wall time of the adaptive part, stubs included, over ``--iters`` forwards
-  (no counting then); ``host_us_per_conv`` = median / convs. It includes the CPU execution of the few
-  data-moving ops that are not stubbed (``from_dense``'s gather, level-map construction), small at these sizes,
-  and excludes Triton's own launch overhead (the launcher is the stub);
+  (no counting then; the scenarios' forwards interleaved, so a shared machine's load weighs on both alike);
+  ``host_us_per_conv`` = median / convs. It excludes Triton's own launch overhead (the launcher is the stub) and
+  includes the CPU execution of the ops that are not stubbed: negligible with a reused map (the BatchNorm folding
+  works on per-channel vectors), but with a new map it includes computing the map's index tables on the CPU
+  (``bookkeeping_ms`` times that work alone), which a GPU would run as device work;
 - ``bookkeeping_ms``: building the level map and every index table once, timed apart (as in ``table2``).
 
 The counts come from one extra forward under a :class:`OpCounter` (a ``TorchDispatchMode`` plus a
@@ -458,8 +460,9 @@ def _count_dense_part(net, x: torch.Tensor, make_levels: Callable[[], object]) -
     return counter.outside.total_ops
 
 
-def _measure_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], warmup: int, iters: int) -> _Measured:
-    """Warm-up forwards (the first one recorded), one counted forward, then ``iters`` timed forwards."""
+def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], warmup: int) -> _Measured:
+    """Warm-up forwards (the first one recorded: which backend ran each conv) and one counted forward; the times
+    come later (:func:`_time_scenarios`)."""
     forward = functools.partial(_forward, net, x, make_levels)
     with stubbed_launches() as calls, adatriton.dispatch.recording() as records:
         forward(_Window())
@@ -476,10 +479,21 @@ def _measure_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], w
     counter = OpCounter()  # counts the adaptive part only (the window), not timed
     with stubbed_launches(counter), counter.watch():
         forward(_Window(counter))
-    reset_peak_memory(torch.device("cpu"))
+    return _Measured([], counter.counts, convs, dispatch, math.nan)
+
+
+def _time_scenarios(net, x: torch.Tensor, scenarios: Mapping[str, tuple[Callable[[], object], _Measured]], iters: int):
+    """``iters`` timed forwards per scenario, interleaved (one of each in turn), so that the load of a shared
+    machine weighs on every scenario alike; fills each :class:`_Measured`'s times and peak memory."""
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
     with stubbed_launches():
-        times = [forward(_Window()) for _ in range(iters)]
-    return _Measured(times, counter.counts, convs, dispatch, peak_memory_mb(torch.device("cpu")))
+        for _ in range(iters):
+            for make_levels, measured in scenarios.values():
+                measured.times_ms.append(_forward(net, x, make_levels, _Window()))
+    peak = peak_memory_mb(cpu)
+    for _, measured in scenarios.values():
+        measured.peak_mb = peak
 
 
 def _top(counter: collections.Counter, n: int = 8) -> str:
@@ -521,16 +535,19 @@ def run(ctx: Context) -> list[Row]:
             with memoized_dense_part(net):
                 dense_ops = _count_dense_part(net, x, lambda lm=prepared: lm)
                 ctx.note(f"{MODEL} {conversion}: the dense part (stem, dense layers) issues {dense_ops} device ops")
+                prepared_scenarios = {}
                 for scenario in SCENARIOS:
                     make_levels = (lambda lm=prepared: lm) if scenario == "reused_map" else levels.clone
-                    label = f"{MODEL} {conversion} {scenario}"
                     try:
-                        m = _measure_scenario(net, x, make_levels, o.warmup, o.iters)
+                        measured = _prepare_scenario(net, x, make_levels, o.warmup)
                     except Exception as err:  # noqa: BLE001 -- one failed measurement must not lose the others
                         first = str(err).splitlines()[0] if str(err) else ""
-                        ctx.note(f"{label}: failed: {type(err).__name__}: {first}")
+                        ctx.note(f"{MODEL} {conversion} {scenario}: failed: {type(err).__name__}: {first}")
                         bar.update()
                         continue
+                    prepared_scenarios[scenario] = (make_levels, measured)
+                _time_scenarios(net, x, prepared_scenarios, o.iters)
+                for scenario, (_, m) in prepared_scenarios.items():
                     rows.append(_row(ctx, m, conversion, scenario, fraction, fr, count, bookkeeping))
                     bar.update()
     return rows
