@@ -37,7 +37,8 @@ class Row:
         macs_total: multiply-adds of the whole model (docs/semantics.md §5, :func:`adatriton.count_macs`).
         macs_backbone: multiply-adds of the backbone (layers suite: the layer's).
         warmup, iters: untimed and timed calls.
-        time_mean_ms, time_median_ms, time_min_ms, time_max_ms: statistics of the timed calls (network only).
+        time_mean_ms, time_median_ms, time_min_ms, time_max_ms: statistics of the timed calls (network only; the
+            ``host`` suite: CPU time of the issuing thread in the adaptive part).
         bookkeeping_ms: median time to build the level map and every index table the network uses (0 for
             dense rows); not part of the ``time_*`` columns.
         peak_memory_mb: peak memory during the timed calls: ``torch.cuda.max_memory_allocated`` on CUDA, the
@@ -53,8 +54,8 @@ class Row:
         launches_per_forward: device ops per forward: ATen ops that launch a kernel on a GPU plus Triton launches
             (``host`` suite: of the adaptive part; NaN where not counted).
         syncs_per_forward: host-device synchronisations per forward (``host`` suite; NaN where not counted).
-        host_us_per_conv: host time of the adaptive part per adaptive conv, microseconds, launches stubbed
-            (``host`` suite; NaN where not measured).
+        host_us_per_conv: host time (CPU time of the issuing thread) of the adaptive part per adaptive conv,
+            microseconds, launches stubbed (``host`` suite; NaN where not measured).
     """
 
     suite: str

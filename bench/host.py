@@ -27,12 +27,13 @@ Per row (one per conversion and scenario):
   ``index``/``index_put_``, ``repeat_interleave`` with tensor repeats, ..., and ``tolist``/``numpy``/``cpu`` on a
   tensor (a device-to-host copy on a GPU);
 - ``convs_per_forward``: adaptive convs of one forward (``adatriton.dispatch.recording()``), all on triton;
-- ``time_median_ms`` (mean, min, max): wall time of the adaptive part, stubs included, over ``--iters`` forwards
-  (no counting then; the scenarios' forwards interleaved, so a shared machine's load weighs on both alike);
-  ``host_us_per_conv`` = median / convs. It excludes Triton's own launch overhead (the launcher is the stub) and
-  includes the CPU execution of the ops that are not stubbed: negligible with a reused map (the BatchNorm folding
-  works on per-channel vectors), but with a new map it includes computing the map's index tables on the CPU
-  (``bookkeeping_ms`` times that work alone), which a GPU would run as device work;
+- ``time_median_ms`` (mean, min, max): host time of the adaptive part, stubs included: the CPU time of the thread
+  that issues the work (``time.thread_time``), over ``--iters`` forwards (no counting then; the scenarios' forwards
+  interleaved). CPU time, not wall time, because on a shared machine the wall time mostly measures the waits for
+  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It excludes Triton's own launch overhead (the
+  launcher is the stub) and includes the CPU execution of the ops that are not stubbed: negligible with a reused
+  map (the BatchNorm folding works on per-channel vectors), but with a new map it includes computing the map's
+  index tables on the CPU (``bookkeeping_ms`` times that work alone, in wall time), device work on a GPU;
 - ``bookkeeping_ms``: building the level map and every index table once, timed apart (as in ``table2``).
 
 The counts come from one extra forward under a :class:`OpCounter` (a ``TorchDispatchMode`` plus a
@@ -383,23 +384,23 @@ class _Window:
 
     def __init__(self, counter: OpCounter | None = None):
         self.counter = counter
-        self.start = math.nan
+        self.start = self.start_cpu = math.nan
 
     def levels(self, levels):
         def provide(features):  # forward_features calls this once the dense finest-grid features exist
-            self.start = time.perf_counter()
+            self.start, self.start_cpu = time.perf_counter(), time.thread_time()
             if self.counter is not None:
                 self.counter.active = True
             return levels
 
         return provide
 
-    def close(self) -> float:
-        """Milliseconds since the window opened."""
-        elapsed = (time.perf_counter() - self.start) * 1e3
+    def close(self) -> tuple[float, float]:
+        """Milliseconds since the window opened: ``(CPU time of this thread, wall time)``."""
+        cpu, wall = time.thread_time() - self.start_cpu, time.perf_counter() - self.start
         if self.counter is not None:
             self.counter.active = False
-        return elapsed
+        return cpu * 1e3, wall * 1e3
 
 
 @contextlib.contextmanager
@@ -438,15 +439,16 @@ def memoized_dense_part(net) -> Iterator[None]:
 
 @dataclass
 class _Measured:
-    times_ms: list[float]
+    times_ms: list[float]  # CPU time of the issuing thread per forward
+    wall_ms: list[float]
     counts: OpCounts
     convs: int
     dispatch: str
     peak_mb: float
 
 
-def _forward(net, x: torch.Tensor, make_levels: Callable[[], object], window: _Window) -> float:
-    """One forward; returns the adaptive part's milliseconds."""
+def _forward(net, x: torch.Tensor, make_levels: Callable[[], object], window: _Window) -> tuple[float, float]:
+    """One forward; returns the adaptive part's ``(CPU, wall)`` milliseconds."""
     levels = make_levels()  # outside the window: a new map's tensor is the caller's
     net.forward_features(x, window.levels(levels))
     return window.close()
@@ -479,7 +481,7 @@ def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], w
     counter = OpCounter()  # counts the adaptive part only (the window), not timed
     with stubbed_launches(counter), counter.watch():
         forward(_Window(counter))
-    return _Measured([], counter.counts, convs, dispatch, math.nan)
+    return _Measured([], [], counter.counts, convs, dispatch, math.nan)
 
 
 def _time_scenarios(net, x: torch.Tensor, scenarios: Mapping[str, tuple[Callable[[], object], _Measured]], iters: int):
@@ -490,7 +492,9 @@ def _time_scenarios(net, x: torch.Tensor, scenarios: Mapping[str, tuple[Callable
     with stubbed_launches():
         for _ in range(iters):
             for make_levels, measured in scenarios.values():
-                measured.times_ms.append(_forward(net, x, make_levels, _Window()))
+                cpu_ms, wall_ms = _forward(net, x, make_levels, _Window())
+                measured.times_ms.append(cpu_ms)
+                measured.wall_ms.append(wall_ms)
     peak = peak_memory_mb(cpu)
     for _, measured in scenarios.values():
         measured.peak_mb = peak
@@ -557,7 +561,9 @@ def _row(ctx: Context, m: _Measured, conversion: str, scenario: str, fraction: f
     c = m.counts
     ctx.note(
         f"{MODEL} {conversion} {scenario}: {c.total_ops} device ops ({sum(c.launches.values())} Triton launches; "
-        f"ATen: {_top(c.device_ops)}); {c.total_syncs} syncs ({_top(c.syncs)})"
+        f"ATen: {_top(c.device_ops)}); {c.total_syncs} syncs ({_top(c.syncs)}); wall time "
+        f"{statistics.median(m.wall_ms):.1f} ms (min {min(m.wall_ms):.1f}) for {statistics.median(m.times_ms):.1f} ms "
+        "of CPU time"
     )
     h, w = ctx.opts.size
     median = statistics.median(m.times_ms)
@@ -615,8 +621,9 @@ def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), referen
         "",
         f"From `{csv_path.name}` ({len(table)} rows). The adaptive part of the backbone (level map, `from_dense`, "
         "adaptive layers, densify) on the CPU with the Triton launches stubbed: `device ops` = ATen ops that would "
-        "launch a kernel on a GPU + Triton launches; `syncs` = host-device synchronisations; `host ms` = wall time "
-        "of the adaptive part per forward, median (min–max); `host µs/conv` = median / adaptive convs.",
+        "launch a kernel on a GPU + Triton launches; `syncs` = host-device synchronisations; `host ms` = CPU time of "
+        "the issuing thread in the adaptive part per forward, median (min–max; wall times in the notes); "
+        "`host µs/conv` = median / adaptive convs.",
         "",
     ]
     config = ["output_stride", "height", "width", "dtype", "batch", "device", "timestamp"]
