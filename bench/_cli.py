@@ -86,7 +86,7 @@ def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
 
 def add_iters(p: argparse.ArgumentParser, help: str) -> None:
     """``--iters N`` (alias ``--repeats``): timed calls per measurement."""
-    p.add_argument("--iters", "--repeats", dest="iters", type=positive, metavar="N", help=f"{help} (alias --repeats)")
+    p.add_argument("--iters", "--repeats", dest="iters", type=positive, metavar="N", help=help)
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
@@ -98,7 +98,7 @@ def add_model(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=MODELS,
         metavar="MODEL",
-        help=f"ResNet trunks, of {', '.join(MODELS)} (alias --backbones)",
+        help=f"ResNet trunks, of {', '.join(MODELS)}",
     )
 
 
@@ -111,7 +111,7 @@ def add_backends(p: argparse.ArgumentParser, help: str) -> None:
         nargs="+",
         choices=BACKENDS,
         metavar="BACKEND",
-        help=f"{help}; of {', '.join(BACKENDS)} (alias --backend)",
+        help=f"{help}; of {', '.join(BACKENDS)}",
     )
 
 

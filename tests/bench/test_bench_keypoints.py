@@ -13,6 +13,7 @@ from bench.__main__ import build_parser, resolve
 from bench.__main__ import main as bench_main
 from bench._report import read_csv
 from bench.keypoints import COLUMNS, CSV_NAME, main, run_keypoints
+from bench.keypoints import build_parser as standalone_parser
 
 TINY = (4, 4, "M", 6, 6, "M", 8, 8, 8, "M", 10, 10, 10)
 
@@ -64,6 +65,31 @@ def test_cli(tmp_path, capsys):
     assert "macs_per_image" in capsys.readouterr().out
     table = pd.read_csv(path)
     assert table["median_s"].notna().all() and table["macs_per_image"].iloc[-1] == table["macs_per_image"].iloc[0]
+
+
+def test_standalone_options_are_spelt_as_in_bench():
+    args = standalone_parser().parse_args(["--dtype", "float16", "--repeats", "2", "--backend", "torch", "--seed", "3"])
+    assert (args.dtype, args.iters, args.backends, args.seed) == ("fp16", 2, ["torch"], 3)
+    args = standalone_parser().parse_args(["--dtype", "bf16", "--iters", "4", "--backends", "torch", "dense"])
+    assert (args.dtype, args.iters, args.backends) == ("bf16", 4, ["torch", "dense"])
+    with pytest.raises(SystemExit):
+        standalone_parser().parse_args(["--dtype", "float64"])
+
+
+def test_several_backends_give_one_adaptive_row_each(tmp_path):
+    rows = run_keypoints(
+        None,
+        size=(32, 40),
+        warmup=0,
+        repeats=1,
+        progress=False,
+        mma=False,
+        trunk_config=TINY,
+        backend=["torch", "dense"],
+    )
+    adaptive = [r for r in rows if r.kind == "adaptive"]
+    assert [r.backend for r in adaptive] == ["torch"] * 10 + ["dense"] * 10
+    assert [r.macs_per_image for r in adaptive[:10]] == [r.macs_per_image for r in adaptive[10:]]
 
 
 def test_macs_only(tmp_path):
