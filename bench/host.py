@@ -324,8 +324,8 @@ def restore_references(patched: list[tuple[object, str, Callable]]) -> None:
 def stubbed_launches(counter: OpCounter | None = None) -> Iterator[collections.Counter]:
     """Replace the Triton launchers by no-ops of the right output shape while inside.
 
-    ``conv_elements(values, index, packed_weight, ...)`` returns ``torch.empty(M, Cout)`` (``M`` = rows of the tap
-    table, else of ``values``; ``Cout`` = groups x ``packed_weight.shape[-1]``; dtype ``out_dtype`` or the
+    ``conv_elements(values, index, weight, ...)`` returns ``torch.empty(M, Cout)`` (``M`` = rows of the tap
+    table, else of ``values``; ``Cout`` from the weight, raw or packed; dtype ``out_dtype`` or the
     values'); ``densify_elements(values, id_map, channels_last=True)`` returns ``torch.empty(N, C, H, W)``,
     channels-last by default.
 
@@ -345,10 +345,11 @@ def stubbed_launches(counter: OpCounter | None = None) -> Iterator[collections.C
         if counter is not None:
             counter.current.launches[kind] += 1
 
-    def conv_stub(values, index, packed_weight, *args, out_dtype=None, **kwargs):
+    def conv_stub(values, index, weight, *args, out_dtype=None, **kwargs):
         launched("conv")
         rows = values.shape[0] if index is None else index.shape[0]
-        cout = packed_weight.shape[0] * packed_weight.shape[-1]
+        # the conv's own (Cout, Cin/g, k, k) weight, or a packed (g, k*k*Cin/g, Cout/g) copy
+        cout = weight.shape[0] if weight.dim() == 4 else weight.shape[0] * weight.shape[-1]
         return torch.empty(rows, cout, dtype=out_dtype or values.dtype, device=values.device)
 
     def densify_stub(values, id_map, channels_last=True, *args, **kwargs):
