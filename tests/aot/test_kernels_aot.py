@@ -144,7 +144,7 @@ KERNELS = (
             Spec("ieee", {**_CONV_FUSED, "DOT_PRECISION": "ieee"}, every_config=False, dtypes=("fp32",)),
             # plain 1x1 conv, no gather, no epilogue.
             Spec("1x1", _CONV_PLAIN, every_config=False, pipelined=True),
-            # channel counts that are no multiple of 16 or 8 (e.g. 3): unvectorised loads, no cp.async.
+            # channel counts that are no multiple of 8 (e.g. 3): element-wise loads (cp.async only for 4-byte fp32).
             Spec("unaligned", {**_CONV_FUSED, "EVEN_K": False, "ROW_ALIGN": 1}, every_config=False, aligned_ints=False),
         ),
         configs=conv.conv_configs,
