@@ -8,7 +8,7 @@ once on the real inputs, the fastest is stored and the file rewritten atomically
 
 Tune once per GPU, ahead of time, for the shapes a deployment sees::
 
-    python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype float16
+    python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype fp16
 
 or from Python with :func:`adatriton.tools.autotune.tune_model`. Later processes (without tuning) pick the stored
 configs up.
