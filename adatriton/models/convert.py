@@ -8,7 +8,8 @@ from torch import nn
 from torchvision.models import ResNet
 from torchvision.models._utils import IntermediateLayerGetter
 
-from ..core.strides import OUTPUT_STRIDES
+from ..core.strides import OUTPUT_STRIDES, parse_output_stride
+from ..runtime.backend import BACKENDS
 from .resnet import AdaptiveResNet
 from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
 
@@ -34,10 +35,12 @@ def convert(
             ``replace_stride_with_dilation``; the ``IntermediateLayerGetter`` over one; or a segmentation model on
             one: torchvision's ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (``FCN`` / ``DeepLabV3``), or
             :func:`adatriton.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152).
-        output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks) or ``"8->16"``, ``"8->32"``, ``"16->32"``
-            (adaptive: finest grid at the first stride, downsampled by a level map towards the second).
+        output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks; the ints ``8``, ``16``, ``32`` mean the same) or
+            ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive: finest grid at the first stride, downsampled by a level
+            map towards the second).
         backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
-            resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``).
+            resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``). Checked here,
+            before anything is converted.
         filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which layers are swapped (``fqn`` is the dotted name
             in ``model``, e.g. ``"layer3.0.conv2"``); None swaps all. The convs of the adaptive layers must be
             swapped (a TypeError says which one is not).
@@ -45,6 +48,11 @@ def convert(
         2x2
             merge from OS8 on (layer3, layer4; adaptive steps and dense strides alike) is a SoftPool, so a uniform
             level map equals the dense network that SoftPools at those strides.
+
+    Raises:
+        ValueError: an unknown ``output_stride`` or ``backend`` (the message names the argument, the value given
+            and the accepted ones), before the model is touched.
+        TypeError: a model of another kind.
 
     Returns:
         A module with the same state_dict keys and shared parameters, whose ``forward(x, levels)`` takes the
@@ -61,6 +69,9 @@ def convert(
         >>> seg = adatriton.convert(adatriton.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
         >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
     """
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
+        raise ValueError(f"convert: unknown backend {backend!r}; backend must be one of {list(BACKENDS)} or None")
+    output_stride = parse_output_stride(output_stride)[0]  # raises naming the accepted ones; 8 -> "8"
     if isinstance(model, (ResNet, IntermediateLayerGetter)):
         return AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling)
     if isinstance(model, SEGMENTATION_MODELS):

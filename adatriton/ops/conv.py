@@ -319,6 +319,31 @@ def _(grad, values, weight, bias, index, groups):
     return torch.empty_like(values), torch.empty_like(weight), grad.new_empty(weight.shape[0])
 
 
+def _conv_backward_setup_context(ctx, inputs, output):
+    grad, values, weight, bias, index, groups = inputs
+    ctx.save_for_backward(grad, values, weight, index)
+    ctx.groups, ctx.has_bias = groups, bias is not None
+
+
+def _conv_double_backward(ctx, g_values, g_weight, g_bias):
+    """Double backward: the backward is bilinear, ``d values = A_W^T grad``, ``d weight = B_values^T grad``,
+    ``d bias = sum(grad)`` (``A_W`` / ``B_values``: the gather-GEMM as a linear map of values / of the weight), so
+    its own gradients are the forward and backward gather-GEMMs again, themselves differentiable."""
+    grad, values, weight, index = ctx.saved_tensors
+    g_values = values.new_zeros(values.shape) if g_values is None else g_values.contiguous()
+    g_weight = weight.new_zeros(weight.shape) if g_weight is None else g_weight.contiguous()
+    g_bias = g_bias if ctx.has_bias and g_bias is not None else None
+    # d grad = A_W g_values + B_values g_weight + g_bias (broadcast over rows)
+    d_grad = torch.ops.adatriton.gather_conv(g_values, weight, None, index, ctx.groups)
+    d_grad = d_grad + torch.ops.adatriton.gather_conv(values, g_weight, g_bias, index, ctx.groups)
+    # d values pairs grad with g_weight (from d weight); d weight pairs grad with g_values (from d values)
+    d_values, d_weight, _ = torch.ops.adatriton.gather_conv_backward(grad, g_values, g_weight, None, index, ctx.groups)
+    return d_grad, d_values, d_weight, None, None, None
+
+
+_gather_conv_backward.register_autograd(_conv_double_backward, setup_context=_conv_backward_setup_context)
+
+
 def _conv_setup_context(ctx, inputs, output):
     values, weight, bias, index, groups = inputs[:5]
     ctx.save_for_backward(values, weight, bias, index)
