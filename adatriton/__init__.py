@@ -14,7 +14,7 @@ from . import d2net, dispatch, functional, hpatches, masks, modules, segmentatio
 from .analysis.explain import explain
 from .analysis.macs import count_macs
 from .core.layout import Layout
-from .core.levelmap import LevelMap, LevelMapDtypeError, LevelMapError
+from .core.levelmap import LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
 from .core.multires import MultiResMap
 from .core.strides import OUTPUT_STRIDES
 from .models.checkpoints import CheckpointError, load_authors_state_dict, load_d2net_state_dict
@@ -53,6 +53,7 @@ __all__ = [
     "LevelMap",
     "LevelMapDtypeError",
     "LevelMapError",
+    "LevelMapExportError",
     "MultiResMap",
     "OUTPUT_STRIDES",
     "convert",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..runtime.host import to_host
 from .layout import Layout, block_sums, ceil_div
-from .strides import num_levels_of
+from .strides import default_tile, num_levels_of
 
 __all__ = ["MAX_LEVELS", "LevelMap", "LevelMapError", "LevelMapDtypeError"]
 
@@ -139,8 +139,8 @@ class LevelMap:
             keep: ``(N, Hf, Wf)`` bool or 0/1 integer tensor, nonzero = informative (threshold probabilities
                 first: a float mask raises :class:`LevelMapDtypeError`).
             conversion: ``"8->32"`` (K=2), ``"8->16"`` / ``"16->32"`` (K=1), or an int K.
-            block: tile size, a multiple of ``2^K``; defaults to 4 (the paper's granularity at OS8), or ``2^K``
-                when that is larger.
+            block: tile size, a multiple of ``2^K``; None: :func:`~adatriton.core.strides.default_tile` of the
+                conversion (the authors' tiles: 4 at OS8, 2 for ``"16->32"``; 8 for ``"1->8"``).
 
         Returns:
             A :class:`LevelMap` with levels in ``{0, K}``.
@@ -156,7 +156,7 @@ class LevelMap:
         if keep.dtype != torch.bool and bool(((keep != 0) & (keep != 1)).any()):
             raise LevelMapError("a keep mask must be bool or 0/1 integers; got other integer values")
         k = num_levels_of(conversion)
-        block = max(4, 1 << k) if block is None else int(block)
+        block = default_tile(conversion) if block is None else int(block)
         if block < 1 or block % (1 << k):
             raise ValueError(f"block must be a positive multiple of 2^K = {1 << k}, got {block}")
         n, h, w = keep.shape
@@ -286,3 +286,103 @@ class LevelMap:
         if stage not in self._layouts:
             self._layouts[stage] = Layout(self, stage, self._stage_counts[stage])
         return self._layouts[stage]
+
+
+# ---------------------------------------------------------------------------------------------------- torch.export
+# LevelMap as a pytree node for torch.export, and errors that say which part cannot be traced and why.
+import copyreg  # noqa: E402
+import functools  # noqa: E402
+
+import torch.utils._pytree as pytree  # noqa: E402
+from torch._subclasses.fake_tensor import is_fake  # noqa: E402
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # noqa: E402
+
+__all__ += ["LevelMapExportError"]
+
+
+class LevelMapExportError(RuntimeError):
+    """``torch.export`` reached a part of the adaptive network it cannot trace; the message says which and why."""
+
+
+def _is_traced(t: Tensor) -> bool:
+    return is_fake(t) or torch.compiler.is_compiling()
+
+
+_EXPORT_WHY = {
+    "_validate": (
+        "validating a level map given as a tensor reads its values (data-dependent); give torch.export a LevelMap "
+        "built outside (LevelMap is a pytree node: torch.export.export(net, (x, levels)))"
+    ),
+    "layout": (
+        "building the index tables of the adaptive part (adatriton.Layout: element counts, element lists, tap "
+        "tables) needs the level map's values, and torch.export cannot follow these data-dependent sizes yet; "
+        "dense output strides ('8', '16', '32') export"
+    ),
+}
+
+
+def _explained(method):
+    """``method``, raising :class:`LevelMapExportError` (saying which part and why) where tracing meets a
+    data-dependent size."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except GuardOnDataDependentSymNode as err:
+            where = f" (stage {args[0]})" if args else ""
+            first = str(err).strip().splitlines()[0]
+            raise LevelMapExportError(
+                f"torch.export cannot trace LevelMap.{method.__name__}{where}: {_EXPORT_WHY[method.__name__]}. "
+                f"The tracer said: {first}. See docs/api.md, 'torch.export'."
+            ) from err
+
+    return wrapper
+
+
+LevelMap._validate = _explained(LevelMap._validate)
+LevelMap.layout = _explained(LevelMap.layout)
+
+
+def _flatten(lm: LevelMap) -> tuple[list[Tensor], int]:
+    return [lm.levels], lm.num_levels
+
+
+def _flatten_with_keys(lm: LevelMap) -> tuple[list[tuple[pytree.GetAttrKey, Tensor]], int]:
+    return [(pytree.GetAttrKey("levels"), lm.levels)], lm.num_levels
+
+
+def _unflatten(values, num_levels: int) -> LevelMap:
+    (levels,) = values
+    if not _is_traced(levels):
+        return LevelMap(levels, num_levels)
+    # The map torch.export rebuilds from the traced tensor of a LevelMap argument is not validated again: validation
+    # reads the values, and the real map was validated when it was built. (A LevelMap, not a subclass: pytree
+    # nodes are looked up by exact type.)
+    lm = LevelMap.__new__(LevelMap)
+    lm._validate = lambda: None
+    try:
+        LevelMap.__init__(lm, levels, num_levels)
+    finally:
+        del lm._validate
+    return lm
+
+
+# A pytree node (leaf: the levels tensor; context: K), so torch.export takes LevelMap arguments.
+pytree.register_pytree_node(
+    LevelMap,
+    _flatten,
+    _unflatten,
+    serialized_type_name="adatriton.LevelMap",
+    flatten_with_keys_fn=_flatten_with_keys,
+)
+
+
+def _reduce(lm: LevelMap):
+    return LevelMap, (lm.levels, lm.num_levels)
+
+
+# Pickled as (levels, K), without the cached layouts, and rebuilt (validated) by LevelMap itself, which
+# torch.load(weights_only=True) may call: torch.export.save stores the example inputs, and export.load reads them.
+copyreg.pickle(LevelMap, _reduce)
+torch.serialization.add_safe_globals([LevelMap])

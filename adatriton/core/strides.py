@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping
 
-__all__ = ["CONVERSIONS", "OUTPUT_STRIDES", "num_levels_of", "parse_output_stride"]
+__all__ = ["CONVERSIONS", "OUTPUT_STRIDES", "TILE_STRIDE", "default_tile", "num_levels_of", "parse_output_stride"]
 
 #: Adaptive conversions: name -> (finest output stride, number of adaptive downsamplings K).
 CONVERSIONS: dict[str, tuple[int, int]] = {"8->16": (8, 1), "8->32": (8, 2), "16->32": (16, 1), "1->8": (1, 3)}
@@ -59,3 +59,30 @@ def num_levels_of(conversion: str | int) -> int:
     if key not in CONVERSIONS:
         raise ValueError(f"unknown conversion {conversion!r}; expected one of {sorted(CONVERSIONS)} or an int K")
     return CONVERSIONS[key][1]
+
+
+#: Output stride whose cells the default keep-mask tile covers: one cell of the coarsest grid of the conversion's
+#: network, OS32 for the ResNet conversions, OS8 for the VGG-16 trunk of ``"1->8"``.
+TILE_STRIDE: dict[str, int] = {"8->16": 32, "8->32": 32, "16->32": 32, "1->8": 8}
+
+
+def default_tile(conversion: str | int) -> int:
+    """Side, in finest-grid cells, of the aligned tiles a keep mask is turned into levels on (docs/semantics.md §6).
+
+    The one rule for every conversion and every place a keep mask becomes a level map
+    (:meth:`~adatriton.LevelMap.from_keep_mask`, the mask sources, the synthetic maps): a tile covers one cell of
+    :data:`TILE_STRIDE` (the network's coarsest grid), and at least one coarsest element (``2^K`` cells). That is
+    the authors' tiling: 4x4 on the OS8 grid for ``"8->32"`` and ``"8->16"``, 2x2 on the OS16 grid for
+    ``"16->32"`` (their ``batch_mask2poolingMask(keep, 1)``); 8x8 on the image grid for ``"1->8"``.
+
+    Args:
+        conversion: a conversion name (``"8->32"``, ``"16->32"``, ...) or an int ``K``, which counts as a
+            conversion from OS8 (``max(4, 2^K)``).
+
+    Returns:
+        The tile side, a multiple of ``2^K``.
+    """
+    if isinstance(conversion, int) and not isinstance(conversion, bool):
+        return max(4, 1 << num_levels_of(conversion))
+    name, finest, k = parse_output_stride(conversion, CONVERSIONS)
+    return max(1 << k, TILE_STRIDE[name] // finest)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..core.layout import ceil_div
 from ..core.levelmap import LevelMap
+from ..core.strides import default_tile
 from .common import MaskInputError, keep_to_levels, odd_size, parse_conversion
 
 __all__ = ["Match", "calibrate", "match_fraction", "report", "synthetic", "synthetic_grid"]
@@ -193,6 +194,7 @@ def synthetic(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise MaskInputError(f"{name} must be a positive int, got {value!r}")
     hf, wf = ceil_div(height, stride), ceil_div(width, stride)
+    block = default_tile(conversion) if block is None else block
     return synthetic_grid(batch, hf, wf, k, fraction, kind, seed, block=block, smoothing=smoothing)
 
 
@@ -219,7 +221,7 @@ def synthetic_grid(
         raise MaskInputError(f"fraction must lie in [0, 1], got {fraction}")
     k = int(num_levels)
     smoothing = odd_size(smoothing, "smoothing")
-    block = max(4, 1 << k) if block is None else block
+    block = default_tile(k) if block is None else block
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1 or block % (1 << k):
         raise MaskInputError(f"block must be a positive multiple of 2^K = {1 << k}, got {block!r}")
     hf, wf = grid_height, grid_width

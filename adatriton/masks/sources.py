@@ -17,8 +17,8 @@ Learned masks (docs/semantics.md §6, shallow CNN + hard Gumbel-softmax): the es
 model that trains it :mod:`adatriton.models.learned`, the training loop :mod:`adatriton.tools.train`.
 
 Binary sources end in the block rule of :meth:`LevelMap.from_keep_mask`: an aligned ``block x block`` tile of
-the finest grid with any informative cell gets level 0, every other tile level ``K`` (default block 4, or 8 for
-``"1->8"``; ``edges(method="cad")`` at ``"16->32"`` uses 2, as the released code does).
+the finest grid with any informative cell gets level 0, every other tile level ``K`` (default block:
+:func:`adatriton.core.strides.default_tile`, the released code's tiles: 4 at OS8, 2 at ``"16->32"``, 8 for ``"1->8"``).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def oracle(
         kernel: odd box size; default :data:`ORACLE_KERNEL` = 33, the paper's box (33 and 55) for Cityscapes'
             1024x2048 images. Not together with ``fraction``.
         ignore_index: the ignore label, or None when every value is a class.
-        block: tile size of the block rule (default: that of :meth:`LevelMap.from_keep_mask`, 4 or 8).
+        block: tile size of the block rule (default: :func:`~adatriton.core.strides.default_tile`).
         fraction: target level-0 area fraction in ``[0, 1]``, in place of ``kernel``; the closest achievable one
             is returned (a box from 1 to ``2 * max(H, W) + 1``).
 
@@ -313,8 +313,8 @@ def edges(
     ``gx[y, x] = g[y, x+1] - g[y, x-1]`` and ``gy[y, x] = g[y+1, x] - g[y-1, x]`` with ``g = 0`` outside the
     image (their zero-padded conv, so border pixels can fire), edges where ``gx >= t or gy >= t`` (signed, no
     absolute value), box dilation, then the dilated map *sampled* at pixels ``(s*i, s*j)`` instead of the
-    any-reduction, then the block rule. The released code used 2x2 tiles at OS16 and 4x4 at OS8, so for
-    ``"16->32"`` this method's default ``block`` is 2. Its released checkpoint used ``t = 0.15`` and an 11x11
+    any-reduction, then the block rule (the released code's 2x2 tiles at OS16 and 4x4 at OS8 are every source's
+    default, :func:`~adatriton.core.strides.default_tile`). Its released checkpoint used ``t = 0.15`` and an 11x11
     box; the paper's budgets 0.95 / 0.35 / 0.15 are thresholds of this detector.
 
     Budget: the defaults (:data:`EDGE_THRESHOLD` 0.15, :data:`EDGE_DILATION` 11) were chosen for 1024x2048
@@ -357,8 +357,6 @@ def edges(
     threshold = _edge_threshold(EDGE_THRESHOLD if threshold is None else threshold, method)
     dilation = odd_size(dilation, "dilation")
     x = _images(images)
-    if method == "cad" and block is None and conversion == "16->32":
-        block = 2
     score = _sobel_score(x) if method == "sobel" else _cad_score(x)
 
     def levels(threshold: float) -> LevelMap:

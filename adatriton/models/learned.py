@@ -109,7 +109,7 @@ class LearnedMaskModel(nn.Module):
         x4 = self._os8.dense_layer("layer4", x3)
         by_layer = {"layer1": x1, "layer2": x2, "layer3": x3, "layer4": x4}
         features = {out: by_layer[layer] for layer, out in self._os8.return_layers.items()}
-        fraction = m_up.mean()
+        fraction = m_up.float().mean()  # float32 also under autocast: counts up to 2^24 cells stay exact
         self.last_fraction, self.last_levels = fraction, None
         return segmentation_heads(self.model.classifier, self.model.aux_classifier, features, x.shape[-2:]), fraction
 

@@ -1,4 +1,5 @@
-"""Fine-tuning a segmentation model with a learned mask (docs/semantics.md §6): the authors' recipe in one function.
+"""Fine-tuning a segmentation model with a learned mask (docs/semantics.md §6): the authors' recipe in one function,
+in one process or many (``torchrun``, DistributedDataParallel), in float32 or under autocast.
 
 :func:`train` runs :meth:`~adatriton.learned.LearnedMaskModel.forward_train` (OS8 and OS16 ``layer3`` blended by
 the hard Gumbel mask) on the batches of a dataset, minimising
@@ -7,23 +8,46 @@ the hard Gumbel mask) on the batches of a dataset, minimising
 
 with SGD (momentum 0.9, weight decay 1e-4) and three learning rates (backbone 0.01, heads 0.1, mask estimator
 0.001) under the poly schedule ``lr * (1 - it / max_iters) ** 0.9``.
+
+Distributed training: under ``torchrun`` (or any initialised ``torch.distributed`` process group with more than one
+process) the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (unless it already is), every
+process reads its own shard of the dataset (:class:`~torch.utils.data.distributed.DistributedSampler`, reshuffled per
+epoch), the logged loss and mask fraction are averaged over the processes, and only rank 0 writes checkpoints.
+``sync_batchnorm=True`` synchronises the BatchNorm statistics of training over the processes
+(:func:`convert_sync_batchnorm`; on CPU / gloo as well as on CUDA / NCCL).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
 
+from ..models.checkpoints import CheckpointError, read_checkpoint
 from ..models.learned import LearnedMaskModel
+from ..nn.modules import AdaptiveBatchNorm2d
 from ..runtime.extras import require
 
-__all__ = ["param_groups", "poly_lr", "save_checkpoint", "train"]
+__all__ = [
+    "SyncAdaptiveBatchNorm2d",
+    "SyncBatchNorm2d",
+    "convert_sync_batchnorm",
+    "param_groups",
+    "poly_lr",
+    "save_checkpoint",
+    "train",
+]
 
 
 def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
@@ -63,21 +87,228 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     return path
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int | None, num_workers: int) -> DataLoader:
-    if isinstance(dataset, DataLoader):
-        return dataset
+# ---------------------------------------------------------------------------------------------- SyncBatchNorm
+def _world(group=None) -> int:
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """``dist.all_reduce(SUM)`` with its gradient: the sum over the processes of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Training-mode BatchNorm with the statistics of the whole distributed batch (two differentiable all-reduces:
+    sums and count, then squared deviations), running statistics updated as ``nn.BatchNorm2d`` does."""
+    group = bn.process_group or dist.group.WORLD
+    c = x.shape[1]
+    xf = x.float() if x.element_size() < 4 else x  # statistics in float32 at least, also under autocast
+    dims = [0, *range(2, x.dim())]
+    count = torch.tensor([x.numel() // c], dtype=xf.dtype, device=x.device)
+    first = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]), group)
+    n = first[c]
+    mean = first[:c] / n
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    centred = xf - mean.view(shape)
+    var = _AllReduceSum.apply(centred.square().sum(dims), group) / n  # biased, for normalising
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            unbiased = var * (n / (n - 1).clamp(min=1))
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+    out = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        out = out * bn.weight.to(xf.dtype).view(shape) + bn.bias.to(xf.dtype).view(shape)
+    return out.to(x.dtype)
+
+
+class _SyncStatistics:
+    """Mixin: in training mode, with more than one process, dense tensors are normalised with the statistics of
+    the whole distributed batch; everything else is the parent's forward."""
+
+    process_group = None
+
+    def forward(self, x):
+        if self.training and isinstance(x, Tensor) and x.dim() >= 2 and _world(self.process_group) > 1:
+            return _sync_batch_norm(self, x)
+        return super().forward(x)
+
+
+class SyncBatchNorm2d(_SyncStatistics, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with synchronised training statistics (CPU / gloo and CUDA / NCCL alike)."""
+
+
+class SyncAdaptiveBatchNorm2d(_SyncStatistics, AdaptiveBatchNorm2d):
+    """:class:`~adatriton.AdaptiveBatchNorm2d` with synchronised training statistics; multi-resolution maps are
+    normalised per element (through the same forward on their ``(E, C, 1, 1)`` values)."""
+
+
+_SYNC_CLASSES = {nn.BatchNorm2d: SyncBatchNorm2d, AdaptiveBatchNorm2d: SyncAdaptiveBatchNorm2d}
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+    """Make every BatchNorm of ``model`` synchronise its training statistics across the processes, in place.
+
+    Unlike :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, the modules are not replaced: each keeps its
+    identity, parameters, buffers and state_dict keys (only its class changes), so the wrappers that share them
+    (a converted network, a :class:`~adatriton.learned.LearnedMaskModel`'s OS8 / OS16 paths) stay in step; and it
+    runs on the CPU (gloo) too. Eval mode and single-process runs compute exactly what they did.
+
+    Args:
+        model: the model (e.g. a :class:`~adatriton.learned.LearnedMaskModel`).
+        process_group: the group to synchronise over; None: the default (world) group.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        TypeError: a BatchNorm subclass other than ``nn.BatchNorm2d`` / ``AdaptiveBatchNorm2d``, whose forward this
+            would bypass.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, _SyncStatistics):
+            m.process_group = process_group
+            continue
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        sync = _SYNC_CLASSES.get(type(m))
+        if sync is None:
+            raise TypeError(
+                f"{name or 'model'} is a {type(m).__name__}: only nn.BatchNorm2d / AdaptiveBatchNorm2d sync"
+            )
+        m.__class__ = sync
+        m.process_group = process_group
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _check_dataset(dataset) -> None:
     if not isinstance(dataset, (Dataset, Sequence)):
         raise TypeError(f"dataset must be a map-style Dataset (or a DataLoader), got {type(dataset).__name__}")
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    # Training BN on a batch of one fails in the ASPP pooling branch: drop a last batch of one.
-    drop_last = len(dataset) % batch_size == 1 and len(dataset) > 1
-    return DataLoader(
-        dataset, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last, num_workers=num_workers
-    )
+
+
+class _Epochs:
+    """Batches per epoch for :func:`train`'s own loaders: the epoch's indices (a deterministic permutation of
+    ``seed`` and the epoch when a seed is given or the run is distributed), this rank's shard, minus the batches a
+    resumed run has done already."""
+
+    def __init__(self, dataset, batch_size, shuffle, seed, num_workers, rank, world):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        if world > 1 or seed is not None:
+            # DistributedSampler: set_epoch(e) -> a permutation of (seed + e), split over the ranks (padded so every
+            # rank has the same number of batches: they step together).
+            self.sampler = DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=0 if seed is None else int(seed)
+            )
+        elif shuffle:
+            self.sampler = RandomSampler(dataset)
+        else:
+            self.sampler = range(len(dataset))
+        per_rank = len(self.sampler)
+        # Training BN on a batch of one fails in the ASPP pooling branch: drop a last batch of one.
+        self.drop_last = per_rank % batch_size == 1 and per_rank > 1
+        self.batches = per_rank // batch_size if self.drop_last else -(-per_rank // batch_size)
+
+    def loader(self, epoch: int, skip: int) -> DataLoader:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        indices = list(self.sampler)[skip * self.batch_size :]
+        # A generator of its own: creating the iterator would otherwise draw from the global RNG, which the model
+        # (Gumbel noise, dropout) uses, and a resumed run would draw once more than the uninterrupted one.
+        generator = torch.Generator().manual_seed(epoch)
+        return DataLoader(
+            self.dataset,
+            self.batch_size,
+            sampler=indices,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            generator=generator,
+        )
+
+
+class _GivenLoader:
+    """A ready DataLoader: its sampler's ``set_epoch`` is called per epoch; resumed batches are skipped."""
+
+    def __init__(self, loader: DataLoader, world: int):
+        self.given = loader
+        self.batches = len(loader)
+        sampler = getattr(loader, "sampler", None)
+        if world > 1 and not isinstance(sampler, DistributedSampler):
+            warnings.warn(
+                "train() runs distributed but the DataLoader has no DistributedSampler: every process reads the "
+                "whole dataset (pass the Dataset instead, and train() shards it)",
+                stacklevel=3,
+            )
+
+    def loader(self, epoch: int, skip: int):
+        sampler = getattr(self.given, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        return itertools.islice(self.given, skip, None)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _unwrap(model: nn.Module) -> LearnedMaskModel:
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if not isinstance(inner, LearnedMaskModel):
+        raise TypeError(
+            f"train expects a LearnedMaskModel (or DistributedDataParallel over one), got {type(model).__name__}"
+            + (f" over {type(inner).__name__}" if inner is not model else "")
+        )
+    return inner
+
+
+def _init_from_torchrun(device: torch.device | None) -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) without a process group: start one (NCCL for a
+    CUDA model, gloo otherwise)."""
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    cuda = device is not None and device.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _amp_settings(amp: bool, amp_dtype: torch.dtype | None, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use a GradScaler)``."""
+    if not amp:
+        return None, False
+    if amp_dtype is None:
+        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    if device.type == "cpu" and amp_dtype != torch.bfloat16:
+        raise ValueError(f"autocast on the CPU runs in torch.bfloat16, got amp_dtype={amp_dtype}")
+    if amp_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype}")
+    return amp_dtype, device.type == "cuda" and amp_dtype == torch.float16
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train(
-    model: LearnedMaskModel,
+    model: LearnedMaskModel | DistributedDataParallel,
     dataset,
     *,
     epochs: int = 1,
@@ -93,21 +324,28 @@ def train(
     max_iters: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
+    resume: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     ignore_index: int = 255,
     progress: bool = True,
     shuffle: bool = True,
     seed: int | None = None,
     num_workers: int = 0,
+    sync_batchnorm: bool = False,
+    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` (segmentation network and mask estimator together) with the authors' settings.
 
     Args:
-        model: a :class:`~adatriton.learned.LearnedMaskModel`; trained in place and left in eval mode.
+        model: a :class:`~adatriton.learned.LearnedMaskModel`, or ``DistributedDataParallel`` over one; trained in
+            place and left in eval mode. With an initialised process group of more than one process a plain model
+            is wrapped here (``find_unused_parameters`` when it has an auxiliary head, which the loss does not use).
         dataset: map-style dataset of ``(image (3, H, W) float, label (H, W) long)`` pairs (or a ready
-            ``DataLoader`` yielding batches ``(N, 3, H, W)``, ``(N, H, W)``).
+            ``DataLoader`` yielding batches ``(N, 3, H, W)``, ``(N, H, W)``; give it a ``DistributedSampler`` when
+            distributed, whose ``set_epoch`` is then called every epoch).
         epochs: passes over the dataset (training stops earlier at ``max_iters``).
-        batch_size: images per iteration.
+        batch_size: images per iteration and process.
         gamma: target fraction of the OS8 grid to downsample (0.5 or 0.7 in the paper).
         mask_weight: weight of ``(fraction - gamma)^2``.
         lr_backbone: base learning rate of the backbone.
@@ -116,91 +354,173 @@ def train(
         momentum: SGD momentum.
         weight_decay: SGD weight decay (all groups).
         poly_power: exponent of the poly schedule.
-        max_iters: iterations of the schedule and of training; None: ``epochs * len(loader)``.
-        checkpoint_dir: folder for ``last.pt`` (written every ``checkpoint_every`` iterations and at the end);
-            None writes nothing.
+        max_iters: iterations of the schedule and of training; None: ``epochs * batches per epoch`` (per
+            process), or the resumed checkpoint's ``max_iters``.
+        checkpoint_dir: folder for ``last.pt`` (written by rank 0 every ``checkpoint_every`` iterations and at the
+            end); None writes nothing.
         checkpoint_every: checkpoint period in iterations.
-        device: where to train; None keeps the model's device.
+        resume: a checkpoint of this function to continue from: model, optimiser (and gradient scaler) state,
+            iteration, history and random state; the data order continues where it stopped (exactly so with a
+            ``seed``, or when distributed).
+        device: where to train; None keeps the model's device (under ``torchrun`` with NCCL and a CPU model:
+            ``cuda:$LOCAL_RANK``).
         ignore_index: label value excluded from the cross-entropy.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only).
         shuffle: reshuffle the dataset every epoch.
-        seed: seed of the shuffling (None: torch's global generator).
+        seed: seed of the shuffling: epoch ``e`` is the permutation of ``seed + e`` (None: torch's global
+            generator in one process, 0 when distributed, since every process must agree).
         num_workers: DataLoader workers.
+        sync_batchnorm: synchronise the BatchNorm statistics over the processes (:func:`convert_sync_batchnorm`,
+            in place); no effect in one process.
+        amp: mixed precision: the forward and loss under ``torch.autocast`` (``amp_dtype``), with a
+            ``GradScaler`` for CUDA float16.
+        amp_dtype: None: float16 on CUDA, bfloat16 on the CPU (the only dtype CPU autocast has).
 
     Returns:
-        Per-iteration history: dicts with ``iteration``, ``loss``, ``ce``, ``mask_term``, ``fraction`` and the
-        backbone/head/mask learning rates used (``lr``, ``lr_head``, ``lr_mask``).
+        Per-iteration history (of the whole run when resumed): dicts with ``iteration``, ``loss``, ``ce``,
+        ``mask_term``, ``fraction`` (averaged over the processes when distributed) and the backbone/head/mask
+        learning rates used (``lr``, ``lr_head``, ``lr_mask``).
 
     Checkpoints hold ``{"model": state_dict, "optimizer": state_dict, "iteration": completed iterations,
-    "max_iters", "gamma", "history"}``; ``model.load_state_dict(ckpt["model"])`` restores the weights.
+    "max_iters", "gamma", "history", "rng", "world_size"[, "scaler"]}``; ``model.load_state_dict(ckpt["model"])``
+    restores the weights (keys without DDP's ``module.``).
     """
     tqdm = require("tqdm.auto").tqdm
 
-    if not isinstance(model, LearnedMaskModel):
-        raise TypeError(f"train expects a LearnedMaskModel, got {type(model).__name__}")
+    inner = _unwrap(model)
     if device is not None:
-        model.to(device)
-    device = next(model.parameters()).device
-    loader = _loader(dataset, batch_size, shuffle, seed, num_workers)
-    total = epochs * len(loader) if max_iters is None else int(max_iters)
-    if total <= 0:
-        raise ValueError(f"nothing to train: max_iters = {total} (epochs={epochs}, {len(loader)} batches)")
-    groups = param_groups(model, lr_backbone, lr_head, lr_mask)
+        device = torch.device(device)
+    _init_from_torchrun(device if device is not None else next(inner.parameters()).device)
+    world, rank = _world(), (dist.get_rank() if _world() > 1 else 0)
+    if device is None and world > 1 and dist.get_backend() == "nccl" and next(inner.parameters()).device.type == "cpu":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device is not None:
+        inner.to(device)
+    device = next(inner.parameters()).device
+    if sync_batchnorm:
+        convert_sync_batchnorm(inner)
+    autocast_dtype, use_scaler = _amp_settings(amp, amp_dtype, device)
+
+    if isinstance(dataset, DataLoader):
+        epochs_of = _GivenLoader(dataset, world)
+    else:
+        _check_dataset(dataset)
+        epochs_of = _Epochs(dataset, batch_size, shuffle, seed, num_workers, rank, world)
+    per_epoch = epochs_of.batches
+    if per_epoch <= 0:
+        raise ValueError(f"nothing to train: the dataset gives no batch of {batch_size} per process")
+
+    groups = param_groups(inner, lr_backbone, lr_head, lr_mask)
     optimizer = torch.optim.SGD(groups, lr=lr_backbone, momentum=momentum, weight_decay=weight_decay)
-    ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "last.pt"
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     history: list[dict[str, float]] = []
+    it = 0
+    resumed_total = None
+    if resume is not None:
+        ckpt = read_checkpoint(resume, CheckpointError, "a checkpoint written by adatriton.train.train")
+        missing = [k for k in ("model", "optimizer", "iteration") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{resume} is not a train() checkpoint: it has no {missing}")
+        inner.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        it, history = int(ckpt["iteration"]), list(ckpt.get("history", []))
+        resumed_total = ckpt.get("max_iters")
+        if "rng" in ckpt:
+            _set_rng_state(ckpt["rng"], device)
+    if max_iters is not None:
+        total = int(max_iters)
+    elif resumed_total is not None:
+        total = int(resumed_total)
+    else:
+        total = epochs * per_epoch
+    if total <= 0:
+        raise ValueError(f"nothing to train: max_iters = {total} (epochs={epochs}, {per_epoch} batches)")
+
+    net: nn.Module = model
+    if world > 1 and not isinstance(model, DistributedDataParallel):
+        net = DistributedDataParallel(
+            inner,
+            device_ids=[torch.cuda.current_device() if device.index is None else device.index]
+            if device.type == "cuda"
+            else None,
+            find_unused_parameters=inner.model.aux_classifier is not None,
+        )
+    ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "last.pt"
 
     def checkpoint(iteration: int) -> None:
+        if rank != 0:
+            return
         state = {
-            "model": model.state_dict(),
+            "model": inner.state_dict(),
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
             "max_iters": total,
             "gamma": gamma,
             "history": history,
+            "rng": _rng_state(device),
+            "world_size": world,
         }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         save_checkpoint(ckpt_path, state)
 
-    model.train()
-    it = 0
-    bar = tqdm(total=total, disable=not progress, desc="train", dynamic_ncols=True)
+    net.train()
+    bar = tqdm(total=total, initial=min(it, total), disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
     try:
+        epoch, skip = divmod(it, per_epoch)
         while it < total:
-            for images, labels in loader:
+            for images, labels in epochs_of.loader(epoch, skip):
                 if it >= total:
                     break
                 for g in optimizer.param_groups:
                     g["lr"] = poly_lr(g["initial_lr"], it, total, poly_power)
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True).long()
-                out, fraction = model.forward_train(images)
-                ce = F.cross_entropy(out["out"], labels, ignore_index=ignore_index)
-                mask_term = (fraction - gamma) ** 2
-                loss = ce + mask_weight * mask_term
+                with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+                    out = net(images)  # forward_train in training mode; through DDP when distributed
+                    fraction = inner.last_fraction.float()
+                    ce = F.cross_entropy(out["out"].float(), labels, ignore_index=ignore_index)
+                    mask_term = (fraction - gamma) ** 2
+                    loss = ce + mask_weight * mask_term
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 it += 1
+                logged = torch.stack([loss, ce, mask_term, fraction]).detach().float()
+                if world > 1:
+                    dist.all_reduce(logged)
+                    logged /= world
+                loss_v, ce_v, mask_v, fraction_v = logged.tolist()
                 lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
                 record = {
                     "iteration": it,
-                    "loss": loss.item(),
-                    "ce": ce.item(),
-                    "mask_term": mask_term.item(),
-                    "fraction": fraction.item(),
+                    "loss": loss_v,
+                    "ce": ce_v,
+                    "mask_term": mask_v,
+                    "fraction": fraction_v,
                     "lr": lrs["backbone"],
                     "lr_head": lrs["head"],
                     "lr_mask": lrs["mask"],
                 }
                 history.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", frac=f"{record['fraction']:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{loss_v:.4f}", frac=f"{fraction_v:.3f}", refresh=False)
                 bar.update(1)
                 if ckpt_path is not None and checkpoint_every > 0 and it % checkpoint_every == 0 and it < total:
                     checkpoint(it)
+            epoch, skip = epoch + 1, 0
     finally:
         bar.close()
     # Leave it ready for inference: the argmax mask and the adaptive network.
-    model.eval()
+    inner.eval()
     if ckpt_path is not None:
         checkpoint(it)
+    if world > 1:
+        dist.barrier()  # every process returns once rank 0's checkpoint is on disk
     return history
