@@ -796,8 +796,9 @@ class _Converter:
         if self.k == 0:
             if self.a > deepest:
                 raise GraphConversionError(f"the model reaches output stride {deepest} at most, not {self.a}")
-            if not self.checked:  # levels are only accepted (all zero) on a grid the network reaches
-                self.call(check_dense_levels, (self.levels_node, None))
+            if not self.checked:  # nothing goes past the output stride: check levels on its last grid, if any
+                at_stride = [v for v in self.values.values() if v.kind == "dense" and v.t == self.a == self.res(v)]
+                self.call(check_dense_levels, (self.levels_node, at_stride[-1] if at_stride else None))
             return
         if self.b > deepest or self.lm_node is None:
             raise GraphConversionError(

@@ -27,6 +27,7 @@ from torchvision.models import segmentation as tvseg
 import adatriton
 from adatriton import LevelMap, LevelMapError
 from adatriton.models.graph import AdaptiveGraphModule, GraphConversionError
+from adatriton.runtime.backend import triton_runs_on
 from tests.reference.graph_simulation import dilated_network, simulate
 
 DT = torch.float64
@@ -354,6 +355,37 @@ def test_backward_matches_the_simulation():
     for got, expected in zip(*grads):
         _assert_close(got, expected)
     model.zero_grad(set_to_none=True)
+
+
+def test_train_mode_runs_and_backpropagates():
+    """BatchNorm statistics over the elements, stochastic depth per sample, gradients into the adaptive convs."""
+    torch.manual_seed(1)
+    model = torchvision.models.efficientnet_b0().train()
+    net = adatriton.convert(model, "8->32")
+    x = torch.randn(2, 3, 40, 56)
+    lm = LevelMap.random(2, 5, 7, 2, generator=torch.Generator().manual_seed(14))
+    conv = next(p for p in net.adaptive_convs() if p.downsample and p.stage == 1)
+    bn = model.get_submodule(conv.target.rsplit(".", 1)[0] + ".1")
+    before = bn.running_mean.clone()
+    net(x, lm).square().mean().backward()
+    assert model.get_submodule(conv.target).weight.grad is not None
+    assert not torch.equal(before, bn.running_mean)
+
+
+@pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs TRITON_INTERPRET=1 on the CPU")
+@pytest.mark.parametrize(("cls", "conversion"), [(_Mixer, "8->32"), (_Roll, "8->16")], ids=["mixer", "roll"])
+def test_triton_backend_equals_torch(cls, conversion):
+    """The Triton kernels (convs, densify) in the interpreter, float32."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    x = torch.randn(2, 3, *ODD)
+    reference = adatriton.convert(model, conversion, backend="torch")
+    n, hf, wf = reference.finest_grid(x)
+    lm = LevelMap.random(n, hf, wf, reference.num_levels, generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        expected = reference(x, lm)
+        got = adatriton.convert(model, conversion, backend="triton")(x, lm)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_compiles_without_graph_breaks():
