@@ -82,7 +82,7 @@ def _model_rows(ctx: Context, name: str, bar) -> list[Row]:
     coarsest = max(int(c.split("->")[1]) for c in conversions)
     rows = []
     with torch.inference_mode():
-        first = adatriton.convert(model, conversions[0], example_input=x_meta, backend="auto")
+        first = adatriton.convert(model, conversions[0], example_input=x_meta, backend="auto", method="graph")
         for stride in ("8", str(coarsest)):
             net = first.finest_network() if stride == "8" else first.with_output_stride(stride)
             level = int(math.log2(int(stride) // 8))  # the uniform map on the OS8 grid that this network equals

@@ -606,9 +606,9 @@ class _Converter:
         self.backend_node: fx.Node | None = None
         self.checked = False
         self.finest: tuple[int, int, int] | None = None
-        self.entered: dict[int, _Value] = {}
-        self.densified: dict[int, _Value] = {}
-        self.max_stage = 0
+        # id(value) -> (value, its map / dense form); holding the value keeps its id from being reused
+        self.entered: dict[int, tuple[_Value, _Value]] = {}
+        self.densified: dict[int, tuple[_Value, _Value]] = {}
 
     # ------------------------------------------------------------------ strides
     def stride_of(self, value: Any) -> tuple[int | None, bool]:
@@ -684,7 +684,6 @@ class _Converter:
         shape = (n, h, w, channels) if last else (n, channels, h, w)
         meta = torch.empty(shape, dtype=like.meta.dtype, device="meta")
         stage = like.stage if stage is None else stage
-        self.max_stage = max(self.max_stage, stage)
         return _Value(new, "map", meta, self.t_of(node), stage, last)
 
     def call(self, fn: Callable, args: tuple, kwargs: dict | None = None, name: str | None = None) -> fx.Node:
@@ -698,7 +697,7 @@ class _Converter:
     def enter(self, v: _Value, node: fx.Node) -> _Value:
         """The stage-0 map of dense finest-grid features (one per value)."""
         if id(v) in self.entered:
-            return self.entered[id(v)]
+            return self.entered[id(v)][1]
         n, _, h, w = v.meta.shape
         if self.lm_node is None:
             self.finest = (n, h, w)
@@ -711,7 +710,7 @@ class _Converter:
             )
         new = self.call(enter, (v, self.lm_node), name=f"{v.node.name if isinstance(v.node, fx.Node) else 'x'}_map")
         out = _Value(new, "map", v.meta, self.a, 0, False)
-        self.entered[id(v)] = out
+        self.entered[id(v)] = (v, out)
         return out
 
     def densify(self, v: _Value) -> _Value:
@@ -719,8 +718,8 @@ class _Converter:
         if id(v) not in self.densified:
             name = f"{v.node.name}_dense" if isinstance(v.node, fx.Node) else None
             new = self.call(map_densify, (v, self.backend(), v.last), name=name)
-            self.densified[id(v)] = _Value(new, "dense", v.meta, v.t)
-        return self.densified[id(v)]
+            self.densified[id(v)] = (v, _Value(new, "dense", v.meta, v.t))
+        return self.densified[id(v)][1]
 
     def entering(self, node: fx.Node, ins: list[_Value]) -> list[_Value]:
         """Dense inputs of ``node`` that must enter the adaptive part: ``node`` takes the stride past ``a``."""
