@@ -5,9 +5,6 @@ A row either expects an error, a ``ValueError`` / ``TypeError`` or the project's
 ``MaskInputError``, ``CheckpointError``), whose message names the argument, what was given and what is expected
 (``says``: regexes that must all occur in the message), a warning, a usage error of a CLI, or that the input now
 works (``check``).
-
-Rows whose fix belongs to another change are marked ``xfail(strict=True)``: once that change lands, the row
-passes, strict xfail turns that into a failure, and the mark must be removed.
 """
 
 from __future__ import annotations
@@ -57,14 +54,6 @@ class Row:
     usage: bool = False
     says: tuple[str, ...] = ()
     check: Callable[[Any, SimpleNamespace], None] | None = None
-
-
-def owner(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"fixed by the {name} change")
-
-
-HOST_PATH = owner("host-path")
-CHECKPOINTS = owner("training/checkpoint")
 
 
 def _says(message: str, patterns: tuple[str, ...]) -> None:
@@ -326,7 +315,6 @@ ROWS = [
     pytest.param(
         Row(_numpy_image, ARG_ERRORS, says=("expected a torch.Tensor", "ndarray|numpy")),
         id="converted-net-numpy-image",
-        marks=HOST_PATH,
     ),
     # -- probabilities as a keep mask
     pytest.param(
@@ -336,7 +324,6 @@ ROWS = [
             says=(re.escape("a keep mask must be bool or 0/1 integers; threshold probabilities first"), "float"),
         ),
         id="from-keep-mask-float-probabilities",
-        marks=HOST_PATH,
     ),
     # -- convert: backend checked at once, ints for dense strides
     pytest.param(
@@ -358,7 +345,6 @@ ROWS = [
     pytest.param(
         Row(_tap_spacing(1.5), ARG_ERRORS, says=("tap[_ ]spacing", r"1\.5")),
         id="conv2d-tap-spacing-1.5",
-        marks=HOST_PATH,
     ),
     pytest.param(
         Row(_tap_spacing(0), ARG_ERRORS, says=("tap[_ ]spacing", r"\b0\b", ">= 1|positive")), id="conv2d-tap-spacing-0"
@@ -368,41 +354,33 @@ ROWS = [
         id="conv2d-tap-spacing-minus-2",
     ),
     # -- level maps: meta device, K bound
-    pytest.param(Row(_meta_level_map, ARG_ERRORS, says=("meta",)), id="levelmap-on-meta-device", marks=HOST_PATH),
-    pytest.param(
-        Row(_huge_k, ARG_ERRORS, says=(r"\b13\b", "K|num_levels|levels")), id="levelmap-k-13", marks=HOST_PATH
-    ),
+    pytest.param(Row(_meta_level_map, ARG_ERRORS, says=("meta",)), id="levelmap-on-meta-device"),
+    pytest.param(Row(_huge_k, ARG_ERRORS, says=(r"\b13\b", "K|num_levels|levels")), id="levelmap-k-13"),
     # -- checkpoints: a path or a mapping, load failures in CheckpointError naming the file
-    pytest.param(Row(_checkpoint_from("valid"), check=_check_loaded), id="checkpoint-path-loads", marks=CHECKPOINTS),
+    pytest.param(Row(_checkpoint_from("valid"), check=_check_loaded), id="checkpoint-path-loads"),
     pytest.param(
         Row(_checkpoint_from("None"), (*ARG_ERRORS, adatriton.CheckpointError), says=("None", "path|mapping")),
         id="checkpoint-none",
-        marks=CHECKPOINTS,
     ),
     pytest.param(
         Row(_checkpoint_from("missing"), (adatriton.CheckpointError,), says=("path.pth",)),
         id="checkpoint-missing-file",
-        marks=CHECKPOINTS,
     ),
     pytest.param(
         Row(_checkpoint_from("truncated"), (adatriton.CheckpointError,), says=("path.pth",)),
         id="checkpoint-truncated-file",
-        marks=CHECKPOINTS,
     ),
     pytest.param(
         Row(_checkpoint_from("empty"), (adatriton.CheckpointError,), says=("path.pth",)),
         id="checkpoint-empty-file",
-        marks=CHECKPOINTS,
     ),
     pytest.param(
         Row(_checkpoint_from("text"), (adatriton.CheckpointError,), says=("path.pth",)),
         id="checkpoint-not-a-checkpoint-text",
-        marks=CHECKPOINTS,
     ),
     pytest.param(
         Row(_checkpoint_from("list"), (adatriton.CheckpointError,), says=("path.pth", "state_dict|mapping")),
         id="checkpoint-not-a-state-dict-list",
-        marks=CHECKPOINTS,
     ),
     # -- autotune cache: an impossible config is dropped with a warning
     pytest.param(
@@ -432,34 +410,25 @@ ROWS = [
     pytest.param(
         Row(_stale_packed_weight("data.copy_"), check=_check_fresh_weight),
         id="triton-weight-data-copy-after-forward",
-        marks=HOST_PATH,
     ),
     pytest.param(
         Row(_stale_packed_weight("data ="), check=_check_fresh_weight),
         id="triton-weight-data-assign-after-forward",
-        marks=HOST_PATH,
     ),
     pytest.param(
         Row(_stale_packed_weight("vector_to_parameters"), check=_check_fresh_weight),
         id="triton-weight-vector-to-parameters-after-forward",
-        marks=HOST_PATH,
     ),
-    pytest.param(
-        Row(_half_after_float, check=_check_half), id="triton-weight-half-after-float-forward", marks=HOST_PATH
-    ),
+    pytest.param(Row(_half_after_float, check=_check_half), id="triton-weight-half-after-float-forward"),
     pytest.param(
         Row(_levelmap_refilled_in_place, check=_check_consistent_map),
         id="levelmap-caller-tensor-refilled-in-place",
-        marks=HOST_PATH,
     ),
     pytest.param(
         Row(_levelmap_misaligned_write, check=_check_still_valid),
         id="levelmap-caller-tensor-misaligned-write",
-        marks=HOST_PATH,
     ),
-    pytest.param(
-        Row(_bn_only_fine_tuning, check=_check_bn_grads), id="triton-bn-only-fine-tuning-backward", marks=HOST_PATH
-    ),
+    pytest.param(Row(_bn_only_fine_tuning, check=_check_bn_grads), id="triton-bn-only-fine-tuning-backward"),
 ]
 
 

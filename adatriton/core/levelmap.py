@@ -284,6 +284,11 @@ class LevelMap:
         if not 0 <= stage <= self.num_levels:
             raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
         if stage not in self._layouts:
+            if self._stage_counts is None:  # a map rebuilt by torch.export from a traced tensor
+                raise LevelMapExportError(
+                    f"torch.export cannot trace LevelMap.layout (stage {stage}): {_EXPORT_WHY['layout']}. "
+                    "See docs/api.md, 'torch.export'."
+                )
             self._layouts[stage] = Layout(self, stage, self._stage_counts[stage])
         return self._layouts[stage]
 
@@ -309,7 +314,7 @@ def _is_traced(t: Tensor) -> bool:
 
 
 _EXPORT_WHY = {
-    "_validate": (
+    "_validate_and_count": (
         "validating a level map given as a tensor reads its values (data-dependent); give torch.export a LevelMap "
         "built outside (LevelMap is a pytree node: torch.export.export(net, (x, levels)))"
     ),
@@ -340,7 +345,7 @@ def _explained(method):
     return wrapper
 
 
-LevelMap._validate = _explained(LevelMap._validate)
+LevelMap._validate_and_count = _explained(LevelMap._validate_and_count)
 LevelMap.layout = _explained(LevelMap.layout)
 
 
@@ -360,11 +365,8 @@ def _unflatten(values, num_levels: int) -> LevelMap:
     # reads the values, and the real map was validated when it was built. (A LevelMap, not a subclass: pytree
     # nodes are looked up by exact type.)
     lm = LevelMap.__new__(LevelMap)
-    lm._validate = lambda: None
-    try:
-        LevelMap.__init__(lm, levels, num_levels)
-    finally:
-        del lm._validate
+    lm.num_levels, lm.levels, lm._layouts = num_levels, levels, {}
+    lm._stage_counts = None  # unknown while tracing: layout() says why it cannot build the tables
     return lm
 
 
