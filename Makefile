@@ -1,5 +1,6 @@
-# Two entry points (see README): `make bench` runs the main job, `make test` the tests. Each creates the
-# virtual environment first when it is missing or older than pyproject.toml / constraints.txt.
+# Entry points (see README): `make bench` runs the main job, `make test` the tests, `make gpu-check` everything that
+# needs a GPU. Each creates the virtual environment first when it is missing or older than pyproject.toml /
+# constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 RESULTS ?= results
 BENCH_ARGS ?=
 
-.PHONY: bench test env
+.PHONY: bench test env gpu-check
 
 env: $(STAMP)
 
@@ -23,3 +24,9 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check adatriton kernels bench tests
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest
+
+# On one H100/H200, at most 9 minutes: GPU tests, autotuning, calibration, layers and table2 suites, the CUDA-graph
+# test; every step time-boxed, a failing one does not stop the rest; log in $(RESULTS)/gpu_check.log. Without CUDA
+# it says so and runs nothing (exit 0).
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench gpu-check --out $(RESULTS)

@@ -9,6 +9,7 @@ from .ops.batchnorm import add, batch_norm, bn_add_act, relu
 from .ops.conv import conv2d, conv_bn_act
 from .ops.deform import deform_conv2d
 from .ops.downsample import downsample, softpool2d
+from .ops.pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
     "conv2d",
@@ -20,4 +21,11 @@ __all__ = [
     "batch_norm",
     "relu",
     "add",
+    "avg_downsample",
+    "element_areas",
+    "global_avg_pool",
+    "global_max_pool",
+    "layer_norm",
+    "linear",
+    "per_sample",
 ]

@@ -1,5 +1,6 @@
 """``python -m bench [SUITE ...]`` (console script ``adatriton-bench``): run benchmark suites, write
 ``<out>/<suite>.csv`` (rows merged by key), ``<out>/<suite>_summary.md`` and ``<out>/<suite>_*.png``.
+``python -m bench gpu-check [--dry-run]`` runs the GPU check instead (:mod:`bench._gpu_check`).
 
 Without a suite it runs ``table2``. Without CUDA the run is ``--quick`` (CPU-sized, a few minutes on 2 cores)
 unless ``--full`` is given; on CUDA it is the full run unless ``--quick`` is given. Explicit options override the
@@ -16,32 +17,11 @@ from pathlib import Path
 
 import torch
 
+from ._cli import DTYPES, add_backends, add_device, add_dtype, add_iters, add_model, fraction, non_negative, positive
 from ._report import write_reports
 from ._suite import Context, Options, load_suite, suite_names
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_SUITES = ("table2",)
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"fraction must be in [0, 1], got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,28 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runtime and multiply-add benchmarks of adaptive vs dense networks; one CSV, a markdown "
         "summary and plots per suite.",
     )
-    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run, of {names} (default: table2)")
+    p.add_argument(
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"suites to run, of {names} (default: table2); `python -m bench gpu-check` runs the GPU check instead",
+    )
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", default=None, help="CPU-sized run (default without CUDA)")
     mode.add_argument("--full", action="store_true", help="full-size run (default with CUDA)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp16 on CUDA, fp32 on the CPU")
-    p.add_argument("--batch", type=_positive, help="images per call (default 1)")
-    p.add_argument("--size", type=_positive, nargs=2, metavar=("H", "W"), help="input size (suite default)")
-    p.add_argument("--warmup", type=_non_negative, help="untimed calls per measurement (full: 10)")
-    p.add_argument("--iters", type=_positive, help="timed calls per measurement (full: 10)")
-    p.add_argument("--fractions", type=_fraction, nargs="+", help="level-0 area fractions of the adaptive rows")
-    p.add_argument("--backbones", nargs="+", choices=("resnet50", "resnet101", "resnet152"))
-    p.add_argument("--heads", nargs="+", choices=("fcn", "deeplabv3", "deeplabv3plus"))
+    add_device(p)
+    add_dtype(p, None, "default: fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--batch", type=positive, help="images per call (default 1)")
+    p.add_argument("--size", type=positive, nargs=2, metavar=("H", "W"), help="input size (suite default)")
+    p.add_argument("--warmup", type=non_negative, help="untimed calls per measurement (full: 10)")
+    add_iters(p, "timed calls per measurement (full: 10)")
+    p.add_argument("--fractions", type=fraction, nargs="+", help="level-0 area fractions of the adaptive rows")
+    add_model(p)
+    p.add_argument("--heads", nargs="+", choices=("fcn", "deeplabv3", "deeplabv3plus"), help="segmentation heads")
     p.add_argument("--conversions", nargs="+", choices=("8->32", "8->16"), help="adaptive output strides")
     p.add_argument("--masks", nargs="+", choices=("synthetic", "edges"), help="level-map sources")
-    p.add_argument(
-        "--backends",
-        nargs="+",
-        choices=("auto", "torch", "dense", "triton"),
-        help="adaptive backends (auto = per-layer dispatcher); triton on the CPU only when named here",
-    )
+    add_backends(p, "adaptive backends (auto = per-layer dispatcher); triton on the CPU only when named here")
     p.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last (default on)"
     )
@@ -118,11 +98,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     """Run the suites named in ``argv`` (see the module docstring).
 
     Args:
-        argv: arguments without the program name; None reads ``sys.argv``.
+        argv: arguments without the program name; None reads ``sys.argv``. ``gpu-check ...`` runs the GPU check.
 
     Returns:
-        ``{suite: {"csv", "summary", "plots", "table", "seconds"}}``.
+        ``{suite: {"csv", "summary", "plots", "table", "seconds"}}``; for ``gpu-check``:
+        ``{"gpu-check": {"returncode": status}}``.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gpu-check"]:
+        from ._gpu_check import main as gpu_check
+
+        return {"gpu-check": {"returncode": gpu_check(argv[1:])}}
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
@@ -150,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         start = time.perf_counter()
         rows = list(suite.run(ctx))
         seconds = time.perf_counter() - start
-        report = write_reports(rows, suite.name, opts.out, ctx.notes, suite.references)
+        report = write_reports(rows, suite.name, opts.out, ctx.notes, suite.references, suite.summary, suite.plot)
         report["seconds"] = seconds
         results[suite.name] = report
         print(report["summary"].read_text())
@@ -161,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def cli() -> int:
-    """The ``adatriton-bench`` console script: :func:`main` on ``sys.argv``, exit status 0."""
-    main()
-    return 0
+    """The ``adatriton-bench`` console script: :func:`main` on ``sys.argv``; exit status 0 (``gpu-check``: its
+    own)."""
+    return main().get("gpu-check", {}).get("returncode", 0)
 
 
 if __name__ == "__main__":

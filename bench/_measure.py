@@ -18,7 +18,7 @@ import torch
 from adatriton.runtime.files import cpu_model, gpu_name
 from adatriton.runtime.timing import time_calls
 
-__all__ = ["Timing", "device_name", "measure", "timestamp", "versions"]
+__all__ = ["Timing", "device_name", "measure", "peak_memory_mb", "reset_peak_memory", "timestamp", "versions"]
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -53,7 +53,9 @@ class Timing:
         return max(self.times_ms)
 
 
-def _reset_peak(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_mb`: CUDA's peak-allocated counter, or the process's peak resident
+    set (VmHWM) on the CPU."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
@@ -62,7 +64,9 @@ def _reset_peak(device: torch.device) -> None:
         _CLEAR_REFS.write_text("5")
 
 
-def _peak_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since :func:`reset_peak_memory`: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak
+    resident set on the CPU (MB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     with contextlib.suppress(OSError):
@@ -94,9 +98,9 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    _reset_peak(device)
+    reset_peak_memory(device)
     times = time_calls(fn, device, warmup=0, iters=iters)
-    return Timing(tuple(times), _peak_mb(device))
+    return Timing(tuple(times), peak_memory_mb(device))
 
 
 def device_name(device: torch.device) -> str:

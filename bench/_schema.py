@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 __all__ = ["COLUMNS", "KEY", "Row"]
@@ -12,12 +13,12 @@ class Row:
     """One measurement: a row of ``<suite>.csv`` (columns declared once, here; the README's table mirrors this).
 
     Attributes:
-        suite: suite name (``table2``, ``models``, ``layers``, ...).
+        suite: suite name (``table2``, ``models``, ``layers``, ``keypoints``, ``host``).
         model: what runs, e.g. ``deeplabv3_resnet101``, or a layer name for the ``layers`` suite.
         backbone: ``resnet50`` / ``resnet101`` / ``resnet152`` (or another trunk).
         head: ``fcn`` / ``deeplabv3`` / ``deeplabv3plus``, or ``none``.
-        scope: what the timed call covers: ``backbone`` (stem .. layer4, densified), ``model`` (whole forward) or
-            ``layer`` (one conv).
+        scope: what the timed call covers: ``backbone`` (stem .. layer4, densified), ``model`` (whole forward),
+            ``layer`` (one conv) or ``adaptive`` (the ``host`` suite: the adaptive part of the backbone).
         output_stride: ``"8"``, ``"16"`` (dense networks) or ``"8->32"``, ``"8->16"`` (adaptive).
         mask_source: ``none`` (dense), ``synthetic`` (clustered blobs), ``edges`` (Sobel edges of a photograph).
         mask_param: the source's setting that names the map (``blobs``, ``sobel``); part of the key.
@@ -36,7 +37,8 @@ class Row:
         macs_total: multiply-adds of the whole model (docs/semantics.md §5, :func:`adatriton.count_macs`).
         macs_backbone: multiply-adds of the backbone (layers suite: the layer's).
         warmup, iters: untimed and timed calls.
-        time_mean_ms, time_median_ms, time_min_ms, time_max_ms: statistics of the timed calls (network only).
+        time_mean_ms, time_median_ms, time_min_ms, time_max_ms: statistics of the timed calls (network only; the
+            ``host`` suite: CPU time of the issuing thread in the adaptive part).
         bookkeeping_ms: median time to build the level map and every index table the network uses (0 for
             dense rows); not part of the ``time_*`` columns.
         peak_memory_mb: peak memory during the timed calls: ``torch.cuda.max_memory_allocated`` on CUDA, the
@@ -46,6 +48,14 @@ class Row:
         device: GPU name, or CPU model and intra-op threads.
         torch_version, triton_version, adatriton_version: software versions (``triton_version`` empty if absent).
         timestamp: start of the run (ISO 8601, UTC); the same for every row of a run.
+        scenario: what else names the measurement; the ``host`` suite: ``reused_map`` / ``new_map``; empty for the
+            other suites. Part of the key.
+        convs_per_forward: adaptive convs per forward (``host`` suite; 0 where not counted).
+        launches_per_forward: device ops per forward: ATen ops that launch a kernel on a GPU plus Triton launches
+            (``host`` suite: of the adaptive part; NaN where not counted).
+        syncs_per_forward: host-device synchronisations per forward (``host`` suite; NaN where not counted).
+        host_us_per_conv: host time (CPU time of the issuing thread) of the adaptive part per adaptive conv,
+            microseconds, launches stubbed (``host`` suite; NaN where not measured).
     """
 
     suite: str
@@ -84,6 +94,11 @@ class Row:
     triton_version: str
     adatriton_version: str
     timestamp: str
+    scenario: str = ""
+    convs_per_forward: int = 0
+    launches_per_forward: float = math.nan
+    syncs_per_forward: float = math.nan
+    host_us_per_conv: float = math.nan
 
 
 #: Column order of every CSV.
@@ -106,4 +121,5 @@ KEY = (
     "channels_last",
     "compiled",
     "device",
+    "scenario",
 )

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from adatriton.runtime.backend import triton_runs_on
 
 from ._measure import device_name, timestamp, versions
+from ._report import plot_lines, summary
 from ._schema import Row
 
 __all__ = ["Context", "Options", "Suite", "load_suite", "suite_names"]
@@ -159,6 +160,10 @@ class Suite:
         references: output strides of the dense rows the summary divides by: the finest dense network first (its
             time is what ``speedup_vs_os8`` should be relative to), then a coarser one; ``("8", "16")`` for the
             ResNet suites, e.g. ``("1", "8")`` for a network whose finest grid is OS1.
+        summary: ``summary(table, suite, csv_path, notes, references) -> markdown`` of the merged CSV (default
+            :func:`bench._report.summary`: times over the dense references).
+        plot: ``plot(table, suite, out_dir, references) -> [paths]`` (default :func:`bench._report.plot_lines`:
+            time and MAs against the level map; :func:`bench._report.plot_bars` draws grouped bars), or None.
     """
 
     name: str
@@ -167,6 +172,8 @@ class Suite:
     full: Mapping[str, Any] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)
     references: tuple[str, str] = ("8", "16")
+    summary: Callable[..., str] = summary
+    plot: Callable[..., list[Path]] | None = plot_lines
 
 
 def suite_names() -> list[str]:

@@ -23,17 +23,17 @@ cycled past six), random VGG-16 weights (``--seed``). Columns:
 - ``speedup_vs_os8``: dense **OS1** median of the same run over this row's (the suite's finest dense network;
   the column name is the schema's).
 
-``--fractions``, ``--conversions``, ``--masks``, ``--backbones``, ``--heads`` do not apply and are ignored.
-Full run: 240x320, 10 warm-up + 10 timed calls; ``--quick``: 96x128, 1 + 3.
+``--fractions``, ``--conversions``, ``--masks``, ``--model``, ``--heads`` do not apply and are ignored.
+Full run: 240x320, 10 warm-up + 10 timed calls; ``--quick``: 96x128, 1 + 5 (fewer timed calls mark verdicts noisy).
 
 **Standalone** (``python -m bench.keypoints --out results [--quick] [--mma] [--weights d2_tf.pth] [--sequence
-PATH]``, :func:`run_keypoints`) writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
+PATH] [--backends ...]``, :func:`run_keypoints`; options spelt as in ``python -m bench``, see :mod:`bench._cli`)
+writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
 
-- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.d2net.count_macs`) per image, averaged over the six images
-of an
-  HPatches-layout sequence (by default the synthetic mini-sequence, or a folder of the real dataset), and of the
-  timed image;
-- **runtime** of the trunk on image 1 (batch 1; ``warmup`` untimed then ``repeats`` timed calls; CUDA events on
+- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.d2net.count_macs`) per image, averaged over the six
+  images of an HPatches-layout sequence (by default the synthetic mini-sequence, or a folder of the real dataset),
+  and of the timed image;
+- **runtime** of the trunk on image 1 (batch 1; ``--warmup`` untimed then ``--iters`` timed calls; CUDA events on
   a GPU, ``time.perf_counter`` on the CPU), with its ratio to dense OS1 measured in the same run. The adaptive
   rows run on a prebuilt level map with its index tables (:meth:`D2Net.build_tables`): that bookkeeping is timed
   apart, as ``sift_s`` (SIFT keypoints) and ``levelmap_s`` (level map + index tables);
@@ -67,12 +67,23 @@ from adatriton.d2net import D2Net
 from adatriton.runtime import timing
 from adatriton.runtime.backend import resolve_backend
 
+from ._cli import DTYPES, add_backends, add_device, add_dtype, add_iters, non_negative, positive
 from ._measure import device_name, measure
 from ._networks import dense_backend_name, level_fractions, timed_row
 from ._schema import Row
 from ._suite import Context, Suite
 
-__all__ = ["COLUMNS", "CSV_NAME", "DILATIONS", "SUITE", "KeypointRow", "main", "run", "run_keypoints"]
+__all__ = [
+    "COLUMNS",
+    "CSV_NAME",
+    "DILATIONS",
+    "SUITE",
+    "KeypointRow",
+    "build_parser",
+    "main",
+    "run",
+    "run_keypoints",
+]
 
 #: The standalone CLI's CSV (its own columns; the suite writes ``keypoints.csv`` in the shared schema).
 CSV_NAME = "keypoints_hpatches.csv"
@@ -80,7 +91,7 @@ CSV_NAME = "keypoints_hpatches.csv"
 DILATIONS = masks.PAPER_KEYPOINT_DILATIONS
 #: Full-run and quick defaults; explicit arguments override either.
 DEFAULTS = {"size": (240, 320), "warmup": 10, "repeats": 10, "mma": True}
-QUICK = {"size": (96, 128), "warmup": 1, "repeats": 3, "mma": False}
+QUICK = {"size": (96, 128), "warmup": 1, "repeats": 5, "mma": False}
 
 
 @dataclass
@@ -208,7 +219,7 @@ def run_keypoints(
     progress: bool = True,
     mma: bool | None = None,
     timing: bool = True,
-    backend: str | None = None,
+    backend: str | Sequence[str] | None = None,
     weights: str | Path | None = None,
     sequence: str | Path | None = None,
     dilations: Sequence[Sequence[float]] = DILATIONS,
@@ -228,7 +239,8 @@ def run_keypoints(
         mma: also evaluate the matching accuracy on the sequence (six forwards per row).
         timing: time the trunk and the bookkeeping; False counts MAs (and MMA) only, times are NaN, so that MAs
             of large images cost no forward pass.
-        backend: conv backend of the adaptive trunk (None: the default resolution).
+        backend: conv backend of the adaptive trunk (None: the default resolution), or several: one adaptive row
+            per triplet and backend.
         weights: a D2-Net checkpoint (``{"model": ...}``) to load; None for random weights.
         sequence: a folder in the HPatches layout; None builds the synthetic mini-sequence.
         dilations: the triplets of the adaptive rows.
@@ -236,7 +248,7 @@ def run_keypoints(
         seed: seeds the random weights and the synthetic sequence.
 
     Returns:
-        The rows: dense OS1, OS2, OS4, OS8, then one adaptive row per triplet.
+        The rows: dense OS1, OS2, OS4, OS8, then one adaptive row per triplet (per backend).
     """
     defaults = QUICK if quick else DEFAULTS
     size = tuple(int(s) for s in (size or defaults["size"]))
@@ -325,48 +337,16 @@ def run_keypoints(
         rows.append(row)
         log(row)
 
-    net = base.with_output_stride(d2net.ADAPTIVE_STRIDE)
-    backend_name = backend or _resolved_backend(dev)
-    for dil in dilations:
-        rgb1 = rgb[:1]
-
-        def build(dil=dil, rgb1=rgb1):
-            return net.build_tables(masks.keypoints(rgb1, dil, keypoints_xy=kps[:1]).to(dev))
-
-        lm_times, times = [math.nan], [math.nan]
-        lm1 = masks.keypoints(rgb1, dil, keypoints_xy=kps[:1])
-        if timing:
-            lm_times = []
-            for _ in range(max(1, repeats)):
-                t0 = time.perf_counter()
-                lm1 = build()
-                lm_times.append(time.perf_counter() - t0)
-            with torch.inference_mode():
-                times = time_calls(lambda lm1=lm1: net.features_multires(x1, lm1), dev, warmup, repeats)
-        lm_all = masks.keypoints(rgb, dil, keypoints_xy=kps)
-        fr = lm_all.fractions().tolist()
-        row = KeypointRow(
-            **common,
-            kind="adaptive",
-            output_stride=d2net.ADAPTIVE_STRIDE,
-            dilations=_dilation_label(dil),
-            backend=backend_name,
-            level0=fr[0],
-            level1=fr[1],
-            level2=fr[2],
-            level3=fr[3],
-            macs_per_image=d2net.count_macs(net, levels=lm_all).per_image,
-            macs_ratio_to_os1=math.nan,
-            macs_timed=d2net.count_macs(net, levels=lm1).total,
-            median_s=statistics.median(times),
-            min_s=min(times),
-            max_s=max(times),
-            ratio_to_os1=math.nan,
-            levelmap_s=statistics.median(lm_times),
-            **accuracy(net, lm_all.to(dev)),
-        )
-        rows.append(row)
-        log(row)
+    chosen = [backend] if backend is None or isinstance(backend, str) else list(backend)
+    for name in chosen:
+        net = D2Net(base.features, d2net.ADAPTIVE_STRIDE, base.use_relu, name)
+        backend_name = name or _resolved_backend(dev)
+        for dil in dilations:
+            row = _adaptive_row(net, backend_name, dil, rgb, kps, x1, dev, warmup, repeats, timing, common)
+            if mma:
+                _with_accuracy(row, accuracy(net, _levels(rgb, dil, kps, dev)))
+            rows.append(row)
+            log(row)
 
     os1 = rows[0]
     for row in rows:
@@ -375,6 +355,57 @@ def run_keypoints(
     if out_dir is not None:
         write_rows(rows, Path(out_dir) / CSV_NAME)
     return rows
+
+
+def _levels(rgb: torch.Tensor, dil, kps, device: torch.device):
+    return masks.keypoints(rgb, dil, keypoints_xy=kps).to(device)
+
+
+def _with_accuracy(row: KeypointRow, mma: dict[str, float]) -> None:
+    for name, value in mma.items():
+        setattr(row, name, value)
+
+
+def _adaptive_row(
+    net: D2Net, backend_name: str, dil, rgb, kps, x1, dev, warmup: int, repeats: int, timing: bool, common: dict
+) -> KeypointRow:
+    """One adaptive row of :func:`run_keypoints`: the trunk on image 1 at one dilation triplet and backend."""
+    rgb1 = rgb[:1]
+
+    def build():
+        return net.build_tables(masks.keypoints(rgb1, dil, keypoints_xy=kps[:1]).to(dev))
+
+    lm_times, times = [math.nan], [math.nan]
+    lm1 = masks.keypoints(rgb1, dil, keypoints_xy=kps[:1])
+    if timing:
+        lm_times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            lm1 = build()
+            lm_times.append(time.perf_counter() - t0)
+        with torch.inference_mode():
+            times = time_calls(lambda: net.features_multires(x1, lm1), dev, warmup, repeats)
+    lm_all = masks.keypoints(rgb, dil, keypoints_xy=kps)
+    fr = lm_all.fractions().tolist()
+    return KeypointRow(
+        **common,
+        kind="adaptive",
+        output_stride=d2net.ADAPTIVE_STRIDE,
+        dilations=_dilation_label(dil),
+        backend=backend_name,
+        level0=fr[0],
+        level1=fr[1],
+        level2=fr[2],
+        level3=fr[3],
+        macs_per_image=d2net.count_macs(net, levels=lm_all).per_image,
+        macs_ratio_to_os1=math.nan,
+        macs_timed=d2net.count_macs(net, levels=lm1).total,
+        median_s=statistics.median(times),
+        min_s=min(times),
+        max_s=max(times),
+        ratio_to_os1=math.nan,
+        levelmap_s=statistics.median(lm_times),
+    )
 
 
 def _resolved_backend(device: torch.device) -> str:
@@ -389,8 +420,8 @@ def write_rows(rows: Sequence[KeypointRow], path: str | Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """``python -m bench.keypoints``: run :func:`run_keypoints`, print the table, return the CSV's path."""
+def build_parser() -> argparse.ArgumentParser:
+    """The standalone command line (``python -m bench.keypoints --help``)."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.keypoints",
         description="D2-Net / VGG-16 keypoints benchmark (own CSV "
@@ -398,32 +429,39 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
     parser.add_argument("--quick", action="store_true", help=f"smoke test defaults: {QUICK}")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size")
-    parser.add_argument("--warmup", type=int, help="untimed calls per row")
-    parser.add_argument("--repeats", type=int, help="timed calls per row")
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    parser.add_argument("--backend", choices=("torch", "dense", "triton", "auto"), help="adaptive conv backend")
+    parser.add_argument("--size", type=positive, nargs=2, metavar=("H", "W"), help="image size")
+    parser.add_argument("--warmup", type=non_negative, help="untimed calls per row")
+    add_iters(parser, "timed calls per row")
+    add_device(parser)
+    add_dtype(parser, "fp32", "trunk and input dtype (default: fp32)")
+    add_backends(parser, "adaptive conv backends, one row per triplet and backend (default: the default resolution)")
     parser.add_argument("--mma", action=argparse.BooleanOptionalAction, default=None, help="matching accuracy")
     parser.add_argument("--weights", type=Path, help="D2-Net checkpoint (d2_tf.pth); default random weights")
     parser.add_argument("--sequence", type=Path, help="an HPatches sequence folder; default: synthetic")
+    parser.add_argument("--seed", type=int, default=0, help="random weights and the synthetic sequence (default 0)")
     parser.add_argument("--no-timing", action="store_true", help="count MAs (and MMA) only, no runtime")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m bench.keypoints``: run :func:`run_keypoints`, print the table, return the CSV's path."""
+    args = build_parser().parse_args(argv)
     rows = run_keypoints(
         args.out,
         quick=args.quick,
         device=args.device,
-        dtype=getattr(torch, args.dtype),
+        dtype=DTYPES[args.dtype],
         size=tuple(args.size) if args.size else None,
         warmup=args.warmup,
-        repeats=args.repeats,
+        repeats=args.iters,
         progress=not args.no_progress,
         mma=args.mma,
-        backend=args.backend,
+        backend=args.backends,
         weights=args.weights,
         sequence=args.sequence,
         timing=not args.no_timing,
+        seed=args.seed,
     )
     table = pd.DataFrame([asdict(r) for r in rows])
     cols = [
@@ -556,7 +594,7 @@ SUITE = Suite(
     "triplets (SIFT keypoint level maps), dispatcher by default",
     run=run,
     full={"size": (240, 320), "warmup": 10, "iters": 10, "backends": ("auto",)},
-    quick={"size": (96, 128), "warmup": 1, "iters": 3, "backends": ("auto",)},
+    quick={"size": (96, 128), "warmup": 1, "iters": 5, "backends": ("auto",)},
     references=("1", "8"),
 )
 

@@ -9,7 +9,7 @@ network: every element of its stage (level-0 pixels plus the coarse blocks), ``a
 OS8 network, channels-last. Bookkeeping is the level map with the layout and tap table of the layer.
 
 Full run: 1024x2048, fractions 0.01 .. 1.0, 10 + 10 calls. ``--quick``: 256x512 and a quarter of the channels,
-fractions 0.1 / 0.3 / 1.0, 1 + 3 calls.
+fractions 0.1 / 0.3 / 1.0, 1 + 5 calls.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ SUITE = Suite(
     quick={
         "size": (256, 512),
         "warmup": 1,
-        "iters": 3,
+        "iters": 5,
         "fractions": (0.1, 0.3, 1.0),
         "backends": ("auto", "torch", "dense", "triton"),
     },

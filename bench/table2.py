@@ -4,7 +4,7 @@ clustered synthetic mask and with the Sobel edge mask of a bundled photograph (t
 fraction), each through the per-layer dispatcher (``auto``) and each forced backend.
 
 Full run: 1024x2048, 10 warm-up + 10 timed calls (the paper's protocol). ``--quick``: 256x512, fractions 0.1 / 0.3 /
-0.5, 1 + 3 calls: a few minutes on 2 CPU cores.
+0.5, 1 + 5 calls (fewer would mark every verdict noisy): minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ SUITE = Suite(
     quick={
         "size": (256, 512),
         "warmup": 1,
-        "iters": 3,
+        "iters": 5,
         "fractions": (0.1, 0.3, 0.5),
         "backbones": ("resnet101",),
         "heads": ("deeplabv3",),

@@ -10,8 +10,10 @@ output dtype, so a bottleneck's conv-BN(-add)-ReLU is one launch.
 The tile's whole tap table is read once, before the reduction loop, as a ``(BLOCK_M, taps)`` tile of row offsets
 (already multiplied by the row stride, 32-bit unless ``E * stride`` reaches 2^31); the loop picks one column per
 tap with ``tl.gather``. Its gathered loads then depend on nothing loaded inside the loop, so Triton's pipeliner
-keeps ``num_stages - 1`` A and B tiles in flight with ``cp.async`` (tests/aot/test_kernels_aot.py checks the
-buffers and the ``cp.async.wait_group`` depth in the compiled PTX for sm_80 and sm_90).
+multi-buffers the A and B tiles (:func:`pipeline_buffers`) and keeps the copies of the next stages in flight with
+``cp.async`` while the current one multiplies (tests/aot/test_kernels_aot.py checks the buffers and the
+``cp.async.wait_group`` depth in the compiled TTGIR and PTX for sm_80 and sm_90). Large tiles split the epilogue
+in N halves, and persistent configs walk the tiles with one program per SM (:class:`ConvConfig`).
 
 The same kernel serves every conv of docs/semantics.md §3: k x k with any tap spacing (the tap table encodes it), the
 downsampling conv evaluated only at the surviving elements (the table is centred there), the strided shortcut
@@ -20,6 +22,7 @@ downsampling conv evaluated only at the surviving elements (the table is centred
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -319,6 +322,11 @@ def _epilogue(
     group,
     scale_ptr,
     shift_ptr,
+    bnw_ptr,
+    bnb_ptr,
+    mean_ptr,
+    var_ptr,
+    eps,
     res_ptr,
     out_ptr,
     cout_g,
@@ -326,18 +334,35 @@ def _epilogue(
     stride_out,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
+    HAS_BN: tl.constexpr,
+    HAS_BN_W: tl.constexpr,
+    HAS_BN_B: tl.constexpr,
     HAS_RES: tl.constexpr,
     RELU: tl.constexpr,
     WIDTH: tl.constexpr,
 ):
-    """Scale, shift, residual, ReLU, cast and store of ``WIDTH`` output channels from ``n0`` on."""
+    """Scale and shift (or the conv bias and an eval-mode BatchNorm from its own parameters), residual, ReLU, cast
+    and store of ``WIDTH`` output channels from ``n0`` on."""
     offs_n = n0 + tl.arange(0, WIDTH)
     n_ok = offs_n < cout_g
     chan = group * cout_g + offs_n
-    if HAS_SCALE:
-        acc = acc * tl.load(scale_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_SHIFT:
-        acc = acc + tl.load(shift_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BN:
+        # BatchNorm folded here, from the module's tensors as they are now: no folded copy to go stale, no extra
+        # launch. bn(conv + bias) = (conv + bias - mean) * weight / sqrt(var + eps) + bias_bn.
+        mean = tl.load(mean_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)
+        if HAS_SHIFT:  # the conv's bias
+            mean = mean - tl.load(shift_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)
+        inv = 1.0 / tl.sqrt(tl.load(var_ptr + chan, mask=n_ok, other=1.0).to(tl.float32) + eps)
+        if HAS_BN_W:
+            inv = inv * tl.load(bnw_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)
+        acc = (acc - mean[None, :]) * inv[None, :]
+        if HAS_BN_B:
+            acc = acc + tl.load(bnb_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        if HAS_SCALE:
+            acc = acc * tl.load(scale_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_SHIFT:
+            acc = acc + tl.load(shift_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_mask = m_ok[:, None] & n_ok[None, :]
     rows64 = offs_m.to(tl.int64)[:, None]  # once per tile: int64 costs nothing here, and M * stride may pass 2^31
     if HAS_RES:
@@ -355,6 +380,11 @@ def _conv_tile(
     w_ptr,
     scale_ptr,
     shift_ptr,
+    bnw_ptr,
+    bnb_ptr,
+    mean_ptr,
+    var_ptr,
+    eps,
     res_ptr,
     out_ptr,
     rows,
@@ -364,7 +394,13 @@ def _conv_tile(
     stride_x,
     stride_res,
     stride_out,
+    sw_g,
+    sw_n,
+    sw_c,
+    sw_y,
+    sw_x,
     TAPS: tl.constexpr,
+    KSIZE: tl.constexpr,
     TAPS_P2: tl.constexpr,
     GATHER: tl.constexpr,
     INT64_OFFSETS: tl.constexpr,
@@ -372,6 +408,9 @@ def _conv_tile(
     ROW_ALIGN: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
+    HAS_BN: tl.constexpr,
+    HAS_BN_W: tl.constexpr,
+    HAS_BN_B: tl.constexpr,
     HAS_RES: tl.constexpr,
     RELU: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -395,7 +434,9 @@ def _conv_tile(
     m_ok = offs_m < rows
     n_ok = offs_n < cout_g
     x_group = x_ptr + group * cin_g
-    w_group = w_ptr + group * TAPS * cin_g * cout_g  # weights: (groups, TAPS * cin_g, cout_g), row-major
+    # The weight as it is stored: the conv's own (Cout, Cin/g, k, k) tensor with its strides (channels-last makes the
+    # reduction axis contiguous), or a packed (g, k*k*Cin/g, Cout/g) copy; the tap picks the (ky, kx) plane.
+    w_group = w_ptr + group * sw_g
     # Row offsets in units of ROW_ALIGN elements (the largest power of two <= 16 dividing every row start): the loop
     # multiplies by the constant ROW_ALIGN, a shift from which Triton's alignment analysis sees 16-byte aligned rows
     # and so issues 16-byte cp.async copies. (A tl.multiple_of hint on the gathered column is lost when Triton
@@ -440,7 +481,9 @@ def _conv_tile(
             a_mask = (row >= 0) & k_ok[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :]
         a = tl.load(x_group + row * ROW_ALIGN + offs_k[None, :], mask=a_mask, other=0.0)
-        b = tl.load(w_group + (t * cin_g + offs_k)[:, None] * cout_g + offs_n[None, :], mask=b_mask, other=0.0)
+        ky = t // KSIZE
+        w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
+        b = tl.load(w_tap + offs_k[:, None] * sw_c + offs_n[None, :] * sw_n, mask=b_mask, other=0.0)
         if UPCAST:  # the interpreter computes bf16 products wrongly: multiply in fp32 there
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -450,13 +493,16 @@ def _conv_tile(
         # The epilogue in two N halves (as EPILOGUE_SUBTILE in Triton's persistent matmul): a 128x256 tile's
         # residual add would otherwise hold a second 128-register tile next to the accumulator and spill.
         lo, hi = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        _epilogue(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, res_ptr, out_ptr, cout_g, stride_res,
-                  stride_out, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
-        _epilogue(hi, offs_m, m_ok, n0 + BLOCK_N // 2, group, scale_ptr, shift_ptr, res_ptr, out_ptr, cout_g,
-                  stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
+        _epilogue(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
+                  res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
+                  HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
+        _epilogue(hi, offs_m, m_ok, n0 + BLOCK_N // 2, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr,
+                  var_ptr, eps, res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN,
+                  HAS_BN_W, HAS_BN_B, HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
     else:
-        _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, res_ptr, out_ptr, cout_g, stride_res,
-                  stride_out, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, BLOCK_N)  # fmt: skip
+        _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
+                  res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
+                  HAS_RES, RELU, BLOCK_N)  # fmt: skip
 
 
 @triton.jit
@@ -466,6 +512,11 @@ def _conv_elements_kernel(
     w_ptr,
     scale_ptr,
     shift_ptr,
+    bnw_ptr,
+    bnb_ptr,
+    mean_ptr,
+    var_ptr,
+    eps,
     res_ptr,
     out_ptr,
     rows,
@@ -476,7 +527,13 @@ def _conv_elements_kernel(
     stride_x,
     stride_res,
     stride_out,
+    sw_g,
+    sw_n,
+    sw_c,
+    sw_y,
+    sw_x,
     TAPS: tl.constexpr,
+    KSIZE: tl.constexpr,
     TAPS_P2: tl.constexpr,
     GATHER: tl.constexpr,
     INT64_OFFSETS: tl.constexpr,
@@ -484,6 +541,9 @@ def _conv_elements_kernel(
     ROW_ALIGN: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
+    HAS_BN: tl.constexpr,
+    HAS_BN_W: tl.constexpr,
+    HAS_BN_B: tl.constexpr,
     HAS_RES: tl.constexpr,
     RELU: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -496,18 +556,22 @@ def _conv_elements_kernel(
 ):
     if PERSISTENT:
         # A grid of about one program per SM walks the tiles: no per-CTA launch and prologue cost, and the tiles
-        # of one wave stay adjacent in the channel-fastest order.
+        # of one wave stay adjacent in the channel-fastest order. disable_licm: hoisting the tile-invariant address
+        # math out of this loop kept it live through the reduction (235 instead of 225 registers for 128x128x64 on
+        # sm_90); flatten=True (one loop over tiles x reduction) lost the B pipelining and hit 255.
         num_tiles = tl.cdiv(rows, BLOCK_M) * tl.cdiv(cout_g, BLOCK_N) * groups
         for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), disable_licm=True):
-            _conv_tile(tile, x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, rows, num_src, cin_g,
-                       cout_g, stride_x, stride_res, stride_out, TAPS, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K,
-                       ROW_ALIGN, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N,
+            _conv_tile(tile, x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
+                       res_ptr, out_ptr, rows, num_src, cin_g, cout_g, stride_x, stride_res, stride_out, sw_g, sw_n,
+                       sw_c, sw_y, sw_x, TAPS, KSIZE, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K, ROW_ALIGN, HAS_SCALE,
+                       HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N,
                        BLOCK_K, SPLIT_N)  # fmt: skip
     else:
-        _conv_tile(tl.program_id(0), x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, rows, num_src,
-                   cin_g, cout_g, stride_x, stride_res, stride_out, TAPS, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K,
-                   ROW_ALIGN, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
-                   SPLIT_N)  # fmt: skip
+        _conv_tile(tl.program_id(0), x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr,
+                   var_ptr, eps, res_ptr, out_ptr, rows, num_src, cin_g, cout_g, stride_x, stride_res, stride_out,
+                   sw_g, sw_n, sw_c, sw_y, sw_x, TAPS, KSIZE, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K, ROW_ALIGN,
+                   HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M,
+                   BLOCK_N, BLOCK_K, SPLIT_N)  # fmt: skip
 
 
 def pack_weight(weight: Tensor, groups: int) -> Tensor:
@@ -520,12 +584,13 @@ def pack_weight(weight: Tensor, groups: int) -> Tensor:
 def conv_elements(
     values: Tensor,
     index: Tensor | None,
-    packed_weight: Tensor,
+    weight: Tensor,
     *,
     taps: int,
     groups: int = 1,
     scale: Tensor | None = None,
     shift: Tensor | None = None,
+    bn: tuple | None = None,
     residual: Tensor | None = None,
     relu: bool = False,
     out_dtype: torch.dtype | None = None,
@@ -537,10 +602,16 @@ def conv_elements(
         values: ``(E_in, Cin)`` input elements, channels contiguous (fp32, fp16 or bf16).
         index: ``(M, taps)`` tap table, int32 (preferred: half the bytes) or int64, entries ``>= E_in`` read zero;
             or None for ``out[m] <- x[m]`` (a 1x1 conv, ``M = E_in``). Used as is when contiguous.
-        packed_weight: :func:`pack_weight` output, ``(groups, taps * Cin/g, Cout/g)``, same dtype as values.
+        weight: the conv's own ``(Cout, Cin/g, k, k)`` weight, read in place with its strides (channels-last keeps
+            the reduction axis contiguous: what the tensor cores want), or a :func:`pack_weight` copy
+            ``(groups, taps * Cin/g, Cout/g)``; same dtype as values. Reading the module's tensor at every launch
+            means no derived copy can go stale (``.data`` writes, ``load_state_dict``, dtype moves).
         taps: number of taps ``k*k``.
         groups: conv groups.
-        scale, shift: optional ``(Cout,)`` per-channel epilogue (fp32 recommended).
+        scale, shift: optional ``(Cout,)`` per-channel epilogue (fp32 recommended); with ``bn``, ``shift`` is the
+            conv's bias and ``scale`` must be None.
+        bn: ``(weight, bias, running_mean, running_var, eps)`` of an eval-mode BatchNorm applied in the epilogue
+            from its own tensors (``weight`` / ``bias`` may be None), or None.
         residual: optional ``(M, Cout)`` tensor added before the activation.
         relu: apply ReLU last.
         out_dtype: output dtype (default: the input's).
@@ -554,13 +625,25 @@ def conv_elements(
     if values.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"the triton backend computes in fp32, fp16 or bf16, got {values.dtype}")
     e_in, cin = values.shape
-    g, k_total, cout_g = packed_weight.shape
     cin_g = cin // groups
-    if g != groups or k_total != taps * cin_g or packed_weight.dtype != values.dtype:
+    ksize = math.isqrt(taps)
+    if weight.dim() == 4:  # the conv's own weight: (Cout, Cin/g, k, k), any strides
+        cout_g = weight.shape[0] // groups
+        fits = weight.shape[1:] == (cin_g, ksize, ksize) and ksize * ksize == taps
+        fits = fits and cout_g * groups == weight.shape[0]
+        s_o, s_c, s_y, s_x = weight.stride()
+        w_strides = (cout_g * s_o, s_o, s_c, s_y, s_x)
+    else:  # packed: (g, taps * Cin/g, Cout/g), contiguous
+        g, k_total, cout_g = weight.shape
+        fits = g == groups and k_total == taps * cin_g and ksize * ksize == taps and weight.is_contiguous()
+        w_strides = (k_total * cout_g, 1, cout_g, ksize * cin_g * cout_g, cin_g * cout_g)
+    if not fits or weight.dtype != values.dtype:
         raise ValueError(
-            f"packed weight {tuple(packed_weight.shape)} {packed_weight.dtype} does not fit {taps} taps x {cin} "
-            f"{values.dtype} channels in {groups} groups"
+            f"weight {tuple(weight.shape)} {weight.dtype} does not fit {taps} taps x {cin} {values.dtype} channels in "
+            f"{groups} groups"
         )
+    if bn is not None and scale is not None:
+        raise ValueError("conv_elements takes a BatchNorm (bn=) or a scale, not both")
     if index is not None:
         if index.dim() != 2 or index.shape[1] != taps or index.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"index must be int32 or int64 (M, {taps}), got {index.dtype} {tuple(index.shape)}")
@@ -582,12 +665,18 @@ def conv_elements(
     grid = (min(tiles, INTERPRETER_PROGRAMS if facts is None else facts[1]) if persistent else tiles,)
     stride_x = values.stride(0)
     dummy = out  # never read: the matching HAS_* flag is off
+    bn_w, bn_b, mean, var, eps = (None, None, dummy, dummy, 0.0) if bn is None else bn
     _conv_elements_kernel[grid](
         values,
         dummy if index is None else index,
-        packed_weight,
+        weight,
         dummy if scale is None else scale if scale.is_contiguous() else scale.contiguous(),
         dummy if shift is None else shift if shift.is_contiguous() else shift.contiguous(),
+        dummy if bn_w is None else bn_w,
+        dummy if bn_b is None else bn_b,
+        mean,
+        var,
+        float(eps),
         dummy if residual is None else residual,
         out,
         rows,
@@ -598,7 +687,9 @@ def conv_elements(
         stride_x,
         0 if residual is None else residual.stride(0),
         out.stride(0),
+        *w_strides,
         TAPS=taps,
+        KSIZE=ksize,
         TAPS_P2=triton.next_power_of_2(taps),
         GATHER=index is not None,
         INT64_OFFSETS=needs_int64_offsets(e_in, stride_x),
@@ -606,6 +697,9 @@ def conv_elements(
         ROW_ALIGN=_row_align(stride_x, cin_g, groups),
         HAS_SCALE=scale is not None,
         HAS_SHIFT=shift is not None,
+        HAS_BN=bn is not None,
+        HAS_BN_W=bn_w is not None,
+        HAS_BN_B=bn_b is not None,
         HAS_RES=residual is not None,
         RELU=relu,
         UPCAST=facts is None and values.dtype == torch.bfloat16 and interpreting(),

@@ -33,6 +33,7 @@ from torchvision.models import ResNet
 
 from ..core.levelmap import LevelMap, LevelMapError
 from ..models.d2net import NUM_POOLS, D2Net, D2NetInputError
+from ..models.graph import AdaptiveGraphModule
 from ..models.resnet import LAYERS, AdaptiveResNet, plan_resnet, shortcut_parts
 from ..models.segmentation import AdaptiveSegmentationModel, segmentation_heads
 from ..nn.modules import DeformableConv2d
@@ -310,6 +311,51 @@ def _adaptive_convs(net: AdaptiveResNet, prefix: str) -> dict[str, tuple[int, bo
     return info
 
 
+#: Children whose convs and linear layers count as the head of a model converted by the graph path.
+GRAPH_HEADS = ("classifier", "fc", "head", "heads", "aux_classifier")
+
+
+def _graph(model: AdaptiveGraphModule, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
+    """A model converted by the graph path: the dense network at its finest stride (the ``L == 0`` network, which
+    calls the same convs in the same order) on meta, then every conv that runs on a map counts the elements of its
+    output stage instead of the finest grid."""
+
+    def part_of(name: str) -> str:
+        return "head" if name.split(".")[0] in GRAPH_HEADS else "backbone"
+
+    dense = model.finest_network() if model.adaptive else model
+    rows = _run_on_meta(dense, x, lambda m, xm, rec: m(xm), part_of)
+    if not model.adaptive:
+        return rows, ()
+    if levels is None:
+        raise ValueError(
+            f"output_stride {model.output_stride!r} is adaptive: count_macs needs its level map (LevelMap or integer "
+            f"tensor (N, Hf, Wf) on the OS{model.finest_stride} grid)"
+        )
+    if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
+        raise TypeError("count_macs needs the level map itself, not a callable that predicts it")
+    lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), model.num_levels)
+    if lm.num_levels != model.num_levels:
+        raise LevelMapError(
+            f"level map has K={lm.num_levels} but output_stride {model.output_stride!r} needs K={model.num_levels}"
+        )
+    grid = model.finest_grid(x)
+    if lm.shape != grid:
+        raise LevelMapError(f"level map has shape {lm.shape} but the finest grid of this input is {grid}")
+    counts = tuple(stage_element_counts(lm))
+    pending: dict[str, list] = {}
+    for plan in model.adaptive_convs():  # in execution order, as the rows
+        pending.setdefault(plan.target, []).append(plan)
+    for row in rows:
+        calls = pending.get(row["layer"])
+        if calls:
+            plan = calls.pop(0)
+            out_stage = plan.stage + int(plan.downsample)
+            row.update(adaptive=True, stage=plan.stage, downsample=plan.downsample, elements=counts[out_stage])
+            row["spacing"] = plan.tap_spacing
+    return rows, counts
+
+
 def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
     """The D2-Net / VGG-16 trunk's convs (:func:`d2net_macs`, analytic) as rows of this table; every conv of the
     ``"1->8"`` trunk is adaptive, the pools merge elements without computing any."""
@@ -397,7 +443,8 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
     own weights are untouched.
 
     Args:
-        model: a model :func:`adatriton.convert` returns (dense or adaptive ResNet, segmentation model), a
+        model: a model :func:`adatriton.convert` returns (dense or adaptive ResNet, segmentation model, a model
+            converted by the graph path, whose head is its ``classifier`` / ``fc`` / ``head`` children), a
             :class:`~adatriton.models.d2net.D2Net` trunk (dense or ``"1->8"``), or a plain module (e.g. a torchvision
             ResNet or segmentation model; then ``levels`` must be None).
         x: input batch ``(N, 3, H, W)``, any device including ``meta``.
@@ -419,13 +466,15 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
 
     if isinstance(model, (AdaptiveResNet, AdaptiveSegmentationModel)):
         rows, counts = _adaptive_resnet(model, x, levels)
+    elif isinstance(model, AdaptiveGraphModule):
+        rows, counts = _graph(model, x, levels)
     elif isinstance(model, D2Net):
         rows, counts = _d2net(model, x, levels)
     elif levels is not None:
         raise TypeError(
-            f"count_macs counts adaptive models converted by adatriton.convert (ResNets and segmentation models on "
-            f"them); got a {type(model).__name__} with a level map. For other adaptive models, "
-            f"adatriton.explain(model, x, levels) lists every conv's MAs by running the model."
+            f"count_macs counts adaptive models converted by adatriton.convert; got a {type(model).__name__} with a "
+            "level map. For other adaptive models, adatriton.explain(model, x, levels) lists every conv's MAs by "
+            "running the model"
         )
     else:
         rows, counts = _generic(model, x), ()

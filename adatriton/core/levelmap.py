@@ -284,6 +284,11 @@ class LevelMap:
         if not 0 <= stage <= self.num_levels:
             raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
         if stage not in self._layouts:
+            if self._stage_counts is None:  # a map rebuilt by torch.export from a traced tensor
+                raise LevelMapExportError(
+                    f"torch.export cannot trace LevelMap.layout (stage {stage}): {_EXPORT_WHY['layout']}. "
+                    "See docs/api.md, 'torch.export'."
+                )
             self._layouts[stage] = Layout(self, stage, self._stage_counts[stage])
         return self._layouts[stage]
 
@@ -399,11 +404,8 @@ def _unflatten(values, num_levels: int) -> LevelMap:
     # reads the values; the real map was validated when it was built); its counts are symbols. A LevelMap, not a
     # subclass: pytree nodes are looked up by exact type.
     lm = LevelMap.__new__(LevelMap)
-    lm._validate_and_count = lambda: _TracedCounts(lm)
-    try:
-        LevelMap.__init__(lm, levels, num_levels)
-    finally:
-        del lm._validate_and_count
+    lm.num_levels, lm.levels, lm._layouts = num_levels, levels, {}
+    lm._stage_counts = _TracedCounts(lm)  # symbols, made when the traced forward first builds a layout
     return lm
 
 

@@ -6,6 +6,7 @@ A conversion ``"a->b"`` keeps the finest output stride ``a`` where the level map
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 __all__ = ["CONVERSIONS", "OUTPUT_STRIDES", "TILE_STRIDE", "default_tile", "num_levels_of", "parse_output_stride"]
@@ -32,16 +33,17 @@ def parse_output_stride(
     """Normalise an output stride (``8``, ``"8"``, ``"8->32"``, ``"8→32"``, ``"8 -> 32"``) to ``(name, finest, K)``.
 
     Args:
-        output_stride: a name, or an int for a dense stride.
+        output_stride: a name, or an int (also a numpy integer) for a dense stride.
         choices: the accepted names (default :data:`OUTPUT_STRIDES`).
         error: the exception type raised for anything else.
 
     Raises:
         error: not one of ``choices`` (an int for an adaptive-only table is refused: ``8`` could be 8->16 or 8->32).
     """
-    if isinstance(output_stride, bool) or not isinstance(output_stride, (str, int)):
+    if isinstance(output_stride, bool) or not isinstance(output_stride, (str, numbers.Integral)):
         raise error(f"unknown output_stride {output_stride!r}: output_stride must be one of {list(choices)}")
-    key = str(output_stride).replace("→", "->").replace(" ", "")
+    key = str(output_stride if isinstance(output_stride, str) else int(output_stride))
+    key = key.replace("→", "->").replace(" ", "")
     if key not in choices:
         raise error(f"unknown output_stride {output_stride!r}: output_stride must be one of {list(choices)}")
     return (key, *choices[key])

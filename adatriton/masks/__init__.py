@@ -1,15 +1,20 @@
 """Mask sources: level maps from label maps (:func:`oracle`), images (:func:`edges`), keypoints (:func:`keypoints`)
 and a learned estimator (:class:`LearnedMask`), plus density control (:func:`report`, :func:`match_fraction`,
-:func:`synthetic`). See :mod:`adatriton.masks.sources` for the grid and block conventions every source follows.
+:func:`synthetic`; ``edges(..., fraction=f)`` and ``oracle(..., fraction=f)`` hit a target level-0 area).
+``calibrate`` is a deprecated alias of :func:`match_fraction`. See :mod:`adatriton.masks.sources` for the grid and
+block conventions every source follows.
 """
 
 from .common import MaskDtypeError, MaskInputError, finest_size
 from .density import Match, calibrate, match_fraction, report, synthetic
 from .learned import LearnedMask
 from .sources import (
+    EDGE_DILATION,
+    EDGE_THRESHOLD,
     GRAY_WEIGHTS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ORACLE_KERNEL,
     PAPER_EDGE_THRESHOLDS,
     PAPER_KEYPOINT_DILATIONS,
     PAPER_ORACLE_KERNELS,
@@ -20,6 +25,8 @@ from .sources import (
 )
 
 __all__ = [
+    "EDGE_DILATION",
+    "EDGE_THRESHOLD",
     "GRAY_WEIGHTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -30,6 +37,7 @@ __all__ = [
     "Match",
     "MaskDtypeError",
     "MaskInputError",
+    "ORACLE_KERNEL",
     "calibrate",
     "edges",
     "finest_size",

@@ -3,6 +3,7 @@ synthetic level maps with an exact number of level-0 tiles (for budgets, benchma
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -139,8 +140,16 @@ def match_fraction(
     return best(lo, hi)
 
 
-#: Alias of :func:`match_fraction`.
-calibrate = match_fraction
+def calibrate(*args, **kwargs) -> Match:
+    """Deprecated alias of :func:`match_fraction` (one name per concept: ``adatriton.calibrate`` is the unrelated
+    calibration of the ``auto`` dispatcher). Warns with a ``DeprecationWarning``, then calls it."""
+    warnings.warn(
+        "adatriton.masks.calibrate is deprecated; use adatriton.masks.match_fraction (the same function). "
+        "adatriton.calibrate is the dispatcher's calibration, an unrelated thing.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return match_fraction(*args, **kwargs)
 
 
 def synthetic(

@@ -8,8 +8,9 @@ halvings. Finest cell ``(i, j)`` covers image pixels ``s*i .. s*i + s - 1`` (cli
 - :func:`oracle`: ground-truth segmentation boundaries, box-dilated, reduced to the finest grid (any pixel).
 - :func:`edges`: ``method="sobel"`` (the paper's description) or ``method="cad"`` (the authors' released code).
 - :func:`keypoints`: SIFT saliency and a triplet of dilations for D2-Net / VGG-16 (``"1->8"``).
-- Density control (:mod:`adatriton.masks.density`): ``report``, ``match_fraction`` (alias ``calibrate``) and
-  ``synthetic``.
+- Density control (:mod:`adatriton.masks.density`): ``report``, ``match_fraction`` and ``synthetic``;
+  :func:`edges` and :func:`oracle` also take ``fraction=`` (a target level-0 area) in place of their threshold or
+  box size.
 
 Learned masks (docs/semantics.md §6, shallow CNN + hard Gumbel-softmax): the estimator is
 :mod:`adatriton.masks.learned`, the
@@ -34,13 +35,17 @@ from ..core.layout import ceil_div
 from ..core.levelmap import LevelMap
 from ..runtime.extras import require
 from .common import MaskDtypeError, MaskInputError, keep_to_levels, odd_size, parse_conversion
+from .density import match_fraction
 
 __all__ = [
+    "EDGE_DILATION",
+    "EDGE_THRESHOLD",
     "GRAY_WEIGHTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PAPER_EDGE_THRESHOLDS",
     "PAPER_KEYPOINT_DILATIONS",
+    "ORACLE_KERNEL",
     "PAPER_ORACLE_KERNELS",
     "edges",
     "keypoints",
@@ -120,16 +125,26 @@ def _touching_blocks(mask: Tensor, block: int) -> Tensor:
     return tiles.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :h, :w]
 
 
+def _shape_hint(shape: tuple[int, ...]) -> str:
+    """How to get from a common image layout to ``(N, 3, H, W)``."""
+    if len(shape) == 3 and shape[-1] == 3:
+        return "; one (H, W, 3) image? use torch.as_tensor(img).permute(2, 0, 1)[None]"
+    if len(shape) == 3 and shape[0] == 3:
+        return "; one (3, H, W) image? add a batch dimension: img[None]"
+    if len(shape) == 4 and shape[-1] == 3:
+        return "; channels last (N, H, W, 3)? use torch.as_tensor(images).permute(0, 3, 1, 2)"
+    if len(shape) == 2:
+        return "; one grayscale (H, W) image? use torch.as_tensor(img)[None, None].expand(1, 3, -1, -1)"
+    if len(shape) == 3 and shape[-1] == 4:
+        return "; one (H, W, 4) RGBA image? drop alpha: torch.as_tensor(img[..., :3]).permute(2, 0, 1)[None]"
+    return ""
+
+
 def _images(images, what: str = "images") -> Tensor:
     """``(N, 3, H, W)`` float64 in ``[0, 1]`` from float ``[0, 1]`` or uint8 ``0..255`` images."""
     x = _as_tensor(images, what)
     if x.dim() != 4 or x.shape[1] != 3:
-        hint = ""
-        if x.dim() == 4 and x.shape[-1] == 3:
-            hint = " (channels last? permute to (N, 3, H, W))"
-        elif x.dim() == 3 and x.shape[0] == 3:
-            hint = " (one image? add a batch dimension)"
-        raise MaskInputError(f"{what} must have shape (N, 3, H, W) (RGB), got {tuple(x.shape)}{hint}")
+        raise MaskInputError(f"{what} must have shape (N, 3, H, W) (RGB), got {tuple(x.shape)}{_shape_hint(x.shape)}")
     if x.numel() == 0:
         raise MaskInputError(f"{what} must not be empty, got shape {tuple(x.shape)}")
     # Contiguous: images from HWC arrays arrive as strided views, on which the filters below are ~10x slower.
@@ -150,8 +165,19 @@ def _images(images, what: str = "images") -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- oracle
+#: The oracle's default box and the image size it was chosen for: 33 (and 55) are the paper's boxes for Cityscapes
+#: (1024x2048). Smaller images need smaller boxes for the same area fraction; ``fraction=`` finds one.
+ORACLE_KERNEL = 33
+
+
 def oracle(
-    labels, output_stride: str, kernel: int = 33, ignore_index: int | None = 255, *, block: int | None = None
+    labels,
+    output_stride: str,
+    kernel: int | None = None,
+    ignore_index: int | None = 255,
+    *,
+    block: int | None = None,
+    fraction: float | None = None,
 ) -> LevelMap:
     """Oracle level map from ground-truth segmentation boundaries (docs/semantics.md §6).
 
@@ -161,22 +187,33 @@ def oracle(
     image resolution (outside the image counts as no boundary), reduced to the finest grid (a cell is
     informative if any pixel of its ``s x s`` footprint is), then turned into levels by the block rule.
 
+    The box is not a threshold, but it is this source's one budget knob and the level-0 area grows with it, so
+    ``fraction=f`` picks the odd box whose level-0 area (over the whole batch) is closest to ``f``
+    (:func:`~adatriton.masks.match_fraction` with ``param="kernel"``; the boundaries are found once).
+
     Args:
         labels: ``(N, H, W)`` integer class ids (tensor or numpy array).
         output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``).
-        kernel: odd box size; 33 and 55 in the paper.
+        kernel: odd box size; default :data:`ORACLE_KERNEL` = 33, the paper's box (33 and 55) for Cityscapes'
+            1024x2048 images. Not together with ``fraction``.
         ignore_index: the ignore label, or None when every value is a class.
         block: tile size of the block rule (default: :func:`~adatriton.core.strides.default_tile`).
+        fraction: target level-0 area fraction in ``[0, 1]``, in place of ``kernel``; the closest achievable one
+            is returned (a box from 1 to ``2 * max(H, W) + 1``).
 
     Returns:
         :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the labels' device.
 
     Raises:
         MaskDtypeError: non-integer labels. MaskInputError: wrong shape, even or non-positive ``kernel``,
-        unknown ``output_stride``.
+        unknown ``output_stride``, ``fraction`` outside ``[0, 1]`` or given together with ``kernel``.
     """
     conversion, stride, _ = parse_conversion(output_stride)
-    kernel = odd_size(kernel, "kernel")
+    if fraction is not None and kernel is not None:
+        raise MaskInputError(
+            f"oracle: pass kernel or fraction, not both (got kernel={kernel!r}, fraction={fraction!r})"
+        )
+    kernel = odd_size(ORACLE_KERNEL if kernel is None else kernel, "kernel")
     lab = _as_tensor(labels, "labels")
     if lab.dtype == torch.bool or lab.is_floating_point() or lab.is_complex():
         raise MaskDtypeError(f"labels must be integer class ids, got dtype {lab.dtype}")
@@ -194,8 +231,21 @@ def oracle(
     dy = (lab[:, 1:, :] != lab[:, :-1, :]) & valid[:, 1:, :] & valid[:, :-1, :]
     boundary[:, 1:, :] |= dy
     boundary[:, :-1, :] |= dy
-    keep = _any_reduce(_box_dilate(boundary, kernel), stride)
-    return keep_to_levels(keep, conversion, block)
+
+    def levels(kernel: int) -> LevelMap:
+        return keep_to_levels(_any_reduce(_box_dilate(boundary, kernel), stride), conversion, block)
+
+    if fraction is None:
+        return levels(kernel)
+    _check_fraction(fraction)
+    return match_fraction(levels, fraction, "kernel", bounds=(1, 2 * max(lab.shape[1:]) + 1)).levelmap
+
+
+def _check_fraction(fraction) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)):
+        raise MaskInputError(f"fraction must be a number in [0, 1] (target level-0 area), got {fraction!r}")
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise MaskInputError(f"fraction must lie in [0, 1] (target level-0 area), got {fraction!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- edges
@@ -204,7 +254,8 @@ def _gray(x: Tensor) -> Tensor:
     return r * x[:, 0] + g * x[:, 1] + b * x[:, 2]
 
 
-def _sobel_edges(x: Tensor, threshold: float) -> Tensor:
+def _sobel_score(x: Tensor) -> Tensor:
+    """The per-image normalised Sobel magnitude in ``[0, 1]``; an edge is ``score > threshold``."""
     # Replicate padding: for a 3x3 kernel the same as skimage/scipy's 'reflect', no spurious border edges.
     p = F.pad(_gray(x)[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
     # Separable Sobel as differences first: equal pixels give exactly 0 (a conv2d may leave round-off, which the
@@ -216,11 +267,11 @@ def _sobel_edges(x: Tensor, threshold: float) -> Tensor:
     mag = torch.sqrt(gx**2 + gy**2)
     peak = mag.amax(dim=(1, 2), keepdim=True)
     # Per-image normalisation to [0, 1]; a constant image has no gradient and hence no edges.
-    norm = torch.where(peak > 0, mag / peak.clamp(min=torch.finfo(x.dtype).tiny), torch.zeros_like(mag))
-    return norm > threshold
+    return torch.where(peak > 0, mag / peak.clamp(min=torch.finfo(x.dtype).tiny), torch.zeros_like(mag))
 
 
-def _cad_edges(x: Tensor, threshold: float) -> Tensor:
+def _cad_score(x: Tensor) -> Tensor:
+    """``max(gx, gy)`` of the released detector; an edge is ``score >= threshold`` (``gx >= t or gy >= t``)."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     gray = _gray((x - mean) / std)
@@ -228,17 +279,27 @@ def _cad_edges(x: Tensor, threshold: float) -> Tensor:
     g = F.pad(gray, (1, 1, 1, 1))
     gx = g[:, 1:-1, 2:] - g[:, 1:-1, :-2]
     gy = g[:, 2:, 1:-1] - g[:, :-2, 1:-1]
-    return (gx >= threshold) | (gy >= threshold)
+    return torch.maximum(gx, gy)
+
+
+#: ``edges``' default threshold and box, and the image size they were chosen for: 0.15 and 11 are the authors'
+#: settings (paper and released checkpoint) for Cityscapes' 1024x2048 images, where they keep about half to
+#: two thirds of the area at level 0 (scikit-image's photographs resized to 1024x2048: 0.51-0.56 sobel, 0.68-0.77
+#: cad). The box and the 4x4 tiles of OS8 cells are fixed in pixels, so smaller images keep more: at 512x1024
+#: 0.67-0.75 (sobel), at 256x256 0.97-1.0, i.e. no savings. Below about 1024 px a side pass ``fraction=``.
+EDGE_THRESHOLD = 0.15
+EDGE_DILATION = 11
 
 
 def edges(
     images,
     output_stride: str,
-    threshold: float = 0.15,
-    dilation: int = 11,
+    threshold: float | None = None,
+    dilation: int = EDGE_DILATION,
     method: str = "sobel",
     *,
     block: int | None = None,
+    fraction: float | None = None,
 ) -> LevelMap:
     """Edge level map from RGB images (docs/semantics.md §6).
 
@@ -256,27 +317,63 @@ def edges(
     default, :func:`~adatriton.core.strides.default_tile`). Its released checkpoint used ``t = 0.15`` and an 11x11
     box; the paper's budgets 0.95 / 0.35 / 0.15 are thresholds of this detector.
 
+    Budget: the defaults (:data:`EDGE_THRESHOLD` 0.15, :data:`EDGE_DILATION` 11) were chosen for 1024x2048
+    images; at 256 px they keep (nearly) the whole image at level 0. ``fraction=f`` instead picks the threshold
+    whose level-0 area over the whole batch is closest to ``f`` (:func:`~adatriton.masks.match_fraction` with
+    ``param="threshold"``; the gradients are computed once). For a per-image target, call it per image.
+
     Both methods compute in float64, so the threshold test does not depend on the device.
 
     Args:
-        images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8 in ``0..255`` (tensor or numpy array).
+        images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8 in ``0..255`` (tensor or numpy array). One
+            ``(H, W, 3)`` array ``img`` becomes that with ``torch.as_tensor(img).permute(2, 0, 1)[None]``.
         output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``).
         threshold: ``sobel``: in ``[0, 1]`` (of the normalised magnitude); ``cad``: finite and ``>= 0`` (units of
-            the normalised grayscale, whose differences reach about 4.5).
+            the normalised grayscale, whose differences reach about 4.5). Default 0.15 (see above); not together
+            with ``fraction``.
         dilation: odd box size (11 in the paper and the released code).
         method: ``"sobel"`` or ``"cad"``.
         block: tile size of the block rule (see above for the defaults).
+        fraction: target level-0 area fraction in ``[0, 1]``, in place of ``threshold``; the closest achievable
+            one is returned (the dilation and tiles set a floor above 0 for any image with edges).
 
     Returns:
         :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the images' device.
 
     Raises:
         MaskInputError: unknown method or output stride, threshold out of range, even dilation, bad image shape
-        or value range. MaskDtypeError: images neither float nor uint8.
+        (the message says how to get ``(N, 3, H, W)``) or value range, ``fraction`` outside ``[0, 1]`` or given
+        together with ``threshold``. MaskDtypeError: images neither float nor uint8.
     """
     if method not in _EDGE_METHODS:
         raise MaskInputError(f"unknown edge method {method!r}; expected one of {_EDGE_METHODS}")
     conversion, stride, _ = parse_conversion(output_stride)
+    if fraction is not None and threshold is not None:
+        raise MaskInputError(
+            f"edges: pass threshold or fraction, not both (got threshold={threshold!r}, fraction={fraction!r})"
+        )
+    if fraction is not None:
+        _check_fraction(fraction)
+    threshold = _edge_threshold(EDGE_THRESHOLD if threshold is None else threshold, method)
+    dilation = odd_size(dilation, "dilation")
+    x = _images(images)
+    score = _sobel_score(x) if method == "sobel" else _cad_score(x)
+
+    def levels(threshold: float) -> LevelMap:
+        if method == "sobel":
+            keep = _any_reduce(_box_dilate(score > threshold, dilation), stride)
+        else:
+            keep = _box_dilate(score >= threshold, dilation)[:, ::stride, ::stride]
+        return keep_to_levels(keep, conversion, block)
+
+    if fraction is None:
+        return levels(threshold)
+    # No edge above the top: sobel scores lie in [0, 1]; cad's just past the largest score.
+    top = 1.0 if method == "sobel" else max(float(score.max()), 0.0) + 1e-6
+    return match_fraction(levels, fraction, "threshold", bounds=(0.0, top)).levelmap
+
+
+def _edge_threshold(threshold, method: str) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
         raise MaskInputError(f"threshold must be a number, got {threshold!r}")
     threshold = float(threshold)
@@ -284,13 +381,7 @@ def edges(
         raise MaskInputError(f"sobel threshold must lie in [0, 1] (normalised magnitude), got {threshold}")
     if method == "cad" and not (math.isfinite(threshold) and threshold >= 0.0):
         raise MaskInputError(f"cad threshold must be finite and >= 0, got {threshold}")
-    dilation = odd_size(dilation, "dilation")
-    x = _images(images)
-    if method == "sobel":
-        keep = _any_reduce(_box_dilate(_sobel_edges(x, threshold), dilation), stride)
-    else:
-        keep = _box_dilate(_cad_edges(x, threshold), dilation)[:, ::stride, ::stride]
-    return keep_to_levels(keep, conversion, block)
+    return threshold
 
 
 # ---------------------------------------------------------------------------------------------------- keypoints
@@ -411,7 +502,7 @@ def keypoints(
     if keypoints_xy is None:
         keypoints_xy = sift_keypoints(x, max_keypoints)
     elif x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0:
-        raise MaskInputError(f"images must have shape (N, 3, H, W), got {tuple(x.shape)}")
+        raise MaskInputError(f"images must have shape (N, 3, H, W), got {tuple(x.shape)}{_shape_hint(x.shape)}")
     n, _, h, w = x.shape
     sal = _saliency(keypoints_xy, n, h, w)
     regions = []

@@ -9,9 +9,11 @@ from .conv import conv2d, conv_bn_act
 from .deform import deform_conv2d
 from .densify import densify
 from .downsample import downsample, softpool2d
+from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
     "add",
+    "avg_downsample",
     "batch_norm",
     "bn_add_act",
     "conv2d",
@@ -19,6 +21,12 @@ __all__ = [
     "deform_conv2d",
     "densify",
     "downsample",
+    "element_areas",
+    "global_avg_pool",
+    "global_max_pool",
+    "layer_norm",
+    "linear",
+    "per_sample",
     "relu",
     "softpool2d",
 ]

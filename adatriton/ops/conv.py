@@ -17,7 +17,6 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ..core.multires import MultiResMap
 from ..kernels import conv as conv_kernels
@@ -33,7 +32,6 @@ __all__ = [
     "conv_bn_act",
     "folded_bn",
     "gather_conv_torch",
-    "packed_weight",
 ]
 
 # The torch backend gathers (rows x k*k*Cin) columns; chunk rows so one gather stays below this many bytes
@@ -203,34 +201,6 @@ def _check_triton(x: MultiResMap) -> None:
         raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {x.dtype}")
 
 
-# Packed weights per weight tensor, held weakly by identity: {weight: (fingerprint, packed)}. The fingerprint (storage
-# pointer, version counter, dtype, device, shape, groups) changes with optimizer steps, `.data = ...`, dtype and
-# device moves and load_state_dict, so those repack.
-_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _fingerprint(weight: Tensor, groups: int) -> tuple | None:
-    if weight.is_inference():
-        return None  # inference tensors have no version counter: never cache them
-    return (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape, groups)
-
-
-def packed_weight(weight: Tensor, groups: int) -> Tensor:
-    """``weight`` in the Triton kernel's layout (:func:`~adatriton.kernels.conv.pack_weight`), cached per tensor
-    until it changes."""
-    if weight.requires_grad and torch.is_grad_enabled():
-        return conv_kernels.pack_weight(weight, groups)  # keep the autograd graph; never cache a graph-carrying tensor
-    key = _fingerprint(weight, groups)
-    if key is None:
-        return conv_kernels.pack_weight(weight, groups)
-    hit = _PACKED.get(weight)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    packed = conv_kernels.pack_weight(weight.detach(), groups)
-    _PACKED[weight] = (key, packed)
-    return packed
-
-
 # Launch configs by shape bucket while tuning is off (see _launch_triton).
 _CONFIGS: dict[tuple, tuple] = {}
 
@@ -244,21 +214,28 @@ def _launch_triton(
     shift: Tensor | None = None,
     residual: Tensor | None = None,
     relu: bool = False,
+    bn: nn.modules.batchnorm._BatchNorm | None = None,
 ) -> Tensor:
-    """One fused kernel launch with the autotuned (or default) config for this bucket of shapes."""
+    """One fused kernel launch with the autotuned (or default) config for this bucket of shapes.
+
+    The kernel reads the conv weight and (with ``bn``) the BatchNorm's tensors in place, at this launch: nothing
+    derived from them is cached, so no edit of the module (``.data`` writes included) can leave a stale copy, and
+    no extra launch packs or folds anything. ``shift`` is the conv bias when ``bn`` is given.
+    """
     taps = weight.shape[-1] * weight.shape[-2]
-    packed = packed_weight(weight, groups)
-    values = values.contiguous()
+    weight = weight.detach()
+    bn_args = None if bn is None else (bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
 
     def launch(config):
         return conv_kernels.conv_elements(
             values,
             index,
-            packed,
+            weight,
             taps=taps,
             groups=groups,
             scale=scale,
             shift=shift,
+            bn=bn_args,
             residual=residual,
             relu=relu,
             config=config,
@@ -342,6 +319,31 @@ def _(grad, values, weight, bias, index, groups):
     return torch.empty_like(values), torch.empty_like(weight), grad.new_empty(weight.shape[0])
 
 
+def _conv_backward_setup_context(ctx, inputs, output):
+    grad, values, weight, bias, index, groups = inputs
+    ctx.save_for_backward(grad, values, weight, index)
+    ctx.groups, ctx.has_bias = groups, bias is not None
+
+
+def _conv_double_backward(ctx, g_values, g_weight, g_bias):
+    """Double backward: the backward is bilinear, ``d values = A_W^T grad``, ``d weight = B_values^T grad``,
+    ``d bias = sum(grad)`` (``A_W`` / ``B_values``: the gather-GEMM as a linear map of values / of the weight), so
+    its own gradients are the forward and backward gather-GEMMs again, themselves differentiable."""
+    grad, values, weight, index = ctx.saved_tensors
+    g_values = values.new_zeros(values.shape) if g_values is None else g_values.contiguous()
+    g_weight = weight.new_zeros(weight.shape) if g_weight is None else g_weight.contiguous()
+    g_bias = g_bias if ctx.has_bias and g_bias is not None else None
+    # d grad = A_W g_values + B_values g_weight + g_bias (broadcast over rows)
+    d_grad = torch.ops.adatriton.gather_conv(g_values, weight, None, index, ctx.groups)
+    d_grad = d_grad + torch.ops.adatriton.gather_conv(values, g_weight, g_bias, index, ctx.groups)
+    # d values pairs grad with g_weight (from d weight); d weight pairs grad with g_values (from d values)
+    d_values, d_weight, _ = torch.ops.adatriton.gather_conv_backward(grad, g_values, g_weight, None, index, ctx.groups)
+    return d_grad, d_values, d_weight, None, None, None
+
+
+_gather_conv_backward.register_autograd(_conv_double_backward, setup_context=_conv_backward_setup_context)
+
+
 def _conv_setup_context(ctx, inputs, output):
     values, weight, bias, index, groups = inputs[:5]
     ctx.save_for_backward(values, weight, bias, index)
@@ -356,6 +358,7 @@ def _conv_backward(ctx, grad):
         raise RuntimeError("the fused Triton conv (BatchNorm / residual / ReLU epilogue) has no backward")
     if index is None:  # a plain 1x1 conv on the Triton path: every element reads itself
         index = torch.arange(len(values), device=values.device)[:, None]
+    index = index.long()  # the Triton path's tables are int32
     d_values, d_weight, d_bias = torch.ops.adatriton.gather_conv_backward(
         grad.contiguous(), values, weight, bias, index, ctx.groups
     )
@@ -448,12 +451,12 @@ def _conv2d(
     out_layout = _out_layout(x, downsample)
     if name == "triton":
         _check_triton(x)
-        index = _tap_index_or_rows(x, k, tap_spacing, downsample)
+        index = x.layout.kernel_table(k, tap_spacing, downsample)
         values = x.values.contiguous()
         if torch.compiler.is_compiling() or _needs_grad(values, weight, bias):
             out = _triton_conv(values, weight, bias, index, groups, None, None, False)  # opaque op with a backward
         else:  # eager inference: launch directly, without the custom op's dispatch
-            out = _launch_triton(values, index, weight, groups, None, None if bias is None else bias.float())
+            out = _launch_triton(values, index, weight, groups, None, bias)
         return MultiResMap(out, out_layout)
     if k == 1:  # never reads neighbours: a GEMM over the (surviving) elements on every backend
         values = x.values[lay.downsample_sources("top_left")] if downsample else x.values
@@ -508,16 +511,17 @@ def conv_bn_act(
         if not residual.layout.same_as(out_layout):
             raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
         res = residual.values
-    scale, shift = folded_bn(bn, bias, x.dtype)
     if name == "triton":
         _check_triton(x)
-        index = _tap_index_or_rows(x, k, tap_spacing, downsample)
+        index = x.layout.kernel_table(k, tap_spacing, downsample)
         values, res = x.values.contiguous(), None if res is None else res.contiguous()
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # one opaque op; the fold is a few graph ops the compiler fuses
+            scale, shift = folded_bn(bn, bias)
             out = _triton_conv(values, weight, shift, index, groups, scale, res, relu)
-        else:
-            out = _launch_triton(values, index, weight, groups, scale, shift, res, relu)
+        else:  # eager: BatchNorm applied in the kernel's epilogue from its own tensors, one launch in all
+            out = _launch_triton(values, index, weight, groups, None, bias, res, relu, bn)
         return MultiResMap(out, out_layout)
+    scale, shift = folded_bn(bn, bias, x.dtype)
     if name == "dense" and k > 1:
         w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
         out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)

@@ -8,7 +8,7 @@ once on the real inputs, the fastest is stored and the file rewritten atomically
 
 Tune once per GPU, ahead of time, for the shapes a deployment sees::
 
-    python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype float16
+    python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype fp16
 
 or from Python with :func:`adatriton.tools.autotune.tune_model`. Later processes (without tuning) pick the stored
 configs up.
@@ -34,17 +34,17 @@ from typing import Any
 import torch
 import triton
 
+from ..kernels import conv as conv_module
 from ..kernels.conv import ConvConfig, conv_configs, default_config, device_arch, interpreting, prune_configs
 from .context import ScopedStack
 from .files import (
     CACHE_DIR_ENV,
     CacheFileError,
     cache_dir,
-    dumps_entries,
     gpu_name,
     read_entries_file,
     slug,
-    write_atomic,
+    update_entries_file,
 )
 from .timing import time_calls
 
@@ -55,6 +55,7 @@ __all__ = [
     "AutotuneCache",
     "cache_dir",
     "cache_path",
+    "config_problems",
     "conv_key",
     "device_name",
     "get_cache",
@@ -126,14 +127,67 @@ def conv_key(rows: int, cin_g: int, cout_g: int, taps: int, groups: int, dtype: 
 
 
 # ---------------------------------------------------------------------------------------------- the cache file
-def _valid_entry(entry: Any) -> bool:
+#: What a stored config must satisfy to be launched (the kernel's constraints, checked when the cache is read):
+#: block sizes are powers of two (``tl.arange``) of at least 16 (``tl.dot``) and at most this many.
+MAX_BLOCK = 256
+#: ``num_warps`` is a power of two up to this many (a CUDA block holds at most 32 warps).
+MAX_WARPS = 32
+#: ``num_stages`` (software-pipelining depth) from 1 up to this many; more only fails to fit in shared memory.
+MAX_STAGES = 8
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def config_problems(config: Any) -> list[str]:
+    """Why the conv kernel cannot run ``config`` (``[BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps]``); empty
+    when it can.
+
+    Asks :func:`adatriton.kernels.conv.config_problems` when the kernel module has one (it knows its kernel best),
+    else checks the constraints here: five ints; ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K`` powers of two in
+    ``[16, MAX_BLOCK]``; ``num_warps`` a power of two in ``[1, MAX_WARPS]``; ``num_stages`` in ``[1, MAX_STAGES]``.
+
+    Example:
+        >>> config_problems([3, 5, 7, 1, 3])[:2]
+        ['BLOCK_M=3 is not a power of two in [16, 256]', 'BLOCK_N=5 is not a power of two in [16, 256]']
+    """
+    fields = ConvConfig.fields
+    if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)) or len(config) != len(fields):
+        return [f"expected a list of {len(fields)} ints {list(fields)}, got {config!r}"]
+    wrong = [f"{name}={value!r} is not an int" for name, value in zip(fields, config) if not _is_int(value)]
+    if wrong:
+        return wrong
+    kernel_check = getattr(conv_module, "config_problems", None)
+    if kernel_check is not None:
+        return [str(p) for p in kernel_check(ConvConfig(*config))]
+    problems = []
+    for name, value in zip(fields[:3], config[:3]):
+        if not (_is_pow2(value) and 16 <= value <= MAX_BLOCK):
+            problems.append(f"{name}={value} is not a power of two in [16, {MAX_BLOCK}]")
+    stages, warps = config[3], config[4]
+    if not 1 <= stages <= MAX_STAGES:
+        problems.append(f"num_stages={stages} is not in [1, {MAX_STAGES}]")
+    if not (_is_pow2(warps) and warps <= MAX_WARPS):
+        problems.append(f"num_warps={warps} is not a power of two in [1, {MAX_WARPS}]")
+    return problems
+
+
+def _entry_problems(entry: Any) -> list[str]:
+    """Why a cache entry is malformed; empty when it is valid."""
     if not isinstance(entry, dict):
-        return False
+        return [f"expected an object with config, time_ms, candidates, got {type(entry).__name__}"]
     cfg, t, n = entry.get("config"), entry.get("time_ms"), entry.get("candidates")
-    ints_ok = isinstance(cfg, list) and len(cfg) == len(ConvConfig.fields)
-    ints_ok = ints_ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in cfg)
-    time_ok = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
-    return ints_ok and time_ok and isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    problems = config_problems(cfg)
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
+        problems.append(f"time_ms={t!r} is not a finite number >= 0")
+    if not (_is_int(n) and n >= 1):
+        problems.append(f"candidates={n!r} is not an int >= 1")
+    return problems
 
 
 class AutotuneCache:
@@ -147,7 +201,8 @@ class AutotuneCache:
 
     The file is read lazily, on the first :meth:`get` or :meth:`put`. A file that is not valid JSON, has another
     schema, wrong types, or belongs to another GPU or Triton version is ignored with a ``UserWarning`` (it never
-    raises); individual malformed entries are dropped the same way. Thread-safe.
+    raises); individual malformed entries are dropped the same way, including readable configs the kernel cannot
+    run (:func:`config_problems`, e.g. ``[3, 5, 7, 1, 3]``), so a bad entry never reaches a launch. Thread-safe.
 
     Args:
         name: the :func:`device_name` the file belongs to.
@@ -190,17 +245,20 @@ class AutotuneCache:
             return reject(f"it was tuned with Triton {data.get('triton')!r}, not {self.triton_version!r}")
         entries, bad = {}, []
         for key, entry in data["entries"].items():
-            if _valid_entry(entry):
-                entries[key] = {
-                    "config": list(entry["config"]),
-                    "time_ms": entry["time_ms"],
-                    "candidates": entry["candidates"],
-                }
-            else:
-                bad.append(key)
+            problems = _entry_problems(entry)
+            if problems:
+                bad.append((key, problems))
+                continue
+            entries[key] = {
+                "config": list(entry["config"]),
+                "time_ms": entry["time_ms"],
+                "candidates": entry["candidates"],
+            }
         if bad and warn:
+            key, problems = bad[0]
             warnings.warn(
-                f"autotune cache {self.path}: dropping {len(bad)} malformed entries (first: {bad[0]!r})",
+                f"autotune cache {self.path}: dropping {len(bad)} malformed entries (first: {key!r}: "
+                f"{'; '.join(problems)})",
                 UserWarning,
                 stacklevel=4,
             )
@@ -243,8 +301,9 @@ class AutotuneCache:
         :meth:`save` writes it."""
         config = ConvConfig(*config)
         entry = {"config": list(config), "time_ms": float(time_ms), "candidates": int(candidates)}
-        if not _valid_entry(entry):
-            raise ValueError(f"invalid autotune entry for {key!r}: {entry}")
+        problems = _entry_problems(entry)
+        if problems:
+            raise ValueError(f"invalid autotune entry for {key!r}: {entry}: {'; '.join(problems)}")
         with self._lock:
             self._loaded()[key] = entry
             self._dirty.add(key)
@@ -253,8 +312,10 @@ class AutotuneCache:
         """Write the file atomically (temp file in the same directory, fsync, ``os.replace``), creating the
         directory.
 
-        Entries another process saved since this one loaded the file are kept (ours win on the same key), so
-        concurrent tuning runs do not erase each other's results.
+        The read-merge-replace runs under an inter-process lock (``<file>.lock``,
+        :func:`~adatriton.runtime.files.file_lock`), so concurrent tuning runs keep each other's results: entries
+        another process saved since this one loaded the file are kept and win over the ones this process only
+        read; the ones it :meth:`put` win over everything.
 
         Returns:
             The file's path.
@@ -263,11 +324,10 @@ class AutotuneCache:
             OSError: the directory or file cannot be written.
         """
         with self._lock:
-            merged = self._read(warn=False)
-            merged.update(self._loaded())
+            ours = self._loaded()
+            dirty = {k: ours[k] for k in self._dirty if k in ours}
             header = {"schema": SCHEMA, "gpu": self.name, "triton": self.triton_version}
-            write_atomic(self.path, dumps_entries(header, merged))
-            self._entries = merged
+            self._entries = update_entries_file(self.path, lambda: {**ours, **self._read(warn=False)}, header, dirty)
             self._dirty.clear()
         return self.path
 

@@ -40,16 +40,7 @@ from torch import Tensor, nn
 
 from .backend import BACKENDS, requested_backend, triton_runs_on
 from .context import ScopedStack
-from .files import (
-    CACHE_DIR_ENV,
-    CacheFileError,
-    cache_dir,
-    dumps_entries,
-    hardware_name,
-    read_entries_file,
-    slug,
-    write_atomic,
-)
+from .files import CACHE_DIR_ENV, CacheFileError, cache_dir, hardware_name, read_entries_file, slug, update_entries_file
 
 __all__ = [
     "CALIBRATION_SCHEMA",
@@ -206,19 +197,23 @@ def clear_calibration_cache() -> None:
 
 def save_calibration(device: torch.device | str, entries: dict[str, dict[str, Any]]) -> Path:
     """Merge ``entries`` into ``device``'s calibration file (ours win on the same key) and write it atomically
-    (temp file in the same directory, fsync, ``os.replace``).
+    (temp file in the same directory, fsync, ``os.replace``), under an inter-process lock (``<file>.lock``,
+    :func:`~adatriton.runtime.files.file_lock`), so concurrent calibrations keep each other's entries.
 
     Returns:
         The file's path.
+
+    Raises:
+        ValueError: an entry is malformed (names the keys).
+        OSError: the directory or file cannot be written.
     """
     bad = [k for k, v in entries.items() if not _valid_entry(v)]
     if bad:
         raise ValueError(f"invalid calibration entries: {bad}")
     path, name = calibration_path(device), dispatch_device_name(device)
+    header = {"schema": CALIBRATION_SCHEMA, "device": name}
     with _tables_lock:
-        merged = _read_calibration(path, name, warn=False)
-        merged.update(entries)
-        write_atomic(path, dumps_entries({"schema": CALIBRATION_SCHEMA, "device": name}, merged))
+        merged = update_entries_file(path, lambda: _read_calibration(path, name, warn=False), header, dict(entries))
         _tables[str(path)] = merged
         _by_device.clear()  # the fast lookups point at the replaced table
     return path

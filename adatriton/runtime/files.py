@@ -2,7 +2,8 @@
 cache files (autotune configs, dispatch crossovers), read safely and written atomically.
 
 Both files have the shape ``{<header fields>, "entries": {key: entry}}`` with one entry per line, so they read
-(and diff) like a table.
+(and diff) like a table. Writers go through :func:`update_entries_file`: read, merge and replace under an
+inter-process lock (:func:`file_lock`), so concurrent processes keep each other's entries.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ import os
 import platform
 import re
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX; without it (Windows) writers lock only against threads of their own process
+    import fcntl
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    fcntl = None
 
 import torch
 
@@ -25,10 +33,12 @@ __all__ = [
     "cache_dir",
     "cpu_model",
     "dumps_entries",
+    "file_lock",
     "gpu_name",
     "hardware_name",
     "read_entries_file",
     "slug",
+    "update_entries_file",
     "write_atomic",
 ]
 
@@ -150,3 +160,71 @@ def write_atomic(path: Path, text: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+# One in-process lock per lock file: flock serialises processes (and separate descriptors of one process), and this
+# keeps the threads of a process from queueing on the kernel lock needlessly or, without fcntl, from racing.
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(str(path), threading.Lock())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` against other processes and threads for the enclosed block.
+
+    The lock is ``fcntl.flock`` on the lock file ``<path>.lock`` next to ``path`` (created with its directory, never
+    deleted: deleting it would let a waiting process lock an unlinked file). Where ``fcntl`` is missing (Windows)
+    only the threads of this process are serialised; writes stay atomic, but concurrent processes may then drop
+    each other's newest entries. Yields the lock file's path.
+
+    Raises:
+        OSError: the directory or the lock file cannot be created (the write that follows would fail too).
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    with _thread_lock(lock_path):
+        if fcntl is None:
+            yield lock_path
+            return
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield lock_path
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def update_entries_file(
+    path: Path,
+    read: Callable[[], dict[str, dict[str, Any]]],
+    header: dict[str, Any],
+    entries: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Merge ``entries`` into the file's and replace it, under :func:`file_lock`: ours win on the same key, and
+    entries another process saved meanwhile are kept.
+
+    Args:
+        path: the file.
+        read: returns the file's valid entries ({} when it is missing, corrupt or foreign); called under the lock.
+        header: the header fields of the written file.
+        entries: the entries to add or replace.
+
+    Returns:
+        The merged entries, as written.
+
+    Raises:
+        OSError: the directory, lock file or file cannot be written.
+    """
+    with file_lock(path):
+        merged = read()
+        merged.update(entries)
+        write_atomic(path, dumps_entries(header, merged))
+    return merged

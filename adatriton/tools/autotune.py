@@ -23,6 +23,8 @@ from ..models.convert import convert
 from ..runtime import autotune
 from ..runtime.backend import use_backend
 from ..runtime.extras import require
+from .cli import DTYPES, add_dtype_argument, add_model_arguments, fraction
+from .cli import device as device_type
 
 __all__ = ["add_model_arguments", "main", "random_level_map", "tune_model"]
 
@@ -105,21 +107,6 @@ def random_level_map(
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_MODELS = ("resnet50", "resnet101", "resnet152")
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--output-stride``, ``--size``, ``--batch``: the network and input the tuning and calibration
-    CLIs (``python -m adatriton.autotune`` / ``adatriton.calibrate``) build."""
-    p.add_argument("--model", choices=_MODELS, default="resnet101", help="torchvision backbone (default: %(default)s)")
-    p.add_argument("--output-stride", default="8->32", help="adaptive output stride (default: %(default)s)")
-    p.add_argument(
-        "--size", nargs=2, type=int, default=(1024, 2048), metavar=("H", "W"), help="input size (default: 1024 2048)"
-    )
-    p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m adatriton.autotune",
@@ -127,9 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         "autotune cache (random weights: configs depend only on shapes).",
     )
     add_model_arguments(p)
-    p.add_argument("--fraction", type=float, default=0.3, help="area fraction at level 0 (default: %(default)s)")
-    p.add_argument("--dtype", choices=list(_DTYPES), default="float16", help="inference dtype (default: %(default)s)")
-    p.add_argument("--device", default="cuda", help="device (default: %(default)s)")
+    p.add_argument("--fraction", type=fraction, default=0.3, help="area fraction at level 0 (default: %(default)s)")
+    add_dtype_argument(p, ("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--device", type=device_type, default="cuda", help="device (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the level map and the input (default: %(default)s)")
     return p
 
@@ -163,16 +150,9 @@ def main(argv: list[str] | None = None) -> Any:
 
     args = _parser().parse_args(argv)
     device = _resolve_device(args.device)
-    try:
-        output_stride = parse_output_stride(args.output_stride)[0]
-    except ValueError as err:
-        raise SystemExit(f"adatriton.autotune: {err}") from None
+    output_stride = args.output_stride
     height, width = args.size
-    if height < 1 or width < 1 or args.batch < 1:
-        raise SystemExit("adatriton.autotune: --size and --batch must be positive")
-    if not 0.0 <= args.fraction <= 1.0:
-        raise SystemExit(f"adatriton.autotune: --fraction must be in [0, 1], got {args.fraction}")
-    dtype = _DTYPES[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     torch.manual_seed(args.seed)
     backbone = getattr(torchvision.models, args.model)(weights=None)  # random weights: no download

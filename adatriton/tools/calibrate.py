@@ -5,7 +5,7 @@ sparse path (``triton`` on CUDA, the ``torch`` gather-GEMM on the CPU) against `
 on the finest grid, sample) at several densities of synthetic level maps of the model's finest-grid size, and
 store the density where dense starts to win in ``dispatch-<device>.json`` next to the autotune cache::
 
-    python -m adatriton.calibrate --model resnet101 --size 1024 2048 --device cuda --dtype float16
+    python -m adatriton.calibrate --model resnet101 --size 1024 2048 --device cuda --dtype fp16
 
 or from Python with :func:`calibrate`. 1x1 convs are not timed: the dispatcher never densifies them.
 """
@@ -31,7 +31,9 @@ from ..models.convert import convert
 from ..runtime import dispatch
 from ..runtime.extras import require
 from ..runtime.timing import time_calls
-from .autotune import add_model_arguments, random_level_map
+from .autotune import random_level_map
+from .cli import DTYPES, add_dtype_argument, add_model_arguments, add_repeats_argument, fraction
+from .cli import device as device_type
 
 __all__ = ["DEFAULT_DENSITIES", "calibrate", "crossover", "main", "table"]
 
@@ -187,9 +189,6 @@ def table(entries: dict[str, dict[str, Any]]):
     return pd.DataFrame(rows)
 
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m adatriton.calibrate",
@@ -197,11 +196,20 @@ def _parser() -> argparse.ArgumentParser:
         "densities the 'auto' backend uses (random weights: timings depend only on shapes).",
     )
     add_model_arguments(p)
-    p.add_argument("--dtype", choices=list(_DTYPES), default=None, help="default: float16 on CUDA, float32 on CPU")
-    p.add_argument("--device", default="cuda", help="cuda or cpu (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per point (default: %(default)s)")
-    p.add_argument("--densities", type=float, nargs="+", default=list(DEFAULT_DENSITIES), help="target densities")
+    add_dtype_argument(p, ("fp16", "bf16", "fp32", "fp64"), help="default: fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--device", type=device_type, default="cuda", help="cuda or cpu (default: %(default)s)")
+    add_repeats_argument(p, 5, "timed calls per point")
+    p.add_argument(
+        "--densities", type=_density, nargs="+", default=list(DEFAULT_DENSITIES), help="target densities in (0, 1]"
+    )
     return p
+
+
+def _density(text: str) -> float:
+    value = fraction(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"expected a density in (0, 1], got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("adatriton.calibrate: no CUDA device is visible; use --device cpu to calibrate the CPU")
-    dtype = _DTYPES[args.dtype or ("float16" if device.type == "cuda" else "float32")]
+    dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     torch.manual_seed(0)
     net = convert(getattr(torchvision.models, args.model)(weights=None), args.output_stride)
     net = net.to(device=device, dtype=dtype).eval()

@@ -88,13 +88,16 @@ class Kernel:
 
 def _conv_args(dt: str, constexprs: dict) -> dict[str, str]:
     ints = ("rows", "num_src", "cin_g", "cout_g", "groups", "stride_x", "stride_res", "stride_out")
+    # The conv's own weight, read with its strides; sw_c is a constexpr 1 in the specs (channels-last weights, as
+    # Triton specialises an int argument equal to 1 at launch).
+    weight_strides = ("sw_g", "sw_n", "sw_y", "sw_x")
     return {
         **{p: f"*{dt}" for p in ("x_ptr", "w_ptr", "res_ptr", "out_ptr")},
         # the host path's cached tap tables are int32; int64 ones come with 64-bit offsets in the tests
         "index_ptr": "*i64" if constexprs["INT64_OFFSETS"] else "*i32",
-        "scale_ptr": "*fp32",
-        "shift_ptr": "*fp32",
-        **dict.fromkeys(ints, "i32"),
+        **dict.fromkeys(("scale_ptr", "shift_ptr", "bnw_ptr", "bnb_ptr", "mean_ptr", "var_ptr"), "*fp32"),
+        "eps": "fp32",
+        **dict.fromkeys(ints + weight_strides, "i32"),
     }
 
 
@@ -111,10 +114,11 @@ def _densify_args(dt: str, constexprs: dict) -> dict[str, str]:
 ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
 # What conv_elements passes for 256-channel values: 16-aligned rows, 32-bit offsets, channels a multiple of BLOCK_K.
 _CONV_ALIGNED = dict(INT64_OFFSETS=False, EVEN_K=True, ROW_ALIGN=16, UPCAST=False, groups=1)
-_CONV_FUSED = dict(TAPS=9, TAPS_P2=16, GATHER=True, HAS_SCALE=True, HAS_SHIFT=True, HAS_RES=True, RELU=True)
-_CONV_FUSED.update(_CONV_ALIGNED)
-_CONV_PLAIN = dict(TAPS=1, TAPS_P2=1, GATHER=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RES=False, RELU=False)
-_CONV_PLAIN.update(_CONV_ALIGNED)
+# The eager bottleneck conv: conv bias and eval BatchNorm applied in the epilogue from the module's own tensors.
+_CONV_FUSED = dict(TAPS=9, KSIZE=3, TAPS_P2=16, GATHER=True, HAS_SCALE=False, HAS_SHIFT=True, HAS_RES=True, RELU=True)
+_CONV_FUSED.update(HAS_BN=True, HAS_BN_W=True, HAS_BN_B=True, sw_c=1, **_CONV_ALIGNED)
+_CONV_PLAIN = dict(TAPS=1, KSIZE=1, TAPS_P2=1, GATHER=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RES=False)
+_CONV_PLAIN.update(RELU=False, HAS_BN=False, HAS_BN_W=False, HAS_BN_B=False, sw_c=1, **_CONV_ALIGNED)
 
 
 def _conv_label(c: conv.ConvConfig) -> str:
@@ -140,7 +144,7 @@ KERNELS = (
             Spec("ieee", {**_CONV_FUSED, "DOT_PRECISION": "ieee"}, every_config=False, dtypes=("fp32",)),
             # plain 1x1 conv, no gather, no epilogue.
             Spec("1x1", _CONV_PLAIN, every_config=False, pipelined=True),
-            # channel counts that are no multiple of 16 or 8 (e.g. 3): unvectorised loads, no cp.async.
+            # channel counts that are no multiple of 8 (e.g. 3): element-wise loads (cp.async only for 4-byte fp32).
             Spec("unaligned", {**_CONV_FUSED, "EVEN_K": False, "ROW_ALIGN": 1}, every_config=False, aligned_ints=False),
         ),
         configs=conv.conv_configs,

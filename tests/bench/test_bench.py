@@ -13,16 +13,21 @@ import torch
 # the repository root, pytest puts on sys.path.
 from bench import COLUMNS, KEY, Context, Options, Row, load_suite, suite_names
 from bench.__main__ import build_parser, main, resolve
-from bench._report import merge_csv, ratios, read_csv
+from bench._report import merge_csv, noise, plot_bars, plot_lines, ratios, read_csv, summary, verdict, x_axis
 
 TINY = ["--quick", "--no-progress", "--warmup", "0", "--iters", "1"]
+#: Columns only the host suite fills (NaN / 0 / empty elsewhere).
+HOST_ONLY = ["launches_per_forward", "syncs_per_forward", "host_us_per_conv"]
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _check_table(path, expected_rows):
     table = read_csv(path)
     assert tuple(table.columns) == COLUMNS
     assert len(table) == expected_rows
-    assert not table.isna().any().any(), table.columns[table.isna().any()].tolist()
+    measured = table.drop(columns=HOST_ONLY)
+    assert not measured.isna().any().any(), measured.columns[measured.isna().any()].tolist()
+    assert table[HOST_ONLY].isna().all().all() and (table["scenario"] == "").all()
     assert not table.duplicated(subset=list(KEY)).any()
     assert (table["time_min_ms"] <= table["time_median_ms"]).all()
     assert (table["time_median_ms"] <= table["time_max_ms"]).all()
@@ -35,7 +40,7 @@ def _check_table(path, expected_rows):
 @pytest.fixture(scope="module")
 def table2(tmp_path_factory):
     out = tmp_path_factory.mktemp("table2")
-    argv = ["table2", *TINY, "--size", "64", "128", "--fractions", "0.3", "--backbones", "resnet50"]
+    argv = ["table2", *TINY, "--size", "64", "128", "--fractions", "0.3", "--model", "resnet50"]
     argv += ["--backends", "auto", "torch", "--out", str(out)]
     return out, main(argv)["table2"]
 
@@ -84,6 +89,9 @@ def test_models_quick(tmp_path):
     assert (table["scope"] == "model").all() and (table["macs_total"] > table["macs_backbone"]).all()
     assert set(table["output_stride"]) == {"16", "8", "8->32"} and set(table["backend"]) == {"onednn", "auto"}
     assert report["summary"].is_file()
+    # One grouped bar chart for the configuration (both models in it).
+    assert len(report["plots"]) == 1 and report["plots"][0].name.startswith("models_1x64x64_float32_")
+    assert report["plots"][0].read_bytes()[:8] == PNG
 
 
 def test_layers_quick_plots_and_rerun_replaces_rows(tmp_path):
@@ -141,6 +149,7 @@ def test_realised_fraction_of_the_ma_savings():
     assert (r["t_os8"], r["t_os16"], r["t_bk_os8"], r["ma_os8"]) == pytest.approx((0.6, 1.5, 0.7, 0.4))
     assert r["realised"] == pytest.approx((1 - 0.6) / (1 - 0.4))
     assert math.isnan(t.iloc[0]["realised"])  # OS8 saves nothing
+    assert r["tflops"] == pytest.approx(2 * 40 / 6e-3 / 1e12)
 
 
 def test_ratios_against_other_references():
@@ -158,7 +167,7 @@ def test_options_quick_on_cpu_full_on_request():
     parser = build_parser()
     suite = load_suite("table2")
     quick = resolve(parser.parse_args(["--device", "cpu"]), suite)
-    assert quick.quick and quick.size == (256, 512) and (quick.warmup, quick.iters) == (1, 3)
+    assert quick.quick and quick.size == (256, 512) and (quick.warmup, quick.iters) == (1, 5)
     assert quick.dtype == torch.float32 and quick.channels_last
     full = resolve(parser.parse_args(["--device", "cpu", "--full"]), suite)
     assert not full.quick and full.size == (1024, 2048) and (full.warmup, full.iters) == (10, 10)
@@ -188,3 +197,146 @@ def test_suite_registry():
         load_suite("nope")
     with pytest.raises(SystemExit):
         main(["nope"])
+
+
+# ---------------------------------------------------------------------------------------------------- summary rules
+def _table(*rows: Row) -> pd.DataFrame:
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows])
+
+
+def test_noise_rule():
+    assert noise(10.0, 12.5, 5) == ""  # max/min 1.25 exactly: not above the limit
+    assert noise(10.0, 12.6, 5) == "noisy: max/min 1.26 > 1.25"
+    assert noise(10.0, 10.5, 4) == "noisy: 4 timed calls < 5"
+    assert noise(10.0, 20.0, 1) == "noisy: 1 timed calls < 5, max/min 2.00 > 1.25"
+
+
+def test_verdict_marks_noise_of_either_timing():
+    quiet = (10.0, 11.0, 10)
+    assert verdict(0.5, 0.55, quiet, quiet) == "met"
+    assert verdict(0.6, 0.55, quiet, quiet) == "not met"
+    assert verdict(0.5, 0.55, quiet, (10.0, 13.0, 10)) == "met (noisy: max/min 1.30 > 1.25)"
+    assert verdict(0.6, 0.55, (1.0, 1.0, 3), quiet) == "not met (noisy: 3 timed calls < 5)"
+    assert verdict(0.5, 0.55, (1.0, 1.0, 3), (1.0, 2.0, 3)) == "met (noisy: 3 timed calls < 5, max/min 2.00 > 1.25)"
+
+
+def _compass_rows(iters: int, ada_max: float, macs: int = 40) -> list[Row]:
+    common = dict(scope="backbone", device="AMD EPYC (2 threads)", dtype="float32", iters=iters)
+    os8 = _row(**common, time_median_ms=10.0, time_min_ms=9.9, time_max_ms=10.1, macs_backbone=100)
+    ada = _row(
+        **common,
+        output_stride="8->32",
+        mask_source="synthetic",
+        fraction_target=0.3,
+        backend="auto",
+        time_median_ms=5.0,
+        time_min_ms=5.0,
+        time_max_ms=ada_max,
+        macs_backbone=macs,
+    )
+    return [os8, ada]
+
+
+def test_summary_marks_noisy_verdicts_and_shows_the_spread(tmp_path):
+    quiet = summary(_table(*_compass_rows(iters=10, ada_max=5.5)), "table2", tmp_path / "t.csv")
+    assert "t/OS8 = 0.500 (target <= 0.6): met\n" in quiet + "\n"
+    assert "| 5.000 (5.000–5.500) |" in quiet and "noisy" not in quiet.split("## Targets")[1]
+    spread = summary(_table(*_compass_rows(iters=10, ada_max=7.0)), "table2", tmp_path / "t.csv")
+    assert "met (noisy: max/min 1.40 > 1.25)" in spread and "5.000 (5.000–7.000) noisy" in spread
+    few = summary(_table(*_compass_rows(iters=3, ada_max=5.5)), "table2", tmp_path / "t.csv")
+    assert "met (noisy: 3 timed calls < 5)\n" in few  # both rows say so: once
+
+
+def test_realised_only_where_the_mas_save_more_than_5_percent(tmp_path):
+    small = ratios(_table(*_compass_rows(iters=10, ada_max=5.5, macs=96)))  # 4% fewer MAs
+    assert math.isnan(small.iloc[1]["realised"])
+    large = ratios(_table(*_compass_rows(iters=10, ada_max=5.5, macs=94)))  # 6% fewer
+    assert large.iloc[1]["realised"] == pytest.approx(0.5 / 0.06)
+    text = summary(_table(*_compass_rows(iters=10, ada_max=5.5, macs=96)), "table2", tmp_path / "t.csv")
+    row = next(line for line in text.splitlines() if line.startswith("| 8->32"))
+    assert row.split(" | ")[12] == "–"  # the realised column
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+def _keypoint_rows() -> list[Row]:
+    common = dict(scope="backbone", suite="keypoints", model="d2net_vgg16", iters=3)
+    rows = [
+        _row(**common, output_stride=s, time_median_ms=t, time_min_ms=t * 0.9, time_max_ms=t * 1.1, macs_backbone=m)
+        for s, t, m in (("1", 9.0, 100), ("2", 4.0, 40), ("4", 2.0, 20), ("8", 1.0, 10))
+    ]
+    triplets = [("0/0/0", 10, 0.0), ("inf/inf/inf", 100, 1.0), ("5/11/11", 30, 0.0), ("25/51/51", 60, 0.0)]
+    for backend in ("auto", "torch"):
+        rows += [
+            _row(
+                **common,
+                output_stride="1->8",
+                mask_source="keypoints",
+                mask_param=p,
+                fraction_target=-1.0,
+                fraction_level0=f0,
+                backend=backend,
+                time_median_ms=m / 10,
+                time_min_ms=m / 12,
+                time_max_ms=m / 8,
+                macs_backbone=m,
+            )
+            for p, m, f0 in triplets
+        ]
+    return rows
+
+
+def test_keypoint_triplets_get_a_labelled_categorical_axis():
+    rows = ratios(_table(*_keypoint_rows()), ("1", "8"))
+    adaptive = rows[rows["mask_source"] == "keypoints"]
+    x, labels = x_axis(adaptive)
+    assert labels == ["0/0/0", "5/11/11", "25/51/51", "inf/inf/inf"]  # ordered by MAs, not at x = f0 = 0
+    assert list(x[adaptive["backend"] == "auto"]) == [0, 3, 1, 2]
+    numeric = ratios(_table(*_compass_rows(iters=5, ada_max=5.0)))
+    x, labels = x_axis(numeric[numeric["mask_source"] != "none"])
+    assert labels is None and list(x) == [1.0]  # the realised fraction (the test rows' default)
+
+
+def test_plots_are_written(tmp_path):
+    keypoints = plot_lines(_table(*_keypoint_rows()), "keypoints", tmp_path, ("1", "8"))
+    assert len(keypoints) == 1 and keypoints[0].name.startswith("keypoints_d2net-vgg16_keypoints_")
+    bars = plot_bars(_table(*_compass_rows(iters=5, ada_max=5.0)), "models", tmp_path)
+    assert len(bars) == 1
+    for path in keypoints + bars:
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------------- option names
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["--dtype", "fp16"], {"dtype": "fp16"}),
+        (["--dtype", "float16"], {"dtype": "fp16"}),
+        (["--dtype", "bfloat16"], {"dtype": "bf16"}),
+        (["--dtype", "FLOAT32"], {"dtype": "fp32"}),
+        (["--iters", "4"], {"iters": 4}),
+        (["--repeats", "4"], {"iters": 4}),
+        (["--model", "resnet50", "resnet152"], {"backbones": ["resnet50", "resnet152"]}),
+        (["--backbones", "resnet50"], {"backbones": ["resnet50"]}),
+        (["--backends", "torch", "dense"], {"backends": ["torch", "dense"]}),
+        (["--backend", "triton"], {"backends": ["triton"]}),
+    ],
+)
+def test_option_names_and_aliases(given, expected):
+    args = vars(build_parser().parse_args(given))
+    assert {k: args[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    [["--dtype", "float64"], ["--model", "resnet18"], ["--backends", "cuda"], ["--conversions", "8-32"],
+     ["--iters", "0"], ["--fractions", "1.5"], ["--masks", "sift"], ["--device", "gpu"]],
+)  # fmt: skip
+def test_closed_sets_are_checked(given, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(given)
+    assert f"error: argument {given[0]}" in capsys.readouterr().err
+
+
+def test_alias_resolves_to_the_dtype():
+    opts = resolve(build_parser().parse_args(["--device", "cpu", "--dtype", "bfloat16"]), load_suite("table2"))
+    assert opts.dtype == torch.bfloat16

@@ -13,6 +13,7 @@ from bench.__main__ import build_parser, resolve
 from bench.__main__ import main as bench_main
 from bench._report import read_csv
 from bench.keypoints import COLUMNS, CSV_NAME, main, run_keypoints
+from bench.keypoints import build_parser as standalone_parser
 
 TINY = (4, 4, "M", 6, 6, "M", 8, 8, 8, "M", 10, 10, 10)
 
@@ -66,6 +67,31 @@ def test_cli(tmp_path, capsys):
     assert table["median_s"].notna().all() and table["macs_per_image"].iloc[-1] == table["macs_per_image"].iloc[0]
 
 
+def test_standalone_options_are_spelt_as_in_bench():
+    args = standalone_parser().parse_args(["--dtype", "float16", "--repeats", "2", "--backend", "torch", "--seed", "3"])
+    assert (args.dtype, args.iters, args.backends, args.seed) == ("fp16", 2, ["torch"], 3)
+    args = standalone_parser().parse_args(["--dtype", "bf16", "--iters", "4", "--backends", "torch", "dense"])
+    assert (args.dtype, args.iters, args.backends) == ("bf16", 4, ["torch", "dense"])
+    with pytest.raises(SystemExit):
+        standalone_parser().parse_args(["--dtype", "float64"])
+
+
+def test_several_backends_give_one_adaptive_row_each(tmp_path):
+    rows = run_keypoints(
+        None,
+        size=(32, 40),
+        warmup=0,
+        repeats=1,
+        progress=False,
+        mma=False,
+        trunk_config=TINY,
+        backend=["torch", "dense"],
+    )
+    adaptive = [r for r in rows if r.kind == "adaptive"]
+    assert [r.backend for r in adaptive] == ["torch"] * 10 + ["dense"] * 10
+    assert [r.macs_per_image for r in adaptive[:10]] == [r.macs_per_image for r in adaptive[10:]]
+
+
 def test_macs_only(tmp_path):
     rows = run_keypoints(tmp_path, size=(64, 80), timing=False, mma=False, progress=False, trunk_config=TINY)
     assert all(math.isnan(r.median_s) and math.isnan(r.levelmap_s) for r in rows)
@@ -82,7 +108,7 @@ def test_suite_options():
     assert suite.references == ("1", "8")
     parser = build_parser()
     quick = resolve(parser.parse_args(["--device", "cpu"]), suite)
-    assert quick.size == (96, 128) and (quick.warmup, quick.iters) == (1, 3) and quick.backends == ("auto",)
+    assert quick.size == (96, 128) and (quick.warmup, quick.iters) == (1, 5) and quick.backends == ("auto",)
     full = resolve(parser.parse_args(["--device", "cpu", "--full"]), suite)
     assert full.size == (240, 320) and (full.warmup, full.iters) == (10, 10)
 
@@ -94,8 +120,10 @@ def test_suite_through_the_cli(tmp_path, capsys):
     t = read_csv(first["csv"])
     assert tuple(t.columns) == ROW_COLUMNS
     assert len(t) == 4 + len(TRIPLETS) and not t.duplicated(subset=list(KEY)).any()
-    floats = [c for c in ROW_COLUMNS if t[c].dtype == "float64"]
+    host_only = ["launches_per_forward", "syncs_per_forward", "host_us_per_conv"]  # the host suite's columns
+    floats = [c for c in ROW_COLUMNS if t[c].dtype == "float64" and c not in host_only]
     assert not t[floats].isna().any().any(), t[floats].isna().sum()
+    assert t[host_only].isna().all().all() and (t["scenario"] == "").all()
     assert (
         t[["model", "backbone", "head", "scope"]].drop_duplicates().values
         == [["d2net_vgg16", "vgg16", "d2net", "backbone"]]

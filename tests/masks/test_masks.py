@@ -358,7 +358,7 @@ def test_match_fraction_threshold(method):
 def test_match_fraction_dilation_and_kernel():
     img = photo("astronaut", 128, 256)
     source = functools.partial(masks.edges, img, "8->32", threshold=0.5)
-    value, lm = masks.calibrate(source, 0.4, "dilation")
+    value, lm = masks.match_fraction(source, 0.4, "dilation")
     assert value % 2 == 1
     f = float(lm.fractions()[0])
     for other in (value - 2, value + 2):

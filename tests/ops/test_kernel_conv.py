@@ -107,7 +107,8 @@ def spy(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- tap tables
 def test_int32_and_int64_tap_tables_give_the_same_result(spy):
-    values, weight, index, scale, shift, residual = _problem(40, 30, 12, 20, torch.float32)
+    """Also the unmasked-channel path: 32 input channels are 2 whole 16-wide K blocks (EVEN_K)."""
+    values, weight, index, scale, shift, residual = _problem(40, 30, 32, 20, torch.float32)
     index[3, 4] = 2**40  # an int64 "outside" entry far beyond int32: still reads zero
     config = ConvConfig(32, 32, 16, 3, 4)
     epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True, config=config)
@@ -115,9 +116,9 @@ def test_int32_and_int64_tap_tables_give_the_same_result(spy):
     small = index.clone()
     small[3, 4] = 31  # outside too, in int32 range
     narrow = _run(values, weight, small.int(), **epilogue)
-    assert [kw["INT64_OFFSETS"] for _, kw in spy.launches] == [False, False]
+    assert [(kw["INT64_OFFSETS"], kw["EVEN_K"]) for _, kw in spy.launches] == [(False, True)] * 2
     assert torch.equal(wide, narrow)
-    _close(wide, _reference(values, index, weight, 1, scale, shift, residual, True), torch.float32, 9 * 12)
+    _close(wide, _reference(values, index, weight, 1, scale, shift, residual, True), torch.float32, 9 * 32)
 
 
 def test_offset_width_decision_at_the_threshold():
@@ -188,7 +189,7 @@ def test_every_config_computes_the_fused_conv(spy, config, dtype):
     epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True)
     got = _run(values, weight, index.int(), **epilogue, config=config)
     (grid, kw), tiles = spy.launches[-1], -(-rows // block_m)
-    assert kw["SPLIT_N"] == config.split_n and kw["PERSISTENT"] == config.persistent
+    assert kw["SPLIT_N"] == config.split_n and kw["PERSISTENT"] == config.persistent and not kw["EVEN_K"]
     if not config.persistent:
         assert grid == (tiles,)
     elif DEVICE == "cpu":
@@ -206,12 +207,13 @@ def test_the_space_has_split_epilogues_and_persistent_grids():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_grouped_1x1_and_default_config(dtype):
-    """Groups (each group's channels start at group * Cin/g, 10 here: rows 8-aligned only) and the 1x1 path, with
-    the default config of this device."""
+    """Groups (each group's channels start at group * Cin/g = 10: row starts only 2-aligned) on the 1x1 and the
+    gather path, with the default config of this device."""
     gen = torch.Generator().manual_seed(3)
     values = torch.randn(33, 20, generator=gen).to(dtype)
     weight = (torch.randn(12, 10, 1, 1, generator=gen) / 3).to(dtype)
     got = _run(values, weight, None, groups=2)
+    assert conv._row_align(values.stride(0), 10, 2) == 2
     expected = _reference(values, torch.arange(33)[:, None], weight, groups=2)
     _close(got, expected, dtype, 10)
     weight3 = (torch.randn(12, 10, 3, 3, generator=gen) / 9).to(dtype)

@@ -202,17 +202,3 @@ def test_resnet101_adaptive_fp16_on_gpu(dtype):
             got = net.to(dtype).forward_features(x.to(dtype), lm)
     err = ((got.double().cpu() - expected).norm() / expected.norm()).item()
     assert err < (2e-2 if dtype == torch.bfloat16 else 5e-3), f"relative L2 error {err:.3g}"
-
-
-def test_packed_weights_are_reused_until_the_weight_changes():
-    from adatriton.ops.conv import packed_weight
-
-    weight = torch.randn(4, 6, 3, 3, device=DEVICE)
-    first = packed_weight(weight, 1)
-    assert packed_weight(weight, 1) is first
-    with torch.no_grad():
-        weight.mul_(2)  # an optimizer step bumps the version counter
-    second = packed_weight(weight, 1)
-    assert second is not first
-    torch.testing.assert_close(second, 2 * first)
-    assert packed_weight(weight.clone(), 1) is not second

@@ -92,7 +92,7 @@ def test_save_reload_round_trip_is_atomic(tmp_path):
     cache.put("k", ConvConfig(64, 32, 32, 3, 4), 0.25, 7)
     cache.put("j", (32, 32, 32, 2, 4), 1.5, 2)
     assert cache.save() == tmp_path / "sub" / "c.json"
-    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["c.json"]  # no temp file left behind
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["c.json", "c.json.lock"]  # no temp file
 
     data = json.loads((tmp_path / "sub" / "c.json").read_text())
     assert data["schema"] == autotune.SCHEMA and data["gpu"] == "interpreter-cpu"
@@ -197,7 +197,7 @@ def test_tuning_in_the_interpreter_times_two_candidates_then_hits_the_cache(tmp_
     assert chosen in candidates[:2]
 
     path = autotune.cache_path(CPU)
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # saved, atomically
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".lock"]  # saved, atomically
     stored = autotune.AutotuneCache("interpreter-cpu", path)
     entry = stored.entry(autotune.conv_key(**SHAPE))
     assert ConvConfig(*entry["config"]) == chosen and entry["candidates"] == 2 and entry["time_ms"] >= 0

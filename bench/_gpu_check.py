@@ -1,0 +1,293 @@
+"""``python -m bench gpu-check`` (``make gpu-check``): everything that needs a GPU, in one command that fits in
+9 minutes on one H100 / H200 and keeps going past a failing step.
+
+The steps (:func:`default_steps`), each a subprocess with its own timeout, budgeted so that the timeouts add up to
+:data:`STEPS_BUDGET_S` and the whole run stays within :data:`BUDGET_S` even when every step times out:
+
+1. ``gpu_tests``: the GPU-marked tests (``pytest -m gpu``, the CUDA-graph test apart);
+2. ``autotune``: ``python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype float16``; time-boxed:
+   the cache is saved after each tuned key, so a timeout keeps what was tuned;
+3. ``calibrate``: ``python -m adatriton.calibrate --model resnet101 --size 1024 2048 --device cuda`` (the crossover
+   densities of the ``auto`` backend);
+4. ``layers``: the ``layers`` suite, full size, fp16, every backend against cuDNN (the summary's ``TFLOP/s``);
+5. ``table2``: the ``table2`` suite at 1024x2048 fp16 (synthetic masks, level-0 fractions 0.1 / 0.3 / 0.5, 5 + 10
+   calls: the full grid does not fit the budget);
+6. ``cuda_graphs``: ``tests/nn/test_compile.py::test_cuda_graphs_with_a_static_level_map``.
+
+Every step runs with ``TRITON_INTERPRET=0`` and ``ADATRITON_CACHE_DIR=<out>/cache`` (the autotune and calibration
+files land under ``<out>`` and the later steps use them). Outputs: ``<out>/<suite>.csv`` (and summaries, plots),
+``<out>/gpu_tests.xml`` / ``cuda_graphs.xml`` (JUnit), ``<out>/gpu_check/<step>.txt`` (each step's output) and
+``<out>/gpu_check.log``: per step the command, status, seconds and the tail of its output, then a summary table
+and the CSVs under ``<out>``. Exit status 0 when every step passed (or when there is no CUDA device: nothing is
+run), 1 otherwise. ``--dry-run`` lists the steps and runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["BUDGET_S", "STEPS_BUDGET_S", "Step", "StepResult", "default_steps", "main", "run_steps"]
+
+#: The whole check, seconds (9 minutes).
+BUDGET_S = 540.0
+#: What the steps' timeouts add up to; the rest is start-up, the kill grace periods and the report.
+STEPS_BUDGET_S = 510.0
+#: Seconds between SIGTERM and SIGKILL of a step that ran out of time.
+KILL_GRACE_S = 5.0
+#: Lines of each step's output copied into the log.
+TAIL_LINES = 15
+#: Where the steps run: the repository root (``tests/``, ``python -m bench``).
+ROOT = Path(__file__).resolve().parents[1]
+#: The CUDA-graph test, run as its own step.
+CUDA_GRAPH_TEST = "tests/nn/test_compile.py::test_cuda_graphs_with_a_static_level_map"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the check.
+
+    Attributes:
+        name: short name (file names, the summary).
+        argv: the command.
+        timeout_s: its time box, seconds.
+        what: one line for the log.
+        env: extra environment variables.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    timeout_s: float
+    what: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    """What one step did.
+
+    Attributes:
+        step: the step.
+        status: ``passed``, ``failed`` (non-zero exit), ``timeout`` (killed at its time box), ``error`` (could not
+            start) or ``skipped`` (no budget left).
+        returncode: the exit status (None unless it exited).
+        seconds: wall time.
+        output: the file with its stdout and stderr.
+    """
+
+    step: Step
+    status: str
+    returncode: int | None
+    seconds: float
+    output: Path
+
+
+def default_steps(out: Path, python: str = sys.executable) -> list[Step]:
+    """The check's steps (see the module docstring), writing under ``out``; their timeouts add up to
+    :data:`STEPS_BUDGET_S`."""
+    out = Path(out)
+    bench = [python, "-m", "bench"]
+    pytest = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    sizes = ["--size", "1024", "2048"]
+    common = ["--device", "cuda", "--dtype", "fp16", "--out", str(out), "--no-progress"]
+    return [
+        Step(
+            "gpu_tests",
+            (*pytest, "-m", "gpu", "-k", "not cuda_graphs", f"--junitxml={out / 'gpu_tests.xml'}", "tests"),
+            75,
+            "GPU-marked tests (the CUDA-graph test is its own step)",
+        ),
+        Step(
+            "autotune",
+            (python, "-m", "adatriton.autotune", "--model", "resnet101", *sizes, "--dtype", "float16"),
+            110,
+            "autotune the ResNet-101 8->32 conv shapes (time-boxed; saved per key)",
+        ),
+        Step(
+            "calibrate",
+            (python, "-m", "adatriton.calibrate", "--model", "resnet101", *sizes, "--device", "cuda"),
+            70,
+            "calibrate the sparse/dense crossover of the auto backend",
+        ),
+        Step("layers", (*bench, "layers", "--full", *common), 70, "layers suite vs cuDNN (TFLOP/s per config)"),
+        Step(
+            "table2",
+            (*bench, "table2", "--full", *sizes, *common, "--masks", "synthetic", "--fractions", "0.1", "0.3", "0.5")
+            + ("--warmup", "5", "--iters", "10"),
+            150,
+            "table2 at 1024x2048 fp16 (synthetic masks, 3 fractions, every backend)",
+        ),
+        Step(
+            "cuda_graphs",
+            (*pytest, CUDA_GRAPH_TEST, f"--junitxml={out / 'cuda_graphs.xml'}"),
+            35,
+            "the CUDA-graph test (torch.compile reduce-overhead with a static level map)",
+        ),
+    ]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGTERM to the step's process group (it was started in its own session), SIGKILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def run_steps(
+    steps: Sequence[Step],
+    out: Path,
+    budget_s: float = BUDGET_S,
+    env: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.monotonic,
+    cwd: Path = ROOT,
+) -> list[StepResult]:
+    """Run ``steps`` one after the other, whatever the previous ones did, each within its timeout and within what
+    is left of ``budget_s`` (less a small reserve for the report); write ``<out>/gpu_check.log``.
+
+    Args:
+        steps: what to run.
+        out: output folder (``gpu_check.log``, ``gpu_check/<step>.txt``).
+        budget_s: the whole run's time box, seconds.
+        env: the environment of every step (default: this process's); each step's ``env`` is added.
+        log: where progress lines go (they are also written to the log).
+        clock: seconds (tests may pass a fake one).
+        cwd: where the steps run (default: the repository root).
+
+    Returns:
+        One :class:`StepResult` per step, in order.
+    """
+    out = Path(out)
+    (out / "gpu_check").mkdir(parents=True, exist_ok=True)
+    log_path = out / "gpu_check.log"
+    reserve = min(10.0, 0.05 * budget_s)
+    start = clock()
+    results: list[StepResult] = []
+    with log_path.open("w") as log_file:
+
+        def say(line: str = "") -> None:
+            log(line)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        say(f"gpu-check {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}: {len(steps)} steps, ")
+        say(f"budget {budget_s:.0f} s (steps' time boxes: {sum(s.timeout_s for s in steps):.0f} s), output in {out}")
+        for i, step in enumerate(steps, 1):
+            output = out / "gpu_check" / f"{step.name}.txt"
+            left = budget_s - reserve - (clock() - start)
+            timeout = min(step.timeout_s, left)
+            say()
+            say(f"== [{i}/{len(steps)}] {step.name}: {step.what}")
+            say(f"   $ {shlex.join(step.argv)}")
+            if timeout < 1:
+                say(f"   skipped: {left:.0f} s of the budget left")
+                results.append(StepResult(step, "skipped", None, 0.0, output))
+                continue
+            say(f"   time box {timeout:.0f} s")
+            t0 = clock()
+            status, code = "error", None
+            try:
+                with output.open("w") as sink:
+                    proc = subprocess.Popen(
+                        step.argv,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env={**(os.environ if env is None else env), **step.env},
+                        start_new_session=True,
+                        cwd=cwd,
+                    )
+                    try:
+                        code = proc.wait(timeout=timeout)
+                        status = "passed" if code == 0 else "failed"
+                    except subprocess.TimeoutExpired:
+                        _kill(proc)
+                        status = "timeout"
+            except OSError as err:
+                output.write_text(f"could not start: {err}\n")
+            seconds = clock() - t0
+            results.append(StepResult(step, status, code, seconds, output))
+            say(f"   -> {status}{'' if code is None else f' (exit {code})'} in {seconds:.1f} s; output: {output}")
+            for line in _tail(output):
+                say(f"   | {line}")
+        say()
+        say(f"== summary ({clock() - start:.0f} s of {budget_s:.0f} s)")
+        say()
+        say("| step | status | seconds | time box | output |")
+        say("|---|---|---|---|---|")
+        for r in results:
+            say(f"| {r.step.name} | {r.status} | {r.seconds:.1f} | {r.step.timeout_s:.0f} | {r.output.name} |")
+        csvs = sorted(p.relative_to(out) for p in out.rglob("*.csv"))
+        say()
+        say("CSVs under " + str(out) + ": " + (", ".join(map(str, csvs)) or "none"))
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench gpu-check",
+        description="Everything that needs a GPU in one run of at most 9 minutes (GPU tests, autotuning, "
+        "calibration, the layers and table2 suites, the CUDA-graph test); keeps going past a failing step.",
+    )
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
+    p.add_argument("--cache-dir", type=Path, help="ADATRITON_CACHE_DIR of the steps (default: <out>/cache)")
+    p.add_argument("--dry-run", action="store_true", help="list the steps and their time boxes; run nothing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, cuda_available: Callable[[], bool] | None = None) -> int:
+    """The ``gpu-check`` command.
+
+    Args:
+        argv: arguments after ``gpu-check``.
+        cuda_available: whether a CUDA device is visible (default ``torch.cuda.is_available``).
+
+    Returns:
+        The exit status: 0 when every step passed, or when there is no CUDA device (nothing is run); else 1.
+    """
+    args = _parser().parse_args(argv)
+    args.out = args.out.resolve()
+    steps = default_steps(args.out)
+    if args.dry_run:
+        print(f"gpu-check: {len(steps)} steps, time boxes {sum(s.timeout_s for s in steps):.0f} s of {BUDGET_S:.0f}")
+        for step in steps:
+            print(f"  {step.name:12s} {step.timeout_s:4.0f} s  {shlex.join(step.argv)}")
+        return 0
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available
+    if not cuda_available():
+        print("gpu-check: no CUDA device is visible; nothing was run (run it on a machine with an H100 / H200)")
+        return 0
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "0",
+        "ADATRITON_CACHE_DIR": str(args.cache_dir or args.out / "cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    results = run_steps(steps, args.out, BUDGET_S, env)
+    return 0 if all(r.status == "passed" for r in results) else 1

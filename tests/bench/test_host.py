@@ -1,0 +1,138 @@
+"""The ``host`` suite: what its dispatch mode counts as a device op and as a sync on small known programs, the
+launch stubs (shapes, patched everywhere, restored), and one tiny run through the CLI. Nothing here asserts a timing
+or today's op counts (the host-path rewrite changes those); only what must hold before and after."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+import adatriton
+from bench.__main__ import main
+from bench._report import read_csv
+from bench.host import SCENARIOS, OpCounter, patch_references, restore_references, stubbed_launches
+
+
+def _count(fn):
+    counter = OpCounter()
+    counter.active = True
+    with torch.inference_mode(), counter.watch():
+        fn()
+    return counter.counts
+
+
+X = torch.arange(24.0).reshape(4, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "ops", "syncs"),
+    [
+        ("views", lambda: X.view(6, 4).permute(1, 0)[1:, 2].unsqueeze(0).expand(3, 3).t().detach(), 0, {}),
+        ("contiguous of a contiguous tensor", lambda: X.contiguous().reshape(24), 0, {}),
+        ("contiguous copy", lambda: X.t().contiguous(), 1, {}),
+        ("reshape that copies", lambda: X.t().reshape(24), 1, {}),
+        ("allocation", lambda: torch.empty(3, 4), 0, {}),
+        ("arithmetic", lambda: (X * 2 + 1).relu_(), 3, {}),
+        ("factory", lambda: torch.zeros(3), 1, {}),
+        ("int of a tensor", lambda: int(X.sum()), 1, {"any": 1}),
+        ("bool of a tensor", lambda: bool((X > 3).any()), 2, {"any": 1}),
+        ("tolist", lambda: X[0].tolist(), 0, {"tolist": 1}),
+        ("cpu", lambda: X.cpu(), 0, {"cpu": 1}),
+        ("nonzero", lambda: X.nonzero(), 1, {"nonzero": 1}),
+        ("boolean mask", lambda: X[X > 3], 2, {"index(bool mask)": 1}),
+        ("integer index", lambda: X[torch.tensor([0, 2])], 1, {}),
+        ("masked fill", lambda: X.clone().masked_fill_(X > 3, 0), 3, {}),
+        ("repeat_interleave", lambda: torch.repeat_interleave(torch.tensor([1, 2])), 1, {"any": 1}),
+        ("unique", lambda: torch.unique(torch.tensor([1, 1, 2])), 1, {"any": 1}),
+    ],
+)
+def test_device_ops_and_syncs(name, fn, ops, syncs):
+    counts = _count(fn)
+    assert sum(counts.device_ops.values()) == ops, (name, counts.device_ops)
+    if syncs.get("any"):
+        assert counts.total_syncs == syncs["any"], (name, counts.syncs)
+    else:
+        assert dict(counts.syncs) == syncs, (name, counts.syncs)
+
+
+def test_nothing_is_counted_outside_the_window():
+    counter = OpCounter()
+    with torch.inference_mode(), counter.watch():
+        int((X + 1).sum())
+        counter.active = True
+        X * 2
+        counter.active = False
+    assert counter.counts.total_ops == 1 and counter.counts.total_syncs == 0
+    assert counter.outside.total_ops == 2 and counter.outside.total_syncs == 1
+
+
+def test_patch_references_patches_every_holder_and_restores():
+    def original():
+        return "original"
+
+    holders = [types.ModuleType(f"_bench_test_holder_{i}") for i in range(2)]
+    for i, module in enumerate(holders):
+        setattr(module, f"alias{i}", original)
+        sys.modules[module.__name__] = module
+    try:
+        patched = patch_references({original: lambda: "stub"})
+        assert {(m.__name__, attr) for m, attr, _ in patched} >= {
+            (holders[0].__name__, "alias0"),
+            (holders[1].__name__, "alias1"),
+        }
+        assert holders[0].alias0() == "stub" and holders[1].alias1() == "stub"
+        restore_references(patched)
+        assert holders[0].alias0 is original and holders[1].alias1 is original
+    finally:
+        for module in holders:
+            del sys.modules[module.__name__]
+
+
+def test_stubs_return_the_launchers_shapes_and_are_removed_after():
+    from adatriton.kernels import conv, densify
+
+    launcher, densifier = conv.conv_elements, densify.densify_elements
+    values = torch.randn(10, 8)
+    packed = torch.randn(2, 9 * 4, 6)  # 2 groups, 9 taps x 4 channels, 6 outputs per group
+    index = torch.zeros(7, 9, dtype=torch.int64)
+    with stubbed_launches() as calls:
+        assert conv.conv_elements is not launcher
+        out = conv.conv_elements(values, index, packed, taps=9, groups=2, relu=True)
+        assert out.shape == (7, 12) and out.dtype == values.dtype
+        assert conv.conv_elements(values.half(), None, packed.half(), taps=1, out_dtype=torch.float32).shape == (10, 12)
+        dense = densify.densify_elements(values, torch.zeros(2, 3, 5, dtype=torch.int64))
+        assert dense.shape == (2, 8, 3, 5) and dense.is_contiguous(memory_format=torch.channels_last)
+        # Every module that imported the launcher by name sees the stub too.
+        ops_conv = sys.modules.get("adatriton.ops.conv")
+        if ops_conv is not None and hasattr(ops_conv, "conv_elements"):
+            assert ops_conv.conv_elements is conv.conv_elements
+    assert calls == {"conv": 2, "densify": 1}
+    assert conv.conv_elements is launcher and densify.densify_elements is densifier
+
+
+def test_host_suite_through_the_cli(tmp_path):
+    argv = ["host", "--quick", "--no-progress", "--size", "64", "128", "--warmup", "1", "--iters", "2"]
+    report = main([*argv, "--out", str(tmp_path)])["host"]
+    t = read_csv(tmp_path / "host.csv")
+    assert len(t) == 2 * len(SCENARIOS) and set(t["scenario"]) == set(SCENARIOS)
+    assert set(t["output_stride"]) == {"8->32", "8->16"} and (t["scope"] == "adaptive").all()
+    # ResNet-101: layer3 (23 blocks) and layer4 (3 blocks), 3 convs each, plus 2 shortcuts: all on triton.
+    assert (t["convs_per_forward"] == 80).all() and (t["dispatch"] == "triton:80").all()
+    # At least one launch per conv and the densify; a new map never needs fewer syncs than a reused one.
+    assert (t["launches_per_forward"] >= t["convs_per_forward"] + 1).all()
+    by = t.set_index(["output_stride", "scenario"])
+    for conversion in ("8->32", "8->16"):
+        assert (
+            by.loc[(conversion, "new_map"), "syncs_per_forward"]
+            >= by.loc[(conversion, "reused_map"), "syncs_per_forward"]
+        )
+        assert (
+            by.loc[(conversion, "new_map"), "launches_per_forward"]
+            >= by.loc[(conversion, "reused_map"), "launches_per_forward"]
+        )
+    assert (t["host_us_per_conv"] > 0).all() and t["host_us_per_conv"].notna().all()
+    assert (t["host_us_per_conv"] * t["convs_per_forward"] / 1e3 - t["time_median_ms"]).abs().max() < 1e-6
+    text = report["summary"].read_text()
+    assert "## Targets" in text and "syncs" in text and "dense part" in text and report["plots"] == []
+    assert adatriton.kernels.conv.conv_elements.__name__ == "conv_elements"  # the stubs are gone

@@ -1,0 +1,184 @@
+"""The cache files' writers under concurrency (an inter-process lock around read-merge-replace) and the validation
+of autotune entries against the kernel's constraints (issue 15)."""
+
+import json
+import multiprocessing
+import os
+import threading
+
+import pytest
+import torch
+import triton
+
+from adatriton import autotune
+from adatriton.kernels import conv as conv_module
+from adatriton.runtime import autotune as runtime_autotune
+from adatriton.runtime import dispatch as D
+from adatriton.runtime import files
+
+PROCESSES, SAVES = 4, 40
+CPU = torch.device("cpu")
+GOOD = [32, 32, 32, 2, 4]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADATRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime_autotune, "_caches", {})
+    D.clear_calibration_cache()
+    yield
+    D.clear_calibration_cache()
+
+
+def _context():
+    # fork: the workers only touch JSON files, and it spares each of them a fresh `import torch`.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _autotune_writer(path: str, worker: int, start) -> None:
+    start.wait()
+    cache = autotune.AutotuneCache("interpreter-cpu", path)
+    for i in range(SAVES):
+        cache.put(f"w{worker}-{i}", GOOD, 0.001 * i, 1)
+        cache.save()
+
+
+def _calibration_writer(cache_dir: str, worker: int, start) -> None:
+    os.environ["ADATRITON_CACHE_DIR"] = cache_dir
+    start.wait()
+    for i in range(SAVES):
+        D.save_calibration("cpu", {f"w{worker}-{i}": {"crossover": 0.5}})
+
+
+def _run_writers(target, arg) -> None:
+    ctx = _context()
+    start = ctx.Event()
+    procs = [ctx.Process(target=target, args=(arg, w, start)) for w in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    start.set()  # all at once, so their saves interleave
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+
+
+def _expected() -> set[str]:
+    return {f"w{w}-{i}" for w in range(PROCESSES) for i in range(SAVES)}
+
+
+def test_concurrent_autotune_writers_lose_nothing(tmp_path):
+    path = tmp_path / "conv.json"
+    _run_writers(_autotune_writer, str(path))
+    data = json.loads(path.read_text())
+    assert set(data["entries"]) == _expected()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.json", "conv.json.lock"]  # no temp file left
+
+
+def test_concurrent_calibration_writers_lose_nothing(tmp_path):
+    _run_writers(_calibration_writer, str(tmp_path))
+    data = json.loads(D.calibration_path(CPU).read_text())
+    assert set(data["entries"]) == _expected()
+
+
+def test_save_keeps_newer_entries_of_another_process_over_ones_only_read(tmp_path):
+    path = tmp_path / "c.json"
+    a, b = autotune.AutotuneCache("gpu", path), autotune.AutotuneCache("gpu", path)
+    a.put("k", GOOD, 1.0, 1)
+    a.save()
+    b.load()  # b read k = GOOD
+    a.put("k", [64, 64, 32, 3, 4], 0.5, 2)
+    a.save()
+    b.put("other", GOOD, 1.0, 1)
+    b.save()  # b never changed k: a's newer value stays
+    fresh = autotune.AutotuneCache("gpu", path)
+    assert fresh.get("k") == (64, 64, 32, 3, 4) and fresh.get("other") == tuple(GOOD)
+    assert b.get("k") == (64, 64, 32, 3, 4)  # and b now sees it too
+
+
+def test_lock_serialises_threads_and_works_without_fcntl(tmp_path, monkeypatch):
+    target = tmp_path / "f.json"
+    inside, overlaps = [], []
+
+    def hold():
+        with files.file_lock(target) as lock_path:
+            assert lock_path == tmp_path / "f.json.lock"
+            if inside:
+                overlaps.append(1)
+            inside.append(1)
+            threading.Event().wait(0.01)
+            inside.pop()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps
+    monkeypatch.setattr(files, "fcntl", None)  # e.g. Windows: threads still serialised, files still atomic
+    cache = autotune.AutotuneCache("gpu", tmp_path / "nofcntl" / "c.json")
+    cache.put("k", GOOD, 1.0, 1)
+    cache.save()
+    assert autotune.AutotuneCache("gpu", tmp_path / "nofcntl" / "c.json").get("k") == tuple(GOOD)
+
+
+# ---------------------------------------------------------------------------------------------- entry validation
+def _write(entries):
+    path = autotune.cache_path(CPU)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"schema": 1, "gpu": "interpreter-cpu", "triton": triton.__version__, "entries": entries}
+    path.write_text(json.dumps(payload))
+    return path
+
+
+@pytest.mark.parametrize(
+    "config, problem",
+    [
+        pytest.param([3, 5, 7, 1, 3], "BLOCK_M=3 is not a power of two", id="issue-reproducer"),
+        pytest.param([48, 32, 32, 2, 4], "BLOCK_M=48 is not a power of two", id="block-m-not-pow2"),
+        pytest.param([32, 8, 32, 2, 4], "BLOCK_N=8 is not a power of two in [16", id="block-n-too-small"),
+        pytest.param([32, 32, 1024, 2, 4], "BLOCK_K=1024", id="block-k-too-big"),
+        pytest.param([32, 32, 32, 0, 4], "num_stages=0", id="zero-stages"),
+        pytest.param([32, 32, 32, 99, 4], "num_stages=99", id="many-stages"),
+        pytest.param([32, 32, 32, 2, 6], "num_warps=6", id="warps-not-pow2"),
+        pytest.param([32, 32, 32, 2, 64], "num_warps=64", id="warps-too-many"),
+        pytest.param([32, 32, 32, 2, 4.0], "num_warps=4.0 is not an int", id="float"),
+        pytest.param([32, 32, 32], "expected a list of 5 ints", id="short"),
+    ],
+)
+def test_impossible_configs_are_dropped_with_a_warning(config, problem, monkeypatch):
+    monkeypatch.delattr(conv_module, "config_problems", raising=False)  # the checks written here
+    entry = {"time_ms": 1.0, "candidates": 2}
+    _write({"bad": {"config": config, **entry}, "k": {"config": GOOD, **entry}})
+    with pytest.warns(UserWarning, match="dropping 1 malformed entries") as caught:
+        cache = autotune.get_cache(CPU).load()
+    assert problem in str(caught[0].message)
+    assert cache.get("bad") is None and cache.get("k") == tuple(GOOD)
+
+
+def test_a_dropped_entry_never_reaches_a_launch():
+    """The issue's reproducer: the bucket gets the default config instead of crashing the launch."""
+    shape = {"rows": 1000, "cin_g": 64, "cout_g": 64, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
+    key = autotune.conv_key(**shape)
+    _write({key: {"config": [3, 5, 7, 1, 3], "time_ms": 1.0, "candidates": 2}})
+    with pytest.warns(UserWarning, match="malformed"):
+        got = autotune.select_config(**shape, device=CPU, launch=lambda c: None)
+    assert got == conv_module.default_config(1000, 64, 64)
+
+
+def test_every_config_the_tuner_can_store_is_valid():
+    for config in conv_module.conv_configs():
+        assert runtime_autotune.config_problems(list(config)) == []
+    for rows in (1, 7, 100, 10**6):
+        assert runtime_autotune.config_problems(list(conv_module.default_config(rows, 3, 2048))) == []
+
+
+def test_put_names_the_problem():
+    with pytest.raises(ValueError, match="num_warps=3"):
+        autotune.get_cache(CPU).put("k", (32, 32, 32, 2, 3), 1.0, 1)
+
+
+def test_the_kernel_module_check_is_used_when_it_exists(monkeypatch):
+    monkeypatch.setattr(conv_module, "config_problems", lambda config: ["kernel says no"], raising=False)
+    assert runtime_autotune.config_problems(GOOD) == ["kernel says no"]
+    assert "not an int" in runtime_autotune.config_problems([32, 32, 32, 2, "4"])[0]  # types are checked first
