@@ -156,9 +156,9 @@ def config_problems(config: Any) -> list[str]:
         >>> config_problems([3, 5, 7, 1, 3])[:2]
         ['BLOCK_M=3 is not a power of two in [16, 256]', 'BLOCK_N=5 is not a power of two in [16, 256]']
     """
-    fields = ConvConfig.fields
-    if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)) or len(config) != len(fields):
-        return [f"expected a list of {len(fields)} ints {list(fields)}, got {config!r}"]
+    fields = (*ConvConfig.fields, "persistent")  # the 6th, persistent (0/1), is optional: 5-int entries stay valid
+    if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)) or len(config) not in (5, 6):
+        return [f"expected a list of 5 ints {list(fields[:5])} (and optionally persistent 0/1), got {config!r}"]
     wrong = [f"{name}={value!r} is not an int" for name, value in zip(fields, config) if not _is_int(value)]
     if wrong:
         return wrong
