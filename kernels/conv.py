@@ -98,8 +98,9 @@ class ConvConfig(tuple):
 
 
 def _split_n(block_m: int, block_n: int, num_warps: int) -> int:
-    # 128x256 at 8 warps: 128 accumulator registers per thread; a whole-tile residual add next to them spilled.
-    return 2 if block_m * block_n >= 128 * 32 * num_warps and block_n >= 32 else 1
+    # From 64 accumulator registers per thread on (128x128 at 8 warps, 128x256 at 16): a whole-tile residual add next
+    # to them, plus the BatchNorm vectors of the epilogue, reached 255 registers and spilled on sm_90.
+    return 2 if block_m * block_n >= 64 * 32 * num_warps and block_n >= 32 else 1
 
 
 def pipeline_buffers(config: ConvConfig | tuple, arch: int) -> int:

@@ -145,35 +145,38 @@ def _is_pow2(value: int) -> bool:
 
 
 def config_problems(config: Any) -> list[str]:
-    """Why the conv kernel cannot run ``config`` (``[BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps]``); empty
-    when it can.
+    """Why the conv kernel cannot run ``config`` (a stored ``[BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps]``,
+    with a sixth ``persistent`` flag where the kernel has one); empty when it can.
 
-    Asks :func:`adatriton.kernels.conv.config_problems` when the kernel module has one (it knows its kernel best),
-    else checks the constraints here: five ints; ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K`` powers of two in
-    ``[16, MAX_BLOCK]``; ``num_warps`` a power of two in ``[1, MAX_WARPS]``; ``num_stages`` in ``[1, MAX_STAGES]``.
+    The kernel module's own :func:`adatriton.kernels.conv.config_problems` decides when it has one (it knows its
+    kernel and its config lengths best). Without it, the constraints are checked here: five ints; ``BLOCK_M``,
+    ``BLOCK_N``, ``BLOCK_K`` powers of two in ``[16, MAX_BLOCK]``; ``num_warps`` a power of two in
+    ``[1, MAX_WARPS]``; ``num_stages`` in ``[1, MAX_STAGES]``.
 
     Example:
-        >>> config_problems([3, 5, 7, 1, 3])[:2]
-        ['BLOCK_M=3 is not a power of two in [16, 256]', 'BLOCK_N=5 is not a power of two in [16, 256]']
+        >>> config_problems([3, 5, 7, 1, 3])[0]
+        'BLOCK_M=3 is not a power of two in 16..256'
     """
+    kernel_check = getattr(conv_module, "config_problems", None)
+    if kernel_check is not None:
+        if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)):
+            return [f"expected a list of ints {list(ConvConfig.fields)}, got {config!r}"]
+        return [str(p) for p in kernel_check(list(config))]
     fields = ConvConfig.fields
     if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)) or len(config) != len(fields):
         return [f"expected a list of {len(fields)} ints {list(fields)}, got {config!r}"]
     wrong = [f"{name}={value!r} is not an int" for name, value in zip(fields, config) if not _is_int(value)]
     if wrong:
         return wrong
-    kernel_check = getattr(conv_module, "config_problems", None)
-    if kernel_check is not None:
-        return [str(p) for p in kernel_check(ConvConfig(*config))]
     problems = []
     for name, value in zip(fields[:3], config[:3]):
         if not (_is_pow2(value) and 16 <= value <= MAX_BLOCK):
-            problems.append(f"{name}={value} is not a power of two in [16, {MAX_BLOCK}]")
+            problems.append(f"{name}={value} is not a power of two in 16..{MAX_BLOCK}")
     stages, warps = config[3], config[4]
     if not 1 <= stages <= MAX_STAGES:
-        problems.append(f"num_stages={stages} is not in [1, {MAX_STAGES}]")
+        problems.append(f"num_stages={stages} is not in 1..{MAX_STAGES}")
     if not (_is_pow2(warps) and warps <= MAX_WARPS):
-        problems.append(f"num_warps={warps} is not a power of two in [1, {MAX_WARPS}]")
+        problems.append(f"num_warps={warps} is not a power of two in 1..{MAX_WARPS}")
     return problems
 
 

@@ -136,7 +136,7 @@ def _write(entries):
     [
         pytest.param([3, 5, 7, 1, 3], "BLOCK_M=3 is not a power of two", id="issue-reproducer"),
         pytest.param([48, 32, 32, 2, 4], "BLOCK_M=48 is not a power of two", id="block-m-not-pow2"),
-        pytest.param([32, 8, 32, 2, 4], "BLOCK_N=8 is not a power of two in [16", id="block-n-too-small"),
+        pytest.param([32, 8, 32, 2, 4], "BLOCK_N=8 is not a power of two in 16..", id="block-n-too-small"),
         pytest.param([32, 32, 1024, 2, 4], "BLOCK_K=1024", id="block-k-too-big"),
         pytest.param([32, 32, 32, 0, 4], "num_stages=0", id="zero-stages"),
         pytest.param([32, 32, 32, 99, 4], "num_stages=99", id="many-stages"),
@@ -166,11 +166,21 @@ def test_a_dropped_entry_never_reaches_a_launch():
     assert got == conv_module.default_config(1000, 64, 64)
 
 
-def test_every_config_the_tuner_can_store_is_valid():
-    for config in conv_module.conv_configs():
-        assert runtime_autotune.config_problems(list(config)) == []
-    for rows in (1, 7, 100, 10**6):
-        assert runtime_autotune.config_problems(list(conv_module.default_config(rows, 3, 2048))) == []
+@pytest.mark.parametrize("checks", ["kernel", "fallback"])
+def test_every_config_the_tuner_can_store_is_valid(checks, monkeypatch, tmp_path):
+    if checks == "fallback":
+        monkeypatch.delattr(conv_module, "config_problems", raising=False)
+    configs = list(conv_module.conv_configs())
+    configs += [conv_module.default_config(rows, 3, 2048) for rows in (1, 7, 100, 10**6)]
+    if checks == "fallback":  # the checks written here know the 5-int configs only
+        configs = [c for c in configs if len(c) == 5]
+    cache = autotune.AutotuneCache("gpu", tmp_path / "c.json")
+    for i, config in enumerate(configs):
+        assert runtime_autotune.config_problems(list(config)) == [], config
+        cache.put(f"k{i}", config, 1.0, 1)  # what tuning stores ...
+    cache.save()
+    again = autotune.AutotuneCache("gpu", tmp_path / "c.json")
+    assert [again.get(f"k{i}") for i in range(len(configs))] == configs  # ... reads back, none dropped
 
 
 def test_put_names_the_problem():
@@ -181,4 +191,5 @@ def test_put_names_the_problem():
 def test_the_kernel_module_check_is_used_when_it_exists(monkeypatch):
     monkeypatch.setattr(conv_module, "config_problems", lambda config: ["kernel says no"], raising=False)
     assert runtime_autotune.config_problems(GOOD) == ["kernel says no"]
-    assert "not an int" in runtime_autotune.config_problems([32, 32, 32, 2, "4"])[0]  # types are checked first
+    assert runtime_autotune.config_problems([32, 32, 32, 2, 4, 1]) == ["kernel says no"]  # its lengths, its call
+    assert "expected a list of ints" in runtime_autotune.config_problems("32,32,32,2,4")[0]
