@@ -621,7 +621,7 @@ def conv_elements(
     Returns:
         ``(M, Cout)`` tensor.
     """
-    if values.dim() != 2 or values.stride(1) != 1:
+    if values.dim() != 2 or (values.stride(1) != 1 and values.shape[1] != 1):
         raise ValueError(f"values must be (E, Cin) with contiguous channels, got shape {tuple(values.shape)}")
     if values.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"the triton backend computes in fp32, fp16 or bf16, got {values.dtype}")

@@ -58,7 +58,7 @@ class Layout:
         lv, dev = levelmap.levels, levelmap.device
         n, h, w = levelmap.shape
         hp, wp = levelmap.padded_size
-        self.counts = tuple(int(c) for c in counts)
+        self.counts = tuple(counts)  # ints, or symbolic sizes while torch.export traces
         self.offsets = tuple(sum(self.counts[:v]) for v in range(stage + 1))
         self.num_elements = e = sum(self.counts)
         self.cell_index: list[Tensor] = []
@@ -172,7 +172,7 @@ class Layout:
         tx = cx[:, None, None] + offs[None, None, :]
         inside = (ty >= 0) & (ty < hp) & (tx >= 0) & (tx < wp)
         got = self.id_map[b[:, None, None], ty.clamp(0, hp - 1), tx.clamp(0, wp - 1)]
-        self._taps[key] = torch.where(inside, got, self.num_elements).reshape(len(b), kernel * kernel)
+        self._taps[key] = torch.where(inside, got, self.num_elements).reshape(b.shape[0], kernel * kernel)
         return self._taps[key]
 
     def kernel_table(self, kernel: int, tap_spacing: int, downsample: bool = False) -> Tensor | None:

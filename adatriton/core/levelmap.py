@@ -284,11 +284,6 @@ class LevelMap:
         if not 0 <= stage <= self.num_levels:
             raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
         if stage not in self._layouts:
-            if self._stage_counts is None:  # a map rebuilt by torch.export from a traced tensor
-                raise LevelMapExportError(
-                    f"torch.export cannot trace LevelMap.layout (stage {stage}): {_EXPORT_WHY['layout']}. "
-                    "See docs/api.md, 'torch.export'."
-                )
             self._layouts[stage] = Layout(self, stage, self._stage_counts[stage])
         return self._layouts[stage]
 

@@ -157,23 +157,16 @@ def test_chains_match_simulation(backend, data):
 def test_triton_in_the_interpreter_matches_simulation(data):
     """A few small float32 chains on the triton backend (implicit-GEMM kernel, fused epilogue, densify kernel)."""
     lm = data.draw(level_maps(max_batch=2, max_side=9, max_levels=2), label="level map")
-    cin = data.draw(st.integers(2, 4), label="Cin")  # 1: see the xfail below
+    cin = data.draw(st.integers(2, 4), label="Cin")  # 1 channel: see the test below
     dense = random_values((lm.batch, cin, lm.height, lm.width), torch.float32, data.draw(SEEDS))
     chain = Chain(lm, MultiResMap.from_dense(dense, lm), torch.float32, "triton")
-    # no gradient: conv_bn_act takes the fused single-launch path (no_grad, not inference_mode: weights made under
-    # inference_mode are inference tensors, which the packed-weight cache cannot version yet)
+    # no gradient: conv_bn_act takes the fused single-launch path
     with torch.no_grad():
         data.draw(chain_ops(chain, max_ops=2), label="chain")
         assert torch.equal(chain.x.densify(backend="triton"), chain.x.densify(backend="torch"))
 
 
 @pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs TRITON_INTERPRET=1")
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="found by the property test: from_dense of a 1-channel map gives (E, 1) values whose channel stride is "
-    "not 1, and the triton launcher (kernels/conv.py conv_elements) refuses them; fixed by the kernels change",
-)
 def test_triton_conv_of_a_one_channel_map_entered_from_dense():
     lm = LevelMap.random(1, 4, 6, 1, generator=torch.Generator().manual_seed(0))
     x = MultiResMap.from_dense(torch.randn(1, 1, 4, 6), lm)
