@@ -17,7 +17,17 @@ from pathlib import Path
 
 import torch
 
-from ._cli import DTYPES, add_backends, add_device, add_dtype, add_iters, add_model, fraction, non_negative, positive
+from ._cli import (
+    DTYPES,
+    add_backends,
+    add_device,
+    add_dtype,
+    add_iters,
+    add_model,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from ._report import write_reports
 from ._suite import Context, Options, load_suite, suite_names
 
@@ -44,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", action="store_true", help="full-size run (default with CUDA)")
     add_device(p)
     add_dtype(p, None, "default: fp16 on CUDA, fp32 on the CPU")
-    p.add_argument("--batch", type=positive, help="images per call (default 1)")
-    p.add_argument("--size", type=positive, nargs=2, metavar=("H", "W"), help="input size (suite default)")
-    p.add_argument("--warmup", type=non_negative, help="untimed calls per measurement (full: 10)")
+    p.add_argument("--batch", type=positive_int, help="images per call (default 1)")
+    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="input size (suite default)")
+    p.add_argument("--warmup", type=non_negative_int, help="untimed calls per measurement (full: 10)")
     add_iters(p, "timed calls per measurement (full: 10)")
     p.add_argument("--fractions", type=fraction, nargs="+", help="level-0 area fractions of the adaptive rows")
     add_model(p)

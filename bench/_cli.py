@@ -16,6 +16,9 @@ import argparse
 
 import torch
 
+# The argparse types and closed sets are the tools CLIs' (python -m adatriton.autotune / calibrate): one spelling.
+from adatriton.tools.cli import DTYPE_ALIASES, MODELS, fraction, non_negative_int, positive_int
+
 __all__ = [
     "BACKENDS",
     "DTYPES",
@@ -28,49 +31,21 @@ __all__ = [
     "dtype_name",
     "MODELS",
     "fraction",
-    "non_negative",
-    "positive",
+    "non_negative_int",
+    "positive_int",
 ]
 
 #: ``--dtype`` values.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-#: Other spellings ``--dtype`` accepts (those of ``adatriton.autotune`` / ``adatriton.calibrate``).
-DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 #: Adaptive conv backends (``auto``: the per-layer dispatcher).
 BACKENDS = ("auto", "torch", "dense", "triton")
-#: ResNet trunks of the network suites.
-MODELS = ("resnet50", "resnet101", "resnet152")
 
 
 def dtype_name(text: str) -> str:
-    """The canonical ``--dtype`` value of ``text`` (an alias maps to its canonical name; anything else is returned
-    unchanged, for argparse's ``choices`` to reject)."""
+    """The canonical ``--dtype`` value of ``text``, in any case (an alias maps to its canonical name; anything else
+    is returned unchanged, for argparse's ``choices`` to reject)."""
     text = text.strip().lower()
     return DTYPE_ALIASES.get(text, text)
-
-
-def fraction(text: str) -> float:
-    """A float in ``[0, 1]`` (argparse ``type``)."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"fraction must be in [0, 1], got {text}")
-    return value
-
-
-def positive(text: str) -> int:
-    """An int ``>= 1`` (argparse ``type``)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def non_negative(text: str) -> int:
-    """An int ``>= 0`` (argparse ``type``)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
@@ -86,7 +61,7 @@ def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
 
 def add_iters(p: argparse.ArgumentParser, help: str) -> None:
     """``--iters N`` (alias ``--repeats``): timed calls per measurement."""
-    p.add_argument("--iters", "--repeats", dest="iters", type=positive, metavar="N", help=help)
+    p.add_argument("--iters", "--repeats", dest="iters", type=positive_int, metavar="N", help=help)
 
 
 def add_model(p: argparse.ArgumentParser) -> None:

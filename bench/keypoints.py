@@ -67,7 +67,7 @@ from adatriton.d2net import D2Net
 from adatriton.runtime import timing
 from adatriton.runtime.backend import resolve_backend
 
-from ._cli import DTYPES, add_backends, add_device, add_dtype, add_iters, non_negative, positive
+from ._cli import DTYPES, add_backends, add_device, add_dtype, add_iters, non_negative_int, positive_int
 from ._measure import device_name, measure
 from ._networks import dense_backend_name, level_fractions, timed_row
 from ._schema import Row
@@ -429,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
     parser.add_argument("--quick", action="store_true", help=f"smoke test defaults: {QUICK}")
-    parser.add_argument("--size", type=positive, nargs=2, metavar=("H", "W"), help="image size")
-    parser.add_argument("--warmup", type=non_negative, help="untimed calls per row")
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="image size")
+    parser.add_argument("--warmup", type=non_negative_int, help="untimed calls per row")
     add_iters(parser, "timed calls per row")
     add_device(parser)
     add_dtype(parser, "fp32", "trunk and input dtype (default: fp32)")
