@@ -327,18 +327,7 @@ def _graph(model: AdaptiveGraphModule, x: Tensor, levels) -> tuple[list[dict], t
     rows = _run_on_meta(dense, x, lambda m, xm, rec: m(xm), part_of)
     if not model.adaptive:
         return rows, ()
-    if levels is None:
-        raise ValueError(
-            f"output_stride {model.output_stride!r} is adaptive: count_macs needs its level map (LevelMap or integer "
-            f"tensor (N, Hf, Wf) on the OS{model.finest_stride} grid)"
-        )
-    if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
-        raise TypeError("count_macs needs the level map itself, not a callable that predicts it")
-    lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), model.num_levels)
-    if lm.num_levels != model.num_levels:
-        raise LevelMapError(
-            f"level map has K={lm.num_levels} but output_stride {model.output_stride!r} needs K={model.num_levels}"
-        )
+    lm = _adaptive_level_map(model, levels)
     grid = model.finest_grid(x)
     if lm.shape != grid:
         raise LevelMapError(f"level map has shape {lm.shape} but the finest grid of this input is {grid}")
@@ -354,6 +343,23 @@ def _graph(model: AdaptiveGraphModule, x: Tensor, levels) -> tuple[list[dict], t
             row.update(adaptive=True, stage=plan.stage, downsample=plan.downsample, elements=counts[out_stage])
             row["spacing"] = plan.tap_spacing
     return rows, counts
+
+
+def _adaptive_level_map(net: nn.Module, levels) -> LevelMap:
+    """The level map an adaptive network (``output_stride``, ``finest_stride``, ``num_levels``) is counted on."""
+    if levels is None:
+        raise ValueError(
+            f"output_stride {net.output_stride!r} is adaptive: count_macs needs its level map (LevelMap or integer "
+            f"tensor (N, Hf, Wf) on the OS{net.finest_stride} grid)"
+        )
+    if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
+        raise TypeError("count_macs needs the level map itself, not a callable that predicts it")
+    lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), net.num_levels)
+    if lm.num_levels != net.num_levels:
+        raise LevelMapError(
+            f"level map has K={lm.num_levels} but output_stride {net.output_stride!r} needs K={net.num_levels}"
+        )
+    return lm
 
 
 def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
@@ -410,18 +416,7 @@ def _adaptive_resnet(model: nn.Module, x: Tensor, levels) -> tuple[list[dict], t
     rows = _run_on_meta(model, x, fn, lambda name: "backbone")
     if not net.adaptive:
         return rows, ()
-    if levels is None:
-        raise ValueError(
-            f"output_stride {net.output_stride!r} is adaptive: count_macs needs its level map (LevelMap or integer "
-            f"tensor (N, Hf, Wf) on the OS{net.finest_stride} grid)"
-        )
-    if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
-        raise TypeError("count_macs needs the level map itself, not a callable that predicts it")
-    lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), net.num_levels)
-    if lm.num_levels != net.num_levels:
-        raise LevelMapError(
-            f"level map has K={lm.num_levels} but output_stride {net.output_stride!r} needs K={net.num_levels}"
-        )
+    lm = _adaptive_level_map(net, levels)
     n, hf, wf = finest["shape"]
     if lm.shape != (n, hf, wf):
         raise LevelMapError(f"level map has shape {lm.shape} but the finest grid of this input is {(n, hf, wf)}")
