@@ -26,6 +26,7 @@ from ..core.levelmap import LevelMap, LevelMapError
 from ..core.multires import MultiResMap
 from ..core.strides import OUTPUT_STRIDES, parse_output_stride
 from ..nn.modules import AdaptiveConv2d, conv_at, swap_modules
+from ..runtime.host import module_attr
 
 __all__ = [
     "LAYERS",
@@ -103,12 +104,13 @@ def plan_resnet(
 
 def shortcut_parts(block: Bottleneck) -> tuple[nn.Conv2d, nn.Module] | None:
     """The shortcut's ``(1x1 conv, norm)``, or None for an identity shortcut."""
-    ds = block.downsample
+    ds = module_attr(block, "downsample")
     if ds is None:
         return None
-    if not (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)):
+    conv = module_attr(ds, "0") if isinstance(ds, nn.Sequential) and len(ds) == 2 else None
+    if not isinstance(conv, nn.Conv2d):
         raise NotImplementedError(f"unsupported bottleneck shortcut {ds}; expected Sequential(conv1x1, norm)")
-    return ds[0], ds[1]
+    return conv, module_attr(ds, "1")
 
 
 def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
@@ -127,6 +129,10 @@ def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
     return block.relu(out + identity)
 
 
+# A bottleneck's convs and norms, in the order adaptive_bottleneck reads them.
+_CONV_BN_NAMES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+
+
 def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, backend: str | None) -> MultiResMap:
     """A torchvision bottleneck on a multi-resolution map (docs/semantics.md §3: conv2 at the surviving elements,
     shortcut
@@ -138,13 +144,14 @@ def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, back
     its output before the BatchNorm; the shortcut SoftPools its input before the 1x1 conv.
     """
     step, soft = plan.downsample_step, plan.downsample_step and plan.pool == "softpool"
-    out = block.conv1.multires(x, downsample=False, bn=block.bn1, relu=True, backend=backend)
-    c2 = block.conv2
+    conv1, bn1, conv2, bn2, conv3, bn3 = (module_attr(block, name) for name in _CONV_BN_NAMES)
+    out = conv1.multires(x, downsample=False, bn=bn1, relu=True, backend=backend)
     if soft:
-        out = AF.downsample(c2.multires(out, tap_spacing=plan.dilation, downsample=False, backend=backend), "softpool")
-        out = AF.bn_add_act(out, block.bn2, relu=True)
+        out = conv2.multires(out, tap_spacing=plan.dilation, downsample=False, backend=backend)
+        out = AF.downsample(out, "softpool")
+        out = AF.bn_add_act(out, bn2, relu=True)
     else:
-        out = c2.multires(out, tap_spacing=plan.dilation, downsample=step, bn=block.bn2, relu=True, backend=backend)
+        out = conv2.multires(out, tap_spacing=plan.dilation, downsample=step, bn=bn2, relu=True, backend=backend)
     shortcut = shortcut_parts(block)
     if shortcut is None:
         if step:
@@ -156,7 +163,7 @@ def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, back
     else:  # the strided shortcut: subsample then 1x1, one pass
         conv, norm = shortcut
         identity = conv.multires(x, downsample=step, bn=norm, backend=backend)
-    return block.conv3.multires(out, downsample=False, bn=block.bn3, relu=True, residual=identity, backend=backend)
+    return conv3.multires(out, downsample=False, bn=bn3, relu=True, residual=identity, backend=backend)
 
 
 def _check_swapped(layers: dict[str, nn.Module], plans: list[list[BlockPlan]]) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..core.multires import MultiResMap
+from ..runtime.host import module_attr
 
-__all__ = ["add", "batch_norm", "bn_add_act", "foldable", "relu"]
+__all__ = ["EvalStats", "add", "batch_norm", "bn_add_act", "eval_stats", "relu"]
+
+#: ``(weight, bias, running_mean, running_var, eps)`` of an eval-mode BatchNorm (``weight`` / ``bias`` None without
+#: ``affine``): what the conv epilogue applies.
+EvalStats = tuple[Tensor | None, Tensor | None, Tensor, Tensor, float]
 
 
 def batch_norm(x: MultiResMap, bn: nn.modules.batchnorm._BatchNorm) -> MultiResMap:
@@ -28,9 +33,16 @@ def add(x: MultiResMap, y: MultiResMap) -> MultiResMap:
     return x + y
 
 
-def foldable(bn: nn.Module | None) -> bool:
-    """Eval-mode BatchNorm with running statistics is a per-channel affine map, foldable into the epilogue."""
-    return bn is None or (not bn.training and bn.running_mean is not None and bn.running_var is not None)
+def eval_stats(bn: nn.Module) -> EvalStats | None:
+    """The tensors of an eval-mode BatchNorm with running statistics (a per-channel affine map, foldable into a conv's
+    epilogue), read at this call; None in training mode or without running statistics.
+    """
+    if bn.training:
+        return None
+    mean, var = module_attr(bn, "running_mean"), module_attr(bn, "running_var")
+    if mean is None or var is None:
+        return None
+    return module_attr(bn, "weight"), module_attr(bn, "bias"), mean, var, bn.eps
 
 
 def bn_add_act(

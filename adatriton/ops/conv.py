@@ -22,7 +22,7 @@ from ..core.multires import MultiResMap
 from ..kernels import conv as conv_kernels
 from ..runtime import autotune, dispatch
 from ..runtime.backend import triton_runs_on
-from .batchnorm import bn_add_act, foldable
+from .batchnorm import EvalStats, bn_add_act, eval_stats
 
 __all__ = [
     "MAX_GATHER_BYTES",
@@ -48,23 +48,27 @@ def check_conv_args(x: MultiResMap, weight: Tensor, bias: Tensor | None, groups:
     """
     if not isinstance(x, MultiResMap):
         raise TypeError(f"expected a MultiResMap, got {type(x).__name__}")
-    for name, value in (("tap_spacing", tap_spacing), ("groups", groups)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if type(tap_spacing) is not int or type(groups) is not int:  # the common case costs two type checks
+        for name, value in (("tap_spacing", tap_spacing), ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
     if tap_spacing < 1:
         raise ValueError(f"tap_spacing must be a positive int (the dilation on the finest grid), got {tap_spacing}")
-    if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
-        raise ValueError(f"weight must be (Cout, Cin/groups, k, k) with odd k, got {tuple(weight.shape)}")
-    cout, cin_g, k, _ = weight.shape
-    if groups < 1 or cout % groups or cin_g * groups != x.channels:
-        raise ValueError(f"weight {tuple(weight.shape)} with groups={groups} does not fit {x.channels} input channels")
+    shape = weight.shape
+    if len(shape) != 4 or shape[2] != shape[3] or shape[2] % 2 == 0:
+        raise ValueError(f"weight must be (Cout, Cin/groups, k, k) with odd k, got {tuple(shape)}")
+    cout, cin_g, k, _ = shape
+    values = x.values
+    if groups < 1 or cout % groups or cin_g * groups != values.shape[1]:
+        raise ValueError(f"weight {tuple(shape)} with groups={groups} does not fit {x.channels} input channels")
+    device, dtype = values.device, values.dtype
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but the input has {x.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+        if t.dtype != dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but the input has {dtype}")
     if bias is not None and bias.shape != (cout,):
         raise ValueError(f"bias must have shape ({cout},), got {tuple(bias.shape)}")
     return k
@@ -122,17 +126,19 @@ def autocast_conv_inputs(
 
 
 def folded_bn(
-    bn: nn.modules.batchnorm._BatchNorm | None, bias: Tensor | None, dtype: torch.dtype = torch.float32
+    stats: EvalStats | None, bias: Tensor | None, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor | None, Tensor | None]:
-    """``(scale, shift)`` with ``bn(conv + bias) == scale * conv + shift`` for an eval-mode BatchNorm (either may be
-    None: no scale, or no shift), computed in ``dtype`` promoted to at least float32."""
+    """``(scale, shift)`` with ``bn(conv + bias) == scale * conv + shift`` for an eval-mode BatchNorm given by its
+    :func:`~adatriton.ops.batchnorm.eval_stats` (or None: no BatchNorm); either may be None (no scale, or no shift).
+    Computed in ``dtype`` promoted to at least float32."""
     dtype = torch.promote_types(dtype, torch.float32)
-    if bn is None:
+    if stats is None:
         return None, None if bias is None else bias.to(dtype)
-    inv_std = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
-    scale = inv_std if bn.weight is None else bn.weight.to(dtype) * inv_std
-    mean = bn.running_mean.to(dtype) if bias is None else bn.running_mean.to(dtype) - bias.to(dtype)
-    shift = -mean * scale if bn.bias is None else torch.addcmul(bn.bias.to(dtype), mean, scale, value=-1)
+    bn_weight, bn_bias, running_mean, running_var, eps = stats
+    inv_std = torch.rsqrt(running_var.to(dtype) + eps)
+    scale = inv_std if bn_weight is None else bn_weight.to(dtype) * inv_std
+    mean = running_mean.to(dtype) if bias is None else running_mean.to(dtype) - bias.to(dtype)
+    shift = -mean * scale if bn_bias is None else torch.addcmul(bn_bias.to(dtype), mean, scale, value=-1)
     return scale, shift
 
 
@@ -192,13 +198,17 @@ def _conv_dense(
     return out.permute(0, 2, 3, 1)[b, cy, cx]
 
 
-def _check_triton(x: MultiResMap) -> None:
-    if not triton_runs_on(x.device):
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_triton(values: Tensor) -> None:
+    if not (values.is_cuda or triton_runs_on(values.device)):
         raise RuntimeError(
-            f"the triton backend needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); the input is on {x.device}"
+            f"the triton backend needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); the input is on "
+            f"{values.device}"
         )
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {x.dtype}")
+    if values.dtype not in _TRITON_DTYPES:
+        raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {values.dtype}")
 
 
 # Launch configs by shape bucket while tuning is off (see _launch_triton).
@@ -214,49 +224,38 @@ def _launch_triton(
     shift: Tensor | None = None,
     residual: Tensor | None = None,
     relu: bool = False,
-    bn: nn.modules.batchnorm._BatchNorm | None = None,
+    bn: EvalStats | None = None,
 ) -> Tensor:
     """One fused kernel launch with the autotuned (or default) config for this bucket of shapes.
 
-    The kernel reads the conv weight and (with ``bn``) the BatchNorm's tensors in place, at this launch: nothing
-    derived from them is cached, so no edit of the module (``.data`` writes included) can leave a stale copy, and
-    no extra launch packs or folds anything. ``shift`` is the conv bias when ``bn`` is given.
+    Called where no gradient flows (eager inference, or inside the custom op). The kernel reads the conv weight
+    and (with ``bn``, :func:`~adatriton.ops.batchnorm.eval_stats`) the BatchNorm's tensors in place, at this launch:
+    nothing derived from them is cached, so no edit of the module (``.data`` writes included) can leave a stale
+    copy, and no extra launch packs or folds anything. ``shift`` is the conv bias when ``bn`` is given.
     """
+    rows = values.shape[0] if index is None else index.shape[0]
+    cout, cin = weight.shape[0], values.shape[1]
     taps = weight.shape[-1] * weight.shape[-2]
-    weight = weight.detach()
-    bn_args = None if bn is None else (bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+    # The config of a bucket of shapes does not change while nothing is tuned: remember it here instead of asking
+    # the autotune cache (key formatting, file lookup) on every launch (~25 µs). Keyed like the cache's buckets,
+    # plus the cache directory, so a test or tool that moves the cache gets fresh answers.
 
     def launch(config):
         return conv_kernels.conv_elements(
-            values,
-            index,
-            weight,
-            taps=taps,
-            groups=groups,
-            scale=scale,
-            shift=shift,
-            bn=bn_args,
-            residual=residual,
-            relu=relu,
-            config=config,
-        )
+            values, index, weight, taps=taps, groups=groups, scale=scale, shift=shift, bn=bn,
+            residual=residual, relu=relu, config=config,
+        )  # fmt: skip
 
-    rows = len(values) if index is None else len(index)
-    cin_g, cout_g = values.shape[1] // groups, weight.shape[0] // groups
-    # The config of a bucket of shapes does not change while nothing is tuned: remember it here instead of asking
-    # the autotune cache (key formatting, file lookup) on every launch. Keyed like the cache's buckets, plus the
-    # cache directory, so a test or tool that moves the cache gets fresh answers.
     memo_key = (
-        (rows - 1).bit_length(), cin_g, cout_g, taps, groups, values.dtype, index is not None, values.device,
+        (rows - 1).bit_length(), cin, cout, taps, groups, values.dtype, index is not None, values.device,
         os.environ.get(autotune.CACHE_DIR_ENV),
     )  # fmt: skip
-    tuning = autotune.is_tuning()
-    config = None if tuning else _CONFIGS.get(memo_key)
+    config = None if autotune.is_tuning() else _CONFIGS.get(memo_key)
     if config is None:
         config = autotune.select_config(
             rows=rows,
-            cin_g=cin_g,
-            cout_g=cout_g,
+            cin_g=cin // groups,
+            cout_g=cout // groups,
             taps=taps,
             groups=groups,
             dtype=values.dtype,
@@ -450,7 +449,7 @@ def _conv2d(
     lay = x.layout
     out_layout = _out_layout(x, downsample)
     if name == "triton":
-        _check_triton(x)
+        _check_triton(x.values)
         index = x.layout.kernel_table(k, tap_spacing, downsample)
         values = x.values.contiguous()
         if torch.compiler.is_compiling() or _needs_grad(values, weight, bias):
@@ -502,26 +501,25 @@ def conv_bn_act(
     x, weight, bias = autocast_conv_inputs(x, weight, bias)
     k = check_conv_args(x, weight, bias, groups, tap_spacing)
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
-    bn_params = (None, None) if bn is None else (bn.weight, bn.bias)
-    if not foldable(bn) or _needs_grad(x.values, weight, bias, *bn_params, residual and residual.values):
+    stats = None if bn is None else eval_stats(bn)
+    bn_affine = (None, None) if stats is None else stats[:2]
+    res = None if residual is None else residual.values
+    if (bn is not None and stats is None) or _needs_grad(x.values, weight, bias, *bn_affine, res):
         return bn_add_act(_conv2d(x, weight, bias, tap_spacing, groups, downsample, name), bn, relu, residual)
     out_layout = _out_layout(x, downsample)
-    res = None
-    if residual is not None:
-        if not residual.layout.same_as(out_layout):
-            raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
-        res = residual.values
+    if residual is not None and not residual.layout.same_as(out_layout):
+        raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
     if name == "triton":
-        _check_triton(x)
+        _check_triton(x.values)
         index = x.layout.kernel_table(k, tap_spacing, downsample)
         values, res = x.values.contiguous(), None if res is None else res.contiguous()
         if torch.compiler.is_compiling():  # one opaque op; the fold is a few graph ops the compiler fuses
-            scale, shift = folded_bn(bn, bias)
+            scale, shift = folded_bn(stats, bias)
             out = _triton_conv(values, weight, shift, index, groups, scale, res, relu)
         else:  # eager: BatchNorm applied in the kernel's epilogue from its own tensors, one launch in all
-            out = _launch_triton(values, index, weight, groups, None, bias, res, relu, bn)
+            out = _launch_triton(values, index, weight, groups, None, bias, res, relu, stats)
         return MultiResMap(out, out_layout)
-    scale, shift = folded_bn(bn, bias, x.dtype)
+    scale, shift = folded_bn(stats, bias, x.dtype)
     if name == "dense" and k > 1:
         w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
         out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)
