@@ -31,6 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = [
+    "FMA_DEFAULT",
     "ConvConfig",
     "INT32_OFFSET_LIMIT",
     "SHARED_OPTIN",
@@ -40,6 +41,7 @@ __all__ = [
     "conv_elements",
     "default_config",
     "device_arch",
+    "epilogue_parts",
     "dot_precision",
     "needs_int64_offsets",
     "pack_weight",
@@ -79,28 +81,35 @@ class ConvConfig(tuple):
     def persistent(self) -> bool:
         return len(self) > 5 and bool(self[5])
 
-    @property
-    def split_n(self) -> int:
-        """Epilogue subtiles along N: 2 once the fp32 accumulator alone takes 128 registers per thread."""
-        return _split_n(self[0], self[1], self[4])
-
     def as_dict(self) -> dict[str, int]:
         return {**dict(zip(self.fields, self)), "persistent": int(self.persistent)}
 
-    @property
-    def meta(self) -> dict[str, int]:
-        """The constexpr keyword arguments the config gives the kernel (block sizes, epilogue split, persistence)."""
+    def meta(self, arch: int | None, element_size: int) -> dict[str, int]:
+        """The constexpr keyword arguments the config gives the kernel on ``arch`` for ``element_size``-byte values:
+        block sizes, epilogue parts (:func:`epilogue_parts`), persistence."""
         block_m, block_n, block_k = self[:3]
-        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_N=self.split_n, PERSISTENT=self.persistent)
+        return dict(
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            SPLIT_N=epilogue_parts(block_n, arch, element_size),
+            PERSISTENT=self.persistent,
+        )
 
     def __repr__(self) -> str:
         return "ConvConfig({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
 
 
-def _split_n(block_m: int, block_n: int, num_warps: int) -> int:
-    # From 64 accumulator registers per thread on (128x128 at 8 warps, 128x256 at 16): a whole-tile residual add next
-    # to them, plus the BatchNorm vectors of the epilogue, reached 255 registers and spilled on sm_90.
-    return 2 if block_m * block_n >= 64 * 32 * num_warps and block_n >= 32 else 1
+def epilogue_parts(block_n: int, arch: int | None, element_size: int) -> int:
+    """Parts along N that the epilogue of a ``BLOCK_N``-wide tile runs in, one after the other (1, 2 or 4).
+
+    Parts of 64 channels; 128 for 4-byte values on mma.sync GPUs (sm_80 family). While a part's residual rows and
+    per-channel vectors are live next to the whole accumulator, wider parts spilled: 16-788 bytes for 128x256 and
+    256x128 tiles, and 8-40 bytes for 128x128 on sm_90 in one part; 64-channel parts on sm_80 in fp32 spilled 4 bytes
+    at 128x256x32 where 128-channel ones did not (ptxas, tests/aot/test_kernels_aot.py).
+    """
+    width = 128 if element_size == 4 and _family(arch) != 90 else 64
+    return max(1, min(4, block_n // width))
 
 
 def pipeline_buffers(config: ConvConfig | tuple, arch: int) -> int:
@@ -170,7 +179,7 @@ def conv_configs() -> list[ConvConfig]:
 
     BLOCK_M 32-256 elements, BLOCK_N 32-256 channels, BLOCK_K 16-128, 3-5 stages (2 would not overlap on sm_80),
     4-8 warps; every entry compiles to a different kernel on sm_80 and sm_90. 128x256 and 256x128 tiles split their
-    epilogue in N halves (:attr:`ConvConfig.split_n`): the residual add otherwise spilled 200-300 bytes on sm_90.
+    epilogue in N parts (:func:`epilogue_parts`): the residual add otherwise spilled 300-800 bytes on sm_90.
     The persistent entries walk the tiles with one program per SM. Registers, spills and pipelining of every entry:
     tests/aot/test_kernels_aot.py.
     """
@@ -230,6 +239,9 @@ DEFAULT_CONFIGS = {
 }
 #: Unknown GPUs (before sm_80) and the interpreter: the moderate tile of the first kernel (~120 registers).
 GENERIC_DEFAULT = ConvConfig(64, 64, 32, 3, 4)
+#: fp32 without TF32 on a GPU (FMA dots, no tensor cores: the operands of each product sit in registers too): the
+#: architecture tiles above spilled 8-16 bytes at 255 registers; 128x64x32 takes 190 on sm_80, 128 on sm_90.
+FMA_DEFAULT = ConvConfig(128, 64, 32, 3, 8)
 
 
 def _family(arch: int | None) -> int | None:
@@ -238,7 +250,9 @@ def _family(arch: int | None) -> int | None:
     return 90 if arch in (90, 100, 103) else 80 if arch in (80, 87) else 86
 
 
-def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -> ConvConfig:
+def default_config(
+    rows: int, cin: int, cout: int, *, arch: int | None = None, dtype: torch.dtype | None = None
+) -> ConvConfig:
     """The untuned config for ``arch`` (autotuning replaces it), shrunk to small problems.
 
     Args:
@@ -247,6 +261,8 @@ def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -
             and 8 warps, sm_80 and sm_87 128x128x32 with 4 stages and 8 warps, the 99 KB-shared-memory GPUs
             (sm_86, sm_89, sm_120) the same with 3 stages; None (the interpreter), older GPUs and channel counts
             that are no multiple of 16 64x64x32, 3 stages, 4 warps.
+        dtype: the values' dtype; float32 without TF32 (``torch.backends.cudnn.allow_tf32`` off) on a GPU gets
+            :data:`FMA_DEFAULT`, 128x64x32 with 3 stages and 8 warps.
 
     Returns:
         The architecture's tile with each block capped at the next power of two of the problem (at least 32 rows,
@@ -257,10 +273,12 @@ def default_config(rows: int, cin: int, cout: int, *, arch: int | None = None) -
     # tiles then sat at 255 registers and spilled 52-68 bytes on sm_80 and sm_90; 64x64x32 needs 145-176.
     aligned = cin % 16 == 0 and cout % 16 == 0
     base = DEFAULT_CONFIGS[family] if family is not None and aligned else GENERIC_DEFAULT
+    if family is not None and aligned and dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        base = FMA_DEFAULT
     bm = min(base[0], max(32, triton.next_power_of_2(rows)))
     bn = min(base[1], max(32, triton.next_power_of_2(cout)))
     bk = min(base[2], max(16, triton.next_power_of_2(cin)))
-    warps = base[4] if bm * bn >= 128 * 128 else 4
+    warps = base[4] if bm * bn >= base[0] * base[1] else 4
     return ConvConfig(bm, bn, bk, base[3], warps)
 
 
@@ -356,9 +374,12 @@ def _epilogue(
         inv = 1.0 / tl.sqrt(tl.load(var_ptr + chan, mask=n_ok, other=1.0).to(tl.float32) + eps)
         if HAS_BN_W:
             inv = inv * tl.load(bnw_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)
-        acc = (acc - mean[None, :]) * inv[None, :]
+        # Two vectors applied to the tile, not four: each thread holds a quarter of the tile's channels in the
+        # wgmma layout, and four live vectors next to a 128-register accumulator spilled on sm_90.
+        shift = -mean * inv
         if HAS_BN_B:
-            acc = acc + tl.load(bnb_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            shift = shift + tl.load(bnb_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)
+        acc = acc * inv[None, :] + shift[None, :]
     else:
         if HAS_SCALE:
             acc = acc * tl.load(scale_ptr + chan, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -490,20 +511,48 @@ def _conv_tile(
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     n0 = pid_n * BLOCK_N
-    if SPLIT_N == 2:
-        # The epilogue in two N halves (as EPILOGUE_SUBTILE in Triton's persistent matmul): a 128x256 tile's
-        # residual add would otherwise hold a second 128-register tile next to the accumulator and spill.
-        lo, hi = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        _epilogue(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
-                  res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
-                  HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
-        _epilogue(hi, offs_m, m_ok, n0 + BLOCK_N // 2, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr,
-                  var_ptr, eps, res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN,
-                  HAS_BN_W, HAS_BN_B, HAS_RES, RELU, BLOCK_N // 2)  # fmt: skip
-    else:
+    if SPLIT_N == 1:
         _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
                   res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
                   HAS_RES, RELU, BLOCK_N)  # fmt: skip
+    else:
+        # The epilogue in N parts (as EPILOGUE_SUBTILE in Triton's persistent matmul): the residual and the
+        # per-channel vectors of one part sit next to the accumulator, not those of the whole tile, which spilled.
+        lo, hi = _halves(acc, BLOCK_M, BLOCK_N)
+        _epilogue_parts(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
+                        res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W,
+                        HAS_BN_B, HAS_RES, RELU, BLOCK_M, BLOCK_N // 2, SPLIT_N // 2)  # fmt: skip
+        _epilogue_parts(hi, offs_m, m_ok, n0 + BLOCK_N // 2, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr,
+                        var_ptr, eps, res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN,
+                        HAS_BN_W, HAS_BN_B, HAS_RES, RELU, BLOCK_M, BLOCK_N // 2, SPLIT_N // 2)  # fmt: skip
+
+
+@triton.jit
+def _halves(x, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """The ``(BLOCK_M, WIDTH // 2)`` left and right halves of a ``(BLOCK_M, WIDTH)`` tile."""
+    return tl.split(tl.permute(tl.reshape(x, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _epilogue_parts(
+    acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps, res_ptr, out_ptr,
+    cout_g, stride_res, stride_out, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_BN: tl.constexpr,
+    HAS_BN_W: tl.constexpr, HAS_BN_B: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
+):  # fmt: skip
+    """:func:`_epilogue` of a ``(BLOCK_M, WIDTH)`` tile in ``PARTS`` (1 or 2) parts along N."""
+    if PARTS == 1:
+        _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
+                  res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
+                  HAS_RES, RELU, WIDTH)  # fmt: skip
+    else:
+        lo, hi = _halves(acc, BLOCK_M, WIDTH)
+        _epilogue(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
+                  res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
+                  HAS_RES, RELU, WIDTH // 2)  # fmt: skip
+        _epilogue(hi, offs_m, m_ok, n0 + WIDTH // 2, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr,
+                  eps, res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W,
+                  HAS_BN_B, HAS_RES, RELU, WIDTH // 2)  # fmt: skip
 
 
 @triton.jit
@@ -659,7 +708,7 @@ def conv_elements(
         raise ValueError(f"residual must be ({rows}, {cout}) with contiguous channels, got {tuple(residual.shape)}")
     facts = _device_facts(values.device)
     if config is None:
-        config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0])
+        config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0], dtype=values.dtype)
     block_m, block_n, block_k, num_stages, num_warps = config[:5]
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(cout_g, block_n) * groups
     persistent = len(config) > 5 and config[5]
@@ -708,7 +757,7 @@ def conv_elements(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        SPLIT_N=_split_n(block_m, block_n, num_warps),
+        SPLIT_N=epilogue_parts(block_n, None if facts is None else facts[0], values.element_size()),
         PERSISTENT=bool(persistent),
         num_warps=num_warps,
         num_stages=num_stages,

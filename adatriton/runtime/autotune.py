@@ -475,19 +475,21 @@ def select_config(
     Returns:
         The stored config of :func:`conv_key`'s bucket if there is one; else, when :func:`is_tuning`, the fastest
         candidate of ``prune_configs(conv_configs(), rows, cin_g, cout_g)`` (stored and saved); else
-        ``default_config(rows, cin_g, cout_g, arch=device_arch(device))`` (per-architecture tiles).
+        ``default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)`` (per-architecture tiles).
     """
     key = conv_key(rows, cin_g, cout_g, taps, groups, dtype, gather)
     device = device if isinstance(device, torch.device) else torch.device(device)
     cache = get_cache(device)
     config = cache.get(key)
     if not is_tuning():
-        return config if config is not None else default_config(rows, cin_g, cout_g, arch=device_arch(device))
+        if config is None:
+            config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
+        return config
     if config is not None:
         _record(key, config, "cache", cache.entry(key))
         return config
     if (str(cache.path), key) in _untunable:
-        config = default_config(rows, cin_g, cout_g, arch=device_arch(device))
+        config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
         _record(key, config, "default", None)
         return config
     with _tune_lock:
@@ -495,7 +497,7 @@ def select_config(
         if config is not None:
             _record(key, config, "cache", cache.entry(key))
             return config
-        return _tune(key, rows, cin_g, cout_g, device, launch, cache)
+        return _tune(key, rows, cin_g, cout_g, dtype, device, launch, cache)
 
 
 def _tune(
@@ -503,6 +505,7 @@ def _tune(
     rows: int,
     cin_g: int,
     cout_g: int,
+    dtype: torch.dtype,
     device: torch.device,
     launch: Callable[[ConvConfig], object],
     cache: AutotuneCache,
@@ -515,7 +518,7 @@ def _tune(
         on_gpu = True
     else:  # no GPU and no interpreter: Triton cannot run here, the caller's launch will say so
         logger.debug("autotune: %s needs CUDA or TRITON_INTERPRET=1; using the default config", key)
-        config = default_config(rows, cin_g, cout_g, arch=device_arch(device))
+        config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
         _record(key, config, "default", None)
         return config
     start = time.perf_counter()
@@ -523,7 +526,7 @@ def _tune(
     if not timed:
         logger.warning("autotune: every candidate config failed for %s; using the default config", key)
         _untunable.add((str(cache.path), key))
-        config = default_config(rows, cin_g, cout_g, arch=device_arch(device))
+        config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
         _record(key, config, "default", None)
         return config
     best_ms, best = min(timed, key=lambda t: t[0])

@@ -189,7 +189,8 @@ def test_every_config_computes_the_fused_conv(spy, config, dtype):
     epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True)
     got = _run(values, weight, index.int(), **epilogue, config=config)
     (grid, kw), tiles = spy.launches[-1], -(-rows // block_m)
-    assert kw["SPLIT_N"] == config.split_n and kw["PERSISTENT"] == config.persistent and not kw["EVEN_K"]
+    parts = conv.epilogue_parts(block_n, conv.device_arch(values.device), values.element_size())
+    assert kw["SPLIT_N"] == parts and kw["PERSISTENT"] == config.persistent and not kw["EVEN_K"]
     if not config.persistent:
         assert grid == (tiles,)
     elif DEVICE == "cpu":
@@ -199,13 +200,17 @@ def test_every_config_computes_the_fused_conv(spy, config, dtype):
 
 
 def test_the_space_has_split_epilogues_and_persistent_grids():
-    """Tiles with at least 64 fp32 accumulator registers per thread split their epilogue (128x256, 256x128, and
-    128x128 at 8 warps, where the in-kernel BatchNorm reached 255 registers on sm_90); smaller ones do not. The test
-    above runs each of them."""
-    split = {c for c in SPACE if c.split_n == 2}
-    assert split == {c for c in SPACE if c[0] * c[1] >= 64 * 32 * c[4]}
-    assert {(128, 256), (256, 128), (128, 128)} <= {c[:2] for c in split}
-    assert all(c.split_n == 1 for c in SPACE if c[0] * c[1] < 64 * 32 * c[4])
+    """The epilogue runs in 64-channel parts (128 for fp32 on sm_80, where 64 spilled), so 128x128, 128x256 and
+    256x128 tiles split in 2 or 4; the test above runs each config, the interpreter taking the sm_80 rule."""
+    parts = {(c[1], arch, size): conv.epilogue_parts(c[1], arch, size) for c in SPACE for arch in (80, 90, None)
+             for size in (2, 4)}  # fmt: skip
+    assert {(n, arch, size) for (n, arch, size), p in parts.items() if p > 1} == {
+        (n, arch, size) for n in (128, 256) for arch in (80, 90, None) for size in (2, 4)
+        if n // (128 if size == 4 and arch != 90 else 64) > 1
+    }  # fmt: skip
+    assert parts[256, 90, 2] == parts[256, 90, 4] == parts[256, 80, 2] == 4 and parts[256, 80, 4] == 2
+    assert parts[128, 90, 4] == 2 and parts[128, 80, 4] == 1 and parts[64, 90, 2] == 1
+    assert {c[:2] for c in SPACE if c[1] == 256} == {(128, 256), (64, 256)}
     assert {c[:2] for c in SPACE if c.persistent} == {(128, 128), (128, 256)}
 
 
@@ -233,8 +238,9 @@ def test_config_round_trips_as_five_or_six_ints():
     for c in (plain, persistent):
         assert ConvConfig(*json.loads(json.dumps(list(c)))) == c
     assert persistent.as_dict()["persistent"] == 1 and plain.as_dict()["persistent"] == 0
-    assert plain.meta == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_N=2, PERSISTENT=False)
-    assert persistent.meta["SPLIT_N"] == 2 and persistent.meta["PERSISTENT"] is True
+    assert plain.meta(90, 2) == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_N=2, PERSISTENT=False)
+    assert persistent.meta(90, 2)["SPLIT_N"] == 4 and persistent.meta(80, 4)["SPLIT_N"] == 2
+    assert persistent.meta(90, 2)["PERSISTENT"] is True
 
 
 def test_config_problems_says_why():
@@ -280,6 +286,13 @@ def test_default_config_per_architecture(arch):
     assert conv.default_config(20, 3, 24, arch=arch) == (32, 32, 16, 3, 4)
     if arch in conv.SHARED_OPTIN:  # the default fits the GPU for every dtype (fp32 is the largest)
         assert conv.config_problems(big, element_size=4, arch=arch) == []
+    # fp32 without TF32 (FMA dots) on a GPU: its own tile, which does not spill; with TF32 the architecture's
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        fma = conv.default_config(1 << 16, 256, 256, arch=arch, dtype=torch.float32)
+        assert fma == (generic if arch is None or arch < 80 else conv.FMA_DEFAULT)
+        assert conv.default_config(1 << 16, 256, 256, arch=arch, dtype=torch.float16) == big
+    with torch.backends.cudnn.flags(allow_tf32=True):
+        assert conv.default_config(1 << 16, 256, 256, arch=arch, dtype=torch.float32) == big
 
 
 def test_no_two_configs_compile_to_the_same_kernel():
