@@ -12,8 +12,9 @@ The tile's whole tap table is read once, before the reduction loop, as a ``(BLOC
 tap with ``tl.gather``. Its gathered loads then depend on nothing loaded inside the loop, so Triton's pipeliner
 multi-buffers the A and B tiles (:func:`pipeline_buffers`) and keeps the copies of the next stages in flight with
 ``cp.async`` while the current one multiplies (tests/aot/test_kernels_aot.py checks the buffers and the
-``cp.async.wait_group`` depth in the compiled TTGIR and PTX for sm_80 and sm_90). Large tiles split the epilogue
-in N halves, and persistent configs walk the tiles with one program per SM (:class:`ConvConfig`).
+``cp.async.wait_group`` depth in the compiled TTGIR and PTX for sm_80 and sm_90). Large tiles run the epilogue
+in N parts (:func:`epilogue_parts`), and persistent configs walk the tiles with one program per SM
+(:class:`ConvConfig`).
 
 The same kernel serves every conv of docs/semantics.md §3: k x k with any tap spacing (the tap table encodes it), the
 downsampling conv evaluated only at the surviving elements (the table is centred there), the strided shortcut
