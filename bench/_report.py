@@ -55,9 +55,10 @@ GROUP = (
     "device",
     "timestamp",
 )
-#: The issue's targets for the 8->32 model at level-0 fraction 0.3, time over dense OS8: (device kind, dtype) ->
-#: at most this ratio.
-COMPASS = {("cuda", "float16"): 0.55, ("cpu", "float32"): 0.6}
+#: The issues' targets for the 8->32 model at level-0 fraction 0.3, time over dense OS8: (device kind, dtype) ->
+#: at most this ratio. The line also gives MA/OS8: at the dense network's multiply-add rate the time ratio cannot
+#: go below it (0.46 for the synthetic map at 0.3, at 256x512 as at 1024x2048).
+COMPASS = {("cuda", "float16"): 0.55, ("cpu", "float32"): 0.40}
 #: A timing is ``noisy`` (:func:`noise`) when max/min of its timed calls exceeds this ...
 NOISY_SPREAD = 1.25
 #: ... or when fewer calls than this were timed.
@@ -299,7 +300,7 @@ def _compass(t: pd.DataFrame) -> list[str]:
         lines.append(
             f"- {r['model']} ({r['scope']}), 8->32 at level-0 fraction 0.3 ({r['mask_source']} mask, dispatcher), "
             f"{r['height']}x{r['width']} {r['dtype']} on {r['device']}: t/OS8 = {r['t_os8']:.3f} "
-            f"(target <= {target}): {verdict(r['t_os8'], target, *timings)}"
+            f"(target <= {target}, MA/OS8 = {r['ma_os8']:.3f}): {verdict(r['t_os8'], target, *timings)}"
         )
     return lines
 

@@ -239,12 +239,12 @@ def _compass_rows(iters: int, ada_max: float, macs: int = 40) -> list[Row]:
 
 def test_summary_marks_noisy_verdicts_and_shows_the_spread(tmp_path):
     quiet = summary(_table(*_compass_rows(iters=10, ada_max=5.5)), "table2", tmp_path / "t.csv")
-    assert "t/OS8 = 0.500 (target <= 0.6): met\n" in quiet + "\n"
+    assert "t/OS8 = 0.500 (target <= 0.4, MA/OS8 = 0.400): not met\n" in quiet + "\n"
     assert "| 5.000 (5.000–5.500) |" in quiet and "noisy" not in quiet.split("## Targets")[1]
     spread = summary(_table(*_compass_rows(iters=10, ada_max=7.0)), "table2", tmp_path / "t.csv")
-    assert "met (noisy: max/min 1.40 > 1.25)" in spread and "5.000 (5.000–7.000) noisy" in spread
+    assert "not met (noisy: max/min 1.40 > 1.25)" in spread and "5.000 (5.000–7.000) noisy" in spread
     few = summary(_table(*_compass_rows(iters=3, ada_max=5.5)), "table2", tmp_path / "t.csv")
-    assert "met (noisy: 3 timed calls < 5)\n" in few  # both rows say so: once
+    assert "not met (noisy: 3 timed calls < 5)\n" in few  # both rows say so: once
 
 
 def test_realised_only_where_the_mas_save_more_than_5_percent(tmp_path):
