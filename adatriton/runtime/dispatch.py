@@ -15,7 +15,7 @@ Order of the rules in :func:`choose`:
    cache) gives the crossover density of the layer's signature: below it the sparse path, at or above it
    ``dense``.
 3. The built-in rule: crossover :data:`CUDA_CROSSOVER` (sparse = ``triton``) on CUDA, :data:`CPU_CROSSOVER`
-   (sparse = ``torch``) elsewhere.
+   (sparse = ``torch``) elsewhere, lower for grouped convs on the CPU (:data:`CPU_GROUPED_CROSSOVER`).
 
 A ``triton`` choice that cannot run (CPU without the interpreter, float64) falls back to ``torch`` with a debug
 line on the ``adatriton.dispatch`` logger. :func:`adatriton.explain` lists the choice of every conv of one forward
@@ -45,6 +45,7 @@ from .files import CACHE_DIR_ENV, CacheFileError, cache_dir, hardware_name, read
 __all__ = [
     "CALIBRATION_SCHEMA",
     "CPU_CROSSOVER",
+    "CPU_GROUPED_CROSSOVER",
     "CUDA_CROSSOVER",
     "Signature",
     "calibration_path",
@@ -69,6 +70,13 @@ CUDA_CROSSOVER = 0.5
 #: about as much as oneDNN's own im2col, so the dense path only wins when it computes (almost) nothing extra; the
 #: dilated convs of the adaptive part are also slower in oneDNN than undilated ones. Conservative on purpose.
 CPU_CROSSOVER = 0.9
+#: ... except for grouped convs, whose gather-GEMM is memory-bound: the ``(rows, k*k*Cin)`` columns are 9x the input
+#: for a few multiply-adds per value, which oneDNN's direct grouped conv never writes. Measured here (3x3, 20000
+#: elements against a 100x200 grid, fp32, 2 threads), the gather path costs 37-55x the dense conv per element for
+#: depthwise convs, 14x at 8 channels per group, 6x at 32. The built-in crossover of a grouped conv on the CPU is
+#: ``CPU_GROUPED_CROSSOVER * sqrt(Cin / groups)`` (0.02 depthwise, 0.06 at 8 channels per group, 0.11 at 32), at
+#: most :data:`CPU_CROSSOVER`.
+CPU_GROUPED_CROSSOVER = 0.02
 #: Version of the calibration file format; files with another one are ignored.
 CALIBRATION_SCHEMA = 1
 
@@ -243,7 +251,12 @@ def choose(signature: Signature, density: float, device: torch.device | str) -> 
         if density < c:
             return sparse, f"calibrated: density {density:.3f} < crossover {c:.3f}"
         return "dense", f"calibrated: density {density:.3f} >= crossover {c:.3f}"
-    c = CUDA_CROSSOVER if device.type == "cuda" else CPU_CROSSOVER
+    if device.type == "cuda":
+        c = CUDA_CROSSOVER
+    elif signature.groups > 1:
+        c = round(min(CPU_CROSSOVER, CPU_GROUPED_CROSSOVER * math.sqrt(signature.cin / signature.groups)), 3)
+    else:
+        c = CPU_CROSSOVER
     if density < c:
         return sparse, f"built-in: density {density:.3f} < {c}"
     return "dense", f"built-in: density {density:.3f} >= {c}"

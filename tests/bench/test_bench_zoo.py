@@ -43,7 +43,9 @@ def test_zoo_rows_summary_and_plot(tmp_path, one_thread):
         dense8, coarse, low, high = group["macs_total"].tolist()
         assert coarse < low < high < dense8  # more level-0 area, more multiply-adds; all between the dense networks
         adaptive = group[group["mask_source"] == "synthetic"]
-        assert (adaptive["backend"] == "auto").all() and adaptive["dispatch"].str.startswith("torch:").all()
+        assert (adaptive["backend"] == "auto").all() and adaptive["dispatch"].str.contains("torch:").all()
+        # the depthwise 3x3 convs go dense on the CPU (the grouped crossover is 0.02): every row has some
+        assert adaptive["dispatch"].str.startswith("dense:").all()
         assert (adaptive["bookkeeping_ms"] > 0).all()
     assert (table.loc[table["model"] == "lraspp_mobilenet_v3_large", "head"] == "lraspp").all()
     summary = report["summary"].read_text()

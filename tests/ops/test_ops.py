@@ -67,8 +67,8 @@ def test_densify_matches_brute_force(lm):
 @pytest.mark.parametrize("lm", LMS, ids=LM_IDS)
 @pytest.mark.parametrize(
     "k,spacing,cin,cout,groups",
-    [(3, 1, 3, 5, 1), (3, 2, 16, 8, 1), (3, 4, 6, 4, 2), (1, 1, 5, 7, 1)],
-    ids=["k3-o1-c3", "k3-o2-c16", "k3-o4-g2", "k1"],
+    [(3, 1, 3, 5, 1), (3, 2, 16, 8, 1), (3, 4, 6, 4, 2), (5, 2, 6, 6, 6), (1, 1, 5, 7, 1)],
+    ids=["k3-o1-c3", "k3-o2-c16", "k3-o4-g2", "k5-o2-depthwise", "k1"],
 )
 def test_conv_matches_dense_simulation(backend, lm, k, spacing, cin, cout, groups):
     gen = torch.Generator().manual_seed(k * 7 + spacing)

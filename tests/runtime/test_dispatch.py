@@ -168,6 +168,16 @@ def test_calibration_table_changes_the_choice(tmp_path):
     assert D.choose(other, 0.95, CPU)[1].startswith("built-in")
 
 
+def test_grouped_convs_go_dense_early_on_the_cpu():
+    """The built-in CPU crossover of a grouped conv is 0.02 * sqrt(Cin / groups): memory-bound columns."""
+    depthwise, grouped = D.Signature(96, 96, 3, 1, 96, "float32"), D.Signature(256, 256, 3, 1, 32, "float32")
+    assert D.choose(depthwise, 0.019, CPU)[0] == "torch" and D.choose(depthwise, 0.021, CPU)[0] == "dense"
+    assert D.choose(grouped, 0.05, CPU)[0] == "torch" and D.choose(grouped, 0.06, CPU)[0] == "dense"
+    assert "0.057" in D.choose(grouped, 0.06, CPU)[1]
+    assert D.choose(depthwise, 0.3, CUDA)[0] == "triton"  # CUDA keeps its own crossover
+    assert D.choose(SIG3, 0.3, CPU)[0] == "torch"
+
+
 @pytest.mark.parametrize(
     "text",
     [
