@@ -8,7 +8,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +18,15 @@ import adatriton
 from adatriton import LevelMap, masks, segmentation
 from adatriton.core.strides import num_levels_of
 from adatriton.models.resnet import LAYERS
+from adatriton.runtime.timing import time_calls
 
-from ._measure import measure
+from ._measure import Timing, measure, peak_memory_mb, reset_peak_memory
 from ._schema import Row
 from ._suite import Context
 
 __all__ = [
     "HEADS",
+    "InterleavedRows",
     "MASK_SOURCES",
     "Network",
     "build_model",
@@ -219,6 +221,96 @@ def timed_row(
     )
 
 
+@dataclass
+class _Job:
+    label: str
+    call: Callable[[], object]
+    columns: dict
+    record: bool
+    dispatch: str = ""
+    times: list = field(default_factory=list)
+    peak_mb: float = 0.0
+    failed: bool = False
+
+
+class InterleavedRows:
+    """Rows whose timed calls interleave: every measurement is warmed up first, then call ``i`` of each one runs
+    before call ``i + 1`` of any. On a shared machine the speed drifts within a run (here the dense OS8 backbone took
+    2.6 s and, half an hour later, 3.8 s), which timing one row after the other turns into errors of the ratios
+    between rows; interleaved, the drift weighs on every row alike.
+
+    Use ``add`` for each measurement (its call keeps what it needs alive, e.g. the level map), then ``run``. The
+    progress bar advances once per warm-up and once per timed call: ``ticks`` per row.
+    """
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.jobs: list[_Job] = []
+
+    @staticmethod
+    def ticks(ctx: Context) -> int:
+        """Progress-bar steps per row."""
+        return 1 + ctx.opts.iters
+
+    def add(self, call: Callable[[], object], label: str, columns: dict, record: bool) -> None:
+        """One row to time: ``columns`` as :func:`timed_row` takes them; ``record`` records the dispatch."""
+        self.jobs.append(_Job(label, call, dict(columns), record, dispatch=columns.get("dispatch", "")))
+
+    def _fail(self, job: _Job, err: Exception) -> None:
+        # one failed measurement (e.g. out of memory) must not lose the others: a note instead of a row
+        self.ctx.note(f"{job.label}: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        job.failed = True
+        if self.ctx.opts.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def run(self, bar) -> list[Row]:
+        """Warm up, time round-robin, and return the rows of the measurements that did not fail."""
+        o = self.ctx.opts
+        for job in self.jobs:
+            try:
+                warmup = o.warmup
+                if job.record:  # the first warm-up call records which backend computed every adaptive conv
+                    with adatriton.dispatch.recording() as records:
+                        job.call()
+                    job.dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
+                for _ in range(warmup):
+                    job.call()
+            except Exception as err:  # noqa: BLE001
+                self._fail(job, err)
+            bar.update()
+        for _ in range(o.iters):
+            for job in self.jobs:
+                if not job.failed:
+                    try:
+                        if o.device.type == "cuda":
+                            torch.cuda.synchronize(o.device)
+                        reset_peak_memory(o.device)
+                        job.times += time_calls(job.call, o.device, warmup=0, iters=1)
+                        job.peak_mb = max(job.peak_mb, peak_memory_mb(o.device))
+                    except Exception as err:  # noqa: BLE001
+                        self._fail(job, err)
+                bar.update()
+        rows = []
+        for job in self.jobs:
+            if job.failed:
+                continue
+            timing = Timing(tuple(job.times), job.peak_mb)
+            columns = {k: v for k, v in job.columns.items() if k != "dispatch"}
+            rows.append(
+                self.ctx.row(
+                    **columns,
+                    dispatch=job.dispatch,
+                    time_mean_ms=timing.mean,
+                    time_median_ms=timing.median,
+                    time_min_ms=timing.min,
+                    time_max_ms=timing.max,
+                    peak_memory_mb=timing.peak_memory_mb,
+                    speedup_vs_os8=math.nan,
+                )
+            )
+        return rows
+
+
 def network_rows(
     ctx: Context,
     net: Network,
@@ -227,7 +319,8 @@ def network_rows(
     bar,
 ) -> list[Row]:
     """Every row of one model: the dense networks, then per conversion, mask source and level-0 fraction the
-    bookkeeping (timed once) and each backend; ``speedup_vs_os8`` filled from the dense OS8 row.
+    bookkeeping (timed apart) and each backend, timed interleaved (:class:`InterleavedRows`); ``speedup_vs_os8``
+    filled from the dense OS8 row.
 
     Args:
         ctx: the suite's context (conversions, masks, fractions, backends come from ``ctx.opts``).
@@ -235,7 +328,7 @@ def network_rows(
         scope: ``"backbone"`` times ``backbone.forward_features`` (stem .. layer4, densified), ``"model"`` the
             whole forward (heads and upsampling included).
         dense_strides: dense output strides to measure (must include ``"8"`` for the speedups).
-        bar: tqdm bar, advanced once per row.
+        bar: tqdm bar, advanced :meth:`InterleavedRows.ticks` times per row.
     """
     o = ctx.opts
     h, w = o.size
@@ -246,7 +339,7 @@ def network_rows(
     def forward(model: nn.Module) -> Callable:
         return _compiled(ctx, model.backbone.forward_features if scope == "backbone" else model)
 
-    rows = []
+    jobs = InterleavedRows(ctx)
     with torch.inference_mode():
         for stride in dense_strides:
             model = adatriton.convert(net.model, stride).eval()
@@ -269,9 +362,7 @@ def network_rows(
                 macs_backbone=count.backbone,
                 bookkeeping_ms=0.0,
             )
-            row = timed_row(ctx, functools.partial(fn, net.x), f"{net.name} OS{stride}", columns, record=False)
-            rows += [row] if row is not None else []
-            bar.update()
+            jobs.add(functools.partial(fn, net.x), f"{net.name} OS{stride}", columns, record=False)
         for conversion in o.conversions:
             k = num_levels_of(conversion)
             # One converted model per backend (they share the weights): the backend is the model's own setting, so
@@ -283,7 +374,7 @@ def network_rows(
                     label = f"{net.name} {conversion} {source} {fraction:g}"
                     lm_cpu = _level_map(ctx, net, conversion, source, fraction)
                     if lm_cpu is None:
-                        bar.update(len(backends))
+                        bar.update(len(backends) * jobs.ticks(ctx))
                         continue
                     levels = lm_cpu.levels.to(o.device)
                     any_model = next(iter(models.values()))
@@ -307,11 +398,8 @@ def network_rows(
                             macs_backbone=count.backbone,
                             bookkeeping_ms=bookkeeping,
                         )
-                        call = functools.partial(fns[backend], net.x, lm)
-                        row = timed_row(ctx, call, f"{label} {backend}", columns, record=True)
-                        rows += [row] if row is not None else []
-                        bar.update()
-                    del lm
+                        jobs.add(functools.partial(fns[backend], net.x, lm), f"{label} {backend}", columns, record=True)
+        rows = jobs.run(bar)
     reference = next((r.time_median_ms for r in rows if r.output_stride == "8"), math.nan)
     for r in rows:
         r.speedup_vs_os8 = reference / r.time_median_ms
@@ -333,7 +421,7 @@ def run_networks(ctx: Context, scope: str, dense_strides: Sequence[str] = ("16",
     models = [(b, h) for b in o.backbones for h in o.heads]
     per_model = len(dense_strides) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(ctx.backends())
     rows = []
-    with ctx.progress(per_model * len(models)) as bar:
+    with ctx.progress(per_model * len(models) * InterleavedRows.ticks(ctx), unit="call") as bar:
         for backbone, head in models:
             rows += network_rows(ctx, Network.build(ctx, backbone, head), scope, dense_strides, bar)
     return rows

@@ -123,9 +123,9 @@ class Context:
         self.notes.append(text)
         print(f"[{self.suite}] {text}", file=sys.stderr)
 
-    def progress(self, total: int, desc: str | None = None) -> tqdm:
-        """A tqdm bar over ``total`` measurements on stderr (disabled with ``--no-progress``)."""
-        return tqdm(total=total, desc=desc or self.suite, unit="row", file=sys.stderr, disable=not self.opts.progress)
+    def progress(self, total: int, desc: str | None = None, unit: str = "row") -> tqdm:
+        """A tqdm bar over ``total`` measurements (or calls) on stderr (disabled with ``--no-progress``)."""
+        return tqdm(total=total, desc=desc or self.suite, unit=unit, file=sys.stderr, disable=not self.opts.progress)
 
     def backends(self) -> tuple[str, ...]:
         """The adaptive backends this run can time. ``triton`` without CUDA only runs in the Triton interpreter,

@@ -5,7 +5,8 @@ LRASPP-MobileNetV3-Large, whole models (``scope`` ``model``).
 Per model: the dense network at the finest output stride (OS8, strides past it turned into dilation) and at the
 coarsest (OS32; LRASPP, whose backbone stops at OS16: OS16), then the adaptive conversion between them (``8->32``;
 LRASPP ``8->16``) on clustered synthetic masks (``masks.synthetic``, blobs) at each level-0 fraction (0.3 among
-them), through the per-layer dispatcher (``auto``; others with ``--backends``). Columns as the other suites:
+them), through the per-layer dispatcher (``auto``; others with ``--backends``), the rows of a model timed
+interleaved (:class:`~bench._networks.InterleavedRows`). Columns as the other suites:
 ``backbone`` is the model, ``head`` ``classifier`` or ``lraspp``; ``macs_*`` from ``adatriton.count_macs``
 (the backbone: everything but the ``classifier`` / ``fc`` children); ``bookkeeping_ms`` is the level map and
 every index table its adaptive convs read (:meth:`AdaptiveGraphModule.build_tables`); the summary divides by
@@ -32,7 +33,7 @@ from adatriton.masks.density import synthetic_grid
 from adatriton.models.graph import AdaptiveGraphModule
 
 from ._measure import measure
-from ._networks import dense_backend_name, level_fractions, timed_row
+from ._networks import InterleavedRows, dense_backend_name, level_fractions
 from ._schema import Row
 from ._suite import Context, Suite
 
@@ -80,7 +81,7 @@ def _model_rows(ctx: Context, name: str, bar) -> list[Row]:
     common = {"model": name, "backbone": name, "head": MODELS[name][1], "scope": "model", "height": h, "width": w}
     conversions = _conversions(ctx, name)
     coarsest = max(int(c.split("->")[1]) for c in conversions)
-    rows = []
+    jobs = InterleavedRows(ctx)
     with torch.inference_mode():
         first = adatriton.convert(model, conversions[0], example_input=x_meta, backend="auto", method="graph")
         for stride in ("8", str(coarsest)):
@@ -102,9 +103,7 @@ def _model_rows(ctx: Context, name: str, bar) -> list[Row]:
                 macs_backbone=count.backbone,
                 bookkeeping_ms=0.0,
             )
-            row = timed_row(ctx, functools.partial(net, x), f"{name} OS{stride}", columns, record=False)
-            rows += [row] if row is not None else []
-            bar.update()
+            jobs.add(functools.partial(net, x), f"{name} OS{stride}", columns, record=False)
         for conversion in conversions:
             base = first if conversion == conversions[0] else first.with_output_stride(conversion)
             nets = {b: _with_backend(base, b) for b in ctx.backends()}
@@ -133,9 +132,8 @@ def _model_rows(ctx: Context, name: str, bar) -> list[Row]:
                         bookkeeping_ms=bookkeeping,
                     )
                     label = f"{name} {conversion} {fraction:g} {backend}"
-                    row = timed_row(ctx, functools.partial(net, x, lm), label, columns, record=True)
-                    rows += [row] if row is not None else []
-                    bar.update()
+                    jobs.add(functools.partial(net, x, lm), label, columns, record=True)
+        rows = jobs.run(bar)
     reference = next((r.time_median_ms for r in rows if r.output_stride == "8"), math.nan)
     for r in rows:
         r.speedup_vs_os8 = reference / r.time_median_ms
@@ -159,9 +157,10 @@ def run(ctx: Context) -> list[Row]:
     unknown = [n for n in o.backbones if n not in MODELS]
     if unknown:
         ctx.note(f"not zoo models, skipped: {', '.join(unknown)} (zoo: {', '.join(MODELS)})")
-    per_model = 2 + sum(len(_conversions(ctx, n)) for n in names) * len(o.fractions) * len(ctx.backends())
+    per_row = InterleavedRows.ticks(ctx)
+    total = sum(2 + len(_conversions(ctx, n)) * len(o.fractions) * len(ctx.backends()) for n in names) * per_row
     rows: list[Row] = []
-    with ctx.progress(per_model * len(names)) as bar:
+    with ctx.progress(total, unit="call") as bar:
         for name in names:
             try:
                 rows += _model_rows(ctx, name, bar)

@@ -340,3 +340,31 @@ def test_closed_sets_are_checked(given, capsys):
 def test_alias_resolves_to_the_dtype():
     opts = resolve(build_parser().parse_args(["--device", "cpu", "--dtype", "bfloat16"]), load_suite("table2"))
     assert opts.dtype == torch.bfloat16
+
+
+def test_interleaved_rows_time_round_robin_and_note_failures():
+    """Every row is warmed up first, then the timed calls alternate; a row that fails becomes a note."""
+    from bench._networks import InterleavedRows
+
+    ctx = Context("table2", Options(warmup=1, iters=3, progress=False))
+    calls = []
+
+    def call(name):
+        calls.append(name)
+        if name == "broken" and len(calls) > 3:  # fails in its first timed call
+            raise RuntimeError("out of memory\nmore")
+
+    columns = dict(
+        model="m", backbone="resnet50", head="fcn", scope="backbone", height=8, width=8, output_stride="8",
+        mask_source="none", mask_param="", fraction_target=1.0, fraction_level0=1.0, level_fractions="1.000",
+        backend="onednn", dispatch="dense network", elements=1, macs_total=1, macs_backbone=1, bookkeeping_ms=0.0,
+    )  # fmt: skip
+    jobs = InterleavedRows(ctx)
+    for name in ("a", "b", "broken"):
+        jobs.add(lambda name=name: call(name), name, columns, record=False)
+    with ctx.progress(3 * jobs.ticks(ctx)) as bar:
+        rows = jobs.run(bar)
+    assert calls == ["a", "b", "broken", "a", "b", "broken", "a", "b", "a", "b"]
+    assert len(rows) == 2 and all(r.iters == 3 and r.dispatch == "dense network" for r in rows)
+    assert all(r.time_min_ms <= r.time_median_ms <= r.time_max_ms for r in rows)
+    assert ctx.notes == ["broken: failed: RuntimeError: out of memory"]
