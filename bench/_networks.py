@@ -198,17 +198,28 @@ def timed_row(
     o = ctx.opts
     try:
         warmup = o.warmup
-        dispatch = columns.pop("dispatch", "")
+        dispatch = columns.get("dispatch", "")
         if record:  # one warm-up call records which backend computed every adaptive conv
             with adatriton.dispatch.recording() as records:
                 call()
             dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
         timing = measure(call, o.device, warmup, o.iters)
     except Exception as err:  # noqa: BLE001 -- one failed measurement must not lose the others
-        ctx.note(f"{label}: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        if o.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _note_failure(ctx, label, err)
         return None
+    return _timed(ctx, columns, dispatch, timing)
+
+
+def _note_failure(ctx: Context, label: str, err: Exception) -> None:
+    """A failed measurement (e.g. out of memory) becomes a note instead of a row."""
+    ctx.note(f"{label}: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    if ctx.opts.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _timed(ctx: Context, columns: dict, dispatch: str, timing: Timing) -> Row:
+    """The row of one measurement: its ``columns`` (without ``dispatch``), the dispatch and the timing."""
+    columns = {k: v for k, v in columns.items() if k != "dispatch"}
     return ctx.row(
         **columns,
         dispatch=dispatch,
@@ -257,11 +268,8 @@ class InterleavedRows:
         self.jobs.append(_Job(label, call, dict(columns), record, dispatch=columns.get("dispatch", "")))
 
     def _fail(self, job: _Job, err: Exception) -> None:
-        # one failed measurement (e.g. out of memory) must not lose the others: a note instead of a row
-        self.ctx.note(f"{job.label}: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        _note_failure(self.ctx, job.label, err)  # one failed measurement must not lose the others
         job.failed = True
-        if self.ctx.opts.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def run(self, bar) -> list[Row]:
         """Warm up, time round-robin, and return the rows of the measurements that did not fail."""
@@ -290,25 +298,11 @@ class InterleavedRows:
                     except Exception as err:  # noqa: BLE001
                         self._fail(job, err)
                 bar.update()
-        rows = []
-        for job in self.jobs:
-            if job.failed:
-                continue
-            timing = Timing(tuple(job.times), job.peak_mb)
-            columns = {k: v for k, v in job.columns.items() if k != "dispatch"}
-            rows.append(
-                self.ctx.row(
-                    **columns,
-                    dispatch=job.dispatch,
-                    time_mean_ms=timing.mean,
-                    time_median_ms=timing.median,
-                    time_min_ms=timing.min,
-                    time_max_ms=timing.max,
-                    peak_memory_mb=timing.peak_memory_mb,
-                    speedup_vs_os8=math.nan,
-                )
-            )
-        return rows
+        return [
+            _timed(self.ctx, job.columns, job.dispatch, Timing(tuple(job.times), job.peak_mb))
+            for job in self.jobs
+            if not job.failed
+        ]
 
 
 def network_rows(
