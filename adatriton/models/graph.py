@@ -43,6 +43,7 @@ from .. import ops as AF
 from ..core.levelmap import LevelMap, LevelMapError
 from ..core.multires import MultiResMap
 from ..nn.modules import ADAPTIVE_MODULES, DeformableConv2d, conv_at
+from ..runtime.context import environment_snapshot
 
 __all__ = [
     "AdaptiveGraphModule",
@@ -1268,7 +1269,10 @@ class AdaptiveGraphModule(nn.Module):
         Returns:
             What the model returns; maps that reach the output are densified to the finest grid.
         """
-        return self.forward_code(self, *inputs, **kwargs)
+        if torch.compiler.is_compiling():
+            return self.forward_code(self, *inputs, **kwargs)
+        with environment_snapshot():  # each environment variable read once per forward, not once per conv
+            return self.forward_code(self, *inputs, **kwargs)
 
     def with_output_stride(self, output_stride: str | int) -> AdaptiveGraphModule:
         """The same model at another output stride, sharing every parameter (e.g. the dense ``"8"`` network that a

@@ -26,7 +26,8 @@ from ..core.levelmap import LevelMap, LevelMapError
 from ..core.multires import MultiResMap
 from ..core.strides import OUTPUT_STRIDES, parse_output_stride
 from ..nn.modules import AdaptiveConv2d, conv_at, swap_modules
-from ..runtime.host import module_attr
+from ..runtime.context import environment_snapshot
+from ..runtime.host import module_attrs
 
 __all__ = [
     "LAYERS",
@@ -104,13 +105,13 @@ def plan_resnet(
 
 def shortcut_parts(block: Bottleneck) -> tuple[nn.Conv2d, nn.Module] | None:
     """The shortcut's ``(1x1 conv, norm)``, or None for an identity shortcut."""
-    ds = module_attr(block, "downsample")
+    (ds,) = module_attrs(block, "downsample")
     if ds is None:
         return None
-    conv = module_attr(ds, "0") if isinstance(ds, nn.Sequential) and len(ds) == 2 else None
+    conv, norm = module_attrs(ds, "0", "1") if isinstance(ds, nn.Sequential) and len(ds) == 2 else (None, None)
     if not isinstance(conv, nn.Conv2d):
         raise NotImplementedError(f"unsupported bottleneck shortcut {ds}; expected Sequential(conv1x1, norm)")
-    return conv, module_attr(ds, "1")
+    return conv, norm
 
 
 def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
@@ -144,7 +145,7 @@ def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, back
     its output before the BatchNorm; the shortcut SoftPools its input before the 1x1 conv.
     """
     step, soft = plan.downsample_step, plan.downsample_step and plan.pool == "softpool"
-    conv1, bn1, conv2, bn2, conv3, bn3 = (module_attr(block, name) for name in _CONV_BN_NAMES)
+    conv1, bn1, conv2, bn2, conv3, bn3 = module_attrs(block, *_CONV_BN_NAMES)
     out = conv1.multires(x, downsample=False, bn=bn1, relu=True, backend=backend)
     if soft:
         out = conv2.multires(out, tap_spacing=plan.dilation, downsample=False, backend=backend)
@@ -308,6 +309,14 @@ class AdaptiveResNet(nn.Module):
             ``{name: tensor}`` in the order of ``layers``: an adaptive layer's output densified to
             ``(N, C, Hf, Wf)``; a dense layer's output ``(N, C, H/s, W/s)`` at its own stride ``s``.
         """
+        if torch.compiler.is_compiling():  # traced once: nothing to save, and no context variable in the graph
+            return self._forward_backbone(x, levels, layers)
+        with environment_snapshot():  # each environment variable read once per forward, not once per conv
+            return self._forward_backbone(x, levels, layers)
+
+    def _forward_backbone(
+        self, x: Tensor, levels: LevelMap | Tensor | None, layers: Sequence[str]
+    ) -> dict[str, Tensor]:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be an image batch, expected a torch.Tensor (N, 3, H, W), got {type(x).__name__}")
         unknown = [name for name in layers if name not in LAYERS]

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .. import ops as AF
 from ..core.multires import MultiResMap
-from ..runtime.host import module_attr
+from ..runtime.host import module_attrs
 
 __all__ = [
     "ADAPTIVE_MODULES",
@@ -109,8 +109,7 @@ class AdaptiveConv2d(nn.Conv2d):
         stride, dilation = self._multires_geometry()
         return AF.conv_bn_act(
             x,
-            module_attr(self, "weight"),
-            module_attr(self, "bias"),
+            *module_attrs(self, "weight", "bias"),
             bn,
             relu,
             residual,

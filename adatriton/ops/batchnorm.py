@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..core.multires import MultiResMap
-from ..runtime.host import module_attr
+from ..runtime.host import module_attrs
 
 __all__ = ["EvalStats", "add", "batch_norm", "bn_add_act", "eval_stats", "relu"]
 
@@ -39,10 +39,10 @@ def eval_stats(bn: nn.Module) -> EvalStats | None:
     """
     if bn.training:
         return None
-    mean, var = module_attr(bn, "running_mean"), module_attr(bn, "running_var")
+    weight, bias, mean, var = module_attrs(bn, "weight", "bias", "running_mean", "running_var")
     if mean is None or var is None:
         return None
-    return module_attr(bn, "weight"), module_attr(bn, "bias"), mean, var, bn.eps
+    return weight, bias, mean, var, bn.eps
 
 
 def bn_add_act(

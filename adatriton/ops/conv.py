@@ -12,8 +12,6 @@ Shapes: a :class:`~adatriton.core.multires.MultiResMap` holds ``(E, C)`` values;
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +20,7 @@ from ..core.multires import MultiResMap
 from ..kernels import conv as conv_kernels
 from ..runtime import autotune, dispatch
 from ..runtime.backend import triton_runs_on
+from ..runtime.context import getenv
 from .batchnorm import EvalStats, bn_add_act, eval_stats
 
 __all__ = [
@@ -254,7 +253,7 @@ def _launch_triton(
 
     memo_key = (
         (rows - 1).bit_length(), cin, cout, taps, groups, values.dtype, index is not None, values.device,
-        os.environ.get(autotune.CACHE_DIR_ENV),
+        getenv(autotune.CACHE_DIR_ENV),
     )  # fmt: skip
     config = None if autotune.is_tuning() else _CONFIGS.get(memo_key)
     if config is None:

@@ -36,7 +36,7 @@ import triton
 
 from ..kernels import conv as conv_module
 from ..kernels.conv import ConvConfig, conv_configs, default_config, device_arch, interpreting, prune_configs
-from .context import ScopedStack
+from .context import ScopedStack, getenv
 from .files import (
     CACHE_DIR_ENV,
     CacheFileError,
@@ -373,7 +373,7 @@ def is_tuning() -> bool:
     scoped = _tuning.top()
     if scoped is not None:
         return scoped
-    return os.environ.get(AUTOTUNE_ENV, "").strip().lower() in _TRUE
+    return (getenv(AUTOTUNE_ENV) or "").strip().lower() in _TRUE
 
 
 @contextlib.contextmanager

@@ -17,12 +17,11 @@ All are exact (docs/semantics.md §3). The default is ``"torch"``; the environme
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
 
-from .context import ScopedStack
+from .context import ScopedStack, getenv
 
 __all__ = ["BACKENDS", "ENV_VAR", "requested_backend", "resolve_backend", "triton_runs_on", "use_backend"]
 
@@ -49,8 +48,9 @@ def requested_backend(backend: str | None = None) -> tuple[str, str]:
     scoped = _requested.top()
     if scoped is not None:
         return scoped, "use_backend"
-    if os.environ.get(ENV_VAR):
-        return _check(os.environ[ENV_VAR], f"${ENV_VAR}"), f"${ENV_VAR}"
+    from_env = getenv(ENV_VAR)
+    if from_env:
+        return _check(from_env, f"${ENV_VAR}"), f"${ENV_VAR}"
     return "torch", "default"
 
 
@@ -76,4 +76,4 @@ def triton_runs_on(device: torch.device) -> bool:
     """Whether the Triton kernels can run on ``device``: CUDA, or the CPU under ``TRITON_INTERPRET=1``."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return device.type == "cpu" and getenv("TRITON_INTERPRET", "0") not in ("", "0")
