@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..core.multires import MultiResMap
 from ..kernels import conv as conv_kernels
 from ..runtime import autotune, dispatch
-from ..runtime.backend import triton_runs_on
+from ..runtime.backend import TRITON_DTYPES, triton_runs_on
 from ..runtime.context import getenv
 from .batchnorm import EvalStats, bn_add_act, eval_stats
 
@@ -203,16 +203,13 @@ def _conv_dense(
     return out.permute(0, 2, 3, 1)[b, cy, cx]
 
 
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _check_triton(values: Tensor) -> None:
     if not (values.is_cuda or triton_runs_on(values.device)):
         raise RuntimeError(
             f"the triton backend needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); the input is on "
             f"{values.device}"
         )
-    if values.dtype not in _TRITON_DTYPES:
+    if values.dtype not in TRITON_DTYPES:
         raise TypeError(f"the triton backend computes in float32, float16 or bfloat16, got {values.dtype}")
 
 

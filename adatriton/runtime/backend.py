@@ -23,9 +23,19 @@ import torch
 
 from .context import ScopedStack, getenv
 
-__all__ = ["BACKENDS", "ENV_VAR", "requested_backend", "resolve_backend", "triton_runs_on", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "TRITON_DTYPES",
+    "requested_backend",
+    "resolve_backend",
+    "triton_runs_on",
+    "use_backend",
+]
 
 BACKENDS = ("torch", "dense", "triton", "auto")
+#: The dtypes the triton backend computes in.
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ENV_VAR = "ADATRITON_BACKEND"
 _requested: ScopedStack[str] = ScopedStack("adatriton_backend")
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backend import BACKENDS, requested_backend, triton_runs_on
+from .backend import BACKENDS, TRITON_DTYPES, requested_backend, triton_runs_on
 from .context import ScopedStack
 from .files import CACHE_DIR_ENV, CacheFileError, cache_dir, hardware_name, read_entries_file, slug, update_entries_file
 
@@ -79,8 +79,6 @@ CPU_CROSSOVER = 0.9
 CPU_GROUPED_CROSSOVER = 0.02
 #: Version of the calibration file format; files with another one are ignored.
 CALIBRATION_SCHEMA = 1
-
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------- signatures
@@ -356,7 +354,7 @@ def select(x: Any, weight: Tensor, tap_spacing: int, groups: int, downsample: bo
     sig = Signature.of(weight, tap_spacing, groups, x.dtype)
     if name == "auto":
         name, reason = choose(sig, density, x.device)
-        if name == "triton" and not (triton_runs_on(x.device) and x.dtype in _TRITON_DTYPES):
+        if name == "triton" and not (triton_runs_on(x.device) and x.dtype in TRITON_DTYPES):
             why = "no CUDA device or interpreter" if not triton_runs_on(x.device) else f"dtype {sig.dtype}"
             logger.debug("auto: %s at density %.3f: triton cannot run (%s); using torch", sig.key, density, why)
             name, reason = "torch", f"{reason}; triton cannot run ({why}): torch"
