@@ -31,6 +31,7 @@ __all__ = [
     "Network",
     "build_model",
     "dense_backend_name",
+    "dense_columns",
     "level_fractions",
     "network_rows",
     "photo",
@@ -92,6 +93,30 @@ def photo(batch: int, height: int, width: int) -> Tensor:
 def level_fractions(fractions: Sequence[float]) -> str:
     """``"0.300/0.000/0.700"``: area fraction per level."""
     return "/".join(f"{float(f):.3f}" for f in fractions)
+
+
+def dense_columns(
+    common: dict, stride: str, level: int, num_levels: int, device: torch.device, elements: int, macs_total: int,
+    macs_backbone: int,
+) -> dict:  # fmt: skip
+    """The columns of a dense reference row: no mask, the uniform map at ``level`` (of ``num_levels + 1``) that the
+    dense network at ``stride`` equals, the dense backend of ``device``, no bookkeeping."""
+    uniform = [float(v == level) for v in range(num_levels + 1)]
+    return dict(
+        common,
+        output_stride=stride,
+        mask_source="none",
+        mask_param="",
+        fraction_target=uniform[0],
+        fraction_level0=uniform[0],
+        level_fractions=level_fractions(uniform),
+        backend=dense_backend_name(device),
+        dispatch="dense network",
+        elements=elements,
+        macs_total=macs_total,
+        macs_backbone=macs_backbone,
+        bookkeeping_ms=0.0,
+    )
 
 
 def prepare_levelmap(levels: Tensor, num_levels: int, net: nn.Module) -> LevelMap:
@@ -341,21 +366,8 @@ def network_rows(
             count = adatriton.count_macs(model, x_meta)
             finest = int(stride)
             level = int(math.log2(finest // 8))  # the uniform map on the OS8 grid that this network equals
-            columns = dict(
-                common,
-                output_stride=stride,
-                mask_source="none",
-                mask_param="",
-                fraction_target=float(level == 0),
-                fraction_level0=float(level == 0),
-                level_fractions=level_fractions([float(v == level) for v in range(level + 1)]),
-                backend=dense_backend_name(o.device),
-                dispatch="dense network",
-                elements=o.batch * -(-h // finest) * -(-w // finest),
-                macs_total=count.total,
-                macs_backbone=count.backbone,
-                bookkeeping_ms=0.0,
-            )
+            elements = o.batch * -(-h // finest) * -(-w // finest)
+            columns = dense_columns(common, stride, level, level, o.device, elements, count.total, count.backbone)
             jobs.add(functools.partial(fn, net.x), f"{net.name} OS{stride}", columns, record=False)
         for conversion in o.conversions:
             k = num_levels_of(conversion)

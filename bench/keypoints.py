@@ -69,7 +69,7 @@ from adatriton.runtime.backend import resolve_backend
 
 from ._cli import DTYPES, add_backends, add_device, add_dtype, add_iters, non_negative_int, positive_int
 from ._measure import device_name, measure
-from ._networks import dense_backend_name, level_fractions, timed_row
+from ._networks import dense_columns, level_fractions, timed_row
 from ._schema import Row
 from ._suite import Context, Suite
 
@@ -524,22 +524,8 @@ def run(ctx: Context) -> list[Row]:
             net = D2Net(features, stride)
             count = d2net.count_macs(net, (h, w), batch=o.batch)
             level = int(math.log2(int(stride)))  # the uniform "1->8" map L == level equals this network
-            uniform = [float(v == level) for v in range(d2net.NUM_POOLS + 1)]
-            columns = dict(
-                common,
-                output_stride=stride,
-                mask_source="none",
-                mask_param="",
-                fraction_target=uniform[0],
-                fraction_level0=uniform[0],
-                level_fractions=level_fractions(uniform),
-                backend=dense_backend_name(dev),
-                dispatch="dense network",
-                elements=count.rows[-1].elements,
-                macs_total=count.total,
-                macs_backbone=count.total,
-                bookkeeping_ms=0.0,
-            )
+            elements = count.rows[-1].elements
+            columns = dense_columns(common, stride, level, d2net.NUM_POOLS, dev, elements, count.total, count.total)
             call = functools.partial(compiled(net.features_map), x)
             row = timed_row(ctx, call, f"{MODEL} OS{stride}", columns, record=False)
             rows += [row] if row is not None else []

@@ -33,7 +33,7 @@ from adatriton.masks.density import synthetic_grid
 from adatriton.models.graph import AdaptiveGraphModule
 
 from ._measure import measure
-from ._networks import InterleavedRows, dense_backend_name, level_fractions
+from ._networks import InterleavedRows, dense_columns, level_fractions
 from ._schema import Row
 from ._suite import Context, Suite
 
@@ -88,21 +88,8 @@ def _model_rows(ctx: Context, name: str, bar) -> list[Row]:
             net = first.finest_network() if stride == "8" else first.with_output_stride(stride)
             level = int(math.log2(int(stride) // 8))  # the uniform map on the OS8 grid that this network equals
             count = adatriton.count_macs(net, x_meta)
-            columns = dict(
-                common,
-                output_stride=stride,
-                mask_source="none",
-                mask_param="",
-                fraction_target=float(level == 0),
-                fraction_level0=float(level == 0),
-                level_fractions=level_fractions([float(v == level) for v in range(level + 1)]),
-                backend=dense_backend_name(o.device),
-                dispatch="dense network",
-                elements=o.batch * -(-h // int(stride)) * -(-w // int(stride)),
-                macs_total=count.total,
-                macs_backbone=count.backbone,
-                bookkeeping_ms=0.0,
-            )
+            elements = o.batch * -(-h // int(stride)) * -(-w // int(stride))
+            columns = dense_columns(common, stride, level, level, o.device, elements, count.total, count.backbone)
             jobs.add(functools.partial(net, x), f"{name} OS{stride}", columns, record=False)
         for conversion in conversions:
             base = first if conversion == conversions[0] else first.with_output_stride(conversion)
