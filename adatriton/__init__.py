@@ -1,16 +1,16 @@
 """adatriton: content-adaptive downsampling for CNNs, exact on every backend.
 
-Public API: :class:`LevelMap`, :class:`MultiResMap`, :func:`densify`, :func:`convert`, the ops in
-:mod:`adatriton.functional`, backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``, the per-layer ``"auto"``
-dispatcher :mod:`adatriton.dispatch` and :func:`explain`), segmentation models (:mod:`adatriton.segmentation`), mask
-sources (:mod:`adatriton.masks`), :func:`load_authors_state_dict`, drop-in modules (:mod:`adatriton.modules`:
-:class:`AdaptiveConv2d` and friends, :func:`swap_modules`, :func:`make_deformable`), :func:`count_macs`, and the
-D2-Net / VGG-16 case study (:mod:`adatriton.d2net`, :mod:`adatriton.hpatches`).
+The names most programs need live here: :class:`LevelMap`, :class:`MultiResMap`, :func:`densify`, :func:`convert`,
+backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``) and :func:`explain`, :func:`count_macs`,
+:func:`load_authors_state_dict`, the drop-in modules (:class:`AdaptiveConv2d` and friends, :func:`swap_modules`,
+:func:`make_deformable`) and the models. Everything else is public in the package of its layer (the README's
+"Package map"), each package's ``__init__`` listing its names: :mod:`adatriton.ops` (the ops on multi-resolution
+maps), :mod:`adatriton.runtime` (settings, the per-layer ``"auto"`` dispatcher, caches), :mod:`adatriton.core`,
+:mod:`adatriton.nn`, :mod:`adatriton.masks`, :mod:`adatriton.models`, :mod:`adatriton.analysis`,
+:mod:`adatriton.eval` (HPatches, matching) and :mod:`adatriton.tools` (autotuning, calibration, training).
 """
 
-import importlib
-
-from . import d2net, dispatch, functional, hpatches, masks, modules, segmentation
+from . import masks
 from .analysis.explain import explain
 from .analysis.macs import count_macs
 from .core.layout import Layout
@@ -58,28 +58,14 @@ __all__ = [
     "OUTPUT_STRIDES",
     "convert",
     "count_macs",
-    "d2net",
     "densify",
-    "dispatch",
     "explain",
-    "functional",
-    "hpatches",
     "load_authors_state_dict",
     "load_d2net_state_dict",
     "make_deformable",
     "masks",
-    "modules",
     "resolve_backend",
-    "segmentation",
     "swap_modules",
     "use_backend",
 ]
 
-# Entry points that pull in more than the op path (tqdm, the training loop, the CLIs) load on first use.
-_LAZY = ("autotune", "calibrate", "learned", "train")
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,9 @@
-"""``python -m adatriton.calibrate``: the dispatcher's crossover calibration (:mod:`adatriton.tools.calibrate`)."""
+"""``python -m adatriton.calibrate``: the dispatcher's crossover calibration CLI
+(:func:`adatriton.tools.calibrate.main`)."""
 
 import sys
 
-from .tools.calibrate import DEFAULT_DENSITIES, calibrate, crossover, main, table
-
-__all__ = ["DEFAULT_DENSITIES", "calibrate", "crossover", "main", "table"]
+from .tools.calibrate import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,1 +1,24 @@
 """The data: output strides and conversions, level maps, element layouts and multi-resolution maps."""
+
+from .layout import Layout, block_sums, ceil_div
+from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
+from .multires import MultiResMap
+from .strides import CONVERSIONS, OUTPUT_STRIDES, TILE_STRIDE, default_tile, num_levels_of, parse_output_stride
+
+__all__ = [
+    "CONVERSIONS",
+    "Layout",
+    "LevelMap",
+    "LevelMapDtypeError",
+    "LevelMapError",
+    "LevelMapExportError",
+    "MAX_LEVELS",
+    "MultiResMap",
+    "OUTPUT_STRIDES",
+    "TILE_STRIDE",
+    "block_sums",
+    "ceil_div",
+    "default_tile",
+    "num_levels_of",
+    "parse_output_stride",
+]

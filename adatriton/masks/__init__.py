@@ -1,13 +1,12 @@
 """Mask sources: level maps from label maps (:func:`oracle`), images (:func:`edges`), keypoints (:func:`keypoints`)
 and a learned estimator (:class:`LearnedMask`), plus density control (:func:`report`, :func:`match_fraction`,
 :func:`synthetic`; ``edges(..., fraction=f)`` and ``oracle(..., fraction=f)`` hit a target level-0 area).
-``calibrate`` is a deprecated alias of :func:`match_fraction`. See :mod:`adatriton.masks.sources` for the grid and
-block conventions every source follows.
+See :mod:`adatriton.masks.sources` for the grid and block conventions every source follows.
 """
 
-from .common import MaskDtypeError, MaskInputError, finest_size
-from .density import Match, calibrate, match_fraction, report, synthetic
-from .learned import LearnedMask
+from .common import MaskDtypeError, MaskInputError, finest_size, keep_to_levels, odd_size, parse_conversion
+from .density import Match, match_fraction, report, synthetic, synthetic_grid
+from .learned import DOWNSAMPLE, KEEP, LEARNED_CONVERSION, LearnedMask, upsample_mask
 from .sources import (
     EDGE_DILATION,
     EDGE_THRESHOLD,
@@ -25,26 +24,33 @@ from .sources import (
 )
 
 __all__ = [
+    "DOWNSAMPLE",
     "EDGE_DILATION",
     "EDGE_THRESHOLD",
     "GRAY_WEIGHTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "KEEP",
+    "LEARNED_CONVERSION",
     "LearnedMask",
+    "MaskDtypeError",
+    "MaskInputError",
+    "Match",
+    "ORACLE_KERNEL",
     "PAPER_EDGE_THRESHOLDS",
     "PAPER_KEYPOINT_DILATIONS",
     "PAPER_ORACLE_KERNELS",
-    "Match",
-    "MaskDtypeError",
-    "MaskInputError",
-    "ORACLE_KERNEL",
-    "calibrate",
     "edges",
     "finest_size",
+    "keep_to_levels",
     "keypoints",
     "match_fraction",
+    "odd_size",
     "oracle",
+    "parse_conversion",
     "report",
     "sift_keypoints",
     "synthetic",
+    "synthetic_grid",
+    "upsample_mask",
 ]

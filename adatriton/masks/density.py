@@ -3,7 +3,6 @@ synthetic level maps with an exact number of level-0 tiles (for budgets, benchma
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -16,7 +15,7 @@ from ..core.levelmap import LevelMap
 from ..core.strides import default_tile
 from .common import MaskInputError, keep_to_levels, odd_size, parse_conversion
 
-__all__ = ["Match", "calibrate", "match_fraction", "report", "synthetic", "synthetic_grid"]
+__all__ = ["Match", "match_fraction", "report", "synthetic", "synthetic_grid"]
 
 _SYNTHETIC_KINDS = ("blobs", "blocks")
 
@@ -138,18 +137,6 @@ def match_fraction(
         else:
             hi = mid
     return best(lo, hi)
-
-
-def calibrate(*args, **kwargs) -> Match:
-    """Deprecated alias of :func:`match_fraction` (one name per concept: ``adatriton.calibrate`` is the unrelated
-    calibration of the ``auto`` dispatcher). Warns with a ``DeprecationWarning``, then calls it."""
-    warnings.warn(
-        "adatriton.masks.calibrate is deprecated; use adatriton.masks.match_fraction (the same function). "
-        "adatriton.calibrate is the dispatcher's calibration, an unrelated thing.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return match_fraction(*args, **kwargs)
 
 
 def synthetic(

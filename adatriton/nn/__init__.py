@@ -1,1 +1,25 @@
 """Drop-in modules: torch layers that also run on multi-resolution maps, and :func:`swap_modules`."""
+
+from .modules import (
+    ADAPTIVE_MODULES,
+    AdaptiveBatchNorm2d,
+    AdaptiveConv2d,
+    AdaptiveMaxPool2d,
+    AdaptiveReLU,
+    DeformableConv2d,
+    conv_at,
+    make_deformable,
+    swap_modules,
+)
+
+__all__ = [
+    "ADAPTIVE_MODULES",
+    "AdaptiveBatchNorm2d",
+    "AdaptiveConv2d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveReLU",
+    "DeformableConv2d",
+    "conv_at",
+    "make_deformable",
+    "swap_modules",
+]

@@ -1,1 +1,51 @@
-"""Entry points: autotuning, dispatcher calibration and training (``python -m adatriton.autotune`` etc.)."""
+"""Entry points: autotuning (:mod:`adatriton.tools.autotune`), dispatcher calibration
+(:mod:`adatriton.tools.calibrate`), the shared command-line options (:mod:`adatriton.tools.cli`) and training
+(:mod:`adatriton.tools.train`); ``python -m adatriton.autotune`` and ``python -m adatriton.calibrate`` run the CLIs.
+
+The names below load their module on first use, so that importing this package stays as light as ``import
+adatriton`` (the training loop and its progress bar load only when used). The functions named like their module
+(``calibrate.calibrate``, ``train.train``) and each CLI's ``main`` stay in their modules, where the module's name does
+not shadow them.
+"""
+
+import importlib
+
+#: ``{public name: the module of this package that defines it}``.
+_SOURCES = {
+    "ADAPTIVE_OUTPUT_STRIDES": "cli",
+    "DEFAULT_DENSITIES": "calibrate",
+    "DTYPES": "cli",
+    "DTYPE_ALIASES": "cli",
+    "MODELS": "cli",
+    "SyncAdaptiveBatchNorm2d": "train",
+    "SyncBatchNorm2d": "train",
+    "add_dtype_argument": "cli",
+    "add_model_arguments": "cli",
+    "add_repeats_argument": "cli",
+    "convert_sync_batchnorm": "train",
+    "crossover": "calibrate",
+    "device": "cli",
+    "fraction": "cli",
+    "non_negative_int": "cli",
+    "param_groups": "train",
+    "poly_lr": "train",
+    "positive_int": "cli",
+    "random_level_map": "autotune",
+    "save_checkpoint": "train",
+    "table": "calibrate",
+    "tune_model": "autotune",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))

@@ -1,6 +1,5 @@
 """Mask budgets a new user meets first (issue 15): ``fraction=`` on the threshold-like sources, the documented
-defaults and the image size they were chosen for, the hint for an ``(H, W, 3)`` image, and ``masks.calibrate``'s
-deprecation in favour of ``match_fraction``."""
+defaults and the image size they were chosen for, and the hint for an ``(H, W, 3)`` image."""
 
 import functools
 
@@ -105,12 +104,3 @@ def test_following_the_hint_works():
     img = _photo("astronaut", 48, 64)  # (H, W, 3) uint8
     lm = masks.edges(torch.as_tensor(img).permute(2, 0, 1)[None], "8->32")
     assert lm.shape == (1, 6, 8)
-
-
-def test_calibrate_is_deprecated_but_works():
-    img = photo("astronaut", 64, 128)
-    source = functools.partial(masks.edges, img, "8->32")
-    with pytest.warns(DeprecationWarning, match="use adatriton.masks.match_fraction"):
-        old = masks.calibrate(source, 0.4, "threshold")
-    new = masks.match_fraction(source, 0.4, "threshold")
-    assert old.value == new.value and torch.equal(old.levelmap.levels, new.levelmap.levels)
