@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import adatriton
-from adatriton import LevelMap, masks, segmentation
+from adatriton import LevelMap, masks
 from adatriton.core.strides import num_levels_of
+from adatriton.models import segmentation
 from adatriton.models.resnet import LAYERS
 from adatriton.runtime.timing import time_calls
 
@@ -40,7 +41,7 @@ __all__ = [
     "timed_row",
 ]
 
-#: Segmentation heads the suites build (adatriton.segmentation builders).
+#: Segmentation heads the suites build (adatriton.models.segmentation builders).
 HEADS = ("fcn", "deeplabv3", "deeplabv3plus")
 #: Level-map sources: clustered synthetic blobs, Sobel edges of the photograph.
 MASK_SOURCES = ("synthetic", "edges")
@@ -225,7 +226,7 @@ def timed_row(
         warmup = o.warmup
         dispatch = columns.get("dispatch", "")
         if record:  # one warm-up call records which backend computed every adaptive conv
-            with adatriton.dispatch.recording() as records:
+            with adatriton.runtime.dispatch.recording() as records:
                 call()
             dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
         timing = measure(call, o.device, warmup, o.iters)
@@ -303,7 +304,7 @@ class InterleavedRows:
             try:
                 warmup = o.warmup
                 if job.record:  # the first warm-up call records which backend computed every adaptive conv
-                    with adatriton.dispatch.recording() as records:
+                    with adatriton.runtime.dispatch.recording() as records:
                         job.call()
                     job.dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
                 for _ in range(warmup):

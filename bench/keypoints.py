@@ -5,12 +5,12 @@ the paper's ten keypoint dilation triplets (docs/semantics.md §6). Two entry po
 shared schema (:class:`bench.Row`), ``keypoints_summary.md`` (times and MAs over dense OS1 and OS8, the suite's
 ``references``) and a plot. Per run: one row per dense output stride, then one per triplet and backend
 (``--backends``, default ``auto``, the per-layer dispatcher). The input is image 1 .. ``batch`` of the synthetic
-HPatches-layout sequence (:func:`adatriton.hpatches.make_synthetic_sequence`, the astronaut photograph warped;
+HPatches-layout sequence (:func:`adatriton.eval.hpatches.make_synthetic_sequence`, the astronaut photograph warped;
 cycled past six), random VGG-16 weights (``--seed``). Columns:
 
 - ``model`` ``d2net_vgg16``, ``backbone`` ``vgg16``, ``head`` ``d2net``, ``scope`` ``backbone``: the timed call is
   the trunk (``features_map`` dense, ``features_multires`` adaptive, without densifying); D2-Net's head (L2
-  normalisation) has no MAs, so ``macs_total == macs_backbone`` (per batch, :func:`adatriton.d2net.count_macs`).
+  normalisation) has no MAs, so ``macs_total == macs_backbone`` (per batch, :func:`adatriton.analysis.d2net_macs`).
 - ``output_stride`` ``"1"``, ``"2"``, ``"4"``, ``"8"`` (dense; ``backend`` ``onednn`` / ``cudnn``) or ``"1->8"``.
 - ``mask_source`` ``keypoints`` (dense: ``none``), ``mask_param`` the triplet ``d1/d2/d4`` (``25/51/51``,
   ``inf/inf/inf``; dense: empty) -- it names the map and is part of the key.
@@ -30,7 +30,7 @@ Full run: 240x320, 10 warm-up + 10 timed calls; ``--quick``: 96x128, 1 + 5 (fewe
 PATH] [--backends ...]``, :func:`run_keypoints`; options spelt as in ``python -m bench``, see :mod:`bench._cli`)
 writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
 
-- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.d2net.count_macs`) per image, averaged over the six
+- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.analysis.d2net_macs`) per image, averaged over the six
   images of an HPatches-layout sequence (by default the synthetic mini-sequence, or a folder of the real dataset),
   and of the timed image;
 - **runtime** of the trunk on image 1 (batch 1; ``--warmup`` untimed then ``--iters`` timed calls; CUDA events on
@@ -38,7 +38,7 @@ writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
   rows run on a prebuilt level map with its index tables (:meth:`D2Net.build_tables`): that bookkeeping is timed
   apart, as ``sift_s`` (SIFT keypoints) and ``levelmap_s`` (level map + index tables);
 - optionally (``mma=True``) the mean matching accuracy of the sequence's five pairs at 1..10 px
-  (:func:`adatriton.hpatches.evaluate`; with random weights it measures the pipeline, not D2-Net).
+  (:func:`adatriton.eval.hpatches.evaluate`; with random weights it measures the pipeline, not D2-Net).
 
 Random VGG-16 weights unless ``weights`` names a D2-Net checkpoint (``d2_tf.pth``, caffe preprocessing).
 """
@@ -62,8 +62,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from adatriton import d2net, hpatches, masks
-from adatriton.d2net import D2Net
+from adatriton import masks
+from adatriton.analysis import d2net_macs
+from adatriton.eval import hpatches
+from adatriton.models import d2net, load_d2net_state_dict
+from adatriton.models.d2net import D2Net
 from adatriton.runtime import timing
 from adatriton.runtime.backend import resolve_backend
 
@@ -261,7 +264,7 @@ def run_keypoints(
     torch.manual_seed(seed)
     base = D2Net(d2net.vgg_features(trunk_config), "1", backend=backend)
     if weights is not None:
-        d2net.load_d2net_state_dict(base, weights)
+        load_d2net_state_dict(base, weights)
     base = base.to(device=dev, dtype=dtype).eval()
     preprocessing = "caffe" if weights is not None else "torch"
     seq = _sequence(sequence, size, seed)
@@ -324,9 +327,9 @@ def run_keypoints(
             level1=math.nan,
             level2=math.nan,
             level3=math.nan,
-            macs_per_image=d2net.count_macs(net, (h, w)).per_image,
+            macs_per_image=d2net_macs(net, (h, w)).per_image,
             macs_ratio_to_os1=math.nan,
-            macs_timed=d2net.count_macs(net, (h, w)).total,
+            macs_timed=d2net_macs(net, (h, w)).total,
             median_s=statistics.median(times),
             min_s=min(times),
             max_s=max(times),
@@ -397,9 +400,9 @@ def _adaptive_row(
         level1=fr[1],
         level2=fr[2],
         level3=fr[3],
-        macs_per_image=d2net.count_macs(net, levels=lm_all).per_image,
+        macs_per_image=d2net_macs(net, levels=lm_all).per_image,
         macs_ratio_to_os1=math.nan,
-        macs_timed=d2net.count_macs(net, levels=lm1).total,
+        macs_timed=d2net_macs(net, levels=lm1).total,
         median_s=statistics.median(times),
         min_s=min(times),
         max_s=max(times),
@@ -522,7 +525,7 @@ def run(ctx: Context) -> list[Row]:
     with ctx.progress(len(d2net.DENSE_STRIDES) + len(DILATIONS) * len(backends)) as bar, torch.inference_mode():
         for stride in d2net.DENSE_STRIDES:
             net = D2Net(features, stride)
-            count = d2net.count_macs(net, (h, w), batch=o.batch)
+            count = d2net_macs(net, (h, w), batch=o.batch)
             level = int(math.log2(int(stride)))  # the uniform "1->8" map L == level equals this network
             elements = count.rows[-1].elements
             columns = dense_columns(common, stride, level, d2net.NUM_POOLS, dev, elements, count.total, count.total)
@@ -538,7 +541,7 @@ def run(ctx: Context) -> list[Row]:
             build = functools.partial(_keypoint_tables, any_net, rgb, dil, kps, dev)
             bookkeeping = measure(build, dev, min(o.warmup, 1), o.iters).median
             lm = build()
-            count = d2net.count_macs(any_net, levels=lm_cpu)
+            count = d2net_macs(any_net, levels=lm_cpu)
             fr = lm_cpu.fractions().tolist()
             for backend, fn in fns.items():
                 columns = dict(

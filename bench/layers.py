@@ -3,7 +3,7 @@
 Shapes of ``layer3`` (stage 1: one downsampling done) and ``layer4`` (stage 2) at the OS8 grid of the input image
 (128x256 for 1024x2048): the 3x3 conv2 with its tap spacing and the 1x1 conv1. The input is a multi-resolution map
 on a clustered synthetic 8->32 level map at each level-0 fraction, so the layer computes what it computes inside the
-network: every element of its stage (level-0 pixels plus the coarse blocks), ``adatriton.functional.conv2d`` with
+network: every element of its stage (level-0 pixels plus the coarse blocks), ``adatriton.ops.conv2d`` with
 ``backend=`` ``auto`` / ``torch`` / ``dense`` / ``triton``. The reference (``output_stride`` ``8``, backend
 ``cudnn`` / ``onednn``) is ``torch.nn.functional.conv2d`` over the whole dense grid with the dilation of the dense
 OS8 network, channels-last. Bookkeeping is the level map with the layout and tap table of the layer.
@@ -19,7 +19,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-import adatriton.functional as AF
+import adatriton.ops as AF
 from adatriton import LevelMap, MultiResMap, masks
 
 from ._measure import measure

@@ -33,8 +33,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import adatriton
 from adatriton import LevelMap, LevelMapError, MultiResMap, masks
-from adatriton import autotune as AT
-from adatriton import functional as AF
+from adatriton import ops as AF
 from adatriton.kernels import conv as conv_kernels
 from adatriton.runtime import autotune as runtime_autotune
 from adatriton.tools import calibrate as calibrate_tool
@@ -276,13 +275,13 @@ def _impossible_autotune_entry(ctx):
     ctx.monkeypatch.setenv("ADATRITON_CACHE_DIR", str(ctx.tmp_path))
     ctx.monkeypatch.setattr(runtime_autotune, "_caches", {})
     shape = {"rows": 100, "cin_g": 16, "cout_g": 16, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
-    path = AT.cache_path("cpu")
+    path = runtime_autotune.cache_path("cpu")
     path.parent.mkdir(parents=True, exist_ok=True)
-    entries = {AT.conv_key(**shape): {"config": [3, 5, 7, 1, 3], "time_ms": 1.0, "candidates": 2}}
+    entries = {runtime_autotune.conv_key(**shape): {"config": [3, 5, 7, 1, 3], "time_ms": 1.0, "candidates": 2}}
     path.write_text(
         json.dumps({"schema": 1, "gpu": "interpreter-cpu", "triton": triton.__version__, "entries": entries})
     )
-    got = AT.select_config(**shape, device=torch.device("cpu"), launch=lambda config: None)
+    got = runtime_autotune.select_config(**shape, device=torch.device("cpu"), launch=lambda config: None)
     assert got == conv_kernels.default_config(100, 16, 16)  # the bucket falls back instead of crashing the launch
 
 

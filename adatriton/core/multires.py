@@ -23,7 +23,7 @@ class MultiResMap:
         layout: the element layout (a level map at a stage).
 
     Elementwise ops act on ``values`` directly (every element counts once); convolutions and downsampling live
-    in :mod:`adatriton.ops` (re-exported by :mod:`adatriton.functional`).
+    in :mod:`adatriton.ops`.
     """
 
     __slots__ = ("values", "layout")

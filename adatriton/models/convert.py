@@ -37,11 +37,11 @@ def convert(
 
     Args:
         model: a torchvision ``ResNet`` with bottleneck blocks (ResNet-50/101/152), any
-            ``replace_stride_with_dilation``; the ``IntermediateLayerGetter`` over one; or a segmentation model on
-            one: torchvision's ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (``FCN`` / ``DeepLabV3``), or
-            :func:`adatriton.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152). Any other
-            model goes through the ``torch.fx`` graph path (:func:`adatriton.models.graph.convert_graph`: MobileNets,
-            EfficientNets, RegNets, VGG, LRASPP, ...), which does not modify it.
+            ``replace_stride_with_dilation``; the ``IntermediateLayerGetter`` over one; or a segmentation model on one:
+            torchvision's ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (``FCN`` / ``DeepLabV3``), or
+            :func:`adatriton.models.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152). Any
+            other model goes through the ``torch.fx`` graph path (:func:`adatriton.models.graph.convert_graph`:
+            MobileNets, EfficientNets, RegNets, VGG, LRASPP, ...), which does not modify it.
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks; the ints ``8``, ``16``, ``32`` mean the same) or
             ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive: finest grid at the first stride, downsampled by a level
             map towards the second); the graph path takes any power of two and any ``"a->b"`` with powers of two
@@ -74,13 +74,13 @@ def convert(
         grid; optional for dense strides) and returns what the model returns: logits for a ``ResNet``, the
         getter's ``OrderedDict`` (adaptive layers densified to the finest grid) for an ``IntermediateLayerGetter``
         (:class:`~adatriton.resnet.AdaptiveResNet`), ``OrderedDict(out=...[, aux=...])`` at the input size for a
-        segmentation model (:class:`~adatriton.segmentation.AdaptiveSegmentationModel`; heads on the densified
+        segmentation model (:class:`~adatriton.models.segmentation.AdaptiveSegmentationModel`; heads on the densified
         finest-grid maps).
 
     Example:
         >>> net = adatriton.convert(torchvision.models.resnet101(), "8->32").eval()
         >>> logits = net(images, levels)          # levels: (N, H/8, W/8) with values in {0, 1, 2}
-        >>> seg = adatriton.convert(adatriton.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
+        >>> seg = adatriton.convert(adatriton.models.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
         >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
     """
     if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):

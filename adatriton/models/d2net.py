@@ -257,7 +257,7 @@ class D2Net(nn.Module):
         output_stride: ``"1"``, ``"2"``, ``"4"``, ``"8"`` (dense) or ``"1->8"`` (adaptive, needs a level map).
         use_relu: apply a ReLU to the conv4_3 output (D2-Net's default).
         backend: conv backend of the adaptive trunk (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
-            resolves as :func:`adatriton.functional.conv2d` does.
+            resolves as :func:`adatriton.ops.conv2d` does.
 
     Input images are preprocessed tensors ``(N, 3, H, W)`` (see :func:`preprocess`). State_dict keys are
     ``features.<i>.weight|bias`` with torchvision's module indices.

@@ -3,7 +3,7 @@ output stride run densely; the remaining layers run on the multi-resolution map,
 strided network downsamples.
 
 Conversion swaps the model's ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` children, in place,
-for their drop-in subclasses (:mod:`adatriton.modules`, same parameter and buffer objects, same behaviour on
+for their drop-in subclasses (:mod:`adatriton.nn.modules`, same parameter and buffer objects, same behaviour on
 tensors). The converted module holds the model's children under the same names, so state_dict keys and
 parameters are shared, and it uses its own strides and dilations: the model's ``replace_stride_with_dilation``
 does not matter (the weights are the same). The source is a ``ResNet`` or the ``IntermediateLayerGetter`` over one

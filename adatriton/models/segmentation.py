@@ -246,7 +246,7 @@ class AdaptiveSegmentationModel(nn.Module):
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
         backend: conv backend of the adaptive part; None resolves per call.
         filter_fn: ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g. ``"backbone.layer3.0.conv2"``)
-            chooses the layers :func:`~adatriton.modules.swap_modules` replaces in place; None swaps all.
+            chooses the layers :func:`~adatriton.nn.modules.swap_modules` replaces in place; None swaps all.
         downsampling: ``"top_left"`` or ``"softpool"`` (see :class:`~adatriton.resnet.AdaptiveResNet`).
     """
 

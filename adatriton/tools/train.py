@@ -1,7 +1,7 @@
 """Fine-tuning a segmentation model with a learned mask (docs/semantics.md §6): the authors' recipe in one function,
 in one process or many (``torchrun``, DistributedDataParallel), in float32 or under autocast.
 
-:func:`train` runs :meth:`~adatriton.learned.LearnedMaskModel.forward_train` (OS8 and OS16 ``layer3`` blended by
+:func:`train` runs :meth:`~adatriton.models.learned.LearnedMaskModel.forward_train` (OS8 and OS16 ``layer3`` blended by
 the hard Gumbel mask) on the batches of a dataset, minimising
 
     ``cross_entropy(out, label, ignore_index) + mask_weight * (fraction downsampled - gamma)^2``
@@ -165,11 +165,11 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
 
     Unlike :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, the modules are not replaced: each keeps its
     identity, parameters, buffers and state_dict keys (only its class changes), so the wrappers that share them
-    (a converted network, a :class:`~adatriton.learned.LearnedMaskModel`'s OS8 / OS16 paths) stay in step; and it
+    (a converted network, a :class:`~adatriton.models.learned.LearnedMaskModel`'s OS8 / OS16 paths) stay in step; and it
     runs on the CPU (gloo) too. Eval mode and single-process runs compute exactly what they did.
 
     Args:
-        model: the model (e.g. a :class:`~adatriton.learned.LearnedMaskModel`).
+        model: the model (e.g. a :class:`~adatriton.models.learned.LearnedMaskModel`).
         process_group: the group to synchronise over; None: the default (world) group.
 
     Returns:
@@ -338,9 +338,9 @@ def train(
     """Fine-tune ``model`` (segmentation network and mask estimator together) with the authors' settings.
 
     Args:
-        model: a :class:`~adatriton.learned.LearnedMaskModel`, or ``DistributedDataParallel`` over one; trained in
-            place and left in eval mode. With an initialised process group of more than one process a plain model
-            is wrapped here (``find_unused_parameters`` when it has an auxiliary head, which the loss does not use).
+        model: a :class:`~adatriton.models.learned.LearnedMaskModel`, or ``DistributedDataParallel`` over one; trained
+            in place and left in eval mode. With an initialised process group of more than one process a plain model is
+            wrapped here (``find_unused_parameters`` when it has an auxiliary head, which the loss does not use).
         dataset: map-style dataset of ``(image (3, H, W) float, label (H, W) long)`` pairs (or a ready
             ``DataLoader`` yielding batches ``(N, 3, H, W)``, ``(N, H, W)``; give it a ``DistributedSampler`` when
             distributed, whose ``set_epoch`` is then called every epoch).
@@ -417,7 +417,7 @@ def train(
     it = 0
     resumed_total = None
     if resume is not None:
-        ckpt = read_checkpoint(resume, CheckpointError, "a checkpoint written by adatriton.train.train")
+        ckpt = read_checkpoint(resume, CheckpointError, "a checkpoint written by adatriton.tools.train.train")
         missing = [k for k in ("model", "optimizer", "iteration") if k not in ckpt]
         if missing:
             raise CheckpointError(f"{resume} is not a train() checkpoint: it has no {missing}")

@@ -37,7 +37,7 @@ def test_table2_backbone_figures_on_meta(resnet101, stride, reference):
 
 
 def test_table2_figures_of_the_deeplabv3_backbone_on_meta():
-    seg = adatriton.segmentation.deeplabv3("resnet101")
+    seg = adatriton.models.segmentation.deeplabv3("resnet101")
     os16 = count_macs(adatriton.convert(seg, "16"), META_1024)
     os8 = count_macs(adatriton.convert(seg, "8"), META_1024)
     # The paper's two-digit figures (Table 2: 4.2e11 and 1.4e12; its counter also counts the elementwise layers)
@@ -88,7 +88,7 @@ def test_converted_dense_backbone_matches_the_flop_counter(resnet50, stride):
 
 @pytest.mark.parametrize("builder", ["fcn", "deeplabv3", "deeplabv3plus"])
 def test_segmentation_models_match_the_flop_counter(builder):
-    model = getattr(adatriton.segmentation, builder)("resnet50", num_classes=5).eval()
+    model = getattr(adatriton.models.segmentation, builder)("resnet50", num_classes=5).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = _flops_over_2(lambda: model(x))
@@ -177,7 +177,7 @@ def test_count_macs_covers_the_d2net_trunk():
     x = torch.empty(2, 3, 20, 28, device="meta")
     lm = LevelMap.random(2, 20, 28, 3, generator=torch.Generator().manual_seed(1))
     count = adatriton.count_macs(net, x, lm)
-    assert count.total == adatriton.d2net.count_macs(net, levels=lm).total == count.at(count.elements)
+    assert count.total == adatriton.analysis.d2net_macs(net, levels=lm).total == count.at(count.elements)
     assert len(count.rows) == 10 and count.rows["adaptive"].all() and count.head == 0
     for level, stride in ((0, "1"), (3, "8")):
         dense = adatriton.count_macs(net.with_output_stride(stride), x)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from adatriton import d2net, hpatches
-from adatriton.hpatches import HPatchesError, HPatchesSequence
+from adatriton.eval import hpatches, keypoint_describer
+from adatriton.eval.hpatches import HPatchesError, HPatchesSequence
+from adatriton.models import d2net
 
 SIZE = (72, 96)
 
@@ -133,7 +134,7 @@ def test_d2net_pipeline_on_the_mini_sequence(mini):
     root, _ = mini
     torch.manual_seed(0)
     net = d2net.D2Net(d2net.vgg_features((8, 8, "M", 16, 16, "M", 16, 16, 16, "M", 32, 32, 32)), "1->8").eval()
-    describe = d2net.keypoint_describer(net, (5, 11, 21), max_keypoints=64, preprocessing="torch")
+    describe = keypoint_describer(net, (5, 11, 21), max_keypoints=64, preprocessing="torch")
     seq = hpatches.load_sequence(root / "v_astronaut")
     result = hpatches.evaluate([seq], describe)
     mma = [result.mma[t] for t in result.thresholds]

@@ -14,9 +14,10 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
 
 import adatriton
-from adatriton import CheckpointError, LevelMap, load_authors_state_dict, segmentation
-from adatriton.learned import upsample_mask
+from adatriton import CheckpointError, LevelMap, load_authors_state_dict
+from adatriton.models import segmentation
 from adatriton.models.checkpoints import dilate_head, read_checkpoint
+from adatriton.models.learned import upsample_mask
 from adatriton.models.segmentation import DeepLabHeadV3Plus
 from tests.models.test_learned import tiny_deeplab  # the small DeepLabv3 of the learned-mask tests
 
@@ -241,7 +242,7 @@ def to_authors_learned_layout(state_dict: dict, high_res_stats: dict) -> Ordered
 
 def _learned(seed: int):
     torch.manual_seed(seed)
-    return _randomised(adatriton.learned.LearnedMaskModel(tiny_deeplab(aux=True)), seed)
+    return _randomised(adatriton.models.learned.LearnedMaskModel(tiny_deeplab(aux=True)), seed)
 
 
 def test_learned_mask_checkpoint_round_trip(tmp_path):
@@ -382,7 +383,7 @@ def _bad_checkpoints(tmp_path):
 
 def test_unreadable_checkpoints_raise_checkpoint_errors(tmp_path):
     model = torchvision.models.resnet50()
-    net = adatriton.d2net.D2Net()
+    net = adatriton.models.d2net.D2Net()
     for bad, message in _bad_checkpoints(tmp_path):
         with pytest.raises(CheckpointError, match=message) as info:
             load_authors_state_dict(model, bad)

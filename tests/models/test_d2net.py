@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from adatriton import LevelMap, LevelMapError, d2net, masks
-from adatriton.d2net import D2Net, D2NetCheckpointError, D2NetInputError
+from adatriton import LevelMap, LevelMapError, masks
+from adatriton.analysis import d2net_macs
+from adatriton.eval import match_mutual_nn
+from adatriton.models import d2net, load_d2net_state_dict
+from adatriton.models.d2net import D2Net, D2NetCheckpointError, D2NetInputError
 from tests.reference.simulation import DenseSim
 
 SMALL = (4, 4, "M", 6, 6, "M", 8, 8, 8, "M", 10, 10, 10)
@@ -189,7 +192,7 @@ def vgg_conv_macs(config, h, w, stride):
 
 def test_macs_vgg16_224():
     net = D2Net(make_layers(cfgs["D"]), "8")
-    count = d2net.count_macs(net, (224, 224))
+    count = d2net_macs(net, (224, 224))
     # conv1_x 1.936e9 + conv2_x 2.775e9 + conv3_x 4.624e9 + conv4_x 4.624e9; with conv5_x (1.387e9) this is the
     # well-known 15.35 GMAs of VGG-16's features at 224x224.
     assert count.total == vgg_conv_macs(d2net.VGG16_CONFIG, 224, 224, 8) == 13_959_364_608
@@ -201,8 +204,8 @@ def test_macs_uniform_levels_equal_dense(size):
     h, w = size
     net = small_net()
     for v in range(4):
-        dense = d2net.count_macs(net.with_output_stride(str(1 << v)), (h, w), batch=2)
-        adaptive = d2net.count_macs(net, levels=LevelMap.uniform(2, h, w, v, "1->8"))
+        dense = d2net_macs(net.with_output_stride(str(1 << v)), (h, w), batch=2)
+        adaptive = d2net_macs(net, levels=LevelMap.uniform(2, h, w, v, "1->8"))
         assert dense.total == adaptive.total == 2 * vgg_conv_macs(SMALL, h, w, 1 << v)
         assert dense.per_image == adaptive.per_image == dense.total / 2
         assert [r.elements for r in dense.rows] == [r.elements for r in adaptive.rows]
@@ -212,7 +215,7 @@ def test_macs_mixed_map_counts_elements():
     h, w = 27, 37
     net = small_net()
     lm = LevelMap.random(2, h, w, "1->8", generator=torch.Generator().manual_seed(7))
-    count = d2net.count_macs(net, levels=lm)
+    count = d2net_macs(net, levels=lm)
     lv = lm.levels
     for row in count.rows:
         j = row.stage
@@ -229,7 +232,7 @@ def test_macs_grow_along_the_paper_sweep():
     net = small_net()
     images = torch.rand(1, 3, h, w)
     kps = random_keypoints(1, h, w, 6, seed=2)
-    totals = [d2net.count_macs(net, levels=masks.keypoints(images, d, keypoints_xy=kps)).total
+    totals = [d2net_macs(net, levels=masks.keypoints(images, d, keypoints_xy=kps)).total
               for d in masks.PAPER_KEYPOINT_DILATIONS]  # fmt: skip
     assert totals == sorted(totals)
     assert totals[0] == vgg_conv_macs(SMALL, h, w, 8) and totals[-1] == vgg_conv_macs(SMALL, h, w, 1)
@@ -238,13 +241,13 @@ def test_macs_grow_along_the_paper_sweep():
 def test_macs_errors():
     net = small_net()
     with pytest.raises(D2NetInputError, match="level map"):
-        d2net.count_macs(net, (8, 8))
+        d2net_macs(net, (8, 8))
     with pytest.raises(LevelMapError, match="K = 3"):
-        d2net.count_macs(net, levels=LevelMap.uniform(1, 8, 8, 0, "8->32"))
+        d2net_macs(net, levels=LevelMap.uniform(1, 8, 8, 0, "8->32"))
     with pytest.raises(D2NetInputError, match="no level map"):
-        d2net.count_macs(net.with_output_stride("1"), (8, 8), levels=LevelMap.uniform(1, 8, 8, 0, "1->8"))
+        d2net_macs(net.with_output_stride("1"), (8, 8), levels=LevelMap.uniform(1, 8, 8, 0, "1->8"))
     with pytest.raises(D2NetInputError, match="size"):
-        d2net.count_macs(net.with_output_stride("1"), None)
+        d2net_macs(net.with_output_stride("1"), None)
 
 
 # ---------------------------------------------------------------------------------------------------- descriptors
@@ -279,10 +282,10 @@ def test_match_mutual_nn():
     d1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     d2 = torch.tensor([[0.0, 1.0], [1.0, 0.1], [0.9, 0.0]])
     # 0 -> d2[1] (1.0) and d2[1] -> d1[0]; 1 -> d2[0] and back; 2 -> d2[1] but d2[1] prefers 0: no match.
-    assert d2net.match_mutual_nn(d1, d2).tolist() == [[0, 1], [1, 0]]
-    assert d2net.match_mutual_nn(d1[:0], d2).shape == (0, 2)
+    assert match_mutual_nn(d1, d2).tolist() == [[0, 1], [1, 0]]
+    assert match_mutual_nn(d1[:0], d2).shape == (0, 2)
     with pytest.raises(D2NetInputError, match="dimension"):
-        d2net.match_mutual_nn(d1, torch.zeros(2, 3))
+        match_mutual_nn(d1, torch.zeros(2, 3))
 
 
 def test_preprocess():
@@ -344,14 +347,14 @@ def test_load_d2net_checkpoint(prefix, tmp_path):
     source, target = small_net(), small_net()
     ckpt = d2net_checkpoint(source.features, prefix)
     assert "dense_feature_extraction.model.21.weight" in {k[len(prefix) :] for k in ckpt["model"]}
-    result = d2net.load_d2net_state_dict(target, ckpt)
+    result = load_d2net_state_dict(target, ckpt)
     assert result.missing_keys == [] and result.unexpected_keys == []
     x = torch.randn(1, 3, 16, 24, dtype=torch.float64)
     torch.testing.assert_close(target.with_output_stride("4")(x), source.with_output_stride("4")(x))
     # from a file, as torch.save wrote it
     path = tmp_path / "d2.pth"
     torch.save(d2net_checkpoint(small_net().features), path)
-    d2net.load_d2net_state_dict(target, path)
+    load_d2net_state_dict(target, path)
     loaded = torch.load(path, weights_only=True)["model"]["dense_feature_extraction.model.21.weight"]
     torch.testing.assert_close(target.features[21].weight, loaded)
 
@@ -361,12 +364,12 @@ def test_load_d2net_checkpoint_errors():
     ckpt = d2net_checkpoint(net.features)["model"]
     missing = {k: v for k, v in ckpt.items() if not k.endswith("21.bias")}
     with pytest.raises(D2NetCheckpointError, match=r"missing: features\.21\.bias"):
-        d2net.load_d2net_state_dict(net, missing)
-    assert d2net.load_d2net_state_dict(net, missing, strict=False).missing_keys == ["features.21.bias"]
+        load_d2net_state_dict(net, missing)
+    assert load_d2net_state_dict(net, missing, strict=False).missing_keys == ["features.21.bias"]
     extra = dict(ckpt, **{"dense_feature_extraction.model.24.weight": torch.zeros(1)})
     with pytest.raises(D2NetCheckpointError, match=r"unexpected: dense_feature_extraction\.model\.24\.weight"):
-        d2net.load_d2net_state_dict(net, extra)
+        load_d2net_state_dict(net, extra)
     shaped = dict(ckpt, **{"dense_feature_extraction.model.0.weight": torch.zeros(4, 3, 5, 5)})
     with pytest.raises(D2NetCheckpointError, match=r"mis-shaped: .*model\.0\.weight.*\(4, 3, 5, 5\)"):
-        d2net.load_d2net_state_dict(net, shaped, strict=False)
+        load_d2net_state_dict(net, shaped, strict=False)
     assert issubclass(D2NetCheckpointError, ValueError)

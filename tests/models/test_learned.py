@@ -1,7 +1,7 @@
 """Learned masks (docs/semantics.md §6): the estimator's shapes and decisions, the level maps it makes, the eval
 forward (the
 ``"8->16"`` adaptive network driven by the mask), the training forward (dense OS8 / OS16 ``layer3`` blended at the
-``layer4`` input, straight-through gradients) and a few iterations of :func:`adatriton.train.train`.
+``layer4`` input, straight-through gradients) and a few iterations of :func:`adatriton.tools.train.train`.
 
 Most tests use a tiny DeepLabv3 (a bottleneck ResNet with blocks ``[1, 1, 2, 2]`` and thin inner widths: the same
 layer output widths and strides as ResNet-50, a fraction of the cost) so the file runs in well under a minute on
@@ -18,10 +18,11 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
 import adatriton
-from adatriton import LevelMap, segmentation
-from adatriton.learned import DOWNSAMPLE, KEEP, LearnedMaskModel, upsample_mask
+from adatriton import LevelMap
 from adatriton.masks import LearnedMask
-from adatriton.train import param_groups, poly_lr, train
+from adatriton.models import segmentation
+from adatriton.models.learned import DOWNSAMPLE, KEEP, LearnedMaskModel, upsample_mask
+from adatriton.tools.train import param_groups, poly_lr, train
 
 DT = torch.float64
 

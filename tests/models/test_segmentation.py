@@ -15,7 +15,8 @@ from torchvision.models import segmentation as tvseg
 from torchvision.models._utils import IntermediateLayerGetter
 
 import adatriton
-from adatriton import LevelMap, segmentation
+from adatriton import LevelMap
+from adatriton.models import segmentation
 from tests.reference.simulation import simulate_resnet_features
 
 DT = torch.float64

@@ -6,7 +6,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import adatriton
 from adatriton import LevelMap
-from adatriton import functional as AF
+from adatriton import ops as AF
 from adatriton.runtime.backend import triton_runs_on
 
 

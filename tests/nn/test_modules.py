@@ -1,4 +1,4 @@
-"""Drop-in modules (``adatriton.modules``), conversion by swapping children, SoftPool and deformable conversions."""
+"""Drop-in modules (``adatriton.nn``), conversion by swapping children, SoftPool and deformable conversions."""
 
 import copy
 
@@ -11,7 +11,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 import adatriton
 from adatriton import AdaptiveConv2d, LevelMap, MultiResMap
-from adatriton import functional as AF
+from adatriton import ops as AF
 from adatriton.models.resnet import BlockPlan, adaptive_bottleneck
 from tests.models.test_resnet import DILATION, DT, _assert_close, _finest, _weights
 from tests.reference.simulation import simulate_resnet_features

@@ -6,7 +6,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from adatriton import LevelMap, MultiResMap
-from adatriton import functional as AF
+from adatriton import ops as AF
 
 
 def _samples(groups: int):

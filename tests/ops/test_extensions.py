@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-import adatriton.functional as AF
+import adatriton.ops as AF
 from adatriton import LevelMap, MultiResMap, densify
 from adatriton.ops import conv as conv_op
 

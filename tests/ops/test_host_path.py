@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import adatriton
-import adatriton.functional as AF
+import adatriton.ops as AF
 from adatriton import LevelMap, LevelMapDtypeError, LevelMapError, MultiResMap
 from adatriton.runtime.host import host_reads
 

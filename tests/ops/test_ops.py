@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import adatriton.functional as AF
+import adatriton.ops as AF
 from adatriton import LevelMap, MultiResMap, densify, use_backend
 from tests.reference.simulation import DenseSim
 

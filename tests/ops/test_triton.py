@@ -8,7 +8,7 @@ tolerances only cover fp32 accumulation order and the final cast: fp16 and bf16 
 import pytest
 import torch
 
-import adatriton.functional as AF
+import adatriton.ops as AF
 from adatriton import LevelMap, MultiResMap, densify, use_backend
 from adatriton.kernels.densify import densify_elements
 

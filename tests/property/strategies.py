@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from adatriton import LevelMap, MultiResMap
-from adatriton import functional as AF
+from adatriton import ops as AF
 from tests.reference.simulation import DenseSim
 
 #: Multiplier of every test's example count (``ADATRITON_HYPOTHESIS_SCALE=20`` for a longer hunt).

@@ -14,7 +14,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from adatriton import LevelMap, MultiResMap
-from adatriton import functional as AF
+from adatriton import ops as AF
 from adatriton.runtime.backend import triton_runs_on
 from tests.reference.simulation import DenseSim
 

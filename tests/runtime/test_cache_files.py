@@ -10,7 +10,6 @@ import pytest
 import torch
 import triton
 
-from adatriton import autotune
 from adatriton.kernels import conv as conv_module
 from adatriton.runtime import autotune as runtime_autotune
 from adatriton.runtime import dispatch as D
@@ -38,7 +37,7 @@ def _context():
 
 def _autotune_writer(path: str, worker: int, start) -> None:
     start.wait()
-    cache = autotune.AutotuneCache("interpreter-cpu", path)
+    cache = runtime_autotune.AutotuneCache("interpreter-cpu", path)
     for i in range(SAVES):
         cache.put(f"w{worker}-{i}", GOOD, 0.001 * i, 1)
         cache.save()
@@ -83,7 +82,7 @@ def test_concurrent_calibration_writers_lose_nothing(tmp_path):
 
 def test_save_keeps_newer_entries_of_another_process_over_ones_only_read(tmp_path):
     path = tmp_path / "c.json"
-    a, b = autotune.AutotuneCache("gpu", path), autotune.AutotuneCache("gpu", path)
+    a, b = runtime_autotune.AutotuneCache("gpu", path), runtime_autotune.AutotuneCache("gpu", path)
     a.put("k", GOOD, 1.0, 1)
     a.save()
     b.load()  # b read k = GOOD
@@ -91,7 +90,7 @@ def test_save_keeps_newer_entries_of_another_process_over_ones_only_read(tmp_pat
     a.save()
     b.put("other", GOOD, 1.0, 1)
     b.save()  # b never changed k: a's newer value stays
-    fresh = autotune.AutotuneCache("gpu", path)
+    fresh = runtime_autotune.AutotuneCache("gpu", path)
     assert fresh.get("k") == (64, 64, 32, 3, 4) and fresh.get("other") == tuple(GOOD)
     assert b.get("k") == (64, 64, 32, 3, 4)  # and b now sees it too
 
@@ -116,15 +115,15 @@ def test_lock_serialises_threads_and_works_without_fcntl(tmp_path, monkeypatch):
         t.join()
     assert not overlaps
     monkeypatch.setattr(files, "fcntl", None)  # e.g. Windows: threads still serialised, files still atomic
-    cache = autotune.AutotuneCache("gpu", tmp_path / "nofcntl" / "c.json")
+    cache = runtime_autotune.AutotuneCache("gpu", tmp_path / "nofcntl" / "c.json")
     cache.put("k", GOOD, 1.0, 1)
     cache.save()
-    assert autotune.AutotuneCache("gpu", tmp_path / "nofcntl" / "c.json").get("k") == tuple(GOOD)
+    assert runtime_autotune.AutotuneCache("gpu", tmp_path / "nofcntl" / "c.json").get("k") == tuple(GOOD)
 
 
 # ---------------------------------------------------------------------------------------------- entry validation
 def _write(entries):
-    path = autotune.cache_path(CPU)
+    path = runtime_autotune.cache_path(CPU)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": 1, "gpu": "interpreter-cpu", "triton": triton.__version__, "entries": entries}
     path.write_text(json.dumps(payload))
@@ -151,7 +150,7 @@ def test_impossible_configs_are_dropped_with_a_warning(config, problem, monkeypa
     entry = {"time_ms": 1.0, "candidates": 2}
     _write({"bad": {"config": config, **entry}, "k": {"config": GOOD, **entry}})
     with pytest.warns(UserWarning, match="dropping 1 malformed entries") as caught:
-        cache = autotune.get_cache(CPU).load()
+        cache = runtime_autotune.get_cache(CPU).load()
     assert problem in str(caught[0].message)
     assert cache.get("bad") is None and cache.get("k") == tuple(GOOD)
 
@@ -159,10 +158,10 @@ def test_impossible_configs_are_dropped_with_a_warning(config, problem, monkeypa
 def test_a_dropped_entry_never_reaches_a_launch():
     """The issue's reproducer: the bucket gets the default config instead of crashing the launch."""
     shape = {"rows": 1000, "cin_g": 64, "cout_g": 64, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
-    key = autotune.conv_key(**shape)
+    key = runtime_autotune.conv_key(**shape)
     _write({key: {"config": [3, 5, 7, 1, 3], "time_ms": 1.0, "candidates": 2}})
     with pytest.warns(UserWarning, match="malformed"):
-        got = autotune.select_config(**shape, device=CPU, launch=lambda c: None)
+        got = runtime_autotune.select_config(**shape, device=CPU, launch=lambda c: None)
     assert got == conv_module.default_config(1000, 64, 64)
 
 
@@ -174,18 +173,18 @@ def test_every_config_the_tuner_can_store_is_valid(checks, monkeypatch, tmp_path
     configs += [conv_module.default_config(rows, 3, 2048) for rows in (1, 7, 100, 10**6)]
     if checks == "fallback":  # the checks written here know the 5-int configs only
         configs = [c for c in configs if len(c) == 5]
-    cache = autotune.AutotuneCache("gpu", tmp_path / "c.json")
+    cache = runtime_autotune.AutotuneCache("gpu", tmp_path / "c.json")
     for i, config in enumerate(configs):
         assert runtime_autotune.config_problems(list(config)) == [], config
         cache.put(f"k{i}", config, 1.0, 1)  # what tuning stores ...
     cache.save()
-    again = autotune.AutotuneCache("gpu", tmp_path / "c.json")
+    again = runtime_autotune.AutotuneCache("gpu", tmp_path / "c.json")
     assert [again.get(f"k{i}") for i in range(len(configs))] == configs  # ... reads back, none dropped
 
 
 def test_put_names_the_problem():
     with pytest.raises(ValueError, match="num_warps=3"):
-        autotune.get_cache(CPU).put("k", (32, 32, 32, 2, 3), 1.0, 1)
+        runtime_autotune.get_cache(CPU).put("k", (32, 32, 32, 2, 3), 1.0, 1)
 
 
 def test_the_kernel_module_check_is_used_when_it_exists(monkeypatch):

@@ -8,10 +8,9 @@ import torch
 import torchvision
 
 import adatriton
-from adatriton import calibrate as C
-from adatriton import dispatch as D
-from adatriton import functional as AF
-from adatriton.runtime import dispatch as runtime_dispatch
+from adatriton import ops as AF
+from adatriton.runtime import dispatch as D
+from adatriton.tools import calibrate as C
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 SIG3 = D.Signature(256, 256, 3, 2, 1, "float32")
@@ -88,7 +87,7 @@ def test_requested_backend(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- fallback and forcing
 def test_auto_triton_that_cannot_run_falls_back_with_debug_log(monkeypatch, caplog):
-    monkeypatch.setattr(runtime_dispatch, "choose", lambda sig, density, device: ("triton", "test says triton"))
+    monkeypatch.setattr(D, "choose", lambda sig, density, device: ("triton", "test says triton"))
     lm = _map(1)
     w = torch.randn(8, 4, 3, 3, dtype=torch.float64)
     x = _mr(lm, 1, 4)
@@ -217,7 +216,7 @@ def resnet50():
 
 def test_auto_matches_torch_backend(resnet50, monkeypatch):
     # Stage-1 3x3 convs see density 0.625, stage-2 ones 0.531: a crossover between them exercises both paths.
-    monkeypatch.setattr(runtime_dispatch, "CPU_CROSSOVER", 0.6)
+    monkeypatch.setattr(D, "CPU_CROSSOVER", 0.6)
     lm = _map([2, 2], batch=2)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""adatriton.train.train in one process: exact resume from a mid-run checkpoint, mixed precision (CPU autocast,
+"""adatriton.tools.train.train in one process: exact resume from a mid-run checkpoint, mixed precision (CPU autocast,
 bfloat16), and the errors for other models and for files that are no train() checkpoints."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 
 import adatriton.tools.train as train_module
 from adatriton import AdaptiveBatchNorm2d, LevelMap, MultiResMap
-from adatriton.train import SyncAdaptiveBatchNorm2d, SyncBatchNorm2d, convert_sync_batchnorm, train
+from adatriton.tools.train import SyncAdaptiveBatchNorm2d, SyncBatchNorm2d, convert_sync_batchnorm, train
 from tests.models.test_learned import stripes
 from tests.tools.test_train_ddp import MID, STEPS, _model, _recording_saves, _state_vector
 

@@ -1,5 +1,5 @@
 """Distributed training (DDP, gloo on the CPU): two processes started with ``torch.multiprocessing.spawn`` train a
-tiny learned-mask DeepLabv3 for a few steps through :func:`adatriton.train.train` (a plain model and a dataset,
+tiny learned-mask DeepLabv3 for a few steps through :func:`adatriton.tools.train.train` (a plain model and a dataset,
 which ``train`` wraps and shards); afterwards both hold identical parameters and buffers, only rank 0 wrote the one
 checkpoint, synchronised BatchNorm equals single-process BatchNorm on the whole batch, and a run resumed from a
 mid-run checkpoint (a DDP-wrapped model and a DataLoader with a DistributedSampler, as set up by hand) ends exactly
@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 import adatriton.tools.train as train_module
-from adatriton.learned import LearnedMaskModel
-from adatriton.train import convert_sync_batchnorm, train
+from adatriton.models.learned import LearnedMaskModel
+from adatriton.tools.train import convert_sync_batchnorm, train
 from tests.models.test_learned import stripes, tiny_deeplab
 
 WORLD = 2
