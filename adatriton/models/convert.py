@@ -73,7 +73,7 @@ def convert(
         image batch ``(N, 3, H, W)`` and a level map (``LevelMap`` or integer tensor ``(N, Hf, Wf)`` on the finest
         grid; optional for dense strides) and returns what the model returns: logits for a ``ResNet``, the
         getter's ``OrderedDict`` (adaptive layers densified to the finest grid) for an ``IntermediateLayerGetter``
-        (:class:`~adatriton.resnet.AdaptiveResNet`), ``OrderedDict(out=...[, aux=...])`` at the input size for a
+        (:class:`~adatriton.models.AdaptiveResNet`), ``OrderedDict(out=...[, aux=...])`` at the input size for a
         segmentation model (:class:`~adatriton.models.segmentation.AdaptiveSegmentationModel`; heads on the densified
         finest-grid maps).
 

@@ -10,7 +10,7 @@ Builders for the paper's models on ResNet-50/101/152 backbones, in torchvision's
   builds on: ASPP on ``layer4``, a 48-channel projection of ``layer1``, one 3x3 conv on their concatenation.
 
 :class:`AdaptiveSegmentationModel` is what ``convert`` returns for these models (and torchvision's): the backbone
-runs as an :class:`~adatriton.resnet.AdaptiveResNet`, the heads run densely on its densified outputs.
+runs as an :class:`~adatriton.models.AdaptiveResNet`, the heads run densely on its densified outputs.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ SEGMENTATION_MODELS = (FCN, DeepLabV3, DeepLabV3Plus)
 class AdaptiveSegmentationModel(nn.Module):
     """A segmentation model (torchvision ``FCN`` / ``DeepLabV3``, :class:`DeepLabV3Plus`) with an adaptive backbone.
 
-    Use :func:`adatriton.convert` to build one. The backbone runs as an :class:`~adatriton.resnet.AdaptiveResNet`
+    Use :func:`adatriton.convert` to build one. The backbone runs as an :class:`~adatriton.models.AdaptiveResNet`
     on the model's own backbone modules; the heads (the model's own ``classifier`` and ``aux_classifier``) run
     densely on the densified finest-grid outputs (docs/semantics.md §2, §7): ``layer4`` for the main head, ``layer3``
     for the
@@ -247,7 +247,7 @@ class AdaptiveSegmentationModel(nn.Module):
         backend: conv backend of the adaptive part; None resolves per call.
         filter_fn: ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g. ``"backbone.layer3.0.conv2"``)
             chooses the layers :func:`~adatriton.nn.modules.swap_modules` replaces in place; None swaps all.
-        downsampling: ``"top_left"`` or ``"softpool"`` (see :class:`~adatriton.resnet.AdaptiveResNet`).
+        downsampling: ``"top_left"`` or ``"softpool"`` (see :class:`~adatriton.models.AdaptiveResNet`).
     """
 
     def __init__(

@@ -70,9 +70,9 @@ def environment_snapshot() -> Iterator[None]:
     """Read each environment variable the library consults at most once inside the block (a model's forward).
 
     Every eager conv launch asks for ``$ADATRITON_AUTOTUNE``, ``$ADATRITON_CACHE_DIR`` (its config memo) and, on the
-    CPU, ``$TRITON_INTERPRET``; through ``os.environ`` an unset variable costs ~2 µs (a ``KeyError`` raised and
-    caught), 6 µs of the ~75 µs host time of a conv on this 2-core CPU. A change of the environment made inside
-    the block is seen from the next block on.
+    CPU, ``$TRITON_INTERPRET``; through ``os.environ`` each read of an unset variable raises and catches a
+    ``KeyError``, a visible part of the host time of a small conv, so one forward reads each variable once. A
+    change of the environment made inside the block is seen from the next block on.
     """
     with _environments.push(_Environment()):
         yield

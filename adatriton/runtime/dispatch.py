@@ -278,7 +278,7 @@ def force(target: nn.Module | Tensor, backend: str | None) -> None:
     """Force ``backend`` for the convs of ``target`` (a conv module, a block, a whole layer, or a weight tensor);
     ``None`` removes the forcing.
 
-    A per-module forcing wins over every other setting (argument, :func:`~adatriton.backends.use_backend`,
+    A per-module forcing wins over every other setting (argument, :func:`~adatriton.runtime.use_backend`,
     environment), since it is the most specific one; ``"auto"`` makes just these convs use the dispatcher.
     """
     if backend is not None and backend not in BACKENDS:

@@ -31,9 +31,9 @@ def module_attrs(module: nn.Module, *names: str) -> list:
     """``[getattr(module, name) for name in names]`` for parameters, buffers and child modules, read from the
     module's tables.
 
-    Through ``nn.Module.__getattr__`` (reached after ``__getattribute__`` misses) each such read costs ~2.5 µs on
-    this 2-core CPU, against ~0.5 µs for the four tensors of a BatchNorm here, and an eager bottleneck makes ~25 of
-    them (convs, norms, their tensors): a sixth of its host time. Names that are not in the tables (a
+    Through ``nn.Module.__getattr__`` each such read first misses in ``__getattribute__`` (an ``AttributeError``
+    raised and caught), several times the cost of the dictionary lookups done here, and an eager bottleneck makes
+    ~25 of them (convs, norms, their tensors): a large share of its host time. Names that are not in the tables (a
     parametrization's property, a plain attribute) fall back to ``getattr``.
     """
     state = vars(module)
