@@ -142,8 +142,8 @@ def ratios(table: pd.DataFrame, references: tuple[str, str] = ("8", "16")) -> pd
     """Per row, against the dense rows of its :data:`GROUP` at the ``references`` output strides (the finest
     dense network first: OS8 and OS16 for the ResNet suites): ``t_os8`` = time / reference time (medians),
     ``t_os16`` against the second, ``t_bk_os8`` = (time + bookkeeping) / reference time, ``ma_os8`` = MAs /
-    reference MAs (backbone MAs when the backbone is what is timed), ``realised`` = ``(1 - t_os8) / (1 -
-    ma_os8)``, the fraction of the MA savings realised in time (NaN unless the MAs save more than
+    reference MAs (backbone MAs when the backbone is what is timed), ``realised`` =
+    ``(1 - t_os8) / (1 - ma_os8)``, the fraction of the MA savings realised in time (NaN unless the MAs save more than
     :data:`REALISED_MIN_SAVING`: below that the quotient only amplifies noise), ``tflops`` = 2 x MAs / median time,
     and ``ref_min`` / ``ref_max`` / ``ref_iters`` of the first reference (for :func:`verdict`)."""
     out = table.copy()

@@ -26,9 +26,9 @@ cycled past six), random VGG-16 weights (``--seed``). Columns:
 ``--fractions``, ``--conversions``, ``--masks``, ``--model``, ``--heads`` do not apply and are ignored.
 Full run: 240x320, 10 warm-up + 10 timed calls; ``--quick``: 96x128, 1 + 5 (fewer timed calls mark verdicts noisy).
 
-**Standalone** (``python -m bench.keypoints --out results [--quick] [--mma] [--weights d2_tf.pth] [--sequence
-PATH] [--backends ...]``, :func:`run_keypoints`; options spelt as in ``python -m bench``, see :mod:`bench._cli`)
-writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
+**Standalone** (``python -m bench.keypoints --out results [--quick] [--mma] [--weights d2_tf.pth]
+[--sequence PATH] [--backends ...]``, :func:`run_keypoints`; options spelt as in ``python -m bench``, see
+:mod:`bench._cli`) writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
 
 - **multiply-adds** (docs/semantics.md §5, :func:`adatriton.analysis.d2net_macs`) per image, averaged over the six
   images of an HPatches-layout sequence (by default the synthetic mini-sequence, or a folder of the real dataset),

@@ -121,8 +121,7 @@ class MultiResMap:
 
         Args:
             padded: return the ``(N, C, Hp, Wp)`` grid padded to multiples of ``2^K`` (docs/semantics.md §4): padded
-            pixels
-                hold the element of their block where that block is an element at level >= 1, else zero.
+                pixels hold the element of their block where that block is an element at level >= 1, else zero.
             backend: ``"triton"`` scatters with the densify kernel (the op ``adatriton::densify`` that
                 :mod:`adatriton.ops.densify` registers); the other backends gather with an ``index_select``, the
                 reference.

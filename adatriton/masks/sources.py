@@ -476,9 +476,8 @@ def keypoints(
     - ``R1``: 4x4 blocks touching ``dilate(S, d2)`` or ``R0`` -> level ``<= 1``;
     - ``R2``: 8x8 blocks touching ``dilate(S, d4)`` or ``R1`` -> level ``<= 2``; everything else level 3.
 
-    A location's level is the smallest ``v`` with the location in ``R_v``. Folding ``R0`` into ``R1`` and ``R1``
-    into ``R2`` makes the regions nested and the map aligned (docs/semantics.md §1) for any triplet; for the
-    non-decreasing
+    A location's level is the smallest ``v`` with the location in ``R_v``. Folding ``R0`` into ``R1`` and ``R1`` into
+    ``R2`` makes the regions nested and the map aligned (docs/semantics.md §1) for any triplet; for the non-decreasing
     triplets of the paper it changes nothing. ``0`` retains nothing at that stride, ``math.inf`` everything.
 
     Args:

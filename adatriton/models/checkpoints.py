@@ -16,10 +16,9 @@ Their segmentation models are DeepLabV3Plus-Pytorch (VainF) models whose adaptiv
 
 The stem (``conv1`` 7x7, ``bn1``) and the dense stages keep torchvision's names and shapes; DeepLabv3+ heads keep the
 reference's names (``classifier.project``, ``.aspp``, ``.classifier``), which
-:func:`adatriton.models.segmentation.deeplabv3plus` uses too. The mapping is decided per key from the target model's
-own keys
-and shapes, so one function loads OS8 (``layer3`` + ``layer4`` adaptive) and OS16 (``layer4``) checkpoints, and plain
-torchvision checkpoints as well.
+:func:`adatriton.models.segmentation.deeplabv3plus` uses too. The mapping is decided per key from the target model's own
+keys and shapes, so one function loads OS8 (``layer3`` + ``layer4`` adaptive) and OS16 (``layer4``) checkpoints, and
+plain torchvision checkpoints as well.
 
 Their learned-mask models (e.g. ``deeplabv3_ad_resnet101``, ``"8->16"``) train ``layer3`` and ``layer4`` on two
 paths with shared weights, a dense OS8 one and a dense OS16 one, and store both: ``backbone.layer{3,4}_high_res.*``

@@ -53,8 +53,7 @@ def convert(
             in ``model``, e.g. ``"layer3.0.conv2"``); None swaps all. The convs of the adaptive layers must be
             swapped (a TypeError says which one is not).
         downsampling: ``"top_left"`` (docs/semantics.md §3: the strided network's subsampling) or ``"softpool"``: every
-        2x2
-            merge from OS8 on (layer3, layer4; adaptive steps and dense strides alike) is a SoftPool, so a uniform
+            2x2 merge from OS8 on (layer3, layer4; adaptive steps and dense strides alike) is a SoftPool, so a uniform
             level map equals the dense network that SoftPools at those strides.
         example_input, unsupported: the graph path's (:class:`~adatriton.models.graph.AdaptiveGraphModule`): an
             input of the model's shape to plan on (default ``(1, C, 512, 512)``), and what to do with a layer the

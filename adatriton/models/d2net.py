@@ -17,12 +17,11 @@ the adaptive downsampling steps 1, 2, 3 of docs/semantics.md §3 in their **max 
   exactly the dense OS ``2^v`` trunk (densified), and a mixed map the dense simulation of docs/semantics.md §3.
 
 **Odd sizes.** docs/semantics.md §4 keeps every block that holds a real pixel, and the max variant takes the maximum
-over the
-sub-elements that hold real pixels: that is 2x2 max-pooling with ``ceil_mode=True``. torchvision's VGG pools with
-``ceil_mode=False`` (floor), which drops the last row/column at odd sizes, and no level map can reproduce that (the
-dropped pixels would have to belong to no element). The dense strides here therefore pool with ``ceil_mode=True``:
-for sizes that are multiples of the output stride this is exactly torchvision's trunk (tested), and at any size
-``L == v`` equals the dense OS ``2^v`` trunk. Output grids are ``ceil(H / s) x ceil(W / s)``.
+over the sub-elements that hold real pixels: that is 2x2 max-pooling with ``ceil_mode=True``. torchvision's VGG pools
+with ``ceil_mode=False`` (floor), which drops the last row/column at odd sizes, and no level map can reproduce that (the
+dropped pixels would have to belong to no element). The dense strides here therefore pool with ``ceil_mode=True``: for
+sizes that are multiples of the output stride this is exactly torchvision's trunk (tested), and at any size ``L == v``
+equals the dense OS ``2^v`` trunk. Output grids are ``ceil(H / s) x ceil(W / s)``.
 
 **Descriptors at keypoints.** The descriptor of a keypoint ``(x, y)`` (image pixels) is the output vector of the
 element (adaptive) or output cell (dense OS ``s``) that contains the pixel ``(round(x), round(y))``, then
@@ -31,12 +30,11 @@ L2-normalised: nearest sampling on the densified map, so that ``L == v`` and OS 
 definition, so nearest sampling is used for every stride.)
 
 **The authors' D2-Net weights.** Their ``d2_tf.pth`` / ``d2_ots.pth`` hold ``{"model": state_dict}`` with keys
-``dense_feature_extraction.model.<i>.weight|bias``, ``<i>`` the index in VGG-16's ``features`` (0, 2, 5, 7, 10, 12,
-14, 17, 19, 21); :func:`adatriton.models.checkpoints.load_d2net_state_dict` maps them onto this trunk. Their test-time
-network replaces pool3 by a
-2x2 average pool at stride 1 and dilates conv4_x by 2 (an OS4 network); this module's OS4 trunk removes pool3 instead
-(docs/semantics.md §3: a location below level 3 is not pooled at step 3), so its descriptors differ slightly from
-theirs.
+``dense_feature_extraction.model.<i>.weight|bias``, ``<i>`` the index in VGG-16's ``features`` (0, 2, 5, 7, 10, 12, 14,
+17, 19, 21); :func:`adatriton.models.checkpoints.load_d2net_state_dict` maps them onto this trunk. Their test-time
+network replaces pool3 by a 2x2 average pool at stride 1 and dilates conv4_x by 2 (an OS4 network); this module's OS4
+trunk removes pool3 instead (docs/semantics.md §3: a location below level 3 is not pooled at step 3), so its descriptors
+differ slightly from theirs.
 
 **Multiply-adds** (:func:`adatriton.analysis.macs.d2net_macs`, docs/semantics.md §5): ``k * k * Cin * Cout`` per
 computed output element (per group), for every conv; pools, ReLUs and the normalisation cost nothing.

@@ -34,8 +34,9 @@ class LearnedMaskModel(nn.Module):
 
     Args:
         model: torchvision ``FCN`` / ``DeepLabV3`` or :class:`~adatriton.DeepLabV3Plus` on a bottleneck ResNet, e.g.
-            ``adatriton.models.segmentation.deeplabv3("resnet101")`` or ``torchvision.models.segmentation
-            .deeplabv3_resnet50(weights=None, weights_backbone=None)``. Its backbone's own strides do not matter.
+            ``adatriton.models.segmentation.deeplabv3("resnet101")`` or
+            ``torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None)``. Its backbone's
+            own strides do not matter.
         mask: the estimator; None builds a :class:`LearnedMask` for the ``layer2`` width (512).
         backend: conv backend of the adaptive network at inference (see :func:`adatriton.convert`).
 

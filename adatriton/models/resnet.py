@@ -136,9 +136,8 @@ _CONV_BN_NAMES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
 def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, backend: str | None) -> MultiResMap:
     """A torchvision bottleneck on a multi-resolution map (docs/semantics.md §3: conv2 at the surviving elements,
-    shortcut
-    subsampled before its 1x1 conv), through its :class:`~adatriton.nn.modules.AdaptiveConv2d` modules with the plan's
-    tap spacing and downsampling step. Each conv-BN(-add)-ReLU is one
+    shortcut subsampled before its 1x1 conv), through its :class:`~adatriton.nn.modules.AdaptiveConv2d` modules with the
+    plan's tap spacing and downsampling step. Each conv-BN(-add)-ReLU is one
     :meth:`~adatriton.nn.modules.AdaptiveConv2d.multires` call, a single launch on the triton backend in eval mode.
 
     With SoftPool (``plan.pool``) a downsampling conv2 runs at every pre-step element, then the step SoftPools

@@ -234,11 +234,10 @@ SEGMENTATION_MODELS = (FCN, DeepLabV3, DeepLabV3Plus)
 class AdaptiveSegmentationModel(nn.Module):
     """A segmentation model (torchvision ``FCN`` / ``DeepLabV3``, :class:`DeepLabV3Plus`) with an adaptive backbone.
 
-    Use :func:`adatriton.convert` to build one. The backbone runs as an :class:`~adatriton.models.AdaptiveResNet`
-    on the model's own backbone modules; the heads (the model's own ``classifier`` and ``aux_classifier``) run
-    densely on the densified finest-grid outputs (docs/semantics.md §2, §7): ``layer4`` for the main head, ``layer3``
-    for the
-    auxiliary head, the dense ``layer1`` for the DeepLabv3+ decoder. Parameters and state_dict keys are the model's.
+    Use :func:`adatriton.convert` to build one. The backbone runs as an :class:`~adatriton.models.AdaptiveResNet` on the
+    model's own backbone modules; the heads (the model's own ``classifier`` and ``aux_classifier``) run densely on the
+    densified finest-grid outputs (docs/semantics.md §2, §7): ``layer4`` for the main head, ``layer3`` for the auxiliary
+    head, the dense ``layer1`` for the DeepLabv3+ decoder. Parameters and state_dict keys are the model's.
 
     Args:
         model: the segmentation model; its ``backbone`` must be an ``IntermediateLayerGetter`` over a bottleneck

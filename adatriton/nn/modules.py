@@ -162,9 +162,8 @@ class DeformableConv2d(AdaptiveConv2d):
     made deformable conv computes exactly the plain conv. On a tensor it is
     ``torchvision.ops.deform_conv2d(x, offset(x), weight, bias, stride, padding, dilation)``. On a
     :class:`~adatriton.MultiResMap` the offsets are computed per element by the offset conv (docs/semantics.md §3
-    convolution,
-    same tap spacing), in finest-grid pixels, and every tap samples the densified padded finest grid bilinearly at
-    ``c(e) + tap + offset`` (:func:`adatriton.ops.deform_conv2d`); a downsampling step keeps the top-left
+    convolution, same tap spacing), in finest-grid pixels, and every tap samples the densified padded finest grid
+    bilinearly at ``c(e) + tap + offset`` (:func:`adatriton.ops.deform_conv2d`); a downsampling step keeps the top-left
     element of each merged block, as for a strided conv.
     """
 

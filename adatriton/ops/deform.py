@@ -39,9 +39,8 @@ def deform_conv2d(
 
         y_e = b + sum_t m_e[t] W[:, :, i, j] . bilinear(F, c(e) + ((i - k//2) o + dy, (j - k//2) o + dx))
 
-    with ``F = x.densify(padded=True)`` (docs/semantics.md §4) and every bilinear corner outside that grid reading
-    zero, i.e.
-    ``torchvision.ops.deform_conv2d(F, offset.densify(padded=True), W, b, padding=o*(k//2), dilation=o)`` read at
+    with ``F = x.densify(padded=True)`` (docs/semantics.md §4) and every bilinear corner outside that grid reading zero,
+    i.e. ``torchvision.ops.deform_conv2d(F, offset.densify(padded=True), W, b, padding=o*(k//2), dilation=o)`` read at
     ``c(e)``. Only the elements' rows are computed: four corner elements per tap are looked up in the layout's
     ``id_map``, gathered, blended, and one GEMM applies the weight. Plain torch ops, differentiable in ``x``,
     ``offset``, ``mask``, ``weight`` and ``bias``.

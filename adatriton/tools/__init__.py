@@ -2,10 +2,10 @@
 (:mod:`adatriton.tools.calibrate`), the shared command-line options (:mod:`adatriton.tools.cli`) and training
 (:mod:`adatriton.tools.train`); ``python -m adatriton.autotune`` and ``python -m adatriton.calibrate`` run the CLIs.
 
-The names below load their module on first use, so that importing this package stays as light as ``import
-adatriton`` (the training loop and its progress bar load only when used). The functions named like their module
-(``calibrate.calibrate``, ``train.train``) and each CLI's ``main`` stay in their modules, where the module's name does
-not shadow them.
+The names below load their module on first use, so that importing this package stays as light as
+``import adatriton`` (the training loop and its progress bar load only when used). The functions named like their
+module (``calibrate.calibrate``, ``train.train``) and each CLI's ``main`` stay in their modules, where the module's
+name does not shadow them.
 """
 
 import importlib
