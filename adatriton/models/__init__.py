@@ -1,5 +1,9 @@
-"""Models: adaptive ResNets, segmentation models, the learned-mask model, the D2-Net trunk, checkpoint loaders, and
-:func:`~adatriton.models.convert.convert`."""
+"""Models: adaptive ResNets, segmentation models, the learned-mask model, the D2-Net trunk, checkpoint loaders, the
+``torch.fx`` graph path, and :func:`~adatriton.models.convert.convert`.
+
+``convert`` is not listed here: the name would shadow its module :mod:`adatriton.models.convert`; it is
+:func:`adatriton.convert`.
+"""
 
 from .checkpoints import (
     BN_PATHS,
