@@ -4,24 +4,39 @@ Importing this package registers the ``adatriton::*`` custom ops (``gather_conv`
 ``triton_conv``, ``densify``).
 """
 
-from .batchnorm import add, batch_norm, bn_add_act, relu
-from .conv import conv2d, conv_bn_act
+from .batchnorm import EvalStats, add, batch_norm, bn_add_act, eval_stats, relu
+from .conv import (
+    MAX_GATHER_BYTES,
+    autocast_conv_inputs,
+    check_conv_args,
+    conv2d,
+    conv_bn_act,
+    folded_bn,
+    gather_conv_torch,
+)
 from .deform import deform_conv2d
 from .densify import densify
 from .downsample import downsample, softpool2d
 from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
+    "EvalStats",
+    "MAX_GATHER_BYTES",
     "add",
+    "autocast_conv_inputs",
     "avg_downsample",
     "batch_norm",
     "bn_add_act",
+    "check_conv_args",
     "conv2d",
     "conv_bn_act",
     "deform_conv2d",
     "densify",
     "downsample",
     "element_areas",
+    "eval_stats",
+    "folded_bn",
+    "gather_conv_torch",
     "global_avg_pool",
     "global_max_pool",
     "layer_norm",
