@@ -1,22 +1,14 @@
-"""The per-layer backend dispatcher (:mod:`adatriton.runtime.dispatch`) and :func:`explain`
-(:mod:`adatriton.analysis.explain`)."""
+"""The per-layer backend dispatcher (:mod:`adatriton.ops.dispatch`, its files in :mod:`adatriton.runtime.calibration`)
+and :func:`explain` (:mod:`adatriton.analysis.explain`)."""
 
 from .analysis.explain import explain
-from .runtime.dispatch import (
+from .ops.dispatch import CPU_CROSSOVER, CUDA_CROSSOVER, Signature, choose, force, forced, recording, select
+from .runtime.calibration import (
     CALIBRATION_SCHEMA,
-    CPU_CROSSOVER,
-    CUDA_CROSSOVER,
-    Signature,
     calibration_path,
-    choose,
     clear_calibration_cache,
-    dispatch_device_name,
-    force,
-    forced,
     load_calibration,
-    recording,
     save_calibration,
-    select,
 )
 
 __all__ = [
@@ -27,7 +19,6 @@ __all__ = [
     "calibration_path",
     "choose",
     "clear_calibration_cache",
-    "dispatch_device_name",
     "explain",
     "force",
     "forced",

@@ -1,7 +1,7 @@
 """Ops on multi-resolution maps, one module per op, each with its torch reference and its custom-op registration.
 
-Importing this package registers the ``adatriton::*`` custom ops (``gather_conv``, ``gather_conv_backward``,
-``triton_conv``, ``densify``).
+Importing this package registers the conv custom ops ``adatriton::gather_conv``, ``adatriton::gather_conv_backward``
+and ``adatriton::triton_conv``; ``adatriton::densify`` is registered by :mod:`adatriton.core.multires`.
 """
 
 from .batchnorm import add, batch_norm, bn_add_act, relu

@@ -16,6 +16,7 @@ from torch import nn
 from adatriton import autotune
 from adatriton.kernels.conv import ConvConfig, conv_configs, default_config, prune_configs
 from adatriton.runtime import autotune as runtime_autotune
+from adatriton.runtime.files import device_name
 
 SHAPE = {"rows": 1000, "cin_g": 64, "cout_g": 64, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
 CPU = torch.device("cpu")
@@ -78,7 +79,8 @@ def test_cache_dir_and_path(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert autotune.cache_dir() == tmp_path / "home" / ".cache" / "adatriton"
 
-    assert autotune.device_name(CPU) == "interpreter-cpu"
+    assert device_name(CPU, triton_timings=True) == "interpreter-cpu"
+    assert device_name("cpu").startswith("cpu-")  # the calibration files' name of the same CPU
     path = autotune.cache_path("cpu")
     assert path.name == f"conv-interpreter-cpu-triton{triton.__version__}.json"
     assert autotune.get_cache(CPU) is autotune.get_cache("cpu")
