@@ -16,7 +16,8 @@ from torch import nn
 from adatriton import autotune
 from adatriton.kernels.conv import ConvConfig, conv_configs, default_config, prune_configs
 from adatriton.runtime import autotune as runtime_autotune
-from adatriton.runtime.files import device_name
+from adatriton.runtime.calibration import calibration_path
+from adatriton.runtime.files import cpu_model, device_name, slug
 
 SHAPE = {"rows": 1000, "cin_g": 64, "cout_g": 64, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
 CPU = torch.device("cpu")
@@ -80,7 +81,9 @@ def test_cache_dir_and_path(monkeypatch, tmp_path):
     assert autotune.cache_dir() == tmp_path / "home" / ".cache" / "adatriton"
 
     assert device_name(CPU, triton_timings=True) == "interpreter-cpu"
-    assert device_name("cpu").startswith("cpu-")  # the calibration files' name of the same CPU
+    # the calibration file's name of the same CPU: its model, as before the naming functions became one
+    assert device_name("cpu") == f"cpu-{cpu_model()}"
+    assert calibration_path("cpu").name == f"dispatch-{slug('cpu-' + cpu_model())}.json"
     path = autotune.cache_path("cpu")
     assert path.name == f"conv-interpreter-cpu-triton{triton.__version__}.json"
     assert autotune.get_cache(CPU) is autotune.get_cache("cpu")
