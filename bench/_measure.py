@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from adatriton.runtime.files import cpu_model, gpu_name
+from adatriton.runtime.files import device_name as hardware
 from adatriton.runtime.timing import time_calls
 
 __all__ = ["Timing", "device_name", "measure", "peak_memory_mb", "reset_peak_memory", "timestamp", "versions"]
@@ -104,10 +104,9 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model with the intra-op thread count."""
-    if device.type == "cuda":
-        return gpu_name(device)
-    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    """The hardware (:func:`adatriton.runtime.files.device_name`), with the intra-op thread count on the CPU."""
+    name = hardware(device)
+    return name if device.type == "cuda" else f"{name} ({torch.get_num_threads()} threads)"
 
 
 def versions() -> dict[str, str]:

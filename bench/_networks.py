@@ -226,7 +226,7 @@ def timed_row(
         warmup = o.warmup
         dispatch = columns.get("dispatch", "")
         if record:  # one warm-up call records which backend computed every adaptive conv
-            with adatriton.runtime.dispatch.recording() as records:
+            with adatriton.ops.dispatch.recording() as records:
                 call()
             dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
         timing = measure(call, o.device, warmup, o.iters)
@@ -304,7 +304,7 @@ class InterleavedRows:
             try:
                 warmup = o.warmup
                 if job.record:  # the first warm-up call records which backend computed every adaptive conv
-                    with adatriton.runtime.dispatch.recording() as records:
+                    with adatriton.ops.dispatch.recording() as records:
                         job.call()
                     job.dispatch, warmup = _dispatch_summary(records), max(0, warmup - 1)
                 for _ in range(warmup):

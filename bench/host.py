@@ -26,7 +26,7 @@ Per row (one per conversion and scenario):
   ``int``/``bool``/``float`` of a tensor), ``nonzero``, ``masked_select``, ``unique``, boolean-mask
   ``index``/``index_put_``, ``repeat_interleave`` with tensor repeats, ..., and ``tolist``/``numpy``/``cpu`` on a
   tensor (a device-to-host copy on a GPU);
-- ``convs_per_forward``: adaptive convs of one forward (``adatriton.runtime.dispatch.recording()``), all on triton;
+- ``convs_per_forward``: adaptive convs of one forward (``adatriton.ops.dispatch.recording()``), all on triton;
 - ``time_median_ms`` (mean, min, max): host time of the adaptive part, stubs included: the CPU time of the thread
   that issues the work (``time.thread_time``), over ``--iters`` forwards (no counting then; the scenarios' forwards
   interleaved). CPU time, not wall time, because on a shared machine the wall time mostly measures the waits for
@@ -467,7 +467,7 @@ def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], w
     """Warm-up forwards (the first one recorded: which backend ran each conv) and one counted forward; the times
     come later (:func:`_time_scenarios`)."""
     forward = functools.partial(_forward, net, x, make_levels)
-    with stubbed_launches() as calls, adatriton.runtime.dispatch.recording() as records:
+    with stubbed_launches() as calls, adatriton.ops.dispatch.recording() as records:
         forward(_Window())
     convs = len(records)
     dispatch = " ".join(f"{b}:{n}" for b, n in sorted(collections.Counter(r["backend"] for r in records).items()))

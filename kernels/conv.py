@@ -146,7 +146,7 @@ def config_problems(config: object, *, element_size: int | None = None, arch: in
     Returns:
         One sentence per problem: wrong length or types, block sizes that are not powers of two or out of range
         (16..256 for M and N, 16..128 for K: ``tl.dot`` needs 16, larger tiles exceed the register file), warps
-        not a power of two in 1..16, stages outside 1..8, ``persistent`` not 0 or 1, shared memory over the limit.
+        not a power of two in 1..32, stages outside 1..8, ``persistent`` not 0 or 1, shared memory over the limit.
     """
     if not isinstance(config, (tuple, list)) or len(config) not in (5, 6):
         return [f"a conv config is 5 or 6 ints (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps[, persistent]), "
@@ -158,7 +158,11 @@ def config_problems(config: object, *, element_size: int | None = None, arch: in
         ("BLOCK_M", config[0], 16, 256),
         ("BLOCK_N", config[1], 16, 256),
         ("BLOCK_K", config[2], 16, 128),
-        ("num_warps", config[4], 1, 16),
+        # CUDA caps a thread block at 1024 threads, 32 warps, and Triton's NVIDIA backend checks only that
+        # num_warps is a power of two: 32 warps launch (each thread then gets at most 64 of the SM's 65536
+        # registers, so big tiles spill, slowly but correctly). 16 (wave64 AMD's cap) would reject launchable
+        # configs; this kernel targets NVIDIA.
+        ("num_warps", config[4], 1, 32),
     ):
         if not low <= value <= high or value & (value - 1):
             problems.append(f"{name}={value} is not a power of two in {low}..{high}")

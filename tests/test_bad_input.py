@@ -308,6 +308,58 @@ def _check_fraction(result, ctx):
     assert abs(float(budget.fractions()[0]) - 0.3) < 0.1
 
 
+# ------------------------------------------------------------------------------------- rows: ops on plain tensors
+def _plain(channels: int = 3) -> torch.Tensor:
+    return torch.randn(1, channels, 4, 4, generator=torch.Generator().manual_seed(3))
+
+
+def _op_call(name: str, *args: Callable[[], Any], **kwargs: Callable[[], Any]) -> Callable[[SimpleNamespace], Any]:
+    """``adatriton.ops.<name>(*args, **kwargs)`` with every argument built at the call (the issue's reproducers)."""
+
+    def call(ctx):
+        return getattr(adatriton.ops, name)(*(a() for a in args), **{k: v() for k, v in kwargs.items()})
+
+    return call
+
+
+def _plain_tensor_row(name: str, *args, arg: str = "", got: str = "Tensor", **kwargs):
+    says = (re.escape(f"{name} expects a MultiResMap"), rf"as {arg}\b" if arg else "MultiResMap, got", got)
+    return pytest.param(Row(_op_call(name, *args, **kwargs), (TypeError,), says=says), id=f"{name}-{arg or 'x'}-{got}")
+
+
+def _bn():
+    return nn.BatchNorm2d(3).eval()
+
+
+def _offsets():
+    return MultiResMap(torch.zeros(_map().values.shape[0], 18), _map().layout)
+
+
+_PLAIN_TENSOR_ROWS = [
+    _plain_tensor_row("conv2d", _plain, lambda: _weight().detach()),
+    _plain_tensor_row("conv2d", lambda: _plain().numpy(), lambda: _weight().detach(), got="ndarray"),
+    _plain_tensor_row("conv_bn_act", _plain, lambda: _weight().detach()),
+    _plain_tensor_row("conv_bn_act", _map, lambda: _weight(3).detach(), arg="residual", residual=_plain),
+    _plain_tensor_row("downsample", _plain),
+    _plain_tensor_row("batch_norm", _plain, _bn),
+    _plain_tensor_row("bn_add_act", _plain, _bn),
+    _plain_tensor_row("bn_add_act", _map, arg="residual", residual=_plain),
+    _plain_tensor_row("relu", _plain),
+    _plain_tensor_row("add", _map, _plain, arg="y"),
+    _plain_tensor_row("deform_conv2d", _plain, _offsets, lambda: _weight().detach()),
+    _plain_tensor_row("deform_conv2d", _map, _plain, lambda: _weight().detach(), arg="offset"),
+    _plain_tensor_row("densify", _plain),
+    _plain_tensor_row("element_areas", _plain),
+    _plain_tensor_row("global_avg_pool", _plain),
+    _plain_tensor_row("global_max_pool", _plain),
+    _plain_tensor_row("avg_downsample", _plain),
+    _plain_tensor_row("layer_norm", _plain),
+    _plain_tensor_row("linear", _plain, lambda: torch.randn(4, 3)),
+    _plain_tensor_row("per_sample", _plain, lambda: torch.ones(3)),
+    _plain_tensor_row("downsample", lambda: None, got="NoneType"),
+]
+
+
 # ---------------------------------------------------------------------------------------------- the table
 ROWS = [
     # -- a numpy image into a converted net
@@ -428,6 +480,8 @@ ROWS = [
         id="levelmap-caller-tensor-misaligned-write",
     ),
     pytest.param(Row(_bn_only_fine_tuning, check=_check_bn_grads), id="triton-bn-only-fine-tuning-backward"),
+    # -- ops given a plain tensor (or anything else) where they need a MultiResMap (issue 23.6): one TypeError each
+    *_PLAIN_TENSOR_ROWS,
 ]
 
 

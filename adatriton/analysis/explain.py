@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..runtime.dispatch import recording
+from ..ops.dispatch import recording
 from ..runtime.extras import require
 from .macs import conv_macs
 

@@ -175,23 +175,28 @@ class Layout:
         self._taps[key] = torch.where(inside, got, self.num_elements).reshape(b.shape[0], kernel * kernel)
         return self._taps[key]
 
-    def kernel_table(self, kernel: int, tap_spacing: int, downsample: bool = False) -> Tensor | None:
-        """The row table the Triton conv kernel reads, built once per layout and cached.
+    def kernel_table(
+        self, kernel: int, tap_spacing: int, downsample: bool = False, compact: bool = True
+    ) -> Tensor | None:
+        """The row table of a conv, the one place the ops get it from: which elements each output row reads.
+
+        Args:
+            kernel, tap_spacing, downsample: as in :meth:`tap_index`.
+            compact: the Triton kernel's table, int32 while the element count fits (half the bytes per tile load)
+                and cached; False gives the int64 table the torch backend's index ops take.
 
         Returns:
             :meth:`tap_index` for ``kernel > 1``; the top-left sources ``(E_next, 1)`` for a downsampling 1x1 conv
-            (subsample and GEMM in one pass); None for a plain 1x1 conv (every element reads itself). int32 while
-            the element count fits (half the bytes per tile load), int64 beyond.
+            (subsample and GEMM in one pass); None for a plain 1x1 conv (every element reads itself).
         """
+        if not compact:
+            if kernel > 1:
+                return self.tap_index(kernel, tap_spacing, downsample)
+            return self.downsample_sources("top_left")[:, None] if downsample else None
         key = (kernel, tap_spacing, bool(downsample))
         if key in self._kernel_tables:
             return self._kernel_tables[key]
-        if kernel > 1:
-            table = self.tap_index(kernel, tap_spacing, downsample)
-        elif downsample:
-            table = self.downsample_sources("top_left")[:, None]
-        else:
-            table = None
+        table = self.kernel_table(kernel, tap_spacing, downsample, compact=False)
         if table is not None and self.num_elements < 2**31 - 1:
             table = table.to(torch.int32)
         self._kernel_tables[key] = table

@@ -1,5 +1,10 @@
 """The multi-resolution feature map (docs/semantics.md §2): one vector per element, its elementwise ops and its dense
-view."""
+view.
+
+The dense view is computed here on every backend: the reference gathers with an ``index_select`` over the layout's
+``id_map``; the triton backend scatters with the densify kernel, registered here (the lowest layer that can hold it)
+as the custom op ``adatriton::densify`` (with a fake implementation for torch.compile and an autograd formula).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,74 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..kernels import densify as densify_kernels
 from ..runtime.backend import resolve_backend, triton_runs_on
 from .layout import Layout
 from .levelmap import LevelMap
 
-__all__ = ["MultiResMap"]
+__all__ = ["MultiResMap", "densify_values", "expect_map"]
+
+
+@torch.library.custom_op("adatriton::densify", mutates_args=())
+def _densify_triton(values: Tensor, ids: Tensor) -> Tensor:
+    """The Triton densify kernel as one op for torch.compile: ``(E, C)`` values, ``(N, H, W)`` ids -> channels-last
+    ``(N, C, H, W)``."""
+    return densify_kernels.densify_elements(values, ids)
+
+
+@_densify_triton.register_fake
+def _(values, ids):
+    n, h, w = ids.shape
+    return values.new_empty(n, h, w, values.shape[1]).permute(0, 3, 1, 2)  # channels-last, as the kernel writes
+
+
+def _densify_backward(ctx, grad):
+    ids = ctx.saved_tensors[0]
+    e, c = ctx.values_shape
+    grad_values = grad.new_zeros(e + 1, c)  # row E collects the pixels that read zero
+    grad_values.index_add_(0, ids.reshape(-1), grad.permute(0, 2, 3, 1).reshape(-1, c))
+    return grad_values[:e], None
+
+
+def _densify_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.values_shape = tuple(inputs[0].shape)
+
+
+_densify_triton.register_autograd(_densify_backward, setup_context=_densify_setup)
+
+
+def densify_values(values: Tensor, ids: Tensor, backend: str) -> Tensor:
+    """``(N, C, H, W)`` channels-last map with pixel ``p`` holding ``values[ids[p]]`` (``ids == E``: zero).
+
+    Args:
+        values: ``(E, C)`` element values.
+        ids: ``(N, H, W)`` element of every pixel, ``E`` where no element covers it.
+        backend: ``"triton"`` scatters with the densify kernel (the custom op ``adatriton::densify``; the caller
+            checks that it can run); any other gathers with an ``index_select``, the reference.
+    """
+    if backend == "triton":
+        return torch.ops.adatriton.densify(values.contiguous(), ids)
+    src = torch.cat([values, values.new_zeros(1, values.shape[1])])
+    n, h, w = ids.shape
+    return src.index_select(0, ids.reshape(-1)).view(n, h, w, values.shape[1]).permute(0, 3, 1, 2)
+
+
+def expect_map(value: object, op: str, name: str = "x") -> None:
+    """The check every op on maps runs on its map arguments first, so that a plain tensor (or anything else) gets a
+    ``TypeError`` that says what the op expects, not an ``AttributeError`` from inside it.
+
+    Args:
+        value: the argument.
+        op: the op's name, for the message.
+        name: the argument's name; named in the message unless it is the input ``x``.
+
+    Raises:
+        TypeError: ``value`` is not a :class:`MultiResMap`, e.g. "conv2d expects a MultiResMap, got Tensor".
+    """
+    if not isinstance(value, MultiResMap):
+        arg = "" if name == "x" else f" as {name}"
+        raise TypeError(f"{op} expects a MultiResMap{arg}, got {type(value).__name__}")
 
 
 class MultiResMap:
@@ -38,7 +106,7 @@ class MultiResMap:
         self.values, self.layout = values, layout
 
     @classmethod
-    def from_dense(cls, x: Tensor, levelmap: LevelMap) -> MultiResMap:
+    def from_dense(cls, x: Tensor, levels: LevelMap) -> MultiResMap:
         """Enter the adaptive part: a dense ``(N, C, Hf, Wf)`` map, every pixel a level-0 element (stage 0).
 
         The values are contiguous ``(E, C)`` rows: a view of a channels-last ``x``, else one copy.
@@ -48,8 +116,8 @@ class MultiResMap:
         if x.dim() != 4:
             raise ValueError(f"expected a dense feature map (N, C, Hf, Wf), got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
-        levelmap.check_matches(n, h, w, x.device)
-        return cls(x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c), levelmap.layout(0))
+        levels.check_matches(n, h, w, x.device)
+        return cls(x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c), levels.layout(0))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -121,10 +189,10 @@ class MultiResMap:
 
         Args:
             padded: return the ``(N, C, Hp, Wp)`` grid padded to multiples of ``2^K`` (docs/semantics.md §4): padded
-                pixels hold the element of their block where that block is an element at level >= 1, else zero.
-            backend: ``"triton"`` scatters with the densify kernel (the op ``adatriton::densify`` that
-                :mod:`adatriton.ops.densify` registers); the other backends gather with an ``index_select``, the
-                reference.
+            pixels
+                hold the element of their block where that block is an element at level >= 1, else zero.
+            backend: ``"triton"`` scatters with the densify kernel (where it can run); the other backends gather
+                with an ``index_select``, the reference (:func:`densify_values`).
 
         The result is channels-last (a fresh tensor).
         """
@@ -132,8 +200,5 @@ class MultiResMap:
         ids = lay.id_map
         if not padded:
             ids = ids[:, : lay.levelmap.height, : lay.levelmap.width]
-        if resolve_backend(backend, self.device) == "triton" and triton_runs_on(self.device):
-            return torch.ops.adatriton.densify(self.values.contiguous(), ids)
-        src = torch.cat([self.values, self.values.new_zeros(1, self.channels)])
-        n, h, w = ids.shape
-        return src.index_select(0, ids.reshape(-1)).view(n, h, w, self.channels).permute(0, 3, 1, 2)
+        triton = resolve_backend(backend, self.device) == "triton" and triton_runs_on(self.device)
+        return densify_values(self.values, ids, "triton" if triton else "torch")

@@ -3,7 +3,7 @@
 Each class subclasses the torch module it replaces, keeps its constructor, parameters, buffers and state_dict
 keys, and on an ordinary tensor runs exactly the parent's ``forward``. Given a
 :class:`~adatriton.core.multires.MultiResMap` it applies the docs/semantics.md §3 operation through :mod:`adatriton.ops`
-(so convolutions go through the per-layer dispatcher, :mod:`adatriton.runtime.dispatch`):
+(so convolutions go through the per-layer dispatcher, :mod:`adatriton.ops.dispatch`):
 
 =========================  ========================================================================================
 module                     on a ``MultiResMap``
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from .. import ops as AF
+from .. import ops
 from ..core.multires import MultiResMap
 from ..runtime.host import module_attrs
 
@@ -107,16 +107,18 @@ class AdaptiveConv2d(nn.Conv2d):
             ``(E', Cout)`` map: on ``x``'s layout, or on the next stage's with ``downsample``.
         """
         stride, dilation = self._multires_geometry()
-        return AF.conv_bn_act(
+        weight, bias = module_attrs(self, "weight", "bias")
+        return ops.conv_bn_act(
             x,
-            *module_attrs(self, "weight", "bias"),
-            bn,
-            relu,
-            residual,
-            dilation if tap_spacing is None else tap_spacing,
-            self.groups,
-            stride == 2 if downsample is None else downsample,
-            backend,
+            weight,
+            bias,
+            bn=bn,
+            relu=relu,
+            residual=residual,
+            tap_spacing=dilation if tap_spacing is None else tap_spacing,
+            groups=self.groups,
+            downsample=stride == 2 if downsample is None else downsample,
+            backend=backend,
         )
 
     def _multires_geometry(self) -> tuple[int, int]:
@@ -212,11 +214,11 @@ class DeformableConv2d(AdaptiveConv2d):
     ) -> MultiResMap:
         """As :meth:`AdaptiveConv2d.multires`, with deformable sampling (never fused into one launch)."""
         spacing = _pair_value(self.dilation, "dilation", self) if tap_spacing is None else tap_spacing
-        offsets = AF.conv2d(x, self.offset.weight, None, spacing, backend=backend)
-        out = AF.deform_conv2d(x, offsets, self.weight, self.bias, spacing)
+        offsets = ops.conv2d(x, self.offset.weight, None, spacing, backend=backend)
+        out = ops.deform_conv2d(x, offsets, self.weight, self.bias, spacing)
         if (_pair_value(self.stride, "stride", self) == 2) if downsample is None else downsample:
-            out = AF.downsample(out, "top_left")
-        return AF.bn_add_act(out, bn, relu, residual)
+            out = ops.downsample(out, "top_left")
+        return ops.bn_add_act(out, bn, relu, residual)
 
 
 class AdaptiveBatchNorm2d(nn.BatchNorm2d):
@@ -228,7 +230,7 @@ class AdaptiveBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor | MultiResMap) -> Tensor | MultiResMap:
         if isinstance(x, MultiResMap):
-            return AF.batch_norm(x, self)
+            return ops.batch_norm(x, self)
         return super().forward(x)
 
 
@@ -262,7 +264,7 @@ class AdaptiveMaxPool2d(nn.MaxPool2d):
                 f"padding=0, dilation=1, no indices; got kernel_size={k}, stride={stride}, padding={padding}, "
                 f"dilation={dilation}, return_indices={self.return_indices}"
             )
-        return AF.downsample(x, "max")
+        return ops.downsample(x, "max")
 
 
 #: torch module class -> its drop-in replacement (exact types: subclasses of these are left alone).

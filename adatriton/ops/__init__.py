@@ -1,7 +1,7 @@
 """Ops on multi-resolution maps, one module per op, each with its torch reference and its custom-op registration.
 
-Importing this package registers the ``adatriton::*`` custom ops (``gather_conv``, ``gather_conv_backward``,
-``triton_conv``, ``densify``).
+Importing this package registers the conv custom ops ``adatriton::gather_conv``, ``adatriton::gather_conv_backward``
+and ``adatriton::triton_conv``; ``adatriton::densify`` is registered by :mod:`adatriton.core.multires`.
 """
 
 from .batchnorm import EvalStats, add, batch_norm, bn_add_act, eval_stats, relu
@@ -16,10 +16,30 @@ from .conv import (
 )
 from .deform import deform_conv2d
 from .densify import densify
+from .dispatch import (
+    CPU_CROSSOVER,
+    CPU_GROUPED_CROSSOVER,
+    CUDA_CROSSOVER,
+    Signature,
+    choose,
+    force,
+    forced,
+    recording,
+    select,
+)
 from .downsample import downsample, softpool2d
 from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
+    "CPU_CROSSOVER",
+    "CPU_GROUPED_CROSSOVER",
+    "CUDA_CROSSOVER",
+    "Signature",
+    "choose",
+    "force",
+    "forced",
+    "recording",
+    "select",
     "EvalStats",
     "MAX_GATHER_BYTES",
     "add",

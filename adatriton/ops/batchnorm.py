@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..core.multires import MultiResMap
+from ..core.multires import MultiResMap, expect_map
 from ..runtime.host import module_attrs
 
 __all__ = ["EvalStats", "add", "batch_norm", "bn_add_act", "eval_stats", "relu"]
@@ -20,16 +20,21 @@ def batch_norm(x: MultiResMap, bn: nn.modules.batchnorm._BatchNorm) -> MultiResM
     The module's own forward runs (running-stat updates, momentum, ``num_batches_tracked``), on the values
     viewed as ``(E, C, 1, 1)``.
     """
+    expect_map(x, "batch_norm")
     e, c = x.values.shape
     return x.with_values(bn(x.values.reshape(e, c, 1, 1)).reshape(e, c))
 
 
 def relu(x: MultiResMap) -> MultiResMap:
+    """ReLU of every element's vector."""
+    expect_map(x, "relu")
     return x.relu()
 
 
 def add(x: MultiResMap, y: MultiResMap) -> MultiResMap:
     """Residual add of two maps on the same layout."""
+    expect_map(x, "add")
+    expect_map(y, "add", "y")
     return x + y
 
 
@@ -52,6 +57,9 @@ def bn_add_act(
     residual: MultiResMap | None = None,
 ) -> MultiResMap:
     """``act(bn(x) + residual)`` op by op: the epilogue of :func:`conv_bn_act` when it is not fused."""
+    expect_map(x, "bn_add_act")
+    if residual is not None:
+        expect_map(residual, "bn_add_act", "residual")
     if bn is not None:
         x = batch_norm(x, bn)
     if residual is not None:

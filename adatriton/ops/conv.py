@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.multires import MultiResMap
+from ..core.multires import MultiResMap, expect_map
 from ..kernels import conv as conv_kernels
-from ..runtime import autotune, dispatch
+from ..runtime import autotune
 from ..runtime.backend import TRITON_DTYPES, triton_runs_on
 from ..runtime.context import getenv
+from . import dispatch
 from .batchnorm import EvalStats, bn_add_act, eval_stats
 
 __all__ = [
@@ -38,15 +39,18 @@ __all__ = [
 MAX_GATHER_BYTES = 128 << 20
 
 
-def check_conv_args(x: MultiResMap, weight: Tensor, bias: Tensor | None, groups: int, tap_spacing: int = 1) -> int:
+def check_conv_args(
+    x: MultiResMap, weight: Tensor, bias: Tensor | None, groups: int, tap_spacing: int = 1, op: str = "conv2d"
+) -> int:
     """Check a conv's arguments against the input map; returns the kernel size ``k``.
+
+    ``op`` names the op in the messages.
 
     Raises:
         TypeError: ``x`` is not a MultiResMap, or ``tap_spacing`` / ``groups`` is not an int.
         ValueError: shapes, devices or dtypes that do not fit, or ``tap_spacing < 1``.
     """
-    if not isinstance(x, MultiResMap):
-        raise TypeError(f"expected a MultiResMap, got {type(x).__name__}")
+    expect_map(x, op)
     if type(tap_spacing) is not int or type(groups) is not int:  # the common case costs two type checks
         for name, value in (("tap_spacing", tap_spacing), ("groups", groups)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -165,18 +169,20 @@ def _conv_torch_fused(
     relu: bool,
     index: Tensor | None,
     groups: int,
+    grad: bool,
 ) -> Tensor:
     """The torch backend's eval-mode conv-BN(-add)-ReLU: BatchNorm's scale folded into the GEMM weight, its shift
     into the GEMM's bias, residual add and ReLU in place on the GEMM output.
 
-    ``index`` is the tap table, the strided 1x1's source rows ``(M, 1)``, or None for a plain 1x1.
+    ``index`` is the tap table, the strided 1x1's source rows ``(M, 1)``, or None for a plain 1x1. With ``grad``
+    (a gradient flows: no scale, residual or ReLU here) the gather-GEMM is the custom op with its backward.
     """
     dtype = x.dtype
     if scale is not None:
         weight = weight * scale.to(dtype).view(-1, 1, 1, 1)
     bias = None if shift is None else shift.to(dtype)
     # Under torch.compile the gather-GEMM stays one opaque op (its chunk loop writes in place).
-    gather = _gather_conv if torch.compiler.is_compiling() else gather_conv_torch
+    gather = _gather_conv if grad or torch.compiler.is_compiling() else gather_conv_torch
     if groups > 1:  # grouped convs: the reference einsum, then the epilogue
         rows = torch.arange(len(x.values), device=x.device)[:, None] if index is None else index
         return _fused_gemm_epilogue(gather(x.values, weight, bias, rows, groups), None, residual, relu)
@@ -393,19 +399,8 @@ def _(values, weight, bias, index, groups, scale, residual, relu):
 _triton_conv.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
-def _tap_index_or_rows(x: MultiResMap, k: int, tap_spacing: int, downsample: bool) -> Tensor | None:
-    """The Triton kernel's row table: taps for k x k, top-left sources for a strided 1x1, None for a plain 1x1."""
-    if k > 1:
-        return x.layout.tap_index(k, tap_spacing, downsample)
-    return x.layout.downsample_sources("top_left")[:, None] if downsample else None
-
-
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _out_layout(x: MultiResMap, downsample: bool):
-    return x.layout.next() if downsample else x.layout
 
 
 def conv2d(
@@ -432,46 +427,51 @@ def conv2d(
         downsample: also perform the next adaptive downsampling step (top-left variant): the conv is evaluated
             only at the elements that survive it, giving the next stage's map (a strided conv's fast path).
         backend: ``"torch"``, ``"dense"``, ``"triton"`` or ``"auto"`` (per-layer choice,
-            :mod:`adatriton.runtime.dispatch`); None resolves through :func:`adatriton.runtime.dispatch.select`.
+            :mod:`adatriton.ops.dispatch`); None resolves through :func:`adatriton.ops.dispatch.select`.
 
     Returns:
         ``(E_out, Cout)`` map on ``x``'s layout, or on the next stage's layout with ``downsample``.
     """
-    x, weight, bias = autocast_conv_inputs(x, weight, bias)
-    check_conv_args(x, weight, bias, groups, tap_spacing)
-    name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
-    return _conv2d(x, weight, bias, tap_spacing, groups, downsample, name)
+    expect_map(x, "conv2d")
+    return conv_bn_act(x, weight, bias, tap_spacing=tap_spacing, groups=groups, downsample=downsample, backend=backend)
 
 
-def _conv2d(
-    x: MultiResMap, weight: Tensor, bias: Tensor | None, tap_spacing: int, groups: int, downsample: bool, name: str
-) -> MultiResMap:
-    """:func:`conv2d` on the backend ``name`` already selected (so the dispatcher decides and records once)."""
+def _conv_values(
+    x: MultiResMap,
+    weight: Tensor,
+    bias: Tensor | None,
+    tap_spacing: int,
+    groups: int,
+    downsample: bool,
+    name: str,
+    grad: bool,
+    stats: EvalStats | None = None,
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    """The conv's output values on the backend ``name``, with the epilogue ``act(bn(.) + residual)`` fused in.
+
+    The one place that branches on the backend. With ``grad`` (a gradient flows) there is no epilogue (``stats``,
+    ``residual`` and ``relu`` are left out) and every path is differentiable.
+    """
     k = weight.shape[-1]
-    lay = x.layout
-    out_layout = _out_layout(x, downsample)
     if name == "triton":
         _check_triton(x.values)
         index = x.layout.kernel_table(k, tap_spacing, downsample)
         values = x.values.contiguous()
-        if torch.compiler.is_compiling() or _needs_grad(values, weight, bias):
-            out = _triton_conv(values, weight, bias, index, groups, None, None, False)  # opaque op with a backward
-        else:  # eager inference: launch directly, without the custom op's dispatch
-            out = _launch_triton(values, index, weight, groups, None, bias)
-        return MultiResMap(out, out_layout)
-    if k == 1:  # never reads neighbours: a GEMM over the (surviving) elements on every backend
-        values = x.values[lay.downsample_sources("top_left")] if downsample else x.values
-        w = weight.reshape(weight.shape[0], -1)
-        if groups == 1:
-            out = values @ w.t() if bias is None else torch.addmm(bias, values, w.t())
-        else:
-            out = _gather_conv(values, weight, bias, torch.arange(len(values), device=x.device)[:, None], groups)
-        return MultiResMap(out, out_layout)
-    if name == "dense":
-        out = _conv_dense(x, weight, bias, tap_spacing, groups, downsample)
-    else:
-        out = _gather_conv(x.values, weight, bias, lay.tap_index(k, tap_spacing, downsample), groups)
-    return MultiResMap(out, out_layout)
+        residual = None if residual is None else residual.contiguous()
+        if grad or torch.compiler.is_compiling():  # one opaque op with a backward; the fold is a few graph ops
+            scale, shift = (None, bias) if stats is None else folded_bn(stats, bias)
+            return _triton_conv(values, weight, shift, index, groups, scale, residual, relu)
+        # eager inference: one launch without the custom op's dispatch, BatchNorm applied from its own tensors
+        return _launch_triton(values, index, weight, groups, None, bias, residual, relu, stats)
+    scale, shift = (None, bias) if stats is None else folded_bn(stats, bias, x.dtype)
+    if name == "dense" and k > 1:  # a 1x1 conv never reads neighbours: the GEMM below on every backend
+        w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
+        out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)
+        return _fused_gemm_epilogue(out, None, residual, relu)
+    index = x.layout.kernel_table(k, tap_spacing, downsample, compact=False)
+    return _conv_torch_fused(x, weight, scale, shift, residual, relu, index, groups, grad)
 
 
 def conv_bn_act(
@@ -486,7 +486,7 @@ def conv_bn_act(
     downsample: bool = False,
     backend: str | None = None,
 ) -> MultiResMap:
-    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU.
+    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU; :func:`conv2d` is this op without them.
 
     In eval mode with no gradient needed the epilogue is fused: on the triton backend one kernel launch (bias and
     BatchNorm as a per-channel scale and shift, the residual add, ReLU and the cast in the epilogue); on the torch
@@ -500,31 +500,20 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
+    expect_map(x, "conv_bn_act")
+    if residual is not None:
+        expect_map(residual, "conv_bn_act", "residual")
     x, weight, bias = autocast_conv_inputs(x, weight, bias)
-    k = check_conv_args(x, weight, bias, groups, tap_spacing)
+    check_conv_args(x, weight, bias, groups, tap_spacing, "conv_bn_act")
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
+    out_layout = x.layout.next() if downsample else x.layout
     stats = None if bn is None else eval_stats(bn)
     bn_affine = (None, None) if stats is None else stats[:2]
     res = None if residual is None else residual.values
     if (bn is not None and stats is None) or _needs_grad(x.values, weight, bias, *bn_affine, res):
-        return bn_add_act(_conv2d(x, weight, bias, tap_spacing, groups, downsample, name), bn, relu, residual)
-    out_layout = _out_layout(x, downsample)
+        out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, grad=True)
+        return bn_add_act(MultiResMap(out, out_layout), bn, relu, residual)
     if residual is not None and not residual.layout.same_as(out_layout):
         raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
-    if name == "triton":
-        _check_triton(x.values)
-        index = x.layout.kernel_table(k, tap_spacing, downsample)
-        values, res = x.values.contiguous(), None if res is None else res.contiguous()
-        if torch.compiler.is_compiling():  # one opaque op; the fold is a few graph ops the compiler fuses
-            scale, shift = folded_bn(stats, bias)
-            out = _triton_conv(values, weight, shift, index, groups, scale, res, relu)
-        else:  # eager: BatchNorm applied in the kernel's epilogue from its own tensors, one launch in all
-            out = _launch_triton(values, index, weight, groups, None, bias, res, relu, stats)
-        return MultiResMap(out, out_layout)
-    scale, shift = folded_bn(stats, bias, x.dtype)
-    if name == "dense" and k > 1:
-        w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
-        out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)
-        return MultiResMap(_fused_gemm_epilogue(out, None, res, relu), out_layout)
-    index = _tap_index_or_rows(x, k, tap_spacing, downsample)
-    return MultiResMap(_conv_torch_fused(x, weight, scale, shift, res, relu, index, groups), out_layout)
+    out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, relu)
+    return MultiResMap(out, out_layout)

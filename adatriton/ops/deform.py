@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.multires import MultiResMap
+from ..core.multires import MultiResMap, expect_map
 from . import conv
 from .conv import autocast_conv_inputs, check_conv_args
 
@@ -13,8 +13,7 @@ __all__ = ["deform_conv2d"]
 
 
 def _check_aux_map(name: str, aux: MultiResMap, x: MultiResMap, channels: int) -> None:
-    if not isinstance(aux, MultiResMap):
-        raise TypeError(f"{name} must be a MultiResMap, got {type(aux).__name__}")
+    expect_map(aux, "deform_conv2d", name)
     if not aux.layout.same_as(x.layout):
         raise ValueError(f"{name} has layout {aux.layout}, the input {x.layout}; they must be the same")
     if aux.channels != channels:
@@ -58,8 +57,9 @@ def deform_conv2d(
     Returns:
         ``(E, Cout)`` map on ``x``'s layout.
     """
+    expect_map(x, "deform_conv2d")
     x, weight, bias = autocast_conv_inputs(x, weight, bias)
-    k = check_conv_args(x, weight, bias, groups, tap_spacing)
+    k = check_conv_args(x, weight, bias, groups, tap_spacing, "deform_conv2d")
     if groups != 1:
         raise ValueError(f"deform_conv2d supports groups=1 only, got groups={groups}")
     taps = k * k

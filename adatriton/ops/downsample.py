@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.multires import MultiResMap
+from ..core.multires import MultiResMap, expect_map
 
 __all__ = ["downsample", "softpool2d"]
 
@@ -24,6 +24,7 @@ def downsample(x: MultiResMap, variant: str = "top_left") -> MultiResMap:
     Returns:
         The map at stage ``j``.
     """
+    expect_map(x, "downsample")
     if variant not in ("top_left", "max", "softpool"):
         raise ValueError(f"downsampling variant must be 'top_left', 'max' or 'softpool', got {variant!r}")
     if variant == "softpool":

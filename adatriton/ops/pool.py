@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.multires import MultiResMap
+from ..core.multires import MultiResMap, expect_map
 
 __all__ = [
     "avg_downsample",
@@ -36,11 +36,6 @@ __all__ = [
 ]
 
 
-def _check_map(x: MultiResMap, what: str) -> None:
-    if not isinstance(x, MultiResMap):
-        raise TypeError(f"{what} expects a MultiResMap, got {type(x).__name__}")
-
-
 def element_areas(x: MultiResMap) -> Tensor:
     """Real finest-grid pixels covered by each element (docs/semantics.md §2, §4: blocks clipped to the grid).
 
@@ -48,6 +43,7 @@ def element_areas(x: MultiResMap) -> Tensor:
         ``(E,)`` tensor in the values' dtype: ``min(s, Hf - y0) * min(s, Wf - x0)`` for an element of side ``s``
         with top-left finest pixel ``(y0, x0)``.
     """
+    expect_map(x, "element_areas")
     lay, lm = x.layout, x.layout.levelmap
     side = torch.ones_like(lay.element_level) << lay.element_level
     rows = torch.clamp(lm.height - lay.rows * side, max=side)
@@ -67,7 +63,7 @@ def global_avg_pool(x: MultiResMap) -> Tensor:
     Returns:
         ``(N, C)`` per-sample vectors.
     """
-    _check_map(x, "global_avg_pool")
+    expect_map(x, "global_avg_pool")
     lay, lm = x.layout, x.layout.levelmap
     weighted = x.values * element_areas(x)[:, None]
     sums = x.values.new_zeros(lm.batch, x.channels).index_add(0, lay.batch_index, weighted)
@@ -81,7 +77,7 @@ def global_max_pool(x: MultiResMap) -> Tensor:
     Returns:
         ``(N, C)``.
     """
-    _check_map(x, "global_max_pool")
+    expect_map(x, "global_max_pool")
     lay, lm = x.layout, x.layout.levelmap
     out = x.values.new_full((lm.batch, x.channels), float("-inf"))
     index = lay.batch_index[:, None].expand(-1, x.channels)
@@ -104,7 +100,7 @@ def per_sample(
     Returns:
         Map on ``x``'s layout.
     """
-    _check_map(x, "per_sample")
+    expect_map(x, "per_sample")
     rows = vectors.reshape(1, -1) if vectors.dim() < 2 else vectors
     if rows.dim() != 2 or rows.shape[0] not in (1, x.layout.levelmap.batch) or rows.shape[1] not in (1, x.channels):
         raise ValueError(
@@ -127,7 +123,7 @@ def layer_norm(
         weight, bias: ``(C,)`` affine parameters or None.
         eps: added to the variance.
     """
-    _check_map(x, "layer_norm")
+    expect_map(x, "layer_norm")
     return x.with_values(F.layer_norm(x.values, (x.channels,), weight, bias, eps))
 
 
@@ -141,7 +137,7 @@ def linear(x: MultiResMap, weight: Tensor, bias: Tensor | None = None) -> MultiR
     Returns:
         ``(E, Cout)`` map on ``x``'s layout.
     """
-    _check_map(x, "linear")
+    expect_map(x, "linear")
     return x.with_values(F.linear(x.values, weight, bias))
 
 
@@ -157,7 +153,7 @@ def avg_downsample(x: MultiResMap) -> MultiResMap:
     Returns:
         The map at stage ``j``.
     """
-    _check_map(x, "avg_downsample")
+    expect_map(x, "avg_downsample")
     lay = x.layout
     nxt = lay.next()
     merged = nxt.level_slice(nxt.stage)  # the new level-j elements come last in the element order

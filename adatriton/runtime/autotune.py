@@ -34,14 +34,21 @@ from typing import Any
 import torch
 import triton
 
-from ..kernels import conv as conv_module
-from ..kernels.conv import ConvConfig, conv_configs, default_config, device_arch, interpreting, prune_configs
+from ..kernels.conv import (
+    ConvConfig,
+    config_problems,
+    conv_configs,
+    default_config,
+    device_arch,
+    interpreting,
+    prune_configs,
+)
 from .context import ScopedStack, getenv
 from .files import (
     CACHE_DIR_ENV,
     CacheFileError,
     cache_dir,
-    gpu_name,
+    device_name,
     read_entries_file,
     slug,
     update_entries_file,
@@ -55,9 +62,7 @@ __all__ = [
     "AutotuneCache",
     "cache_dir",
     "cache_path",
-    "config_problems",
     "conv_key",
-    "device_name",
     "get_cache",
     "is_tuning",
     "recording_choices",
@@ -81,28 +86,10 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 # ---------------------------------------------------------------------------------------------- where the cache is
-def device_name(device: torch.device | str | int | None) -> str:
-    """The name that identifies the hardware the timings were taken on.
-
-    Args:
-        device: a CUDA device (``torch.cuda.get_device_name``) or the CPU (the Triton interpreter).
-
-    Returns:
-        ``torch.cuda.get_device_name(device)`` on CUDA, ``"interpreter-cpu"`` on the CPU. While the interpreter
-        runs (``TRITON_INTERPRET=1``) a CUDA device is named ``"interpreter-<gpu name>"``: interpreter timings must
-        never land in (or be read from) the cache that real GPU runs use.
-    """
-    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device or "cuda")
-    if device.type != "cuda":
-        return "interpreter-cpu" if device.type == "cpu" else f"interpreter-{device.type}"
-    name = gpu_name(device)
-    return f"interpreter-{name}" if interpreting() else name
-
-
 def cache_path(device: torch.device | str | int | None) -> Path:
     """The cache file of ``device``'s GPU model and the installed Triton version, e.g.
     ``~/.cache/adatriton/conv-nvidia-h100-80gb-hbm3-triton3.8.0.json``."""
-    return _cache_file(device_name(device))
+    return _cache_file(device_name(device, triton_timings=True))
 
 
 def _cache_file(name: str) -> Path:
@@ -127,57 +114,8 @@ def conv_key(rows: int, cin_g: int, cout_g: int, taps: int, groups: int, dtype: 
 
 
 # ---------------------------------------------------------------------------------------------- the cache file
-#: What a stored config must satisfy to be launched (the kernel's constraints, checked when the cache is read):
-#: block sizes are powers of two (``tl.arange``) of at least 16 (``tl.dot``) and at most this many.
-MAX_BLOCK = 256
-#: ``num_warps`` is a power of two up to this many (a CUDA block holds at most 32 warps).
-MAX_WARPS = 32
-#: ``num_stages`` (software-pipelining depth) from 1 up to this many; more only fails to fit in shared memory.
-MAX_STAGES = 8
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_pow2(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
-
-
-def config_problems(config: Any) -> list[str]:
-    """Why the conv kernel cannot run ``config`` (a stored ``[BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps]``,
-    with a sixth ``persistent`` flag where the kernel has one); empty when it can.
-
-    The kernel module's own :func:`adatriton.kernels.conv.config_problems` decides when it has one (it knows its
-    kernel and its config lengths best). Without it, the constraints are checked here: five ints; ``BLOCK_M``,
-    ``BLOCK_N``, ``BLOCK_K`` powers of two in ``[16, MAX_BLOCK]``; ``num_warps`` a power of two in
-    ``[1, MAX_WARPS]``; ``num_stages`` in ``[1, MAX_STAGES]``.
-
-    Example:
-        >>> config_problems([3, 5, 7, 1, 3])[0]
-        'BLOCK_M=3 is not a power of two in 16..256'
-    """
-    kernel_check = getattr(conv_module, "config_problems", None)
-    if kernel_check is not None:
-        if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)):
-            return [f"expected a list of ints {list(ConvConfig.fields)}, got {config!r}"]
-        return [str(p) for p in kernel_check(list(config))]
-    fields = ConvConfig.fields
-    if isinstance(config, (str, bytes)) or not isinstance(config, (list, tuple)) or len(config) != len(fields):
-        return [f"expected a list of {len(fields)} ints {list(fields)}, got {config!r}"]
-    wrong = [f"{name}={value!r} is not an int" for name, value in zip(fields, config) if not _is_int(value)]
-    if wrong:
-        return wrong
-    problems = []
-    for name, value in zip(fields[:3], config[:3]):
-        if not (_is_pow2(value) and 16 <= value <= MAX_BLOCK):
-            problems.append(f"{name}={value} is not a power of two in 16..{MAX_BLOCK}")
-    stages, warps = config[3], config[4]
-    if not 1 <= stages <= MAX_STAGES:
-        problems.append(f"num_stages={stages} is not in 1..{MAX_STAGES}")
-    if not (_is_pow2(warps) and warps <= MAX_WARPS):
-        problems.append(f"num_warps={warps} is not a power of two in 1..{MAX_WARPS}")
-    return problems
 
 
 def _entry_problems(entry: Any) -> list[str]:
@@ -185,7 +123,7 @@ def _entry_problems(entry: Any) -> list[str]:
     if not isinstance(entry, dict):
         return [f"expected an object with config, time_ms, candidates, got {type(entry).__name__}"]
     cfg, t, n = entry.get("config"), entry.get("time_ms"), entry.get("candidates")
-    problems = config_problems(cfg)
+    problems = config_problems(cfg)  # the kernel's own rule: one validator for launches and cache files
     if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
         problems.append(f"time_ms={t!r} is not a finite number >= 0")
     if not (_is_int(n) and n >= 1):
@@ -205,10 +143,11 @@ class AutotuneCache:
     The file is read lazily, on the first :meth:`get` or :meth:`put`. A file that is not valid JSON, has another
     schema, wrong types, or belongs to another GPU or Triton version is ignored with a ``UserWarning`` (it never
     raises); individual malformed entries are dropped the same way, including readable configs the kernel cannot
-    run (:func:`config_problems`, e.g. ``[3, 5, 7, 1, 3]``), so a bad entry never reaches a launch. Thread-safe.
+    run (:func:`adatriton.kernels.conv.config_problems`, e.g. ``[3, 5, 7, 1, 3]``), so a bad entry never reaches
+    a launch. Thread-safe.
 
     Args:
-        name: the :func:`device_name` the file belongs to.
+        name: the :func:`~adatriton.runtime.files.device_name` (``triton_timings=True``) the file belongs to.
         path: the JSON file; default :func:`cache_path` of the current CUDA device.
     """
 
@@ -354,7 +293,7 @@ def get_cache(device: torch.device | str | int | None) -> AutotuneCache:
     cache = _caches.get(fast)
     if cache is not None:
         return cache
-    name = device_name(device if index is None else torch.device(device.type, index))
+    name = device_name(device if index is None else torch.device(device.type, index), triton_timings=True)
     path = _cache_file(name)
     # Keyed by the file too, so changing $ADATRITON_CACHE_DIR (tests, tools) gets a fresh object.
     with _caches_lock:

@@ -6,7 +6,7 @@
 - ``"triton"``: the fused implicit-GEMM kernels of :mod:`adatriton.kernels` (CUDA; on the CPU only under the
   Triton interpreter, ``TRITON_INTERPRET=1``). fp32, fp16 and bf16.
 
-- ``"auto"``: the per-layer dispatcher (:mod:`adatriton.runtime.dispatch`) picks one of the three for every conv of the
+- ``"auto"``: the per-layer dispatcher (:mod:`adatriton.ops.dispatch`) picks one of the three for every conv of the
   adaptive part from its shape and the density of the elements it computes; where no layer is known (e.g.
   :func:`resolve_backend`, densify) ``"auto"`` means ``"triton"`` on CUDA and ``"torch"`` elsewhere.
 
@@ -67,7 +67,7 @@ def requested_backend(backend: str | None = None) -> tuple[str, str]:
 def resolve_backend(backend: str | None = None, device: torch.device | None = None) -> str:
     """The backend to use: the argument, else the innermost :func:`use_backend`, else ``$ADATRITON_BACKEND``,
     else ``"torch"``; ``"auto"`` becomes ``"triton"`` for CUDA tensors and ``"torch"`` otherwise (the
-    per-layer choice of convolutions is :func:`adatriton.runtime.dispatch.select`)."""
+    per-layer choice of convolutions is :func:`adatriton.ops.dispatch.select`)."""
     name = requested_backend(backend)[0]
     if name == "auto":
         return "triton" if device is not None and device.type == "cuda" else "torch"

@@ -27,6 +27,8 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching in the tes
 
 import torch
 
+from ..kernels.conv import interpreting
+
 __all__ = [
     "CACHE_DIR_ENV",
     "CacheFileError",
@@ -34,8 +36,7 @@ __all__ = [
     "cpu_model",
     "dumps_entries",
     "file_lock",
-    "gpu_name",
-    "hardware_name",
+    "device_name",
     "read_entries_file",
     "slug",
     "update_entries_file",
@@ -72,22 +73,30 @@ def _cuda_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
-def gpu_name(device: torch.device) -> str:
-    """``torch.cuda.get_device_name`` of a CUDA device, asked once per index (it queries the driver, and the
-    callers run once per conv launch)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _cuda_name(index)
+def device_name(device: torch.device | str | int | None, *, triton_timings: bool = False) -> str:
+    """The one name of the hardware that measurements on ``device`` belong to; the cache files are named by it.
 
+    Args:
+        device: a device, a device string, a CUDA index, or None for the current CUDA device.
+        triton_timings: name the hardware that times the Triton kernels (the autotune cache). On the CPU that is
+            the Triton interpreter, ``"interpreter-cpu"``; on CUDA under ``TRITON_INTERPRET=1`` it is
+            ``"interpreter-<GPU model>"``: interpreter timings must never land in (or be read from) the file that
+            real GPU runs use.
 
-def hardware_name(device: torch.device | str) -> str:
-    """The hardware measurements on ``device`` belong to: the GPU model on CUDA, ``"cpu-<model name>"`` on the CPU,
-    else the device type."""
-    device = torch.device(device)
+    Returns:
+        The GPU model on CUDA (``torch.cuda.get_device_name``, asked once per index: it queries the driver, and
+        the callers run once per conv launch), ``"cpu-<model name>"`` on the CPU, else the device type; with
+        ``triton_timings``, ``"interpreter-<device type>"`` off CUDA.
+    """
+    if not isinstance(device, torch.device):
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device or "cuda")
     if device.type == "cuda":
-        return gpu_name(device)
-    if device.type == "cpu":
-        return f"cpu-{cpu_model()}"
-    return device.type
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = _cuda_name(index)
+        return f"interpreter-{name}" if triton_timings and interpreting() else name
+    if triton_timings:
+        return f"interpreter-{device.type}"
+    return f"cpu-{cpu_model()}" if device.type == "cpu" else device.type
 
 
 def slug(text: str) -> str:

@@ -23,6 +23,7 @@ from ..models.convert import convert
 from ..runtime import autotune
 from ..runtime.backend import use_backend
 from ..runtime.extras import require
+from ..runtime.files import device_name
 from .cli import DTYPES, add_dtype_argument, add_model_arguments, fraction
 from .cli import device as device_type
 
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> Any:
         print(table.to_string(index=False) if len(table) else "(no Triton conv ran)")
     tuned = int(table["tuned"].sum()) if len(table) else 0
     print(
-        f"\n{args.model} {output_stride} {height}x{width} {args.dtype} on {autotune.device_name(device)}: "
+        f"\n{args.model} {output_stride} {height}x{width} {args.dtype} on {device_name(device, triton_timings=True)}: "
         f"{len(table)} keys, "
         f"{tuned} newly tuned in {elapsed:.1f} s"
     )

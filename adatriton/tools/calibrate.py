@@ -1,4 +1,4 @@
-"""Per-device calibration of the ``auto`` dispatcher's crossover densities (:mod:`adatriton.runtime.dispatch`).
+"""Per-device calibration of the ``auto`` dispatcher's crossover densities (:mod:`adatriton.ops.dispatch`).
 
 For every distinct k x k conv signature (Cin, Cout, k, tap spacing, groups, dtype) of a converted model, time the
 sparse path (``triton`` on CUDA, the ``torch`` gather-GEMM on the CPU) against ``dense`` (densify, cuDNN / oneDNN
@@ -28,8 +28,10 @@ from ..core.levelmap import LevelMap
 from ..core.multires import MultiResMap
 from ..masks.density import synthetic_grid
 from ..models.convert import convert
-from ..runtime import dispatch
+from ..ops import dispatch
+from ..runtime import calibration
 from ..runtime.extras import require
+from ..runtime.files import device_name
 from ..runtime.timing import time_calls
 from .autotune import random_level_map
 from .cli import DTYPES, add_dtype_argument, add_model_arguments, add_repeats_argument, fraction
@@ -110,7 +112,7 @@ def calibrate(
         levels: a level map for ``model(x, levels)``; default: 30 % of the area at level 0.
         densities: target densities of the synthetic level maps.
         repeats: timed calls per point (median).
-        save: write the result into :func:`adatriton.runtime.dispatch.calibration_path` (merged with what is there).
+        save: write the result into :func:`adatriton.runtime.calibration.calibration_path` (merged with what is there).
         seed: seed of the synthetic level maps and values.
 
     Returns:
@@ -156,7 +158,7 @@ def calibrate(
                 "dense_ms": got_dense,
             }
     if save:
-        dispatch.save_calibration(device, entries)
+        calibration.save_calibration(device, entries)
     return entries
 
 
@@ -231,10 +233,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         print(table(entries).to_string(index=False))
     print(
         f"\n{args.model} {args.output_stride} {args.size[0]}x{args.size[1]} {dtype} on "
-        f"{dispatch.dispatch_device_name(device)}: {len(entries)} signatures in {time.perf_counter() - start:.1f} s",
+        f"{device_name(device)}: {len(entries)} signatures in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )
-    print(f"calibration file: {dispatch.calibration_path(device)}")
+    print(f"calibration file: {calibration.calibration_path(device)}")
     return entries
 
 

@@ -210,3 +210,22 @@ def test_auto_backend_is_triton_on_cuda_and_torch_elsewhere(monkeypatch):
     assert resolve_backend(None, torch.device("cpu")) == "torch"
     with use_backend("dense"):
         assert resolve_backend(None, torch.device("cuda", 0)) == "dense"
+
+
+@pytest.mark.parametrize("kernel, downsample", [(3, False), (3, True), (1, True), (1, False)])
+def test_kernel_table_is_the_one_source_of_row_tables(kernel, downsample):
+    """Every backend reads its conv's row table from ``Layout.kernel_table``: the Triton kernel the compact int32
+    table, the torch backend the int64 one; both hold the same rows (taps, top-left sources, or none for a 1x1)."""
+    lay = LevelMap.random(2, 9, 7, 2, generator=torch.Generator().manual_seed(5)).layout(1)
+    wide = lay.kernel_table(kernel, 2, downsample, compact=False)
+    compact = lay.kernel_table(kernel, 2, downsample)
+    if kernel == 1 and not downsample:
+        assert wide is None and compact is None
+        return
+    assert wide.dtype == torch.long and compact.dtype == torch.int32
+    assert torch.equal(wide, compact.long())
+    if kernel > 1:
+        assert wide is lay.tap_index(kernel, 2, downsample)  # built once, shared with the layout's own cache
+    else:
+        assert torch.equal(wide[:, 0], lay.downsample_sources("top_left"))
+    assert lay.kernel_table(kernel, 2, downsample) is compact  # cached

@@ -15,6 +15,8 @@ from torch import nn
 
 from adatriton.kernels.conv import ConvConfig, conv_configs, default_config, prune_configs
 from adatriton.runtime import autotune as runtime_autotune
+from adatriton.runtime.calibration import calibration_path
+from adatriton.runtime.files import cpu_model, device_name, slug
 from adatriton.tools import autotune as tools_autotune
 
 SHAPE = {"rows": 1000, "cin_g": 64, "cout_g": 64, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
@@ -78,7 +80,10 @@ def test_cache_dir_and_path(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert runtime_autotune.cache_dir() == tmp_path / "home" / ".cache" / "adatriton"
 
-    assert runtime_autotune.device_name(CPU) == "interpreter-cpu"
+    assert device_name(CPU, triton_timings=True) == "interpreter-cpu"
+    # the calibration file's name of the same CPU: its model, as before the naming functions became one
+    assert device_name("cpu") == f"cpu-{cpu_model()}"
+    assert calibration_path("cpu").name == f"dispatch-{slug('cpu-' + cpu_model())}.json"
     path = runtime_autotune.cache_path("cpu")
     assert path.name == f"conv-interpreter-cpu-triton{triton.__version__}.json"
     assert runtime_autotune.get_cache(CPU) is runtime_autotune.get_cache("cpu")

@@ -12,7 +12,7 @@ import triton
 
 from adatriton.kernels import conv as conv_module
 from adatriton.runtime import autotune as runtime_autotune
-from adatriton.runtime import dispatch as D
+from adatriton.runtime import calibration as D
 from adatriton.runtime import files
 
 PROCESSES, SAVES = 4, 40
@@ -141,12 +141,13 @@ def _write(entries):
         pytest.param([32, 32, 32, 99, 4], "num_stages=99", id="many-stages"),
         pytest.param([32, 32, 32, 2, 6], "num_warps=6", id="warps-not-pow2"),
         pytest.param([32, 32, 32, 2, 64], "num_warps=64", id="warps-too-many"),
-        pytest.param([32, 32, 32, 2, 4.0], "num_warps=4.0 is not an int", id="float"),
-        pytest.param([32, 32, 32], "expected a list of 5 ints", id="short"),
+        pytest.param([32, 32, 32, 2, 4.0], "a conv config holds ints", id="float"),
+        pytest.param([32, 32, 32], "a conv config is 5 or 6 ints", id="short"),
+        pytest.param("32,32,32,2,4", "a conv config is 5 or 6 ints", id="string"),
+        pytest.param([32, 32, 32, 2, 4, 2], "persistent=2", id="persistent-not-a-flag"),
     ],
 )
-def test_impossible_configs_are_dropped_with_a_warning(config, problem, monkeypatch):
-    monkeypatch.delattr(conv_module, "config_problems", raising=False)  # the checks written here
+def test_impossible_configs_are_dropped_with_a_warning(config, problem):
     entry = {"time_ms": 1.0, "candidates": 2}
     _write({"bad": {"config": config, **entry}, "k": {"config": GOOD, **entry}})
     with pytest.warns(UserWarning, match="dropping 1 malformed entries") as caught:
@@ -165,30 +166,34 @@ def test_a_dropped_entry_never_reaches_a_launch():
     assert got == conv_module.default_config(1000, 64, 64)
 
 
-@pytest.mark.parametrize("checks", ["kernel", "fallback"])
-def test_every_config_the_tuner_can_store_is_valid(checks, monkeypatch, tmp_path):
-    if checks == "fallback":
-        monkeypatch.delattr(conv_module, "config_problems", raising=False)
+def test_every_config_the_tuner_can_store_is_valid(tmp_path):
     configs = list(conv_module.conv_configs())
     configs += [conv_module.default_config(rows, 3, 2048) for rows in (1, 7, 100, 10**6)]
-    if checks == "fallback":  # the checks written here know the 5-int configs only
-        configs = [c for c in configs if len(c) == 5]
     cache = runtime_autotune.AutotuneCache("gpu", tmp_path / "c.json")
     for i, config in enumerate(configs):
-        assert runtime_autotune.config_problems(list(config)) == [], config
+        assert conv_module.config_problems(list(config)) == [], config
         cache.put(f"k{i}", config, 1.0, 1)  # what tuning stores ...
     cache.save()
     again = runtime_autotune.AutotuneCache("gpu", tmp_path / "c.json")
     assert [again.get(f"k{i}") for i in range(len(configs))] == configs  # ... reads back, none dropped
 
 
+def test_cache_entries_and_launches_share_one_validator():
+    """The cache file is checked by the kernel module's rule itself, not by a copy of it that could disagree."""
+    assert runtime_autotune.config_problems is conv_module.config_problems
+    assert not hasattr(runtime_autotune, "MAX_WARPS")
+
+
+def test_up_to_32_warps_are_valid(tmp_path):
+    """CUDA runs up to 1024 threads (32 warps) per block: a stored 32-warp config is kept, 64 is not."""
+    assert conv_module.config_problems([64, 64, 32, 3, 32]) == []
+    assert "num_warps=64 is not a power of two in 1..32" in conv_module.config_problems([64, 64, 32, 3, 64])[0]
+    cache = runtime_autotune.AutotuneCache("gpu", tmp_path / "c.json")
+    cache.put("k", (64, 64, 32, 3, 32), 1.0, 1)
+    cache.save()
+    assert runtime_autotune.AutotuneCache("gpu", tmp_path / "c.json").get("k") == (64, 64, 32, 3, 32)
+
+
 def test_put_names_the_problem():
     with pytest.raises(ValueError, match="num_warps=3"):
         runtime_autotune.get_cache(CPU).put("k", (32, 32, 32, 2, 3), 1.0, 1)
-
-
-def test_the_kernel_module_check_is_used_when_it_exists(monkeypatch):
-    monkeypatch.setattr(conv_module, "config_problems", lambda config: ["kernel says no"], raising=False)
-    assert runtime_autotune.config_problems(GOOD) == ["kernel says no"]
-    assert runtime_autotune.config_problems([32, 32, 32, 2, 4, 1]) == ["kernel says no"]  # its lengths, its call
-    assert "expected a list of ints" in runtime_autotune.config_problems("32,32,32,2,4")[0]

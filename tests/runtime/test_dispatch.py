@@ -9,7 +9,9 @@ import torchvision
 
 import adatriton
 from adatriton import ops as AF
-from adatriton.runtime import dispatch as D
+from adatriton.ops import dispatch as D
+from adatriton.runtime import calibration as cal
+from adatriton.runtime.files import device_name
 from adatriton.tools import calibrate as C
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -22,9 +24,9 @@ def _cache(tmp_path, monkeypatch):
     """Every test gets an empty cache dir, so a developer's own calibration never changes a choice."""
     monkeypatch.setenv("ADATRITON_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("ADATRITON_BACKEND", raising=False)
-    D.clear_calibration_cache()
+    cal.clear_calibration_cache()
     yield
-    D.clear_calibration_cache()
+    cal.clear_calibration_cache()
 
 
 def _map(f_blocks, batch=1, size=8):
@@ -146,11 +148,11 @@ def test_per_module_forcing():
 
 # ---------------------------------------------------------------------------------------------- calibration files
 def _write_calibration(entries, device=CPU, **head):
-    path = D.calibration_path(device)
+    path = cal.calibration_path(device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"schema": D.CALIBRATION_SCHEMA, "device": D.dispatch_device_name(device), "entries": entries, **head}
+    data = {"schema": cal.CALIBRATION_SCHEMA, "device": device_name(device), "entries": entries, **head}
     path.write_text(json.dumps(data))
-    D.clear_calibration_cache()
+    cal.clear_calibration_cache()
     return path
 
 
@@ -182,12 +184,14 @@ def test_grouped_convs_go_dense_early_on_the_cpu():
     [
         "{not json",
         json.dumps({"schema": 99, "device": "x", "entries": {}}),
-        json.dumps({"schema": D.CALIBRATION_SCHEMA, "device": "another-gpu", "entries": {SIG3.key: {"crossover": 0}}}),
+        json.dumps(
+            {"schema": cal.CALIBRATION_SCHEMA, "device": "another-gpu", "entries": {SIG3.key: {"crossover": 0}}}
+        ),
         json.dumps([1, 2]),
     ],
 )
 def test_corrupt_or_foreign_calibration_is_ignored_with_a_warning(text):
-    path = D.calibration_path(CPU)
+    path = cal.calibration_path(CPU)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     with pytest.warns(UserWarning, match="ignoring dispatch calibration"):
@@ -277,12 +281,12 @@ def test_calibrate_on_cpu_writes_the_file(tmp_path):
     for entry in entries.values():
         assert entry["sparse"] == "torch" and len(entry["densities"]) == 2
         assert entry["crossover"] is None or 0 <= entry["crossover"] <= 1
-    path = D.calibration_path(CPU)
+    path = cal.calibration_path(CPU)
     assert path.parent == tmp_path and path.exists()
     saved = json.loads(path.read_text())
-    assert saved["device"] == D.dispatch_device_name(CPU) and set(saved["entries"]) == keys
-    D.clear_calibration_cache()
-    assert set(D.load_calibration(CPU)) == keys
+    assert saved["device"] == device_name(CPU) and set(saved["entries"]) == keys
+    cal.clear_calibration_cache()
+    assert set(cal.load_calibration(CPU)) == keys
     assert D.choose(D.Signature(512, 512, 3, 4, 1, "float32"), 0.5, CPU)[1].startswith("calibrated")
     assert len(C.table(entries)) == 8
 

@@ -12,8 +12,8 @@ Order of the rules in :func:`choose`:
 1. 1x1 convs read no neighbours: a GEMM over the computed elements (``triton`` on CUDA, ``torch`` elsewhere);
    densifying would only add work.
 2. A per-device calibration (:mod:`adatriton.tools.calibrate`, the file ``dispatch-<device>.json`` next to the autotune
-   cache) gives the crossover density of the layer's signature: below it the sparse path, at or above it
-   ``dense``.
+   cache, :mod:`adatriton.runtime.calibration`) gives the crossover density of the layer's signature: below it the
+   sparse path, at or above it ``dense``.
 3. The built-in rule: crossover :data:`CUDA_CROSSOVER` (sparse = ``triton``) on CUDA, :data:`CPU_CROSSOVER`
    (sparse = ``torch``) elsewhere, lower for grouped convs on the CPU (:data:`CPU_GROUPED_CROSSOVER`).
 
@@ -27,36 +27,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .backend import BACKENDS, TRITON_DTYPES, requested_backend, triton_runs_on
-from .context import ScopedStack
-from .files import CACHE_DIR_ENV, CacheFileError, cache_dir, hardware_name, read_entries_file, slug, update_entries_file
+from ..core.layout import Layout
+from ..core.multires import MultiResMap
+from ..runtime.backend import BACKENDS, TRITON_DTYPES, requested_backend, triton_runs_on
+from ..runtime.calibration import load_calibration
+from ..runtime.context import ScopedStack
 
 __all__ = [
-    "CALIBRATION_SCHEMA",
     "CPU_CROSSOVER",
     "CPU_GROUPED_CROSSOVER",
     "CUDA_CROSSOVER",
     "Signature",
-    "calibration_path",
     "choose",
-    "clear_calibration_cache",
-    "dispatch_device_name",
     "force",
     "forced",
-    "load_calibration",
     "recording",
-    "save_calibration",
     "select",
 ]
 
@@ -77,8 +69,6 @@ CPU_CROSSOVER = 0.9
 #: ``CPU_GROUPED_CROSSOVER * sqrt(Cin / groups)`` (0.02 depthwise, 0.06 at 8 channels per group, 0.11 at 32), at
 #: most :data:`CPU_CROSSOVER`.
 CPU_GROUPED_CROSSOVER = 0.02
-#: Version of the calibration file format; files with another one are ignored.
-CALIBRATION_SCHEMA = 1
 
 
 # ---------------------------------------------------------------------------------------------- signatures
@@ -118,111 +108,6 @@ class Signature:
 
 def _sparse_backend(device: torch.device) -> str:
     return "triton" if device.type == "cuda" else "torch"
-
-
-# ---------------------------------------------------------------------------------------------- calibration files
-def dispatch_device_name(device: torch.device | str) -> str:
-    """The hardware a calibration belongs to: the GPU model on CUDA, else ``"cpu-<model name>"``."""
-    return hardware_name(device)
-
-
-def calibration_path(device: torch.device | str) -> Path:
-    """``<cache dir>/dispatch-<device slug>.json``, e.g. ``~/.cache/adatriton/dispatch-nvidia-h100.json``."""
-    return cache_dir() / f"dispatch-{slug(dispatch_device_name(device))}.json"
-
-
-def _valid_entry(entry: Any) -> bool:
-    if not isinstance(entry, dict) or "crossover" not in entry:
-        return False
-    c = entry["crossover"]
-    return c is None or (isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0)
-
-
-def _read_calibration(path: Path, name: str, warn: bool) -> dict[str, dict[str, Any]]:
-    """Valid entries of a calibration file; {} (with a warning when ``warn``) if missing, corrupt or foreign."""
-
-    def reject(reason: str) -> dict[str, dict[str, Any]]:
-        if warn:
-            warnings.warn(f"ignoring dispatch calibration {path}: {reason}", UserWarning, stacklevel=5)
-        return {}
-
-    try:
-        data = read_entries_file(path, "a dispatch calibration")
-    except CacheFileError as err:
-        return reject(str(err))
-    if data is None:
-        return {}
-    if data.get("schema") != CALIBRATION_SCHEMA:
-        return reject(f"schema {data.get('schema')!r}, expected {CALIBRATION_SCHEMA}")
-    if data.get("device") != name:
-        return reject(f"it belongs to {data.get('device')!r}, not {name!r}")
-    entries = {k: dict(v) for k, v in data["entries"].items() if _valid_entry(v)}
-    if len(entries) != len(data["entries"]) and warn:
-        warnings.warn(f"dispatch calibration {path}: dropping malformed entries", UserWarning, stacklevel=5)
-    return entries
-
-
-# path -> entries; choose() runs once per conv call, so each file is read once per process (and per path, so a
-# changed $ADATRITON_CACHE_DIR gets its own). calibrate() updates the loaded table when it saves.
-_tables: dict[str, dict[str, dict[str, Any]]] = {}
-_tables_lock = threading.Lock()
-# (device, the environment variables the file name depends on) -> the same table objects as _tables.
-_by_device: dict[tuple, dict[str, dict[str, Any]]] = {}
-
-
-def load_calibration(device: torch.device | str) -> dict[str, dict[str, Any]]:
-    """The calibration entries of ``device`` (``{Signature.key: {"crossover": float | None, ...}}``), read once
-    per file; a corrupt or foreign file is ignored with a ``UserWarning``."""
-    device = torch.device(device)
-    # choose() asks once per conv call: find the table without building the file name (hardware name, cache
-    # directory, slug) when neither the device nor the environment that names the file changed.
-    env = os.environ
-    fast_key = (device, env.get(CACHE_DIR_ENV), env.get("XDG_CACHE_HOME"), env.get("HOME"))
-    table = _by_device.get(fast_key)
-    if table is not None:
-        return table
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return {}  # no GPU to name the file by (a choice asked about on a CPU-only host): the built-in rule
-    path = calibration_path(device)
-    table = _tables.get(str(path))
-    if table is None:
-        with _tables_lock:
-            table = _tables.get(str(path))
-            if table is None:
-                table = _tables[str(path)] = _read_calibration(path, dispatch_device_name(device), warn=True)
-    _by_device[fast_key] = table
-    return table
-
-
-def clear_calibration_cache() -> None:
-    """Forget the loaded calibration files (the next :func:`choose` reads them again)."""
-    with _tables_lock:
-        _tables.clear()
-        _by_device.clear()
-
-
-def save_calibration(device: torch.device | str, entries: dict[str, dict[str, Any]]) -> Path:
-    """Merge ``entries`` into ``device``'s calibration file (ours win on the same key) and write it atomically
-    (temp file in the same directory, fsync, ``os.replace``), under an inter-process lock (``<file>.lock``,
-    :func:`~adatriton.runtime.files.file_lock`), so concurrent calibrations keep each other's entries.
-
-    Returns:
-        The file's path.
-
-    Raises:
-        ValueError: an entry is malformed (names the keys).
-        OSError: the directory or file cannot be written.
-    """
-    bad = [k for k, v in entries.items() if not _valid_entry(v)]
-    if bad:
-        raise ValueError(f"invalid calibration entries: {bad}")
-    path, name = calibration_path(device), dispatch_device_name(device)
-    header = {"schema": CALIBRATION_SCHEMA, "device": name}
-    with _tables_lock:
-        merged = update_entries_file(path, lambda: _read_calibration(path, name, warn=False), header, dict(entries))
-        _tables[str(path)] = merged
-        _by_device.clear()  # the fast lookups point at the replaced table
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- the choice
@@ -278,7 +163,7 @@ def force(target: nn.Module | Tensor, backend: str | None) -> None:
     """Force ``backend`` for the convs of ``target`` (a conv module, a block, a whole layer, or a weight tensor);
     ``None`` removes the forcing.
 
-    A per-module forcing wins over every other setting (argument, :func:`~adatriton.runtime.use_backend`,
+    A per-module forcing wins over every other setting (argument, :func:`~adatriton.runtime.backend.use_backend`,
     environment), since it is the most specific one; ``"auto"`` makes just these convs use the dispatcher.
     """
     if backend is not None and backend not in BACKENDS:
@@ -326,13 +211,13 @@ def recording(records: list | None = None) -> Iterator[list[dict[str, Any]]]:
         yield sink
 
 
-def _density(layout: Any, downsample: bool) -> tuple[int, float]:
+def _density(layout: Layout, downsample: bool) -> tuple[int, float]:
     lm = layout.levelmap
     elements = layout.next().num_elements if downsample else layout.num_elements
     return elements, elements / max(1, lm.batch * lm.height * lm.width)
 
 
-def select(x: Any, weight: Tensor, tap_spacing: int, groups: int, downsample: bool, backend: str | None) -> str:
+def select(x: MultiResMap, weight: Tensor, tap_spacing: int, groups: int, downsample: bool, backend: str | None) -> str:
     """The backend that computes one conv on the multi-resolution map ``x`` (see the module docstring).
 
     Args:
