@@ -485,6 +485,87 @@ ROWS = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------- rows: issue 23 (safety)
+def _train_with(**kwargs):
+    def call(ctx):
+        from adatriton.tools.train import train
+        from tests.models.test_learned import stripes
+        from tests.tools.test_train_ddp import _model
+
+        settings = {"batch_size": 2, "max_iters": 1, "progress": False, "checkpoint_dir": ctx.tmp_path, **kwargs}
+        data = settings.pop("data", None) or stripes(n=2, size=32)
+        return train(_model(seed=0), data, **settings)
+
+    return call
+
+
+def _float_labels():
+    from tests.models.test_learned import stripes
+
+    return [(image, label.float()) for image, label in stripes(n=2, size=32)]
+
+
+def _nested_cache_file(which: str):
+    def call(ctx):
+        from adatriton.runtime import dispatch as D
+
+        ctx.monkeypatch.setenv("ADATRITON_CACHE_DIR", str(ctx.tmp_path))
+        ctx.monkeypatch.setattr(runtime_autotune, "_caches", {})
+        D.clear_calibration_cache()
+        path = AT.cache_path("cpu") if which == "autotune" else D.calibration_path("cpu")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("[" * 100000 + "]" * 100000)
+        try:
+            return AT.get_cache("cpu").load() if which == "autotune" else D.load_calibration("cpu")
+        finally:
+            D.clear_calibration_cache()
+
+    return call
+
+
+def _authors_training_checkpoint(ctx):
+    from tests.models.test_checkpoints import _learned, to_authors_learned_layout, with_training_classifier
+
+    state = _learned(seed=0).state_dict()
+    checkpoint = with_training_classifier(to_authors_learned_layout(state, state))
+    return adatriton.load_authors_state_dict(_learned(seed=1), checkpoint)
+
+
+def _check_strict_load(result, ctx):
+    assert result.missing_keys == [] and result.unexpected_keys == []
+
+
+ROWS += [
+    pytest.param(Row(_train_with(gamma=float("nan")), raises=ARG_ERRORS, says=("gamma", "nan")), id="train-gamma-nan"),
+    pytest.param(
+        Row(_train_with(gamma=1.5), raises=ARG_ERRORS, says=("gamma", r"\[0.0, 1.0\]", "1.5")), id="train-gamma-1.5"
+    ),
+    pytest.param(
+        Row(_train_with(mask_weight=float("inf")), raises=ARG_ERRORS, says=("mask_weight", "inf")),
+        id="train-mask-weight-inf",
+    ),
+    pytest.param(
+        Row(_train_with(lr_head=float("nan")), raises=ARG_ERRORS, says=("lr_head", "nan")), id="train-lr-head-nan"
+    ),
+    pytest.param(
+        Row(_train_with(batch_size=0), raises=ARG_ERRORS, says=("batch_size", ">= 1", "0")), id="train-batch-size-0"
+    ),
+    pytest.param(
+        Row(_train_with(data=_float_labels()), raises=ARG_ERRORS, says=("labels", "integer", "float32")),
+        id="train-float-labels",
+    ),
+    pytest.param(
+        Row(_nested_cache_file("autotune"), warns=UserWarning, says=("ignoring autotune cache", "nested too deeply")),
+        id="autotune-cache-deeply-nested-json",
+    ),
+    pytest.param(
+        Row(_nested_cache_file("calibration"), warns=UserWarning, says=("ignoring dispatch calibration", "nested")),
+        id="calibration-file-deeply-nested-json",
+    ),
+    pytest.param(Row(_authors_training_checkpoint, check=_check_strict_load), id="authors-training-checkpoint-strict"),
+]
+
+
 @pytest.fixture
 def ctx(tmp_path, monkeypatch, capsys):
     return SimpleNamespace(tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys)

@@ -2,7 +2,7 @@
 
 from .layout import Layout, block_sums, ceil_div
 from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
-from .multires import MultiResMap
+from .multires import MultiResMap, densify_values, expect_map
 from .strides import CONVERSIONS, OUTPUT_STRIDES, TILE_STRIDE, default_tile, num_levels_of, parse_output_stride
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "block_sums",
     "ceil_div",
     "default_tile",
+    "densify_values",
+    "expect_map",
     "num_levels_of",
     "parse_output_stride",
 ]

@@ -75,6 +75,9 @@ _MASK_ESTIMATOR = re.compile(r"^(backbone\.)?mask_estimator\.")
 #: Which copy of ``layer3`` / ``layer4`` a learned-mask checkpoint loads: ``bn_path`` of
 #: :func:`load_authors_state_dict`.
 BN_PATHS = ("low_res", "high_res")
+#: The ImageNet classifier of the full ResNet their learned-mask training model keeps as its backbone
+#: (``deeplabv3_ad_resnet101(..., eval=False)``); no segmentation model uses it.
+_UNUSED_CLASSIFIER = re.compile(r"^backbone\.fc\.(weight|bias)$")
 #: Checkpoint dicts of the authors' training script (and common others) hold the weights under one of these.
 _WRAPPER_KEYS = ("model_state", "state_dict")
 _MAX_LISTED = 20
@@ -225,6 +228,9 @@ def load_authors_state_dict(
     4. A learned-mask checkpoint's ``layer{3,4}_{high,low}_res.`` keys load the ``bn_path`` copy into ``layer3`` /
        ``layer4`` (the other copy is skipped); ``mask_estimator.<i>.`` keys load into the estimator
        (``mask.layers.<i>.``), and are skipped when the model has none (a plain ``convert(.., "8->16")`` model).
+       ``backbone.fc.weight`` / ``backbone.fc.bias``, the ImageNet classifier that the backbone of their
+       learned-mask training model (``deeplabv3_ad_resnet101(..., eval=False)``, saved by ``main_e2e_train.py``)
+       keeps, are skipped too when the model has no such key: a segmentation model never uses them.
     5. Each key is matched to the model's key that it names literally, or after renaming the authors' adaptive
        bottleneck parts and unwrapping their ``classifier.classifier.`` heads (under ``model.`` for a
        ``LearnedMaskModel``); tensors in the authors' conv layouts are reshaped to the model's.
@@ -279,6 +285,8 @@ def load_authors_state_dict(
         if candidates is None or (not has_estimator and _MASK_ESTIMATOR.match(name)):
             continue  # the other path's copy, or an estimator the model does not have
         match = next((k for k in candidates if k in target), None)
+        if match is None and _UNUSED_CLASSIFIER.match(name):
+            continue  # their training checkpoint's ImageNet head: nothing here can use it
         if match is None or not isinstance(value, Tensor):
             unexpected.append(key)
             continue

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from ..kernels.conv import interpreting
 __all__ = [
     "CACHE_DIR_ENV",
     "CacheFileError",
+    "MAX_CACHE_FILE_BYTES",
     "cache_dir",
     "cpu_model",
     "dumps_entries",
@@ -108,28 +110,80 @@ class CacheFileError(ValueError):
     """The file exists but cannot be used; the message says why."""
 
 
+#: Larger cache files are not read: a real one holds a few hundred entries of ~100 bytes, and reading an arbitrary
+#: file whole into memory (a disk image linked there by mistake) could exhaust it.
+MAX_CACHE_FILE_BYTES = 16 * 2**20
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _read_limited(path: Path) -> bytes | None:
+    """The bytes of a regular file of at most :data:`MAX_CACHE_FILE_BYTES`, or None when it does not exist."""
+    try:
+        # O_NONBLOCK: opening a FIFO someone put there must not hang the run (regular files ignore the flag).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise CacheFileError(f"it is a dangling symbolic link (to {os.readlink(path)!r})") from None
+        return None
+    except OSError as err:
+        raise CacheFileError(f"cannot read it ({err})") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "other"
+            raise CacheFileError(f"not a regular file (it is {kind})" if kind != "other" else "not a regular file")
+        if info.st_size > MAX_CACHE_FILE_BYTES:
+            raise CacheFileError(f"it is {info.st_size} bytes, over the limit of {MAX_CACHE_FILE_BYTES}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CACHE_FILE_BYTES + 1)  # +1: a file that grew after fstat is still caught
+    except OSError as err:
+        raise CacheFileError(f"cannot read it ({err})") from err
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CACHE_FILE_BYTES:
+        raise CacheFileError(f"it is over the limit of {MAX_CACHE_FILE_BYTES} bytes")
+    return data
+
+
 def read_entries_file(path: Path, what: str) -> dict[str, Any] | None:
     """The parsed file, or None when it does not exist.
+
+    Never raises anything but :class:`CacheFileError` for a file that exists: the readers turn that into a warning
+    and go on without the file, whatever was put there.
 
     Args:
         path: the file.
         what: what the file should be, for the error message (e.g. ``"an autotune cache"``).
 
     Raises:
-        CacheFileError: unreadable, not JSON, or not an object with an ``"entries"`` object.
+        CacheFileError: a dangling symbolic link; not a regular file (a directory, a FIFO, a device); larger than
+            :data:`MAX_CACHE_FILE_BYTES`; unreadable (permissions, I/O); not UTF-8; not JSON, or nested too deeply
+            or with numbers too long for Python to parse; not an object with an ``"entries"`` object; or a header
+            field (any key but ``"entries"``) that is not a string, number, boolean or null.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    raw = _read_limited(path)
+    if raw is None:
         return None
-    except (OSError, UnicodeDecodeError) as err:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise CacheFileError(f"cannot read it ({err})") from err
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise CacheFileError(f"not valid JSON ({err})") from err
+    except RecursionError:
+        # The C scanner recurses once per level: "[" * 100000 would otherwise end the process's caller.
+        raise CacheFileError("not valid JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        raise CacheFileError(f"not valid JSON ({err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise CacheFileError(f"not {what} (expected an object with 'entries')")
+    # The readers compare and print the header fields: a nested value there is never valid, and printing one
+    # could be huge.
+    bad = [k for k, v in data.items() if k != "entries" and not isinstance(v, _SCALARS)]
+    if bad:
+        raise CacheFileError(f"not {what} (header field {bad[0]!r} is a {type(data[bad[0]]).__name__})")
     return data
 
 

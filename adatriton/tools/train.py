@@ -20,6 +20,8 @@ epoch), the logged loss and mask fraction are averaged over the processes, and o
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -307,6 +309,112 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf, *, high_open: bool = False) -> None:
+    """A finite real number in ``[low, high]`` (``[low, high)`` when ``high_open``), else TypeError / ValueError."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    inside = low <= value < high if high_open else low <= value <= high
+    if not math.isfinite(value) or not inside:
+        upper = ")" if high_open else "]"
+        span = f">= {low}" if high == math.inf else f"in [{low}, {high}{upper}"
+        raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
+
+
+def _check_int(name: str, value, low: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_hyperparameters(**values) -> None:
+    """Every number :func:`train` takes, before anything runs: a NaN or infinite one would train the model into
+    non-finite weights in place (and checkpoint them), a zero batch size divide by zero."""
+    _check_int("epochs", values["epochs"], 1)
+    _check_int("batch_size", values["batch_size"], 1)
+    _check_int("max_iters", values["max_iters"], 1, optional=True)
+    _check_int("checkpoint_every", values["checkpoint_every"], 0)
+    _check_int("num_workers", values["num_workers"], 0)
+    for name in ("seed", "ignore_index"):
+        if not _is_int(values[name]) and not (name == "seed" and values[name] is None):
+            raise TypeError(f"{name} must be an int, got {type(values[name]).__name__}")
+    # gamma is the target fraction of the grid to downsample: a fraction.
+    _check_number("gamma", values["gamma"], 0.0, 1.0)
+    for name in ("mask_weight", "lr_backbone", "lr_head", "lr_mask", "weight_decay", "poly_power"):
+        _check_number(name, values[name], 0.0)
+    _check_number("momentum", values["momentum"], 0.0, 1.0, high_open=True)
+
+
+def _check_batch(images, labels) -> None:
+    """One batch's types and shapes: float ``(N, C, H, W)`` images, integer ``(N, H, W)`` labels (a float label
+    would be truncated silently by ``.long()``)."""
+    if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(
+            f"the dataset must give (image, label) tensors, got ({type(images).__name__}, {type(labels).__name__})"
+        )
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(
+            f"images must be float (3, H, W) per sample, (N, 3, H, W) per batch; got a {images.dtype} batch of "
+            f"shape {tuple(images.shape)}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+    if labels.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            f"labels must be (H, W) per sample, the image's size: a batch of images {tuple(images.shape)} has labels "
+            f"of shape {tuple(labels.shape)}"
+        )
+
+
+def _check_label_range(labels: Tensor, num_classes: int, ignore_index: int, world: int) -> None:
+    """Labels in ``[0, num_classes)`` or ``ignore_index``, checked before the cross-entropy (out of range, CUDA's
+    asserts on the device and the CPU's raises an IndexError without saying which label). Distributed, every
+    process learns whether any has a bad label, so that all stop together instead of waiting for each other."""
+    used = labels[labels != ignore_index]
+    low, high = (int(used.min()), int(used.max())) if used.numel() else (0, 0)
+    bad = low < 0 or high >= num_classes
+    problem = (
+        f"labels must be in [0, {num_classes}) (the model's classes) or ignore_index={ignore_index}, found "
+        f"{low if low < 0 else high}"
+    )
+    if world > 1:
+        flag = torch.tensor([float(bad)], device=labels.device)
+        dist.all_reduce(flag)
+        if flag.item() and not bad:
+            bad, problem = True, "labels out of range on another process"
+    if bad:
+        raise ValueError(problem)
+
+
+def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
+
+
+class _Buffers:
+    """A copy of the model's buffers (BatchNorm running statistics), which a training forward updates before the
+    loss shows whether the batch was finite; restored when :func:`train` stops on that batch."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = list(model.buffers())
+        self.saved: list[Tensor] = []
+
+    def save(self) -> None:
+        with torch.no_grad():
+            self.saved = [b.detach().clone() for b in self.buffers]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for b, saved in zip(self.buffers, self.saved):
+                b.copy_(saved)
+
+
 def train(
     model: LearnedMaskModel | DistributedDataParallel,
     dataset,
@@ -381,6 +489,19 @@ def train(
         ``mask_term``, ``fraction`` (averaged over the processes when distributed) and the backbone/head/mask
         learning rates used (``lr``, ``lr_head``, ``lr_mask``).
 
+    Raises:
+        TypeError: ``model`` is not a ``LearnedMaskModel``; a hyper-parameter of the wrong type (e.g. a float
+            ``batch_size``); a batch whose labels are not integers (float labels would be truncated silently).
+        ValueError: before anything runs, a hyper-parameter that is not finite or out of range (``gamma`` in
+            [0, 1]; ``mask_weight``, the learning rates, ``weight_decay``, ``poly_power`` >= 0; ``momentum`` in
+            [0, 1); ``epochs``, ``batch_size``, ``max_iters`` >= 1); during training, a batch that is not float
+            ``(N, C, H, W)`` images with ``(N, H, W)`` labels, or labels outside ``[0, classes)`` and other than
+            ``ignore_index`` (the BatchNorm statistics that batch's forward changed are restored).
+        FloatingPointError: a non-finite loss (or, without a gradient scaler, non-finite gradients): training stops
+            before that iteration's optimiser step and checkpoint, with the model's weights and BatchNorm statistics
+            as the last finite step left them. Under ``amp`` with a ``GradScaler``, steps the scaler skips for
+            non-finite scaled gradients are no error.
+
     Checkpoints hold ``{"model": state_dict, "optimizer": state_dict, "iteration": completed iterations,
     "max_iters", "gamma", "history", "rng", "world_size"[, "scaler"]}``; ``model.load_state_dict(ckpt["model"])``
     restores the weights (keys without DDP's ``module.``).
@@ -388,6 +509,23 @@ def train(
     tqdm = require("tqdm.auto").tqdm
 
     inner = _unwrap(model)
+    _check_hyperparameters(
+        epochs=epochs,
+        batch_size=batch_size,
+        gamma=gamma,
+        mask_weight=mask_weight,
+        lr_backbone=lr_backbone,
+        lr_head=lr_head,
+        lr_mask=lr_mask,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        poly_power=poly_power,
+        max_iters=max_iters,
+        checkpoint_every=checkpoint_every,
+        ignore_index=ignore_index,
+        seed=seed,
+        num_workers=num_workers,
+    )
     if device is not None:
         device = torch.device(device)
     _init_from_torchrun(device if device is not None else next(inner.parameters()).device)
@@ -467,6 +605,7 @@ def train(
         save_checkpoint(ckpt_path, state)
 
     net.train()
+    buffers = _Buffers(inner)
     bar = tqdm(total=total, initial=min(it, total), disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
     try:
         epoch, skip = divmod(it, per_epoch)
@@ -476,27 +615,50 @@ def train(
                     break
                 for g in optimizer.param_groups:
                     g["lr"] = poly_lr(g["initial_lr"], it, total, poly_power)
+                _check_batch(images, labels)
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True).long()
-                with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-                    out = net(images)  # forward_train in training mode; through DDP when distributed
-                    fraction = inner.last_fraction.float()
-                    ce = F.cross_entropy(out["out"].float(), labels, ignore_index=ignore_index)
-                    mask_term = (fraction - gamma) ** 2
-                    loss = ce + mask_weight * mask_term
+                buffers.save()
+                try:
+                    with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+                        out = net(images)  # forward_train in training mode; through DDP when distributed
+                        fraction = inner.last_fraction.float()
+                        _check_label_range(labels, out["out"].shape[1], ignore_index, world)
+                        ce = F.cross_entropy(out["out"].float(), labels, ignore_index=ignore_index)
+                        mask_term = (fraction - gamma) ** 2
+                        loss = ce + mask_weight * mask_term
+                    logged = torch.stack([loss, ce, mask_term, fraction]).detach().float()
+                    if world > 1:
+                        dist.all_reduce(logged)  # every process sees a non-finite loss of any, and stops with it
+                        logged /= world
+                    if not bool(torch.isfinite(logged).all()):
+                        raise FloatingPointError(
+                            f"train: non-finite loss at iteration {it + 1} (loss, ce, mask_term, fraction = "
+                            f"{logged.tolist()}{', averaged over the processes' if world > 1 else ''}); stopped "
+                            f"before the optimiser step and before any checkpoint of it: the model holds the "
+                            f"weights and statistics of iteration {it}"
+                        )
+                except (ValueError, FloatingPointError):
+                    buffers.restore()
+                    raise
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
+                    if not _grads_finite(optimizer):
+                        buffers.restore()
+                        optimizer.zero_grad(set_to_none=True)
+                        raise FloatingPointError(
+                            f"train: non-finite gradients at iteration {it + 1} (loss {logged[0].item()}); stopped "
+                            f"before the optimiser step: the model holds the weights and statistics of iteration "
+                            f"{it}"
+                        )
                     optimizer.step()
                 else:
+                    # Non-finite scaled gradients are the scaler's business: it skips the step and lowers the scale.
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 it += 1
-                logged = torch.stack([loss, ce, mask_term, fraction]).detach().float()
-                if world > 1:
-                    dist.all_reduce(logged)
-                    logged /= world
                 loss_v, ce_v, mask_v, fraction_v = logged.tolist()
                 lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
                 record = {

@@ -405,3 +405,61 @@ def test_paths_load_like_mappings(tmp_path):
     load_authors_state_dict(target, tmp_path / "legacy.pth")  # torch.save's pre-1.6 format reads too
     _assert_same_state(target, expected)
     assert read_checkpoint({"a": 1}) == {"a": 1}
+
+
+# ------------------------------------------------------------------------------- the authors' training checkpoint
+def with_training_classifier(authors: OrderedDict, seed: int = 0) -> OrderedDict:
+    """What their ``main_e2e_train.py`` saves: the learned-mask layout plus the ImageNet classifier of the whole
+    ResNet that ``deeplabv3_ad_resnet101(..., eval=False)`` keeps as its backbone."""
+    generator = torch.Generator().manual_seed(seed)
+    out = OrderedDict(authors)
+    out["backbone.fc.weight"] = torch.randn(1000, 2048, generator=generator)
+    out["backbone.fc.bias"] = torch.randn(1000, generator=generator)
+    return out
+
+
+def test_authors_training_checkpoint_loads_strictly(tmp_path):
+    """The classifier keys are ignored on purpose (not unexpected), into a LearnedMaskModel and a plain "8->16"
+    conversion alike; every other key still loads exactly, and other stray keys are still errors."""
+    source = _learned(seed=20)
+    expected = source.state_dict()
+    training = with_training_classifier(to_authors_learned_layout(expected, expected))
+    torch.save({"model_state": training, "cur_itrs": 30000}, tmp_path / "e2e.pth")
+
+    target = _learned(seed=21)
+    result = load_authors_state_dict(target, tmp_path / "e2e.pth")
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    _assert_same_state(target, expected)
+
+    net = adatriton.convert(_randomised(tiny_deeplab(aux=True), 22), "8->16")
+    result = load_authors_state_dict(net, training)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    _assert_same_state(net, OrderedDict((k[len("model.") :], v) for k, v in expected.items() if k[:6] == "model."))
+
+    stray = OrderedDict(training, **{"backbone.fc2.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"unexpected keys .*backbone\.fc2\.weight"):
+        load_authors_state_dict(_learned(seed=23), stray)
+    # A model that has an fc head still gets it: the backbone of the checkpoint into a classification ResNet.
+    resnet = _randomised(ResNet(Bottleneck, [1, 1, 2, 2], width_per_group=16), 24)
+    load_authors_state_dict(resnet, training, prefix="backbone.")
+    assert torch.equal(resnet.fc.weight, training["backbone.fc.weight"])
+
+
+def test_authors_training_checkpoint_of_deeplabv3_resnet101_keys():
+    """At full size: the key set of their ResNet-101 training model (built here from torchvision's
+    deeplabv3_resnet101, random weights, no download) loads strictly into convert(deeplabv3 r101, "8->16") and into
+    a LearnedMaskModel over it."""
+    torch.manual_seed(0)
+    seg = tvseg.deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
+    learned = adatriton.learned.LearnedMaskModel(seg)
+    training = with_training_classifier(to_authors_learned_layout(learned.state_dict(), learned.state_dict()))
+    assert sum(k.startswith("backbone.layer3_high_res.") for k in training) == sum(
+        k.startswith("model.backbone.layer3.") for k in learned.state_dict()
+    )
+    fresh = adatriton.learned.LearnedMaskModel(tvseg.deeplabv3_resnet101(weights=None, weights_backbone=None))
+    result = load_authors_state_dict(fresh, training)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), learned.state_dict().values()))
+    net = adatriton.convert(tvseg.deeplabv3_resnet101(weights=None, weights_backbone=None), "8->16")
+    result = load_authors_state_dict(net, training)
+    assert result.missing_keys == [] and result.unexpected_keys == []

@@ -197,3 +197,131 @@ def test_up_to_32_warps_are_valid(tmp_path):
 def test_put_names_the_problem():
     with pytest.raises(ValueError, match="num_warps=3"):
         runtime_autotune.get_cache(CPU).put("k", (32, 32, 32, 2, 3), 1.0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- hostile files
+def _nested(path):
+    path.write_text("[" * 100000 + "]" * 100000)  # the issue's reproducer: RecursionError in json.loads before
+
+
+def _huge(path):
+    with open(path, "wb") as f:
+        f.truncate(files.MAX_CACHE_FILE_BYTES + 1)  # sparse: costs no disk
+
+
+def _long_int(path):
+    path.write_text('{"schema": ' + "1" * 5000 + ', "entries": {}}')  # over Python's int-parsing digit limit
+
+
+def _nested_header(path):
+    path.write_text('{"schema": ' + "[" * 500 + "]" * 500 + ', "entries": {}}')
+
+
+def _directory(path):
+    path.mkdir()
+
+
+def _dangling(path):
+    path.symlink_to(path.parent / "nowhere.json")
+
+
+def _link_loop(path):
+    path.symlink_to(path)
+
+
+def _fifo(path):
+    os.mkfifo(path)  # reading it would block forever
+
+
+def _bad_utf8(path):
+    path.write_bytes(b'{"entries": {"\xff\xfe": 1}}')
+
+
+def _entries_not_object(path):
+    path.write_text('{"entries": [1, 2, 3]}')
+
+
+def _truncated(path):
+    path.write_text('{"schema": 1, "entries": {"k"')
+
+
+HOSTILE = {
+    "nested": (_nested, "nested too deeply"),
+    "huge": (_huge, "over the limit"),
+    "long-int": (_long_int, "not valid JSON"),
+    "nested-header": (_nested_header, "header field 'schema' is a list"),
+    "directory": (_directory, "it is a directory"),
+    "dangling-link": (_dangling, "dangling symbolic link"),
+    "link-loop": (_link_loop, "cannot read it"),
+    "fifo": (_fifo, "it is a FIFO"),
+    "invalid-utf8": (_bad_utf8, "utf-8"),
+    "entries-not-object": (_entries_not_object, "expected an object with 'entries'"),
+    "truncated": (_truncated, "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_autotune_cache_is_ignored_with_a_warning(kind):
+    make, reason = HOSTILE[kind]
+    path = runtime_autotune.cache_path(CPU)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make(path)
+    with pytest.warns(UserWarning, match="ignoring autotune cache") as caught:
+        cache = runtime_autotune.get_cache(CPU).load()
+    message = str(caught[0].message)
+    assert str(path) in message and reason in message
+    assert len(cache) == 0
+    # The run goes on: a launch gets the default config, and tuning can store (replacing a file; a directory stays).
+    shape = {"rows": 100, "cin_g": 8, "cout_g": 8, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
+    assert runtime_autotune.select_config(**shape, device=CPU, launch=lambda c: None) == conv_module.default_config(100, 8, 8)
+    cache.put("k", GOOD, 1.0, 1)
+    if kind == "directory":
+        with pytest.raises(OSError):
+            cache.save()
+    else:
+        cache.save()
+        assert runtime_autotune.AutotuneCache(cache.name, path).get("k") == tuple(GOOD)
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_calibration_file_is_ignored_with_a_warning(kind):
+    make, reason = HOSTILE[kind]
+    path = D.calibration_path(CPU)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make(path)
+    with pytest.warns(UserWarning, match="ignoring dispatch calibration") as caught:
+        assert D.load_calibration(CPU) == {}
+    message = str(caught[0].message)
+    assert str(path) in message and reason in message
+    if kind != "directory":
+        D.save_calibration(CPU, {"k": {"crossover": 0.5}})
+        D.clear_calibration_cache()
+        assert D.load_calibration(CPU) == {"k": {"crossover": 0.5}}
+
+
+def test_unreadable_cache_file_is_ignored_with_a_warning(monkeypatch):
+    """Permission denied (simulated: the tests may run as root, who may read anything)."""
+    path = runtime_autotune.cache_path(CPU)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    real_open = os.open
+
+    def denied(p, *args, **kwargs):
+        if os.fspath(p) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(p))
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "open", denied)
+    with pytest.warns(UserWarning, match=r"ignoring autotune cache .*Permission denied"):
+        assert len(runtime_autotune.get_cache(CPU).load()) == 0
+
+
+def test_a_file_at_the_size_limit_is_still_read(tmp_path, monkeypatch):
+    payload = json.dumps({"schema": 1, "entries": {}})
+    monkeypatch.setattr(files, "MAX_CACHE_FILE_BYTES", len(payload))
+    (tmp_path / "f.json").write_text(payload)
+    assert files.read_entries_file(tmp_path / "f.json", "x") == {"schema": 1, "entries": {}}
+    (tmp_path / "f.json").write_text(payload + " ")
+    with pytest.raises(files.CacheFileError, match="over the limit"):
+        files.read_entries_file(tmp_path / "f.json", "x")
+    assert files.read_entries_file(tmp_path / "missing.json", "x") is None

@@ -126,3 +126,136 @@ def test_train_under_autocast_fp16_cuda_uses_a_grad_scaler(tmp_path):
         checkpoint_dir=tmp_path / "bf16",
     )
     assert "scaler" not in torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)  # bfloat16 needs none
+
+
+# ---------------------------------------------------------------------------------------------- refusing harm
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_bitwise(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert list(state) == list(snapshot)
+    for key, value in snapshot.items():
+        assert torch.equal(state[key], value), key
+
+
+BAD_HYPERPARAMETERS = [
+    ({"gamma": math.nan}, ValueError, "gamma must be a finite number in \\[0.0, 1.0\\]"),
+    ({"gamma": 1.5}, ValueError, "gamma must be a finite number in \\[0.0, 1.0\\], got 1.5"),
+    ({"gamma": -0.1}, ValueError, "gamma"),
+    ({"gamma": True}, TypeError, "gamma must be a real number, got bool"),
+    ({"gamma": "0.5"}, TypeError, "gamma must be a real number, got str"),
+    ({"mask_weight": math.inf}, ValueError, "mask_weight must be a finite number >= 0.0, got inf"),
+    ({"mask_weight": -1.0}, ValueError, "mask_weight"),
+    ({"lr_head": math.nan}, ValueError, "lr_head must be a finite number >= 0.0, got nan"),
+    ({"lr_backbone": -0.01}, ValueError, "lr_backbone"),
+    ({"lr_mask": math.inf}, ValueError, "lr_mask"),
+    ({"momentum": 1.0}, ValueError, "momentum must be a finite number in \\[0.0, 1.0\\)"),
+    ({"weight_decay": math.nan}, ValueError, "weight_decay"),
+    ({"poly_power": -0.9}, ValueError, "poly_power"),
+    ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int, got float"),
+    ({"epochs": 0}, ValueError, "epochs must be >= 1"),
+    ({"max_iters": 0}, ValueError, "max_iters must be >= 1"),
+    ({"max_iters": 1.5}, TypeError, "max_iters must be an int or None"),
+    ({"checkpoint_every": -1}, ValueError, "checkpoint_every"),
+    ({"num_workers": -1}, ValueError, "num_workers"),
+    ({"ignore_index": 255.0}, TypeError, "ignore_index must be an int"),
+    ({"seed": 0.5}, TypeError, "seed must be an int"),
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    BAD_HYPERPARAMETERS,
+    ids=[f"{next(iter(k))}={v}" for k, *_ in BAD_HYPERPARAMETERS for v in k.values()],
+)
+def test_train_rejects_bad_hyperparameters_before_anything_runs(kwargs, error, match, tmp_path):
+    net = _model(seed=0)
+    before = _snapshot(net)
+    settings = {"batch_size": 2, "max_iters": 1, "progress": False, "checkpoint_dir": tmp_path / "ckpt", **kwargs}
+    with pytest.raises(error, match=match):
+        train(net, stripes(n=2, size=32), **settings)
+    _assert_bitwise(net, before)
+    assert net.training and not (tmp_path / "ckpt").exists()
+
+
+def _relabelled(labels: torch.Tensor) -> list:
+    return [(image, labels) for image, _ in stripes(n=2, size=32)]
+
+
+BAD_DATA = {
+    "float-labels": (lambda: _relabelled(torch.ones(32, 32)), TypeError, "labels must be integer class indices"),
+    "label-too-big": (lambda: _relabelled(torch.full((32, 32), 3)), ValueError, r"labels must be in \[0, 3\).*3"),
+    "negative-label": (lambda: _relabelled(torch.full((32, 32), -1)), ValueError, r"found -1"),
+    "label-shape": (lambda: _relabelled(torch.zeros(16, 32, dtype=torch.long)), ValueError, "labels must be"),
+    "image-rank": (
+        lambda: [(torch.zeros(32, 32), torch.zeros(32, 32, dtype=torch.long))] * 2,
+        ValueError,
+        r"images must be float \(3, H, W\)",
+    ),
+    "integer-images": (
+        lambda: [(torch.zeros(3, 32, 32, dtype=torch.uint8), torch.zeros(32, 32, dtype=torch.long))] * 2,
+        ValueError,
+        "images must be float",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_DATA))
+def test_train_rejects_bad_data_and_leaves_the_model_as_it_was(kind, tmp_path):
+    torch.set_num_threads(1)
+    make, error, match = BAD_DATA[kind]
+    net = _model(seed=0)
+    before = _snapshot(net)
+    with pytest.raises(error, match=match):
+        train(net, make(), batch_size=2, max_iters=1, progress=False, checkpoint_dir=tmp_path, shuffle=False)
+    _assert_bitwise(net, before)  # BatchNorm statistics too: the forward's update is undone
+    assert not (tmp_path / "last.pt").exists()
+
+
+def _poisoned(at: int, n: int = 6) -> list:
+    data = stripes(n=n, size=32)
+    image, label = data[at]
+    data[at] = (torch.full_like(image, math.nan), label)
+    return data
+
+
+def test_train_stops_on_the_first_non_finite_loss_before_stepping_or_saving(tmp_path):
+    """A NaN image in the third batch: iterations 1 and 2 train and are checkpointed; the third stops before its
+    optimiser step, the model is bitwise the checkpoint of iteration 2 (weights and BatchNorm statistics), and no
+    checkpoint of the third is written."""
+    torch.set_num_threads(1)
+    net = _model(seed=0)
+    settings = {"batch_size": 2, "shuffle": False, "progress": False, "checkpoint_every": 1, "max_iters": 3}
+    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 3 .*weights and statistics of it"):
+        train(net, _poisoned(at=4), checkpoint_dir=tmp_path, **settings)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 2 and len(ckpt["history"]) == 2
+    _assert_bitwise(net, ckpt["model"])
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+    first = _model(seed=0)
+    before = _snapshot(first)
+    with pytest.raises(FloatingPointError, match="iteration 1 "):
+        train(first, _poisoned(at=0), checkpoint_dir=tmp_path / "first", **settings)
+    _assert_bitwise(first, before)
+    assert not (tmp_path / "first" / "last.pt").exists()
+
+
+def test_train_skipped_grad_scaler_steps_are_no_errors(tmp_path, monkeypatch):
+    """A GradScaler whose scale overflows every gradient skips every step (the weights stay), and that is not an
+    error: the run ends normally. (CPU stand-in for CUDA float16: the scaler without autocast.)"""
+    torch.set_num_threads(1)
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(train_module, "_amp_settings", lambda amp, amp_dtype, device: (None, True))
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device: real(device, init_scale=math.inf))
+    net = _model(seed=0)
+    before = [p.detach().clone() for p in net.parameters()]
+    history = train(
+        net, stripes(n=4, size=32), batch_size=2, max_iters=2, amp=True, progress=False, checkpoint_dir=tmp_path
+    )
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before))  # every step skipped
+    assert "scaler" in torch.load(tmp_path / "last.pt", weights_only=True)
