@@ -507,16 +507,16 @@ def _float_labels():
 
 def _nested_cache_file(which: str):
     def call(ctx):
-        from adatriton.runtime import dispatch as D
+        from adatriton.runtime import calibration as D
 
         ctx.monkeypatch.setenv("ADATRITON_CACHE_DIR", str(ctx.tmp_path))
         ctx.monkeypatch.setattr(runtime_autotune, "_caches", {})
         D.clear_calibration_cache()
-        path = AT.cache_path("cpu") if which == "autotune" else D.calibration_path("cpu")
+        path = runtime_autotune.cache_path("cpu") if which == "autotune" else D.calibration_path("cpu")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("[" * 100000 + "]" * 100000)
         try:
-            return AT.get_cache("cpu").load() if which == "autotune" else D.load_calibration("cpu")
+            return runtime_autotune.get_cache("cpu").load() if which == "autotune" else D.load_calibration("cpu")
         finally:
             D.clear_calibration_cache()
 

@@ -273,7 +273,8 @@ def test_hostile_autotune_cache_is_ignored_with_a_warning(kind):
     assert len(cache) == 0
     # The run goes on: a launch gets the default config, and tuning can store (replacing a file; a directory stays).
     shape = {"rows": 100, "cin_g": 8, "cout_g": 8, "taps": 9, "groups": 1, "dtype": torch.float32, "gather": True}
-    assert runtime_autotune.select_config(**shape, device=CPU, launch=lambda c: None) == conv_module.default_config(100, 8, 8)
+    chosen = runtime_autotune.select_config(**shape, device=CPU, launch=lambda c: None)
+    assert chosen == conv_module.default_config(100, 8, 8)
     cache.put("k", GOOD, 1.0, 1)
     if kind == "directory":
         with pytest.raises(OSError):
