@@ -149,9 +149,10 @@ class LevelMap:
         Returns:
             A :class:`LevelMap` with levels in ``{0, K}``.
         """
-        if not isinstance(keep, Tensor) or keep.dim() != 3:
-            shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
-            raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {shape}")
+        if not isinstance(keep, Tensor):
+            raise LevelMapDtypeError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {type(keep).__name__}")
+        if keep.dim() != 3:
+            raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {tuple(keep.shape)}")
         if keep.is_floating_point() or keep.is_complex():
             raise LevelMapDtypeError(
                 f"keep mask has dtype {keep.dtype}: a keep mask must be bool or 0/1 integers; threshold "

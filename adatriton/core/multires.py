@@ -29,6 +29,11 @@ class MultiResMap:
     __slots__ = ("values", "layout")
 
     def __init__(self, values: Tensor, layout: Layout):
+        if not isinstance(values, Tensor) or not isinstance(layout, Layout):
+            raise TypeError(
+                f"MultiResMap takes values (a torch.Tensor (E, C)) and a Layout, got {type(values).__name__} and "
+                f"{type(layout).__name__}"
+            )
         if values.dim() != 2 or values.shape[0] != layout.num_elements:
             raise ValueError(
                 f"values must have shape (E, C) with E = {layout.num_elements} elements, got {tuple(values.shape)}"
@@ -38,7 +43,7 @@ class MultiResMap:
         self.values, self.layout = values, layout
 
     @classmethod
-    def from_dense(cls, x: Tensor, levelmap: LevelMap) -> MultiResMap:
+    def from_dense(cls, x: Tensor, levels: LevelMap) -> MultiResMap:
         """Enter the adaptive part: a dense ``(N, C, Hf, Wf)`` map, every pixel a level-0 element (stage 0).
 
         The values are contiguous ``(E, C)`` rows: a view of a channels-last ``x``, else one copy.
@@ -47,9 +52,11 @@ class MultiResMap:
             raise TypeError(f"expected a torch.Tensor (N, C, Hf, Wf), got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"expected a dense feature map (N, C, Hf, Wf), got shape {tuple(x.shape)}")
+        if not isinstance(levels, LevelMap):
+            raise TypeError(f"expected a LevelMap (N, Hf, Wf), got {type(levels).__name__}")
         n, c, h, w = x.shape
-        levelmap.check_matches(n, h, w, x.device)
-        return cls(x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c), levelmap.layout(0))
+        levels.check_matches(n, h, w, x.device)
+        return cls(x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c), levels.layout(0))
 
     # ------------------------------------------------------------------ properties
     @property

@@ -232,7 +232,13 @@ class Converter:
         shape = (n, h, w, channels) if last else (n, channels, h, w)
         meta = torch.empty(shape, dtype=like.meta.dtype, device="meta")
         stage = like.stage if stage is None else stage
-        return _Value(new, "map", meta, self.t_of(node), stage, last)
+        t = self.t_of(node)
+        if t is None:  # 1x1 features show no output stride: only a too small example input gets here
+            raise GraphConversionError(
+                f"node {node.name!r} ({_target_name(node)}): its features {tuple(out.shape)} on the example input "
+                "show no output stride"
+            )
+        return _Value(new, "map", meta, t, stage, last)
 
     def call(self, fn: Callable, args: tuple, kwargs: dict | None = None, name: str | None = None) -> fx.Node:
         return self.g.call_function(fn, self.nodes_of(tuple(args)), self.nodes_of(kwargs or {}), name=name)
@@ -285,6 +291,22 @@ class Converter:
 
     # ------------------------------------------------------------------ the pass
     def run(self) -> Plan:
+        """Write the converted graph.
+
+        Raises:
+            GraphConversionError: the graph cannot be converted as asked; one that says so, and gives the smallest
+                size that works, where the cause is an example input too small for the conversion.
+        """
+        try:
+            return self.write()
+        except Exception as err:
+            too_small = self.example_too_small(err)
+            if too_small is None:
+                raise
+            raise too_small from err
+
+    def write(self) -> Plan:
+        """:meth:`run` without the check of the example input's size."""
         self.orig = self.run_original()
         placeholders = [n for n in self.source.nodes if n.op == "placeholder"]
         if len(placeholders) != len(self.inputs):
@@ -313,6 +335,69 @@ class Converter:
             else:
                 self.values[node] = self.convert(node)
         return self.plan
+
+    # ------------------------------------------------------------------ a too small example input
+    def resized(self, side: int) -> list:
+        """The example inputs with the image (the first ``(N, C, H, W)`` tensor) resized to ``side x side``."""
+        inputs = list(self.inputs)
+        at = next(i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.dim() == 4)
+        n, c = inputs[at].shape[:2]
+        inputs[at] = torch.empty(n, c, side, side, dtype=inputs[at].dtype, device="meta")
+        return inputs
+
+    def strides_at(self, side: int | None) -> dict[str, int | None] | None:
+        """The output stride of every node of the original graph on the example inputs with the image resized to
+        ``side x side`` (None: as given), or None where the model fails on them."""
+        inputs = self.inputs if side is None else self.resized(side)
+        other = Converter(self.root, self.source, self.a, self.k, self.unsupported, inputs)
+        try:
+            env = other.run_original()
+        except GraphConversionError:
+            return None
+        return {node.name: other.stride_of(value)[0] for node, value in env.items()}
+
+    def converts_at(self, side: int) -> bool:
+        """The graph converts with the image of the example inputs resized to ``side x side``."""
+        try:
+            Converter(self.root, self.source, self.a, self.k, self.unsupported, self.resized(side)).write()
+        except GraphConversionError:
+            return False
+        return True
+
+    def example_too_small(self, err: Exception) -> GraphConversionError | None:
+        """The error to raise instead of ``err`` where the example input is too small for the conversion: where the
+        original graph fails on it, or some node's features no longer show the output stride they have on a
+        ``PLANNING_SIZE`` input (1x1 features, or sizes that fit another stride). None where the size is not the
+        cause."""
+        h, w = self.image
+        if min(h, w) >= PLANNING_SIZE:
+            return None
+        reference = self.strides_at(PLANNING_SIZE)
+        if reference is None or not self.converts_at(PLANNING_SIZE):  # not the size: the conversion fails anyway
+            return None
+
+        def fits(strides: dict[str, int | None] | None) -> bool:
+            return strides is not None and all(strides.get(k) == t for k, t in reference.items() if t is not None)
+
+        given = self.strides_at(None)
+        if fits(given):
+            return None
+        sides = range(1, PLANNING_SIZE + 1)
+        side = next((s for s in sides if fits(self.strides_at(s)) and self.converts_at(s)), None)
+        if side is None:
+            return None
+        if given is None:
+            why = f"the model fails on it ({err})"
+        else:
+            name, t = next((k, t) for k, t in reference.items() if t is not None and given.get(k) != t)
+            why = f"the features of node {name!r} (output stride {t}) no longer show their output stride"
+        deepest = max(t for t in reference.values() if t is not None)
+        conversion = f"{self.a}->{self.b}" if self.k else str(self.a)
+        return GraphConversionError(
+            f"example_input of size {h}x{w} is too small to convert this model to {conversion!r}: {why}. The "
+            f"smallest square example_input that works is {side}x{side}; sides that are multiples of the model's "
+            f"deepest output stride, {deepest}, keep every stride exact"
+        )
 
     def run_original(self) -> dict[fx.Node, Any]:
         env: dict[fx.Node, Any] = {}

@@ -41,6 +41,12 @@ class AdaptiveGraphModule(nn.Module):
         leaf_modules: module classes to keep as single calls while tracing (their forward is not traced; on a map
             they are ops without a rule, so the map is densified before them).
 
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        GraphConversionError: the graph cannot be converted as asked (naming the node and why); an
+            ``example_input`` too small for the conversion gets one that says so and gives the smallest size that
+            works.
+
     Attributes:
         output_stride, finest_stride, num_levels: ``"8->32"``, 8, 2 (a dense ``"8"``: 8, 8, 0).
         plan: one :class:`NodePlan` per traced node, in order.
@@ -59,6 +65,8 @@ class AdaptiveGraphModule(nn.Module):
         *,
         source_graph: fx.Graph | None = None,
     ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"convert_graph expects an nn.Module that torch.fx can trace, got {type(model).__name__}")
         super().__init__()
         check_options(unsupported)
         self.output_stride, self.finest_stride, self.num_levels = parse_graph_output_stride(output_stride)
