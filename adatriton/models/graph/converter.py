@@ -56,7 +56,7 @@ from .rules import (
     pool_geometry,
 )
 
-__all__ = ["Converter", "Plan", "meta_inputs", "trace", "with_meta_parameters"]
+__all__ = ["Converter", "Plan", "planning_inputs", "trace", "with_meta_parameters"]
 
 
 class _Tracer(fx.Tracer):
@@ -360,7 +360,7 @@ class Converter:
         """The graph converts with the image of the example inputs resized to ``side x side``."""
         try:
             Converter(self.root, self.source, self.a, self.k, self.unsupported, self.resized(side)).write()
-        except GraphConversionError:
+        except Exception:  # noqa: BLE001 -- at this size the conversion fails, whatever the reason
             return False
         return True
 
@@ -764,7 +764,7 @@ class Converter:
         return f"permute{dims} (only NCHW <-> NHWC views have a rule)"
 
 
-def meta_inputs(model: nn.Module, example_input: Any) -> list:
+def planning_inputs(model: nn.Module, example_input: Any) -> list:
     """Meta versions of the example inputs (float32: counts and strides do not depend on the dtype)."""
     if example_input is None:
         conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ...core.levelmap import LevelMap
 from ...runtime.context import environment_snapshot
-from .converter import Converter, Plan, meta_inputs, trace, with_meta_parameters
+from .converter import Converter, Plan, planning_inputs, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
 __all__ = ["AdaptiveGraphModule", "convert_graph"]
@@ -72,7 +72,7 @@ class AdaptiveGraphModule(nn.Module):
         self.output_stride, self.finest_stride, self.num_levels = parse_graph_output_stride(output_stride)
         self.backend, self.unsupported, self.leaf_modules = backend, unsupported, tuple(leaf_modules)
         self.source_graph = trace(model, self.leaf_modules) if source_graph is None else source_graph
-        inputs = meta_inputs(model, example_input)
+        inputs = planning_inputs(model, example_input)
         self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
 
         def plan_on_meta(root: nn.Module, meta_inputs: list) -> Plan:
