@@ -51,13 +51,17 @@ class Layout:
         id_map: ``(N, Hp, Wp)`` element covering each pixel of the padded finest grid, or ``E`` (reads zero).
     """
 
-    def __init__(self, levelmap: LevelMap, stage: int, counts: list[int]):
+    def __init__(self, levels: LevelMap, stage: int, counts: list[int], values: Tensor):
         """Build the tables without host syncs: ``counts`` (elements per level, from the level map's one sync)
-        sizes them, and a cumulative sum numbers the cells of each level."""
-        self.levelmap, self.stage = levelmap, stage
-        lv, dev = levelmap.levels, levelmap.device
-        n, h, w = levelmap.shape
-        hp, wp = levelmap.padded_size
+        sizes them, and a cumulative sum numbers the cells of each level.
+
+        ``values`` is the level map's own ``(N, Hf, Wf)`` tensor (:attr:`LevelMap.levels` hands out copies, and a
+        copy per layout would be one more op in a traced forward); :meth:`LevelMap.layout` passes it.
+        """
+        self.levelmap, self.stage = levels, stage
+        lv, dev = values, levels.device
+        n, h, w = levels.shape
+        hp, wp = levels.padded_size
         self.counts = tuple(counts)  # ints, or symbolic sizes while torch.export traces
         self.offsets = tuple(sum(self.counts[:v]) for v in range(stage + 1))
         self.num_elements = e = sum(self.counts)

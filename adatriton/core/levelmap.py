@@ -9,13 +9,15 @@ map, so every layer of a stage reuses them.
 from __future__ import annotations
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 from ..runtime.host import to_host
+from .export import LevelMapExportError, TracedCounts, explain_export_failure, is_traced
 from .layout import Layout, block_sums, ceil_div
 from .strides import default_tile, num_levels_of
 
-__all__ = ["MAX_LEVELS", "LevelMap", "LevelMapError", "LevelMapDtypeError"]
+__all__ = ["MAX_LEVELS", "LevelMap", "LevelMapError", "LevelMapDtypeError", "LevelMapExportError"]
 
 #: The largest ``K`` a level map takes: blocks of up to 2^12 = 4096 finest-grid pixels per side (the conversions in
 #: use have K <= 3); beyond it a block is larger than any image.
@@ -69,12 +71,14 @@ class LevelMap:
                 f"num_levels must be at most {MAX_LEVELS} (blocks of 2^K pixels on the finest grid), "
                 f"got {self.num_levels}"
             )
-        # An own copy: the layouts cached on this map must not change when the caller edits its tensor in place.
-        self.levels = levels.to(torch.long, copy=True)
+        # An own copy, never handed out (``levels`` returns a copy): the element counts and the layouts cached on this
+        # map must not change when anyone edits a tensor in place.
+        self._levels = levels.to(torch.long, copy=True)
         self._stage_counts = self._validate_and_count()
         self._layouts: dict[int, Layout] = {}
 
     # ------------------------------------------------------------------ validation
+    @explain_export_failure
     def _validate_and_count(self) -> list[list[int]]:
         """Check docs/semantics.md §1 and count the elements of every level at every stage, with one host sync.
 
@@ -82,7 +86,7 @@ class LevelMap:
             ``counts[j][v]``: elements of level ``v`` after ``j`` downsamplings (``v <= j``), what the layouts need
             to size their tables without reading the device again.
         """
-        lv, k = self.levels, self.num_levels
+        lv, k = self._levels, self.num_levels
         flags = [((lv < 0) | (lv > k)).any()]
         for v in range(1, k + 1):
             flags.append(self._mixed_blocks(v).any())
@@ -102,22 +106,22 @@ class LevelMap:
 
     def _mixed_blocks(self, v: int) -> Tensor:
         """``(N, hb, wb)``: aligned ``2^v`` blocks (clipped to the grid) that mix levels ``>= v`` and ``< v``."""
-        s, (_, h, w) = 1 << v, self.levels.shape
-        at_least = block_sums((self.levels >= v).long(), s)
+        s, (_, h, w) = 1 << v, self._levels.shape
+        at_least = block_sums((self._levels >= v).long(), s)
         # Real pixels per clipped block, from the block's row and column extents (no ones-tensor of the grid).
         rows = (h - torch.arange(at_least.shape[1], device=self.device) * s).clamp(max=s)
         cols = (w - torch.arange(at_least.shape[2], device=self.device) * s).clamp(max=s)
         return (at_least > 0) & (at_least < rows[:, None] * cols[None, :])
 
     def _raise_out_of_range(self) -> None:
-        lv, k = self.levels, self.num_levels
+        lv, k = self._levels, self.num_levels
         n, y, x = (int(i) for i in ((lv < 0) | (lv > k)).nonzero()[0])
         raise LevelMapError(
             f"level map value {int(lv[n, y, x])} at sample {n}, pixel (row {y}, col {x}) is outside 0..{k}"
         )
 
     def _raise_misaligned(self, v: int) -> None:
-        s, lv = 1 << v, self.levels
+        s, lv = 1 << v, self._levels
         n, by, bx = (int(i) for i in self._mixed_blocks(v).nonzero()[0])
         y0, x0 = by * s, bx * s
         y1, x1 = min(y0 + s, self.height) - 1, min(x0 + s, self.width) - 1
@@ -145,9 +149,10 @@ class LevelMap:
         Returns:
             A :class:`LevelMap` with levels in ``{0, K}``.
         """
-        if not isinstance(keep, Tensor) or keep.dim() != 3:
-            shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
-            raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {shape}")
+        if not isinstance(keep, Tensor):
+            raise LevelMapDtypeError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {type(keep).__name__}")
+        if keep.dim() != 3:
+            raise LevelMapError(f"keep mask must be a tensor of shape (N, Hf, Wf), got {tuple(keep.shape)}")
         if keep.is_floating_point() or keep.is_complex():
             raise LevelMapDtypeError(
                 f"keep mask has dtype {keep.dtype}: a keep mask must be bool or 0/1 integers; threshold "
@@ -205,24 +210,31 @@ class LevelMap:
 
     # ------------------------------------------------------------------ properties
     @property
+    def levels(self) -> Tensor:
+        """A copy of the map's ``(N, Hf, Wf)`` long tensor: a level map is immutable (its element counts and cached
+        layouts describe the tensor it was built from), so editing the copy changes nothing; build a new
+        :class:`LevelMap` from the edited tensor instead."""
+        return self._levels.clone()
+
+    @property
     def batch(self) -> int:
-        return self.levels.shape[0]
+        return self._levels.shape[0]
 
     @property
     def height(self) -> int:
-        return self.levels.shape[1]
+        return self._levels.shape[1]
 
     @property
     def width(self) -> int:
-        return self.levels.shape[2]
+        return self._levels.shape[2]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.levels.shape)
+        return tuple(self._levels.shape)
 
     @property
     def device(self) -> torch.device:
-        return self.levels.device
+        return self._levels.device
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -234,7 +246,7 @@ class LevelMap:
         """The same map on another device (layouts are rebuilt there on demand)."""
         if torch.device(device) == self.device:
             return self
-        return LevelMap(self.levels.to(device), self.num_levels)
+        return LevelMap(self._levels.to(device), self.num_levels)
 
     def check_matches(self, batch: int, height: int, width: int, device: torch.device, what: str = "features") -> None:
         """Raise :class:`LevelMapError` unless the map fits ``what`` of batch/size/device given."""
@@ -252,7 +264,7 @@ class LevelMap:
         Returns:
             float64 tensor ``(K + 1,)``, or ``(N, K + 1)`` with ``per_sample``; rows sum to one.
         """
-        counts = torch.stack([(self.levels == v).sum(dim=(1, 2)) for v in range(self.num_levels + 1)], dim=1)
+        counts = torch.stack([(self._levels == v).sum(dim=(1, 2)) for v in range(self.num_levels + 1)], dim=1)
         counts = counts.double().cpu()
         if per_sample:
             return counts / (self.height * self.width)
@@ -279,146 +291,49 @@ class LevelMap:
         return f"LevelMap(shape={self.shape}, K={self.num_levels}, fractions=[{fr}], device={self.device})"
 
     # ------------------------------------------------------------------ layouts
+    @explain_export_failure
     def layout(self, stage: int) -> Layout:
         """The element layout after ``stage`` downsamplings (``0 <= stage <= K``), built once and cached."""
         if not 0 <= stage <= self.num_levels:
             raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
         if stage not in self._layouts:
-            self._layouts[stage] = Layout(self, stage, self._stage_counts[stage])
+            self._layouts[stage] = Layout(self, stage, self._stage_counts[stage], self._levels)
         return self._layouts[stage]
 
+    # ------------------------------------------------------------------ pytree and pickling
+    def _flatten(self) -> tuple[list[Tensor], int]:
+        return [self._levels], self.num_levels
 
-# ---------------------------------------------------------------------------------------------------- torch.export
-# LevelMap as a pytree node for torch.export, and errors that say which part cannot be traced and why.
-import copyreg  # noqa: E402
-import functools  # noqa: E402
+    def _flatten_with_keys(self) -> tuple[list[tuple[pytree.GetAttrKey, Tensor]], int]:
+        return [(pytree.GetAttrKey("levels"), self._levels)], self.num_levels
 
-import torch.utils._pytree as pytree  # noqa: E402
-from torch._subclasses.fake_tensor import is_fake  # noqa: E402
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # noqa: E402
+    @classmethod
+    def _unflatten(cls, values, num_levels: int) -> LevelMap:
+        (levels,) = values
+        if not is_traced(levels):
+            return cls(levels, num_levels)
+        # The map torch.export rebuilds from the traced tensor of a LevelMap argument is not validated again
+        # (validation reads the values; the real map was validated when it was built); its counts are symbols. A
+        # LevelMap, not a subclass: pytree nodes are looked up by exact type.
+        lm = LevelMap.__new__(LevelMap)
+        lm.num_levels, lm._levels, lm._layouts = num_levels, levels, {}
+        lm._stage_counts = TracedCounts(levels, num_levels)  # symbols, made when the traced forward builds a layout
+        return lm
 
-__all__ += ["LevelMapExportError"]
-
-
-class LevelMapExportError(RuntimeError):
-    """``torch.export`` reached a part of the adaptive network it cannot trace; the message says which and why."""
-
-
-def _is_traced(t: Tensor) -> bool:
-    return is_fake(t) or torch.compiler.is_compiling()
-
-
-_EXPORT_WHY = {
-    "_validate_and_count": (
-        "validating a level map given as a tensor reads its values (data-dependent); give torch.export a LevelMap "
-        "built outside (LevelMap is a pytree node: torch.export.export(net, (x, levels)))"
-    ),
-    "layout": (
-        "building the index tables of the adaptive part (adatriton.Layout: element lists, tap tables) turns the "
-        "element counts, data-dependent sizes, into Python ints, which torch.export cannot trace; dense output "
-        "strides ('8', '16', '32') export"
-    ),
-}
+    def __reduce__(self):
+        # Pickled as (levels, K), without the cached layouts, and rebuilt (validated) by LevelMap itself, which
+        # torch.load(weights_only=True) may call: torch.export.save stores the example inputs, and export.load reads
+        # them.
+        return LevelMap, (self._levels, self.num_levels)
 
 
-def _explained(method):
-    """``method``, raising :class:`LevelMapExportError` (saying which part and why) where tracing meets a
-    data-dependent size."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except GuardOnDataDependentSymNode as err:
-            where = f" (stage {args[0]})" if args else ""
-            first = str(err).strip().splitlines()[0]
-            raise LevelMapExportError(
-                f"torch.export cannot trace LevelMap.{method.__name__}{where}: {_EXPORT_WHY[method.__name__]}. "
-                f"The tracer said: {first}. See docs/api.md, 'torch.export'."
-            ) from err
-
-    return wrapper
-
-
-LevelMap._validate_and_count = _explained(LevelMap._validate_and_count)
-LevelMap.layout = _explained(LevelMap.layout)
-
-
-def _flatten(lm: LevelMap) -> tuple[list[Tensor], int]:
-    return [lm.levels], lm.num_levels
-
-
-def _flatten_with_keys(lm: LevelMap) -> tuple[list[tuple[pytree.GetAttrKey, Tensor]], int]:
-    return [(pytree.GetAttrKey("levels"), lm.levels)], lm.num_levels
-
-
-def _traced_stage_counts(lm: LevelMap) -> list[list]:
-    """What ``_validate_and_count`` returns, for a traced map, without the checks (they read values): the element
-    counts as unbacked symbols, one per level and stage, each between 0 and the cells of its grid; stage 0 has every
-    finest cell."""
-    lv, counts = lm.levels, []
-    for j in range(lm.num_levels + 1):
-        row = []
-        for v in range(j + 1):
-            top_left = lv[:, :: 1 << v, :: 1 << v]
-            if j == 0:
-                row.append(top_left.numel())
-                continue
-            count = (top_left == v if v < j else top_left >= j).sum().item()
-            torch._check(count >= 0)
-            torch._check(count <= top_left.numel())
-            row.append(count)
-        counts.append(row)
-    return counts
-
-
-class _TracedCounts:
-    """The counts of a traced map, made when a layout first asks for them: inside the traced forward, where the
-    symbols bind to the graph (the pytree is unflattened before tracing starts)."""
-
-    def __init__(self, lm: LevelMap):
-        self.lm, self.rows = lm, None
-
-    def __getitem__(self, stage: int) -> list:
-        if self.rows is None:
-            if torch.is_grad_enabled():
-                raise LevelMapExportError(
-                    "torch.export of the adaptive part needs torch.no_grad() (an inference export): with gradients "
-                    "enabled its BatchNorms run as the native op, which guards on the data-dependent element count "
-                    "(is it 0?); under no_grad they are folded into the convs. See docs/api.md, 'torch.export'."
-                )
-            self.rows = _traced_stage_counts(self.lm)
-        return self.rows[stage]
-
-
-def _unflatten(values, num_levels: int) -> LevelMap:
-    (levels,) = values
-    if not _is_traced(levels):
-        return LevelMap(levels, num_levels)
-    # The map torch.export rebuilds from the traced tensor of a LevelMap argument is not validated again (validation
-    # reads the values; the real map was validated when it was built); its counts are symbols. A LevelMap, not a
-    # subclass: pytree nodes are looked up by exact type.
-    lm = LevelMap.__new__(LevelMap)
-    lm.num_levels, lm.levels, lm._layouts = num_levels, levels, {}
-    lm._stage_counts = _TracedCounts(lm)  # symbols, made when the traced forward first builds a layout
-    return lm
-
-
-# A pytree node (leaf: the levels tensor; context: K), so torch.export takes LevelMap arguments.
+# A pytree node (leaf: the levels tensor; context: K), so torch.export takes LevelMap arguments; registered here so
+# that it holds wherever LevelMap can be imported.
 pytree.register_pytree_node(
     LevelMap,
-    _flatten,
-    _unflatten,
+    LevelMap._flatten,
+    LevelMap._unflatten,
     serialized_type_name="adatriton.LevelMap",
-    flatten_with_keys_fn=_flatten_with_keys,
+    flatten_with_keys_fn=LevelMap._flatten_with_keys,
 )
-
-
-def _reduce(lm: LevelMap):
-    return LevelMap, (lm.levels, lm.num_levels)
-
-
-# Pickled as (levels, K), without the cached layouts, and rebuilt (validated) by LevelMap itself, which
-# torch.load(weights_only=True) may call: torch.export.save stores the example inputs, and export.load reads them.
-copyreg.pickle(LevelMap, _reduce)
 torch.serialization.add_safe_globals([LevelMap])

@@ -97,6 +97,11 @@ class MultiResMap:
     __slots__ = ("values", "layout")
 
     def __init__(self, values: Tensor, layout: Layout):
+        if not isinstance(values, Tensor) or not isinstance(layout, Layout):
+            raise TypeError(
+                f"MultiResMap takes values (a torch.Tensor (E, C)) and a Layout, got {type(values).__name__} and "
+                f"{type(layout).__name__}"
+            )
         if values.dim() != 2 or values.shape[0] != layout.num_elements:
             raise ValueError(
                 f"values must have shape (E, C) with E = {layout.num_elements} elements, got {tuple(values.shape)}"
@@ -115,6 +120,8 @@ class MultiResMap:
             raise TypeError(f"expected a torch.Tensor (N, C, Hf, Wf), got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"expected a dense feature map (N, C, Hf, Wf), got shape {tuple(x.shape)}")
+        if not isinstance(levels, LevelMap):
+            raise TypeError(f"expected a LevelMap (N, Hf, Wf), got {type(levels).__name__}")
         n, c, h, w = x.shape
         levels.check_matches(n, h, w, x.device)
         return cls(x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c), levels.layout(0))

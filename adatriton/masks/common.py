@@ -56,4 +56,4 @@ def keep_to_levels(keep: Tensor, conversion: str | int, block: int | None) -> Le
     except ValueError as err:
         if isinstance(err, MaskInputError):
             raise
-        raise MaskInputError(str(err)) from err
+        raise (MaskDtypeError if isinstance(err, TypeError) else MaskInputError)(str(err)) from err

@@ -13,28 +13,28 @@ import torch.nn.functional as F
 from ..core.layout import ceil_div
 from ..core.levelmap import LevelMap
 from ..core.strides import default_tile
-from .common import MaskInputError, keep_to_levels, odd_size, parse_conversion
+from .common import MaskDtypeError, MaskInputError, keep_to_levels, odd_size, parse_conversion
 
 __all__ = ["Match", "match_fraction", "report", "synthetic", "synthetic_grid"]
 
 _SYNTHETIC_KINDS = ("blobs", "blocks")
 
 
-def report(levelmap: LevelMap) -> dict[str, object]:
+def report(levels: LevelMap) -> dict[str, object]:
     """Area fractions of a level map, overall and per sample.
 
     Returns:
         ``{"shape", "num_levels", "fractions" (K+1 floats, whole batch), "per_sample" (N lists),
         "level0" (fraction at level 0), "mean_level" (area-weighted)}``.
     """
-    if not isinstance(levelmap, LevelMap):
-        raise MaskInputError(f"report needs a LevelMap, got {type(levelmap).__name__}")
-    fr = levelmap.fractions()
+    if not isinstance(levels, LevelMap):
+        raise MaskDtypeError(f"report needs a LevelMap, got {type(levels).__name__}")
+    fr = levels.fractions()
     return {
-        "shape": levelmap.shape,
-        "num_levels": levelmap.num_levels,
+        "shape": levels.shape,
+        "num_levels": levels.num_levels,
         "fractions": fr.tolist(),
-        "per_sample": levelmap.fractions(per_sample=True).tolist(),
+        "per_sample": levels.fractions(per_sample=True).tolist(),
         "level0": float(fr[0]),
         "mean_level": float((fr * torch.arange(len(fr), dtype=fr.dtype)).sum()),
     }
@@ -91,7 +91,7 @@ def match_fraction(
         if value not in cache:
             lm = source_fn(**{param: value})
             if not isinstance(lm, LevelMap):
-                raise MaskInputError(f"source_fn must return a LevelMap, got {type(lm).__name__}")
+                raise MaskDtypeError(f"source_fn must return a LevelMap, got {type(lm).__name__}")
             cache[value] = lm
         return float(cache[value].fractions()[0])
 

@@ -82,6 +82,11 @@ def convert(
         >>> seg = adatriton.convert(adatriton.models.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
         >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"convert expects the model to convert, an nn.Module (e.g. torchvision.models.resnet50()), got "
+            f"{type(model).__name__}"
+        )
     if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
         raise ValueError(f"convert: unknown backend {backend!r}; backend must be one of {list(BACKENDS)} or None")
     if method not in ("auto", "graph"):

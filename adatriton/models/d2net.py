@@ -198,6 +198,8 @@ def vgg_trunk(features: nn.Module | None = None) -> nn.Sequential:
         features = vgg_features()
     if not isinstance(features, nn.Sequential) and isinstance(getattr(features, "features", None), nn.Sequential):
         features = features.features
+    if not isinstance(features, nn.Module):
+        raise TypeError(f"expected a torchvision VGG or its `features` Sequential, got {type(features).__name__}")
     if not isinstance(features, nn.Sequential):
         raise D2NetInputError(f"expected a torchvision VGG or its `features` Sequential, got {type(features).__name__}")
     modules, pools = [], 0

@@ -142,3 +142,19 @@ def test_id_map_matches_spec_element_rule(size, k):
         assert torch.equal(lay.rows[idx] * size_of, ty[covered])
         assert torch.equal(lay.cols[idx] * size_of, tx[covered])
         assert torch.equal(lay.element_level[idx], lev[covered])
+
+
+# ---------------------------------------------------------------------------------------------- immutability
+def test_levels_is_a_copy_so_edits_change_nothing():
+    lm = LevelMap.random(2, 13, 18, 2, generator=_gen(7))
+    levels, fractions, counts = lm.levels, lm.fractions(), [lm.element_counts(j) for j in range(3)]
+    layout = lm.layout(2)
+    lm.levels.fill_(2)  # issue 23.1: an in-place edit of the public tensor
+    lm.levels[0, 1, 1] = 1  # and a misaligned one
+    assert torch.equal(lm.levels, levels)
+    assert torch.equal(lm.fractions(), fractions)
+    assert [lm.element_counts(j) for j in range(3)] == counts
+    assert lm.layout(2) is layout and layout.num_elements == sum(counts[2])
+    edited = lm.levels
+    edited.fill_(2)
+    assert LevelMap(edited, 2).fractions().tolist() == [0.0, 0.0, 1.0]  # the way to change a map: build a new one

@@ -44,7 +44,7 @@ def _roundtrip(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram
 def test_export_levelmap_is_a_pytree_node():
     lm = LevelMap.random(2, 8, 12, "8->32", generator=torch.Generator().manual_seed(0))
     leaves, spec = pytree.tree_flatten((torch.zeros(1), lm))
-    assert len(leaves) == 2 and leaves[1] is lm.levels
+    assert len(leaves) == 2 and torch.equal(leaves[1], lm.levels)
     back = pytree.tree_unflatten(leaves, spec)[1]
     assert isinstance(back, LevelMap) and back.num_levels == 2 and torch.equal(back.levels, lm.levels)
     bad = lm.levels.clone()

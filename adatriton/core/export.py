@@ -1,0 +1,99 @@
+"""Level maps under ``torch.export``: errors that say which part cannot be traced and why, and the element counts of
+a traced map.
+
+:class:`~adatriton.core.levelmap.LevelMap` is a pytree node (its leaf: the levels tensor; its context: ``K``), so
+``torch.export`` takes it as an argument; ``levelmap.py`` registers it with the helpers here, which know nothing of
+the class itself (they take the levels tensor and ``K``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+__all__ = ["LevelMapExportError", "TracedCounts", "explain_export_failure", "is_traced", "traced_stage_counts"]
+
+
+class LevelMapExportError(RuntimeError):
+    """``torch.export`` reached a part of the adaptive network it cannot trace; the message says which and why."""
+
+
+def is_traced(t: Tensor) -> bool:
+    """``t`` is a fake tensor of ``torch.export`` or the code runs under ``torch.compile``."""
+    return is_fake(t) or torch.compiler.is_compiling()
+
+
+_EXPORT_WHY = {
+    "_validate_and_count": (
+        "validating a level map given as a tensor reads its values (data-dependent); give torch.export a LevelMap "
+        "built outside (LevelMap is a pytree node: torch.export.export(net, (x, levels)))"
+    ),
+    "layout": (
+        "building the index tables of the adaptive part (adatriton.Layout: element lists, tap tables) turns the "
+        "element counts, data-dependent sizes, into Python ints, which torch.export cannot trace; dense output "
+        "strides ('8', '16', '32') export"
+    ),
+}
+
+
+def explain_export_failure(method: Callable) -> Callable:
+    """Decorate a ``LevelMap`` method: where tracing meets a data-dependent size, raise :class:`LevelMapExportError`
+    saying which part and why instead of the tracer's guard error."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except GuardOnDataDependentSymNode as err:
+            where = f" (stage {args[0]})" if args else ""
+            first = str(err).strip().splitlines()[0]
+            raise LevelMapExportError(
+                f"torch.export cannot trace LevelMap.{method.__name__}{where}: {_EXPORT_WHY[method.__name__]}. "
+                f"The tracer said: {first}. See docs/api.md, 'torch.export'."
+            ) from err
+
+    return wrapper
+
+
+def traced_stage_counts(levels: Tensor, num_levels: int) -> list[list]:
+    """What ``LevelMap._validate_and_count`` returns, for a traced map, without the checks (they read values): the
+    element counts as unbacked symbols, one per level and stage, each between 0 and the cells of its grid; stage 0
+    has every finest cell."""
+    counts = []
+    for j in range(num_levels + 1):
+        row = []
+        for v in range(j + 1):
+            top_left = levels[:, :: 1 << v, :: 1 << v]
+            if j == 0:
+                row.append(top_left.numel())
+                continue
+            count = (top_left == v if v < j else top_left >= j).sum().item()
+            torch._check(count >= 0)
+            torch._check(count <= top_left.numel())
+            row.append(count)
+        counts.append(row)
+    return counts
+
+
+class TracedCounts:
+    """The counts of a traced map, made when a layout first asks for them: inside the traced forward, where the
+    symbols bind to the graph (the pytree is unflattened before tracing starts)."""
+
+    def __init__(self, levels: Tensor, num_levels: int):
+        self.levels, self.num_levels, self.rows = levels, num_levels, None
+
+    def __getitem__(self, stage: int) -> list:
+        if self.rows is None:
+            if torch.is_grad_enabled():
+                raise LevelMapExportError(
+                    "torch.export of the adaptive part needs torch.no_grad() (an inference export): with gradients "
+                    "enabled its BatchNorms run as the native op, which guards on the data-dependent element count "
+                    "(is it 0?); under no_grad they are folded into the convs. See docs/api.md, 'torch.export'."
+                )
+            self.rows = traced_stage_counts(self.levels, self.num_levels)
+        return self.rows[stage]

@@ -1,0 +1,206 @@
+"""The converted module: :class:`AdaptiveGraphModule` (the model's children and the generated forward) and
+:func:`convert_graph`."""
+
+from __future__ import annotations
+
+import linecache
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ...core.levelmap import LevelMap
+from ...runtime.context import environment_snapshot
+from .converter import Converter, Plan, planning_inputs, trace, with_meta_parameters
+from .rules import NodePlan, check_options, parse_graph_output_stride
+
+__all__ = ["AdaptiveGraphModule", "convert_graph"]
+
+
+class AdaptiveGraphModule(nn.Module):
+    """A CNN converted by rewriting its traced graph (docs/semantics.md §8). Build one with
+    :func:`adatriton.convert` (or :func:`convert_graph`).
+
+    The module holds the source model's children (and its own parameters and buffers) under the same names:
+    parameters are shared, state_dict keys are the model's, and ``.to()`` / ``.eval()`` act on the same layers.
+
+    Args:
+        model: any ``nn.Module`` that ``torch.fx`` can trace symbolically.
+        output_stride: a dense output stride (``"8"``, ``"16"``, ...: the dense network whose strides past it are
+            turned into dilation) or an adaptive conversion ``"a->b"`` (``"8->32"``, ``"8->16"``, ...).
+        example_input: a tensor (or a tuple, one per input) with the shape of an input the model accepts; only
+            shapes are used (the graph is planned on meta tensors). Default: ``(1, C, 512, 512)``, ``C`` the first
+            conv's input channels. Its size should be a multiple of the model's coarsest output stride.
+        backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``) and of
+            densifying; None resolves per call.
+        unsupported: ``"error"`` (default): a layer the rules cannot express (an even kernel with stride 2, a conv
+            whose padding does not centre it, a 3x3 pool with stride 2, ...) raises :class:`GraphConversionError`
+            naming its node; ``"densify"``: it runs densely, as it is, on the densified map.
+        leaf_modules: module classes to keep as single calls while tracing (their forward is not traced; on a map
+            they are ops without a rule, so the map is densified before them).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        GraphConversionError: the graph cannot be converted as asked (naming the node and why); an
+            ``example_input`` too small for the conversion gets one that says so and gives the smallest size that
+            works.
+
+    Attributes:
+        output_stride, finest_stride, num_levels: ``"8->32"``, 8, 2 (a dense ``"8"``: 8, 8, 0).
+        plan: one :class:`NodePlan` per traced node, in order.
+        graph: the rewritten ``torch.fx.Graph``; ``code``: the generated forward.
+        source_graph: the traced graph of the source model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output_stride: str | int,
+        example_input: Any = None,
+        backend: str | None = None,
+        unsupported: str = "error",
+        leaf_modules: Sequence[type[nn.Module]] = (),
+        *,
+        source_graph: fx.Graph | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"convert_graph expects an nn.Module that torch.fx can trace, got {type(model).__name__}")
+        super().__init__()
+        check_options(unsupported)
+        self.output_stride, self.finest_stride, self.num_levels = parse_graph_output_stride(output_stride)
+        self.backend, self.unsupported, self.leaf_modules = backend, unsupported, tuple(leaf_modules)
+        self.source_graph = trace(model, self.leaf_modules) if source_graph is None else source_graph
+        inputs = planning_inputs(model, example_input)
+        self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
+
+        def plan_on_meta(root: nn.Module, meta_inputs: list) -> Plan:
+            converter = Converter(
+                root, self.source_graph, self.finest_stride, self.num_levels, unsupported, meta_inputs
+            )
+            return converter.run()
+
+        plan = with_meta_parameters(model, inputs, plan_on_meta)
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, p in model.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in model.named_buffers(recurse=False):
+            self.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
+        self.graph, self.plan, self.entry = plan.graph, tuple(plan.nodes), plan.entry
+        self._compile()
+
+    def _compile(self) -> None:
+        code = self.graph.python_code(root_module="self")
+        self.code = code.src
+        key = f"<adatriton graph {self.output_stride} {id(self):x}>"
+        linecache.cache[key] = (len(code.src), None, code.src.splitlines(True), key)  # tracebacks show the code
+        scope = dict(code.globals)
+        exec(compile(code.src, key, "exec"), scope)  # noqa: S102 -- fx's generated forward, as GraphModule does
+        self.forward_code = scope["forward"]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.num_levels > 0
+
+    def extra_repr(self) -> str:
+        return f"output_stride={self.output_stride!r}, backend={self.backend!r}, unsupported={self.unsupported!r}"
+
+    def forward(self, *inputs, **kwargs):
+        """The source model's forward with a level map: ``net(x, levels)``.
+
+        Args:
+            inputs: the model's inputs (an image batch ``(N, C, H, W)``).
+            levels: (last positional or keyword) the level map on the finest grid ``(N, Hf, Wf)``: a
+                :class:`LevelMap`, an integer tensor, or a callable mapping the finest-grid features to one;
+                None (or an all-zero map of the output grid) for a dense output stride.
+
+        Returns:
+            What the model returns; maps that reach the output are densified to the finest grid.
+        """
+        if torch.compiler.is_compiling():
+            return self.forward_code(self, *inputs, **kwargs)
+        with environment_snapshot():  # each environment variable read once per forward, not once per conv
+            return self.forward_code(self, *inputs, **kwargs)
+
+    def with_output_stride(self, output_stride: str | int) -> AdaptiveGraphModule:
+        """The same model at another output stride, sharing every parameter (e.g. the dense ``"8"`` network that a
+        uniform level-0 map of ``"8->32"`` equals)."""
+        return AdaptiveGraphModule(
+            self,
+            output_stride,
+            tuple(torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in self.example_shapes),
+            self.backend,
+            self.unsupported,
+            self.leaf_modules,
+            source_graph=self.source_graph,
+        )
+
+    def finest_network(self) -> AdaptiveGraphModule:
+        """The dense network at the finest output stride (what a uniform level-0 map equals), sharing every
+        parameter; built once and kept (outside the module tree, so it adds no state_dict keys)."""
+        if not self.adaptive:
+            return self
+        net = self.__dict__.get("_finest_network")
+        if net is None or net.backend != self.backend:
+            net = self.with_output_stride(str(self.finest_stride))
+            self.__dict__["_finest_network"] = net
+        return net
+
+    def adaptive_convs(self) -> list[NodePlan]:
+        """The convs that run on maps, in execution order (``target`` is the module path)."""
+        return [p for p in self.plan if p.op == "conv" and p.on_map]
+
+    def finest_grid(self, *inputs: Tensor) -> tuple[int, int, int]:
+        """``(N, Hf, Wf)`` of the finest grid for inputs of these shapes (any device, meta included)."""
+        if self.entry is None:
+            raise ValueError(f"output stride {self.output_stride!r} has no adaptive part")
+        shapes = [torch.empty(tuple(x.shape), device="meta") if isinstance(x, Tensor) else x for x in inputs]
+
+        def run(root: nn.Module, meta_inputs: list) -> tuple[int, int, int]:
+            converter = Converter(root, self.source_graph, self.finest_stride, 0, self.unsupported, meta_inputs)
+            env = converter.run_original()
+            node = next(n for n in env if n.name == self.entry)
+            n, _, h, w = env[node].shape
+            return int(n), int(h), int(w)
+
+        return with_meta_parameters(self, shapes, run)
+
+    def build_tables(self, levels: LevelMap | Tensor) -> LevelMap:
+        """Validate ``levels`` and build every index table the adaptive convs and steps read (layouts, downsampling
+        sources, tap tables), so that a timed or compiled call does no bookkeeping.
+
+        Returns:
+            The :class:`LevelMap` to pass to the network.
+        """
+        lm = levels if isinstance(levels, LevelMap) else LevelMap(levels, self.num_levels)
+        for stage in range(lm.num_levels + 1):
+            layout = lm.layout(stage)
+            if stage < lm.num_levels:
+                layout.downsample_sources("top_left")
+                layout.downsample_sources("max")
+        for p in self.adaptive_convs():
+            if p.kernel > 1:
+                lm.layout(p.stage).tap_index(p.kernel, p.tap_spacing, p.downsample)
+        return lm
+
+
+def convert_graph(
+    model: nn.Module,
+    output_stride: str | int,
+    example_input: Any = None,
+    backend: str | None = None,
+    unsupported: str = "error",
+    leaf_modules: Sequence[type[nn.Module]] = (),
+) -> AdaptiveGraphModule:
+    """Convert any traceable CNN (docs/semantics.md §8); see :class:`AdaptiveGraphModule` for the arguments.
+
+    The source model is not modified; the converted module shares its layers.
+
+    Example:
+        >>> net = convert_graph(torchvision.models.mobilenet_v3_large(), "8->32").eval()
+        >>> logits = net(images, levels)          # levels: (N, ceil(H/8), ceil(W/8)) in {0, 1, 2}
+        >>> print(net.code)                       # the generated forward
+    """
+    return AdaptiveGraphModule(model, output_stride, example_input, backend, unsupported, leaf_modules)
