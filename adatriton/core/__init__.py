@@ -1,5 +1,6 @@
 """The data: output strides and conversions, level maps, element layouts and multi-resolution maps."""
 
+from .export import TracedCounts, explain_export_failure, is_traced, traced_stage_counts
 from .layout import Layout, block_sums, ceil_div
 from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
 from .multires import MultiResMap, densify_values, expect_map
@@ -15,12 +16,16 @@ __all__ = [
     "MAX_LEVELS",
     "MultiResMap",
     "OUTPUT_STRIDES",
+    "TracedCounts",
     "TILE_STRIDE",
     "block_sums",
     "ceil_div",
     "default_tile",
     "densify_values",
+    "explain_export_failure",
     "expect_map",
+    "is_traced",
     "num_levels_of",
     "parse_output_stride",
+    "traced_stage_counts",
 ]

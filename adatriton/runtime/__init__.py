@@ -25,6 +25,7 @@ from .context import ScopedStack, environment_snapshot, getenv
 from .extras import EXTRAS, require
 from .files import (
     CACHE_DIR_ENV,
+    MAX_CACHE_FILE_BYTES,
     CacheFileError,
     cache_dir,
     cpu_model,
@@ -44,6 +45,7 @@ __all__ = [
     "AutotuneCache",
     "BACKENDS",
     "CACHE_DIR_ENV",
+    "MAX_CACHE_FILE_BYTES",
     "CALIBRATION_SCHEMA",
     "CacheFileError",
     "ENV_VAR",
