@@ -1,25 +1,31 @@
 """``python -m bench gpu-check`` (``make gpu-check``): everything that needs a GPU, in one command that fits in
-9 minutes on one H100 / H200 and keeps going past a failing step.
+9 minutes on one H100 / H200 with cold Triton caches and keeps going past a failing step.
 
-The steps (:func:`default_steps`), each a subprocess with its own timeout, budgeted so that the timeouts add up to
-:data:`STEPS_BUDGET_S` and the whole run stays within :data:`BUDGET_S` even when every step times out:
+It runs with the python it is started with (the GPU machine's preinstalled torch, torchvision and triton; no venv, no
+ruff, no registry). The steps (:func:`default_steps`), in the order of issue 20, each a subprocess with its own
+timeout, budgeted so that the timeouts add up to :data:`STEPS_BUDGET_S` and the whole run stays within
+:data:`BUDGET_S` even when every step times out. Each box is planned from the Triton compiles of its step (distinct
+kernel specializations with an H100's default configs, counted on the CPU; about 1.15 s each, plus about 10 s of
+process and CUDA start-up):
 
-1. ``gpu_tests``: the GPU-marked tests (``pytest -m gpu``, the CUDA-graph test apart);
-2. ``autotune``: ``python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype float16``; time-boxed:
-   the cache is saved after each tuned key, so a timeout keeps what was tuned;
-3. ``calibrate``: ``python -m adatriton.calibrate --model resnet101 --size 1024 2048 --device cuda`` (the crossover
-   densities of the ``auto`` backend);
-4. ``layers``: the ``layers`` suite, full size, fp16, every backend against cuDNN (the summary's ``TFLOP/s``);
-5. ``table2``: the ``table2`` suite at 1024x2048 fp16 (synthetic masks, level-0 fractions 0.1 / 0.3 / 0.5, 5 + 10
-   calls: the full grid does not fit the budget);
-6. ``cuda_graphs``: ``tests/nn/test_compile.py::test_cuda_graphs_with_a_static_level_map``.
+1. ``environment`` (10 s, 0 compiles): GPU, driver, CUDA, library versions (:mod:`bench._gpu_steps`);
+2. ``backends`` (40 s, 8): a tiny converted ResNet on every backend against the torch backend;
+3. ``l2_bandwidth`` (20 s, 3): reads of a 32 MB L2-resident buffer from every SM;
+4. ``convs`` (60 s, 4): the default config against cuDNN on ResNet-101's adaptive layer shapes at level-0
+   fraction 0.3, NCHW and channels-last weights (TFLOP/s, fraction of cuDNN);
+5. ``memcheck`` / ``racecheck`` (45 s each, 1 each): ``compute-sanitizer`` on a small forward (default / persistent
+   config), when the tool is there;
+6. ``cuda_graphs`` (70 s, 8): eager against CUDA-graph forward at 512x1024 and 1024x2048;
+7. ``table2`` (150 s, 12): the ``table2`` suite 8->32 at 1024x2048 fp16, fractions 0.1 / 0.3 / 0.5;
+8. ``gpu_tests`` (40 s) and ``autotune`` (30 s of its 119 compiles; saved per key, so a timeout keeps what was
+   tuned). What does not fit (:data:`NOT_RUN`: calibration, the full layers suite) is said in the summary.
 
-Every step runs with ``TRITON_INTERPRET=0`` and ``ADATRITON_CACHE_DIR=<out>/cache`` (the autotune and calibration
-files land under ``<out>`` and the later steps use them). Outputs: ``<out>/<suite>.csv`` (and summaries, plots),
-``<out>/gpu_tests.xml`` / ``cuda_graphs.xml`` (JUnit), ``<out>/gpu_check/<step>.txt`` (each step's output) and
-``<out>/gpu_check.log``: per step the command, status, seconds and the tail of its output, then a summary table
-and the CSVs under ``<out>``. Exit status 0 when every step passed (or when there is no CUDA device: nothing is
-run), 1 otherwise. ``--dry-run`` lists the steps and runs nothing.
+Every step runs with ``TRITON_INTERPRET=0`` and ``ADATRITON_CACHE_DIR=<out>/gpu_check/cache``. Everything is written
+under ``<out>/gpu_check/`` (``gpu_check.log``: per step the command, status, seconds and the tail of its output;
+``gpu_check/<step>.txt``: each step's output; the steps' JSON and CSV files) and packed at the end into
+``<out>/gpu_check.tar.gz`` beside a short ``<out>/gpu_check_summary.txt`` (:func:`summary`). Exit status 0 when every
+step passed (or when there is no CUDA device: nothing is run), 1 otherwise. ``--dry-run`` lists the steps and runs
+nothing.
 """
 
 from __future__ import annotations
