@@ -1,25 +1,31 @@
 """``python -m bench gpu-check`` (``make gpu-check``): everything that needs a GPU, in one command that fits in
-9 minutes on one H100 / H200 and keeps going past a failing step.
+9 minutes on one H100 / H200 with cold Triton caches and keeps going past a failing step.
 
-The steps (:func:`default_steps`), each a subprocess with its own timeout, budgeted so that the timeouts add up to
-:data:`STEPS_BUDGET_S` and the whole run stays within :data:`BUDGET_S` even when every step times out:
+It runs with the python it is started with (the GPU machine's preinstalled torch, torchvision and triton; no venv, no
+ruff, no registry). The steps (:func:`default_steps`), in the order of issue 20, each a subprocess with its own
+timeout, budgeted so that the timeouts add up to :data:`STEPS_BUDGET_S` and the whole run stays within
+:data:`BUDGET_S` even when every step times out. Each box is planned from the Triton compiles of its step (distinct
+kernel specializations with an H100's default configs, counted on the CPU; about 1.15 s each, plus about 10 s of
+process and CUDA start-up):
 
-1. ``gpu_tests``: the GPU-marked tests (``pytest -m gpu``, the CUDA-graph test apart);
-2. ``autotune``: ``python -m adatriton.autotune --model resnet101 --size 1024 2048 --dtype float16``; time-boxed:
-   the cache is saved after each tuned key, so a timeout keeps what was tuned;
-3. ``calibrate``: ``python -m adatriton.calibrate --model resnet101 --size 1024 2048 --device cuda`` (the crossover
-   densities of the ``auto`` backend);
-4. ``layers``: the ``layers`` suite, full size, fp16, every backend against cuDNN (the summary's ``TFLOP/s``);
-5. ``table2``: the ``table2`` suite at 1024x2048 fp16 (synthetic masks, level-0 fractions 0.1 / 0.3 / 0.5, 5 + 10
-   calls: the full grid does not fit the budget);
-6. ``cuda_graphs``: ``tests/nn/test_compile.py::test_cuda_graphs_with_a_static_level_map``.
+1. ``environment`` (10 s, 0 compiles): GPU, driver, CUDA, library versions (:mod:`bench._gpu_steps`);
+2. ``backends`` (40 s, 8): a tiny converted ResNet on every backend against the torch backend;
+3. ``l2_bandwidth`` (20 s, 3): reads of a 32 MB L2-resident buffer from every SM;
+4. ``convs`` (60 s, 4): the default config against cuDNN on ResNet-101's adaptive layer shapes at level-0
+   fraction 0.3, NCHW and channels-last weights (TFLOP/s, fraction of cuDNN);
+5. ``memcheck`` / ``racecheck`` (45 s each, 1 each): ``compute-sanitizer`` on a small forward (default / persistent
+   config), when the tool is there;
+6. ``cuda_graphs`` (70 s, 8): eager against CUDA-graph forward at 512x1024 and 1024x2048;
+7. ``table2`` (150 s, 12): the ``table2`` suite 8->32 at 1024x2048 fp16, fractions 0.1 / 0.3 / 0.5;
+8. ``gpu_tests`` (40 s) and ``autotune`` (30 s of its 119 compiles; saved per key, so a timeout keeps what was
+   tuned). What does not fit (:data:`NOT_RUN`: calibration, the full layers suite) is said in the summary.
 
-Every step runs with ``TRITON_INTERPRET=0`` and ``ADATRITON_CACHE_DIR=<out>/cache`` (the autotune and calibration
-files land under ``<out>`` and the later steps use them). Outputs: ``<out>/<suite>.csv`` (and summaries, plots),
-``<out>/gpu_tests.xml`` / ``cuda_graphs.xml`` (JUnit), ``<out>/gpu_check/<step>.txt`` (each step's output) and
-``<out>/gpu_check.log``: per step the command, status, seconds and the tail of its output, then a summary table
-and the CSVs under ``<out>``. Exit status 0 when every step passed (or when there is no CUDA device: nothing is
-run), 1 otherwise. ``--dry-run`` lists the steps and runs nothing.
+Every step runs with ``TRITON_INTERPRET=0`` and ``ADATRITON_CACHE_DIR=<out>/gpu_check/cache``. Everything is written
+under ``<out>/gpu_check/`` (``gpu_check.log``: per step the command, status, seconds and the tail of its output;
+``gpu_check/<step>.txt``: each step's output; the steps' JSON and CSV files) and packed at the end into
+``<out>/gpu_check.tar.gz`` beside a short ``<out>/gpu_check_summary.txt`` (:func:`summary`). Exit status 0 when every
+step passed (or when there is no CUDA device: nothing is run), 1 otherwise. ``--dry-run`` lists the steps and runs
+nothing.
 """
 
 from __future__ import annotations
@@ -29,15 +35,30 @@ import contextlib
 import datetime as _dt
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BUDGET_S", "STEPS_BUDGET_S", "Step", "StepResult", "default_steps", "main", "run_steps"]
+__all__ = [
+    "ARCHIVE",
+    "BUDGET_S",
+    "NOT_RUN",
+    "STEPS_BUDGET_S",
+    "SUMMARY",
+    "Step",
+    "StepResult",
+    "default_steps",
+    "main",
+    "pack",
+    "run_steps",
+    "summary",
+]
 
 #: The whole check, seconds (9 minutes).
 BUDGET_S = 540.0
@@ -49,8 +70,13 @@ KILL_GRACE_S = 5.0
 TAIL_LINES = 15
 #: Where the steps run: the repository root (``tests/``, ``python -m bench``).
 ROOT = Path(__file__).resolve().parents[1]
-#: The CUDA-graph test, run as its own step.
-CUDA_GRAPH_TEST = "tests/nn/test_compile.py::test_cuda_graphs_with_a_static_level_map"
+#: The folder under ``--out`` the steps write into; packed into :data:`ARCHIVE` at the end, then removed.
+WORK = "gpu_check"
+#: The check's results: one archive and one short text summary, both directly under ``--out``.
+ARCHIVE = "gpu_check.tar.gz"
+SUMMARY = "gpu_check_summary.txt"
+#: Steps whose output tail (their tables) the summary repeats.
+SUMMARY_TAILS = {"environment": 14, "backends": 6, "l2_bandwidth": 7, "convs": 15, "cuda_graphs": 4}
 
 
 @dataclass(frozen=True)
@@ -93,47 +119,81 @@ class StepResult:
 
 
 def default_steps(out: Path, python: str = sys.executable) -> list[Step]:
-    """The check's steps (see the module docstring), writing under ``out``; their timeouts add up to
-    :data:`STEPS_BUDGET_S`."""
+    """The check's steps (see the module docstring), in the order of issue 20, writing under ``out``; their timeouts
+    add up to :data:`STEPS_BUDGET_S`."""
     out = Path(out)
     bench = [python, "-m", "bench"]
+    steps = [python, "-m", "bench._gpu_steps"]
     pytest = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     sizes = ["--size", "1024", "2048"]
     common = ["--device", "cuda", "--dtype", "fp16", "--out", str(out), "--no-progress"]
+    where = ["--out", str(out)]
+    sanitizer = _sanitizer()
+    sanitized = [python, "-m", "bench._gpu_steps", "small_forward", *where]
     return [
+        Step("environment", (*steps, "environment", *where), 10, "GPU, driver, CUDA and library versions, tools"),
+        Step("backends", (*steps, "backends", *where), 40, "a tiny converted ResNet on every backend vs torch"),
+        Step("l2_bandwidth", (*steps, "l2_bandwidth", *where), 20, "L2 -> SM reads of a resident 32 MB buffer"),
+        Step("convs", (*steps, "convs", *where), 60, "default config vs cuDNN, ResNet-101 layers, NCHW / CL weights"),
         Step(
-            "gpu_tests",
-            (*pytest, "-m", "gpu", "-k", "not cuda_graphs", f"--junitxml={out / 'gpu_tests.xml'}", "tests"),
-            75,
-            "GPU-marked tests (the CUDA-graph test is its own step)",
+            "memcheck",
+            (sanitizer, "--tool", "memcheck", "--error-exitcode", "1", *sanitized) if sanitizer else _missing(),
+            45,
+            "compute-sanitizer memcheck of a small forward (default config)",
         ),
         Step(
-            "autotune",
-            (python, "-m", "adatriton.autotune", "--model", "resnet101", *sizes, "--dtype", "float16"),
-            110,
-            "autotune the ResNet-101 8->32 conv shapes (time-boxed; saved per key)",
+            "racecheck",
+            (sanitizer, "--tool", "racecheck", "--error-exitcode", "1", *sanitized, "--persistent")
+            if sanitizer
+            else _missing(),
+            45,
+            "compute-sanitizer racecheck of a small forward (persistent config)",
         ),
-        Step(
-            "calibrate",
-            (python, "-m", "adatriton.calibrate", "--model", "resnet101", *sizes, "--device", "cuda"),
-            70,
-            "calibrate the sparse/dense crossover of the auto backend",
-        ),
-        Step("layers", (*bench, "layers", "--full", *common), 70, "layers suite vs cuDNN (TFLOP/s per config)"),
+        Step("cuda_graphs", (*steps, "cuda_graphs", *where), 70, "eager vs CUDA-graph forward, 512x1024 and 1024x2048"),
         Step(
             "table2",
             (*bench, "table2", "--full", *sizes, *common, "--masks", "synthetic", "--fractions", "0.1", "0.3", "0.5")
             + ("--warmup", "5", "--iters", "10"),
             150,
-            "table2 at 1024x2048 fp16 (synthetic masks, 3 fractions, every backend)",
+            "table2 8->32 at 1024x2048 fp16 (synthetic masks, 3 fractions) vs dense OS8 / OS16",
         ),
         Step(
-            "cuda_graphs",
-            (*pytest, CUDA_GRAPH_TEST, f"--junitxml={out / 'cuda_graphs.xml'}"),
-            35,
-            "the CUDA-graph test (torch.compile reduce-overhead with a static level map)",
+            "gpu_tests",
+            (*pytest, "-m", "gpu", f"--junitxml={out / 'gpu_tests.xml'}", "tests"),
+            40,
+            "GPU-marked tests",
+        ),
+        Step(
+            "autotune",
+            (python, "-m", "adatriton.autotune", "--model", "resnet101", *sizes, "--dtype", "float16"),
+            30,
+            "autotune the ResNet-101 8->32 conv shapes (time-boxed; saved per key)",
         ),
     ]
+
+
+#: What the check leaves out: it does not fit the 9 minutes after the steps above (said in the summary).
+NOT_RUN = (
+    "calibrate (python -m adatriton.calibrate --model resnet101 --size 1024 2048 --device cuda): about 70 s",
+    "the layers suite at full size (python -m bench layers --full): the convs step measures its shapes at 0.3",
+    "autotuning past its 30 s box: the cache keeps the keys tuned so far; run it again for the rest",
+)
+
+
+def _sanitizer() -> str | None:
+    """compute-sanitizer on the PATH, beside nvcc or under /usr/local/cuda; None when absent."""
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for folder in [Path(p).parent for p in filter(None, [shutil.which("nvcc")])] + [Path("/usr/local/cuda/bin")]:
+        if (folder / "compute-sanitizer").exists():
+            return str(folder / "compute-sanitizer")
+    return None
+
+
+def _missing() -> tuple[str, ...]:
+    """The command of a step whose tool is absent: it says so and passes (nothing to check)."""
+    return (sys.executable, "-c", "print('compute-sanitizer is not on this machine: not run')")
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -246,15 +306,40 @@ def run_steps(
     return results
 
 
+def summary(results: Sequence[StepResult], seconds: float, budget_s: float = BUDGET_S) -> str:
+    """The short text summary: one line per step, the tables of the measuring steps, what was not run."""
+    lines = [f"gpu-check: {sum(r.status == 'passed' for r in results)}/{len(results)} steps passed in "
+             f"{seconds:.0f} s of {budget_s:.0f} s; everything else is in {ARCHIVE}", ""]  # fmt: skip
+    lines += [f"{r.step.name:13s} {r.status:8s} {r.seconds:6.1f} s of {r.step.timeout_s:3.0f} s" for r in results]
+    for r in results:
+        keep = SUMMARY_TAILS.get(r.step.name)
+        if keep and r.status in ("passed", "failed"):
+            lines += ["", f"== {r.step.name}", *_tail(r.output, keep)]
+    lines += ["", "not run (does not fit the 9 minutes):", *(f"- {item}" for item in NOT_RUN)]
+    return "\n".join(lines) + "\n"
+
+
+def pack(work: Path, archive: Path, keep: bool = False) -> Path:
+    """Pack ``work`` into the gzipped tar ``archive`` (members under ``work``'s name), then remove ``work`` unless
+    ``keep``: what comes back from a lent machine must be a few files."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(work, arcname=work.name)
+    if not keep:
+        shutil.rmtree(work)
+    return archive
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench gpu-check",
-        description="Everything that needs a GPU in one run of at most 9 minutes (GPU tests, autotuning, "
-        "calibration, the layers and table2 suites, the CUDA-graph test); keeps going past a failing step.",
+        description="Everything that needs a GPU in one run of at most 9 minutes (environment, backends, L2 "
+        "bandwidth, convs vs cuDNN, compute-sanitizer, CUDA graphs, table2, GPU tests, autotuning); keeps going past "
+        f"a failing step; writes <out>/{ARCHIVE} and <out>/{SUMMARY}.",
     )
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
-    p.add_argument("--cache-dir", type=Path, help="ADATRITON_CACHE_DIR of the steps (default: <out>/cache)")
+    p.add_argument("--cache-dir", type=Path, help=f"ADATRITON_CACHE_DIR of the steps (default: <out>/{WORK}/cache)")
     p.add_argument("--dry-run", action="store_true", help="list the steps and their time boxes; run nothing")
+    p.add_argument("--keep", action="store_true", help=f"keep <out>/{WORK} (the archive's contents) unpacked")
     return p
 
 
@@ -270,11 +355,15 @@ def main(argv: Sequence[str] | None = None, cuda_available: Callable[[], bool] |
     """
     args = _parser().parse_args(argv)
     args.out = args.out.resolve()
-    steps = default_steps(args.out)
+    work = args.out / WORK
+    steps = default_steps(work)
     if args.dry_run:
         print(f"gpu-check: {len(steps)} steps, time boxes {sum(s.timeout_s for s in steps):.0f} s of {BUDGET_S:.0f}")
         for step in steps:
             print(f"  {step.name:12s} {step.timeout_s:4.0f} s  {shlex.join(step.argv)}")
+        print("not run (does not fit the 9 minutes):")
+        for item in NOT_RUN:
+            print(f"  {item}")
         return 0
     if cuda_available is None:
         import torch
@@ -286,8 +375,14 @@ def main(argv: Sequence[str] | None = None, cuda_available: Callable[[], bool] |
     env = {
         **os.environ,
         "TRITON_INTERPRET": "0",
-        "ADATRITON_CACHE_DIR": str(args.cache_dir or args.out / "cache"),
+        "ADATRITON_CACHE_DIR": str(args.cache_dir or work / "cache"),
         "PYTHONUNBUFFERED": "1",
     }
-    results = run_steps(steps, args.out, BUDGET_S, env)
+    start = time.monotonic()
+    results = run_steps(steps, work, BUDGET_S, env)
+    text = summary(results, time.monotonic() - start)
+    (work / SUMMARY).write_text(text)
+    (args.out / SUMMARY).write_text(text)
+    pack(work, args.out / ARCHIVE, keep=args.keep)
+    print(f"gpu-check: {args.out / SUMMARY} and {args.out / ARCHIVE}")
     return 0 if all(r.status == "passed" for r in results) else 1

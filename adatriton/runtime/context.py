@@ -2,7 +2,10 @@
 way the hot path reads environment variables (:func:`getenv`, :func:`environment_snapshot`).
 
 Each setting is a stack held in a :class:`contextvars.ContextVar`, so it is per thread and per asyncio task, nests,
-and is restored on exit even when the block raises.
+and is restored on exit even when the block raises. Code traced by ``torch.compile`` reads a per-thread copy of the
+stack instead (:meth:`ScopedStack.top`): Dynamo on torch 2.11 cannot trace ``ContextVar.get`` (a graph break at every
+conv, and ``fullgraph=True`` fails), while it traces an attribute of a :class:`threading.local` and guards on it, so
+a compiled model sees the settings of the blocks it is called in and recompiles when they change.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Iterator
 from typing import Generic, TypeVar
+
+import torch
 
 __all__ = ["ScopedStack", "environment_snapshot", "getenv"]
 
@@ -27,23 +33,33 @@ class ScopedStack(Generic[T]):
 
     def __init__(self, name: str):
         self._var: contextvars.ContextVar[tuple[T, ...]] = contextvars.ContextVar(name, default=())
+        # The same stack for traced code (see the module docstring), set by push on entry and exit.
+        self._traced = threading.local()
+
+    def _stack(self) -> tuple[T, ...]:
+        if torch.compiler.is_compiling():
+            return getattr(self._traced, "stack", ())
+        return self._var.get()
 
     def top(self) -> T | None:
         """The innermost value, or None outside every block."""
-        stack = self._var.get()
+        stack = self._stack()
         return stack[-1] if stack else None
 
     def __bool__(self) -> bool:
-        return bool(self._var.get())
+        return bool(self._stack())
 
     @contextlib.contextmanager
     def push(self, value: T) -> Iterator[T]:
         """Make ``value`` the innermost one inside the block."""
-        token = self._var.set((*self._var.get(), value))
+        outer = self._var.get()
+        token = self._var.set((*outer, value))
+        self._traced.stack = (*outer, value)
         try:
             yield value
         finally:
             self._var.reset(token)
+            self._traced.stack = outer
 
 
 class _Environment(dict):

@@ -51,3 +51,34 @@ def test_a_forward_reads_each_variable_once(monkeypatch):
     with torch.inference_mode():
         net.forward_features(torch.randn(1, 3, 64, 64), levels)
     assert environ.reads["ADATRITON_BACKEND"] == 1, environ.reads
+
+
+def test_compiled_code_reads_the_scoped_settings_without_a_graph_break(monkeypatch):
+    """Dynamo traces the settings (torch 2.11 cannot trace ``ContextVar.get``), guards on them and so recompiles when
+    a block changes them; another thread sees its own (none: the default)."""
+    import threading
+
+    from adatriton.runtime.backend import requested_backend, use_backend
+
+    monkeypatch.delenv("ADATRITON_BACKEND", raising=False)
+
+    def shifted(x):
+        name, _ = requested_backend()
+        return x + len(name)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(shifted, backend="eager", fullgraph=True)
+    x = torch.zeros(2)
+    with use_backend("auto"):
+        assert compiled(x).tolist() == [4.0, 4.0]
+        with use_backend("triton"):
+            assert compiled(x).tolist() == [6.0, 6.0]
+        elsewhere = []
+        thread = threading.Thread(target=lambda: elsewhere.append(compiled(x).tolist()))
+        thread.start()
+        thread.join()
+        assert elsewhere == [[5.0, 5.0]]  # "torch"
+        assert compiled(x).tolist() == [4.0, 4.0]
+    assert compiled(x).tolist() == [5.0, 5.0]
+    explanation = torch._dynamo.explain(shifted)(x)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
