@@ -8,7 +8,13 @@ STAMP := $(VENV)/.installed
 RESULTS ?= results
 BENCH_ARGS ?=
 
-.PHONY: bench test env gpu-check
+# pytest-xdist workers for `make test` / `make test-fast` (auto: one per CPU; `make test WORKERS=0` runs in-process).
+# loadgroup keeps the tests of one xdist_group (one shared subprocess) on one worker.
+WORKERS ?= auto
+PYTEST := TRITON_INTERPRET=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+FAST_PATHS ?= tests/ops tests/core tests/nn tests/models
+
+.PHONY: bench test test-fast env gpu-check
 
 env: $(STAMP)
 
@@ -21,9 +27,14 @@ $(STAMP): pyproject.toml constraints.txt
 bench: $(STAMP)
 	$(BIN)/python -m bench --out $(RESULTS) $(BENCH_ARGS)
 
+# The full suite CI runs (.ci/run): ruff, then every test.
 test: $(STAMP)
 	$(BIN)/ruff check adatriton kernels bench tests
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest
+	$(PYTEST)
+
+# The inner loop (<= 2 minutes on 2 cores): ops, core, nn and models on small inputs; no slow, aot or subprocess tests.
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow and not aot and not subprocess" $(FAST_PATHS)
 
 # On one H100/H200, at most 9 minutes: GPU tests, autotuning, calibration, layers and table2 suites, the CUDA-graph
 # test; every step time-boxed, a failing one does not stop the rest; log in $(RESULTS)/gpu_check.log. Without CUDA
