@@ -25,16 +25,23 @@ MARKED_BY_ID = {
     "slow": (),
 }
 
+#: Test id prefixes whose tests share one xdist worker (``--dist loadgroup``): the AOT module's fixture queues every
+#: compile of the session's AOT tests up front, so on several workers each would compile them all.
+XDIST_GROUPS = {"aot/": "aot"}
+
 
 def _apply_markers(items) -> None:
-    """Add :data:`MARKED_BY_ID`'s markers; a prefix that names a collected file but none of its tests is an error, so
-    that a renamed test cannot silently fall back into ``make test-fast``."""
+    """Add :data:`MARKED_BY_ID`'s markers and :data:`XDIST_GROUPS`' groups. A prefix that names a collected file but
+    none of its tests is an error, so that a renamed test cannot silently fall back into ``make test-fast``."""
     used = set()
     files = set()
     for item in items:
         rel = Path(item.path).resolve().relative_to(TESTS).as_posix()
         node = rel + item.nodeid[item.nodeid.index("::") :] if "::" in item.nodeid else rel
         files.add(rel)
+        for prefix, group in XDIST_GROUPS.items():
+            if node.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
         for marker, prefixes in MARKED_BY_ID.items():
             for prefix in prefixes:
                 if node.startswith(prefix):
