@@ -29,7 +29,7 @@ bench: $(STAMP)
 
 # The full suite CI runs (.ci/run): ruff, then every test.
 test: $(STAMP)
-	$(BIN)/ruff check adatriton kernels bench tests
+	$(BIN)/python -m ruff check adatriton kernels bench tests
 	$(PYTEST)
 
 # The inner loop (<= 2 minutes on 2 cores): ops, core, nn and models on small inputs; no slow, aot or subprocess tests.
