@@ -22,7 +22,23 @@ MARKED_BY_ID = {
         "tools/test_cli.py::test_python_dash_m_entry_points_still_work",
         "tools/test_train_ddp.py::",
     ),
-    "slow": (),
+    # The slowest of `make test-fast`'s paths (--durations, 2 workers): whole networks and opcheck / gradcheck sweeps.
+    "slow": (
+        "nn/test_modules.py::test_softpool_uniform_levels_equal_the_dense_softpool_network",
+        "nn/test_modules.py::test_softpool_mixed_levels_equal_dense_simulation",
+        "nn/test_modules.py::test_deformable_level0_equals_the_dense_deformable_network",
+        "nn/test_modules.py::test_deformable_mixed_levels_equal_dense_simulation",
+        "nn/test_modules.py::test_convert_swaps_children_in_place_and_honours_filter_fn",
+        "nn/test_compile.py::test_compiled_converted_model_equals_eager_without_graph_breaks",
+        "nn/test_compile.py::test_gather_conv_op_passes_opcheck",
+        "ops/test_double_backward.py::test_gather_conv_backward_op_passes_opcheck_and_gradcheck",
+        "models/test_autocast.py::test_autocast_bf16_cpu_training_step_has_finite_gradients",
+        "models/test_autocast.py::test_autocast_bf16_cpu_converted_resnet50_matches_float32",
+        "models/test_segmentation.py::test_mixed_levels_equal_dense_simulation",
+        "models/test_segmentation.py::test_level_zero_equals_dense_os8",
+        "models/test_checkpoints.py::test_round_trip_converted_segmentation_models_and_outputs",
+        "models/test_resnet.py::test_uniform_logits_equal_torchvision_at_aligned_size",
+    ),
 }
 
 #: Test id prefixes whose tests share one xdist worker (``--dist loadgroup``): the AOT module's fixture queues every
