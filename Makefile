@@ -15,7 +15,13 @@ MIN_TESTS ?= tests/ops tests/nn/test_compile.py tests/models/test_export.py test
 RESULTS ?= results
 BENCH_ARGS ?=
 
-.PHONY: bench test test-min env env-min gpu-check
+# pytest-xdist workers for `make test` / `make test-fast` (auto: one per CPU; `make test WORKERS=0` runs in-process).
+# loadgroup keeps the tests of one xdist_group (one shared subprocess) on one worker.
+WORKERS ?= auto
+PYTEST := TRITON_INTERPRET=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+FAST_PATHS ?= tests/ops tests/core tests/nn tests/models
+
+.PHONY: bench test test-fast test-min env env-min gpu-check
 
 env: $(STAMP)
 
@@ -36,9 +42,14 @@ $(STAMP_MIN): pyproject.toml constraints-min.txt
 bench: $(STAMP)
 	$(BIN)/python -m bench --out $(RESULTS) $(BENCH_ARGS)
 
+# The full suite CI runs (.ci/run): ruff, then every test.
 test: $(STAMP)
-	$(BIN)/ruff check adatriton kernels bench tests
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest
+	$(BIN)/python -m ruff check adatriton kernels bench tests
+	$(PYTEST)
+
+# The inner loop (<= 2 minutes on 2 cores): ops, core, nn and models on small inputs; no slow, aot or subprocess tests.
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow and not aot and not subprocess" $(FAST_PATHS)
 
 test-min: $(STAMP_MIN)
 	TRITON_INTERPRET=1 $(VENV_MIN)/bin/python -m pytest -p no:cacheprovider $(MIN_TESTS)

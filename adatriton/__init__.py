@@ -10,6 +10,39 @@ maps), :mod:`adatriton.runtime` (settings, the per-layer ``"auto"`` dispatcher, 
 :mod:`adatriton.eval` (HPatches, matching) and :mod:`adatriton.tools` (autotuning, calibration, training).
 """
 
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _bind_kernels_of_this_tree() -> None:
+    """Load ``adatriton.kernels`` from the ``kernels/`` beside this package when the package sits in a source tree.
+
+    An editable install maps ``adatriton.kernels`` to the ``kernels/`` of the clone it was made from, so a second
+    clone that borrows that venv would otherwise run its own ``adatriton`` on the first clone's kernels. A source tree
+    is recognised by the ``pyproject.toml`` beside ``kernels/``; a wheel has ``adatriton/kernels/`` inside the
+    package and no such file, and is left to the normal import.
+    """
+    root = Path(__file__).resolve().parent.parent
+    init = root / "kernels" / "__init__.py"
+    name = f"{__name__}.kernels"
+    if name in sys.modules or not (init.is_file() and (root / "pyproject.toml").is_file()):
+        return
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    globals()["kernels"] = module
+
+
+# Before the imports below, the first that load kernels; the submodules then come from `module.__path__`.
+_bind_kernels_of_this_tree()
+
 from . import masks
 from .analysis.explain import explain
 from .analysis.macs import count_macs

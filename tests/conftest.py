@@ -1,6 +1,8 @@
-"""Test-wide settings: the Triton interpreter on the CPU, float64 by default where tests ask for it."""
+"""Test-wide settings: the Triton interpreter on the CPU, the markers applied by test id (`aot`, `subprocess`, `slow`),
+a GPU skip without CUDA and a cache dir of its own for each test process."""
 
 import os
+from pathlib import Path
 
 # Must be set before any @triton.jit function is defined (kernels are imported lazily by the tests).
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -8,14 +10,87 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+TESTS = Path(__file__).resolve().parent
 
+#: Markers applied here by test id prefix (path relative to tests/, then ``::name``), so that the files of the tests
+#: need not change: ``aot``: the ahead-of-time compiles; ``subprocess``: tests that start other Python processes (a
+#: fresh interpreter, spawned DDP workers); ``slow``: the tests of the ``make test-fast`` paths that take longest under
+#: the interpreter. Every prefix must match a test of its file whenever that file is collected (see below).
+MARKED_BY_ID = {
+    "aot": ("aot/",),
+    "subprocess": (
+        "tools/test_cli.py::test_python_dash_m_entry_points_still_work",
+        "tools/test_train_ddp.py::",
+    ),
+    # The slowest of `make test-fast`'s paths (--durations, 2 workers): whole networks and opcheck / gradcheck sweeps.
+    "slow": (
+        "nn/test_modules.py::test_softpool_uniform_levels_equal_the_dense_softpool_network",
+        "nn/test_modules.py::test_softpool_mixed_levels_equal_dense_simulation",
+        "nn/test_modules.py::test_deformable_level0_equals_the_dense_deformable_network",
+        "nn/test_modules.py::test_deformable_mixed_levels_equal_dense_simulation",
+        "nn/test_modules.py::test_convert_swaps_children_in_place_and_honours_filter_fn",
+        "nn/test_compile.py::test_compiled_converted_model_equals_eager_without_graph_breaks",
+        "nn/test_compile.py::test_gather_conv_op_passes_opcheck",
+        "ops/test_double_backward.py::test_gather_conv_backward_op_passes_opcheck_and_gradcheck",
+        "models/test_autocast.py::test_autocast_bf16_cpu_training_step_has_finite_gradients",
+        "models/test_autocast.py::test_autocast_bf16_cpu_converted_resnet50_matches_float32",
+        "models/test_segmentation.py::test_mixed_levels_equal_dense_simulation",
+        "models/test_segmentation.py::test_level_zero_equals_dense_os8",
+        "models/test_checkpoints.py::test_round_trip_converted_segmentation_models_and_outputs",
+        "models/test_resnet.py::test_uniform_logits_equal_torchvision_at_aligned_size",
+    ),
+}
+
+#: Test id prefixes whose tests share one xdist worker (``--dist loadgroup``): the AOT module's fixture queues every
+#: compile of the session's AOT tests up front, so on several workers each would compile them all.
+XDIST_GROUPS = {"aot/": "aot"}
+
+
+def _apply_markers(items) -> None:
+    """Add :data:`MARKED_BY_ID`'s markers and :data:`XDIST_GROUPS`' groups. A prefix that names a collected file but
+    none of its tests is an error, so that a renamed test cannot silently fall back into ``make test-fast``."""
+    used = set()
+    files = set()
+    for item in items:
+        rel = Path(item.path).resolve().relative_to(TESTS).as_posix()
+        node = rel + item.nodeid[item.nodeid.index("::") :] if "::" in item.nodeid else rel
+        files.add(rel)
+        for prefix, group in XDIST_GROUPS.items():
+            if node.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
+        for marker, prefixes in MARKED_BY_ID.items():
+            for prefix in prefixes:
+                if node.startswith(prefix):
+                    item.add_marker(marker)
+                    used.add(prefix)
+    stale = [
+        prefix
+        for prefixes in MARKED_BY_ID.values()
+        for prefix in prefixes
+        if prefix not in used and "::" in prefix and prefix.split("::")[0] in files
+    ]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py MARKED_BY_ID names tests that do not exist: {stale}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    _apply_markers(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """Each test process (each xdist worker) gets its own ``$ADATRITON_CACHE_DIR``: no test reads this machine's cache
+    or a file that another worker is writing. Tests that need a known directory still set their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADATRITON_CACHE_DIR", str(tmp_path_factory.mktemp("adatriton-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

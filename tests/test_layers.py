@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("kernels", "runtime", "core", "ops", "nn", "masks", "models", "analysis", "eval", "tools")
 FACADE = len(LAYERS)
@@ -148,6 +150,7 @@ def test_no_function_level_import_inside_the_package():
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.subprocess
 def test_import_adatriton_stays_light():
     code = f"import sys, adatriton; print([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
