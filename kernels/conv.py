@@ -23,8 +23,12 @@ downsampling conv evaluated only at the surviving elements (the table is centred
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import math
 import os
+from collections.abc import Callable, Iterator
 
 import torch
 import triton
@@ -34,6 +38,8 @@ from torch import Tensor
 __all__ = [
     "FMA_DEFAULT",
     "ConvConfig",
+    "LaunchRecord",
+    "LaunchRecorder",
     "INT32_OFFSET_LIMIT",
     "SHARED_OPTIN",
     "SHARED_SLACK",
@@ -49,6 +55,7 @@ __all__ = [
     "pipeline_buffers",
     "pipeline_shared_bytes",
     "prune_configs",
+    "record_launches",
 ]
 
 #: Row offsets ``E_in * row_stride`` from this value on need 64-bit address math in the reduction loop.
@@ -77,6 +84,9 @@ class ConvConfig(tuple):
     ) -> ConvConfig:
         base = (int(block_m), int(block_n), int(block_k), int(num_stages), int(num_warps))
         return super().__new__(cls, base + ((int(persistent),) if persistent else ()))
+
+    def __getnewargs__(self) -> tuple[int, ...]:  # pickling (a spawned worker, a recorded launch)
+        return tuple(self)
 
     @property
     def persistent(self) -> bool:
@@ -325,10 +335,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype, on_gpu: bool | None = None) -> str:
     """fp32 uses TF32 only when cuDNN's convolutions may (``torch.backends.cudnn.allow_tf32``), so comparisons with
-    cuDNN are fair; half types multiply exactly in the tensor cores anyway."""
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting():
+    cuDNN are fair; half types multiply exactly in the tensor cores anyway. The interpreter (``on_gpu`` None: unless
+    ``TRITON_INTERPRET`` is set; False) does not emulate TF32."""
+    if on_gpu is None:
+        on_gpu = not interpreting()
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and on_gpu:
         return "tf32"
     return "ieee"
 
@@ -625,6 +638,90 @@ def _conv_elements_kernel(
                    BLOCK_N, BLOCK_K, SPLIT_N)  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchRecord:
+    """One :func:`conv_elements` call as Triton's launcher would specialise it for a GPU (no tensor kept).
+
+    Attributes:
+        weight_ptr: ``data_ptr()`` of the weight the caller passed (names the conv: the module's own tensor).
+        weight_stride: that weight's strides; ``read_stride``: the kernel's ``(sw_g, sw_n, sw_c, sw_y, sw_x)``.
+        signature: every runtime parameter of the kernel with its Triton type (``"*fp16"``, ``"i32"``, ...), and
+            ``"constexpr"`` for the constexprs and for the ints Triton specialises to constants (those equal to 1).
+        constexprs: the constexpr values, the specialised ints included.
+        aligned: the parameters Triton specialises as 16-divisible (pointers 16-byte aligned, ints).
+        config: the tile config; ``grid``: programs launched; ``tiles``: output tiles.
+        num_warps, num_stages: compile options.
+        rows, cin_g, cout_g, taps, groups: the conv's problem.
+    """
+
+    weight_ptr: int
+    weight_stride: tuple[int, ...]
+    read_stride: tuple[int, ...]
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, object], ...]
+    aligned: tuple[str, ...]
+    config: ConvConfig
+    grid: int
+    tiles: int
+    num_warps: int
+    num_stages: int
+    rows: int
+    cin_g: int
+    cout_g: int
+    taps: int
+    groups: int
+
+
+@dataclasses.dataclass
+class LaunchRecorder:
+    """While :func:`record_launches` holds it, :func:`conv_elements` records its launches here instead of running
+    them (the output comes back zeroed), specialised for compute capability ``arch`` with ``sms`` SMs.
+
+    ``choose(rows, cin_g, cout_g, taps, groups, dtype, gather)`` gives the config the launcher would run on that
+    GPU (a tuned one); None (or a None answer) means :func:`default_config` for ``arch``.
+    """
+
+    arch: int
+    sms: int
+    choose: Callable[..., ConvConfig | None] | None = None
+    launches: list[LaunchRecord] = dataclasses.field(default_factory=list)
+
+
+_recorders: list[LaunchRecorder] = []
+
+
+@contextlib.contextmanager
+def record_launches(
+    arch: int, sms: int, choose: Callable[..., ConvConfig | None] | None = None
+) -> Iterator[LaunchRecorder]:
+    """Record every :func:`conv_elements` launch of the enclosed code as :class:`LaunchRecord` (kernels not run):
+    what ``adatriton.tools.kernel_report`` compiles ahead of time, per layer, for a GPU that need not be here."""
+    recorder = LaunchRecorder(arch, sms, choose)
+    _recorders.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _recorders.remove(recorder)
+
+
+def _specialisation(args: dict[str, object]) -> tuple[dict[str, str], dict[str, object], list[str]]:
+    """Triton types, ints specialised to constants, 16-divisible parameters of ``args``, as Triton's launcher
+    decides them at runtime for a CUDA target (its own specialisation function)."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import native_specialize_impl
+
+    types, consts, aligned = {}, {}, []
+    for name, value in args.items():
+        kind, attr = native_specialize_impl(CUDABackend, value, False, True, True)
+        if kind == "constexpr":
+            types[name], consts[name] = "constexpr", attr
+            continue
+        types[name] = kind
+        if attr == "D":
+            aligned.append(name)
+    return types, consts, aligned
+
+
 def pack_weight(weight: Tensor, groups: int) -> Tensor:
     """``(Cout, Cin/g, k, k)`` -> ``(g, k*k*Cin/g, Cout/g)`` contiguous, tap-major like the tap tables."""
     cout, cin_g, k, _ = weight.shape
@@ -675,6 +772,7 @@ def conv_elements(
         raise ValueError(f"values must be (E, Cin) with contiguous channels, got shape {tuple(values.shape)}")
     if values.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"the triton backend computes in fp32, fp16 or bf16, got {values.dtype}")
+    source = weight  # the caller's tensor: what a recorded launch is named by
     e_in, cin = values.shape
     cin_g = cin // groups
     ksize = math.isqrt(taps)
@@ -707,7 +805,13 @@ def conv_elements(
         return out
     if residual is not None and (residual.shape != (rows, cout) or residual.stride(1) != 1):
         raise ValueError(f"residual must be ({rows}, {cout}) with contiguous channels, got {tuple(residual.shape)}")
-    facts = _device_facts(values.device)
+    recorder = _recorders[-1] if _recorders else None
+    # Recording: specialise for the recorder's GPU (its arch, SM count and the config it would choose).
+    facts = (recorder.arch, recorder.sms) if recorder is not None else _device_facts(values.device)
+    if recorder is not None and recorder.choose is not None:
+        config = recorder.choose(rows, cin_g, cout_g, taps, groups, values.dtype, index is not None) or config
+    elif recorder is not None:
+        config = None  # the launcher's choice was made for the CPU: take the recorded GPU's default
     if config is None:
         config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0], dtype=values.dtype)
     block_m, block_n, block_k, num_stages, num_warps = config[:5]
@@ -717,7 +821,7 @@ def conv_elements(
     stride_x = values.stride(0)
     dummy = out  # never read: the matching HAS_* flag is off
     bn_w, bn_b, mean, var, eps = (None, None, dummy, dummy, 0.0) if bn is None else bn
-    _conv_elements_kernel[grid](
+    args = (
         values,
         dummy if index is None else index,
         weight,
@@ -739,6 +843,9 @@ def conv_elements(
         0 if residual is None else residual.stride(0),
         out.stride(0),
         *w_strides,
+    )
+    on_gpu = facts is not None
+    constexprs = dict(
         TAPS=taps,
         KSIZE=ksize,
         TAPS_P2=triton.next_power_of_2(taps),
@@ -753,14 +860,39 @@ def conv_elements(
         HAS_BN_B=bn_b is not None,
         HAS_RES=residual is not None,
         RELU=relu,
-        UPCAST=facts is None and values.dtype == torch.bfloat16 and interpreting(),
-        DOT_PRECISION=dot_precision(values.dtype),
+        UPCAST=not on_gpu and values.dtype == torch.bfloat16 and interpreting(),
+        DOT_PRECISION=dot_precision(values.dtype, on_gpu=recorder is not None or None),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         SPLIT_N=epilogue_parts(block_n, None if facts is None else facts[0], values.element_size()),
         PERSISTENT=bool(persistent),
-        num_warps=num_warps,
-        num_stages=num_stages,
     )
+    if recorder is not None:
+        names = list(inspect.signature(_conv_elements_kernel.fn).parameters)
+        types, consts, aligned = _specialisation(dict(zip(names, args)))
+        consts.update(constexprs)
+        types.update(dict.fromkeys(constexprs, "constexpr"))
+        recorder.launches.append(
+            LaunchRecord(
+                weight_ptr=source.data_ptr(),
+                weight_stride=tuple(source.stride()),
+                read_stride=tuple(w_strides),
+                signature=tuple((n, types[n]) for n in names),
+                constexprs=tuple((n, consts[n]) for n in names if n in consts),
+                aligned=tuple(aligned),
+                config=ConvConfig(*config),
+                grid=grid[0],
+                tiles=tiles,
+                num_warps=num_warps,
+                num_stages=num_stages,
+                rows=rows,
+                cin_g=cin_g,
+                cout_g=cout_g,
+                taps=taps,
+                groups=groups,
+            )
+        )
+        return out.zero_()
+    _conv_elements_kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
     return out
