@@ -517,8 +517,13 @@ def _conv_tile(
             a_mask = (row >= 0) & k_ok[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :]
         a = tl.load(x_group + row * ROW_ALIGN + offs_k[None, :], mask=a_mask, other=0.0)
-        ky = t // KSIZE
-        w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
+        if TAPS == 1:
+            # No tap term: Triton specialises sw_y = sw_x = 1 (a 1x1 weight's own strides) to constants, and
+            # w + t then lost its 16-byte alignment, so B fell off the cp.async path and large tiles spilled.
+            w_tap = w_group
+        else:
+            ky = t // KSIZE
+            w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
         b = tl.load(w_tap + offs_k[:, None] * sw_c + offs_n[None, :] * sw_n, mask=b_mask, other=0.0)
         if UPCAST:  # the interpreter computes bf16 products wrongly: multiply in fp32 there
             a = a.to(tl.float32)
@@ -750,10 +755,12 @@ def conv_elements(
         values: ``(E_in, Cin)`` input elements, channels contiguous (fp32, fp16 or bf16).
         index: ``(M, taps)`` tap table, int32 (preferred: half the bytes) or int64, entries ``>= E_in`` read zero;
             or None for ``out[m] <- x[m]`` (a 1x1 conv, ``M = E_in``). Used as is when contiguous.
-        weight: the conv's own ``(Cout, Cin/g, k, k)`` weight, read in place with its strides (channels-last keeps
-            the reduction axis contiguous: what the tensor cores want), or a :func:`pack_weight` copy
-            ``(groups, taps * Cin/g, Cout/g)``; same dtype as values. Reading the module's tensor at every launch
-            means no derived copy can go stale (``.data`` writes, ``load_state_dict``, dtype moves).
+        weight: the conv's own ``(Cout, Cin/g, k, k)`` weight, read in place with its strides when its input
+            channels are contiguous (channels-last, and every 1x1: what the pipelined tensor-core loads want; a k x k
+            weight whose input channels are not, e.g. NCHW as torchvision builds it, is read from a channels-last
+            copy made at this launch), or a :func:`pack_weight` copy ``(groups, taps * Cin/g, Cout/g)``; same dtype
+            as values. Reading the module's tensor at every launch means no derived copy can go stale (``.data``
+            writes, ``load_state_dict``, dtype moves).
         taps: number of taps ``k*k``.
         groups: conv groups.
         scale, shift: optional ``(Cout,)`` per-channel epilogue (fp32 recommended); with ``bn``, ``shift`` is the
@@ -780,6 +787,13 @@ def conv_elements(
         cout_g = weight.shape[0] // groups
         fits = weight.shape[1:] == (cin_g, ksize, ksize) and ksize * ksize == taps
         fits = fits and cout_g * groups == weight.shape[0]
+        if fits and ksize > 1 and cin_g > 1 and weight.stride(1) != 1:
+            # Input channels not contiguous (NCHW, as torchvision builds weights and convert leaves them): the B
+            # tile would load 2 bytes at a time, synchronously, with one buffer (470 instead of 224 SASS
+            # instructions per iteration on sm_90). A channels-last copy per launch costs one copy kernel (ResNet-101's
+            # adaptive 3x3 weights: 41 MB fp16 per forward); it is never cached, so no .data write, load_state_dict
+            # or dtype move can leave a stale one.
+            weight = weight.contiguous(memory_format=torch.channels_last)
         s_o, s_c, s_y, s_x = weight.stride()
         w_strides = (cout_g * s_o, s_o, s_c, s_y, s_x)
     else:  # packed: (g, taps * Cin/g, Cout/g), contiguous
