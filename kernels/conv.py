@@ -794,7 +794,7 @@ def conv_elements(
             # adaptive 3x3 weights: 41 MB fp16 per forward); it is never cached, so no .data write, load_state_dict
             # or dtype move can leave a stale one.
             weight = weight.contiguous(memory_format=torch.channels_last)
-        s_o, s_c, s_y, s_x = weight.stride()
+        s_o, s_c, s_y, s_x = weight.stride() if ksize > 1 else (*weight.stride()[:2], 1, 1)  # 1x1: no tap term
         w_strides = (cout_g * s_o, s_o, s_c, s_y, s_x)
     else:  # packed: (g, taps * Cin/g, Cout/g), contiguous
         g, k_total, cout_g = weight.shape
