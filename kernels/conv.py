@@ -478,10 +478,24 @@ def _conv_tile(
     # and so issues 16-byte cp.async copies. (A tl.multiple_of hint on the gathered column is lost when Triton
     # re-lays-out the gather, as it does for 16-wide fp16 K blocks: A then was not pipelined at all.)
     stride_units = stride_x // ROW_ALIGN
-    if GATHER:
-        # The whole tap table of the tile, once, before the reduction, -1 for taps outside the image (masked loads
-        # read zero). The loop then only picks a column, so its gathered A loads no longer depend on a load issued in
-        # the loop and the pipeliner can run them num_stages ahead.
+    # Row offsets per tap, -1 for taps outside the image (masked loads read zero), all loaded before the reduction:
+    # the loop's gathered A loads then depend on nothing loaded inside it, so the pipeliner can run them num_stages
+    # ahead. Up to 9 taps (3x3, the strided shortcut's 1) as one (BLOCK_M,) column each, which the loop selects
+    # with a chain of selects in the A loads' own layout; more taps as one (BLOCK_M, taps) tile that the loop
+    # picks a column of with tl.gather, whose result has the tile's layout: converting it through shared memory
+    # cost 5 STS + 5 LDS, 2 extra barriers and 8 shuffles per iteration (sm_90 3x3: 224 SASS instructions per
+    # iteration and 4 barriers, 168 and 2 with the columns).
+    cols = ()
+    if GATHER and TAPS <= 9:
+        for j in tl.static_range(TAPS):
+            src_j = tl.load(index_ptr + offs_m.to(tl.int64) * TAPS + j, mask=m_ok, other=num_src)
+            if INT64_OFFSETS:
+                units_j = src_j.to(tl.int64) * stride_units
+            else:  # E_in * stride_x < 2^31 (checked on the host): 32-bit address math in the loop
+                units_j = src_j.to(tl.int32) * stride_units
+            cols = cols + (tl.where(src_j < num_src, units_j, -1),)
+        units = cols[0][:, None]
+    elif GATHER:
         offs_t = tl.arange(0, TAPS_P2)
         src = tl.load(
             index_ptr + offs_m.to(tl.int64)[:, None] * TAPS + offs_t[None, :],
@@ -490,7 +504,7 @@ def _conv_tile(
         )
         if INT64_OFFSETS:
             units = src.to(tl.int64) * stride_units
-        else:  # E_in * stride_x < 2^31 (checked on the host): 32-bit address math in the loop
+        else:
             units = src.to(tl.int32) * stride_units
         units = tl.where(src < num_src, units, -1)
         pick = tl.zeros((BLOCK_M, 1), dtype=tl.int32)
@@ -501,12 +515,21 @@ def _conv_tile(
             units = tl.where(m_ok, offs_m * stride_units, -1)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_blocks = tl.cdiv(cin_g, BLOCK_K)
+    # Tap t and channel block kb stepped as counters (no it // k_blocks division per iteration), the weight's tap
+    # plane w_tap updated when t moves on.
+    t = 0
+    kb = 0
+    w_tap = w_group
     # One flat loop over (tap, channel block), so the compiler software-pipelines the loads across taps too.
-    for it in range(0, TAPS * k_blocks):
-        t = it // k_blocks
-        offs_k = (it - t * k_blocks) * BLOCK_K + offs_kb
-        if GATHER and TAPS_P2 > 1:
-            row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t, register shuffles
+    for _it in range(0, TAPS * k_blocks):
+        offs_k = kb * BLOCK_K + offs_kb
+        if GATHER and TAPS > 9:
+            row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t
+        elif GATHER and TAPS > 1:
+            picked = cols[0]
+            for j in tl.static_range(1, TAPS):
+                picked = tl.where(t == j, cols[j], picked)
+            row = picked[:, None]
         else:
             row = units
         if EVEN_K:  # cin_g % BLOCK_K == 0: no channel mask
@@ -517,14 +540,16 @@ def _conv_tile(
             a_mask = (row >= 0) & k_ok[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :]
         a = tl.load(x_group + row * ROW_ALIGN + offs_k[None, :], mask=a_mask, other=0.0)
-        if TAPS == 1:
-            # No tap term: Triton specialises sw_y = sw_x = 1 (a 1x1 weight's own strides) to constants, and
-            # w + t then lost its 16-byte alignment, so B fell off the cp.async path and large tiles spilled.
-            w_tap = w_group
-        else:
-            ky = t // KSIZE
-            w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
+        # A 1x1 weight has no tap term (w_tap stays w_group): with one, Triton's sw_y = sw_x = 1 specialisation made
+        # w + t lose its 16-byte alignment, so B fell off the cp.async path and large tiles spilled.
         b = tl.load(w_tap + offs_k[:, None] * sw_c + offs_n[None, :] * sw_n, mask=b_mask, other=0.0)
+        kb += 1
+        if TAPS > 1:
+            next_tap = kb == k_blocks
+            kb = tl.where(next_tap, 0, kb)
+            t += next_tap.to(tl.int32)
+            ky = t // KSIZE  # a constant divisor: a multiply-high
+            w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
         if UPCAST:  # the interpreter computes bf16 products wrongly: multiply in fp32 there
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -683,12 +708,15 @@ class LaunchRecorder:
     them (the output comes back zeroed), specialised for compute capability ``arch`` with ``sms`` SMs.
 
     ``choose(rows, cin_g, cout_g, taps, groups, dtype, gather)`` gives the config the launcher would run on that
-    GPU (a tuned one); None (or a None answer) means :func:`default_config` for ``arch``.
+    GPU (a tuned one); None (or a None answer) means :func:`default_config` for ``arch``. ``dtype``: record
+    launches of values in another dtype as if they were in this one (a float32 forward on the CPU standing in for
+    float16 on the GPU: pointer types, config, epilogue parts and dot precision follow ``dtype``).
     """
 
     arch: int
     sms: int
     choose: Callable[..., ConvConfig | None] | None = None
+    dtype: torch.dtype | None = None
     launches: list[LaunchRecord] = dataclasses.field(default_factory=list)
 
 
@@ -697,11 +725,11 @@ _recorders: list[LaunchRecorder] = []
 
 @contextlib.contextmanager
 def record_launches(
-    arch: int, sms: int, choose: Callable[..., ConvConfig | None] | None = None
+    arch: int, sms: int, choose: Callable[..., ConvConfig | None] | None = None, dtype: torch.dtype | None = None
 ) -> Iterator[LaunchRecorder]:
     """Record every :func:`conv_elements` launch of the enclosed code as :class:`LaunchRecord` (kernels not run):
     what ``adatriton.tools.kernel_report`` compiles ahead of time, per layer, for a GPU that need not be here."""
-    recorder = LaunchRecorder(arch, sms, choose)
+    recorder = LaunchRecorder(arch, sms, choose, dtype)
     _recorders.append(recorder)
     try:
         yield recorder
@@ -822,12 +850,13 @@ def conv_elements(
     recorder = _recorders[-1] if _recorders else None
     # Recording: specialise for the recorder's GPU (its arch, SM count and the config it would choose).
     facts = (recorder.arch, recorder.sms) if recorder is not None else _device_facts(values.device)
+    dtype = values.dtype if recorder is None or recorder.dtype is None else recorder.dtype
     if recorder is not None and recorder.choose is not None:
-        config = recorder.choose(rows, cin_g, cout_g, taps, groups, values.dtype, index is not None) or config
+        config = recorder.choose(rows, cin_g, cout_g, taps, groups, dtype, index is not None) or config
     elif recorder is not None:
         config = None  # the launcher's choice was made for the CPU: take the recorded GPU's default
     if config is None:
-        config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0], dtype=values.dtype)
+        config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0], dtype=dtype)
     block_m, block_n, block_k, num_stages, num_warps = config[:5]
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(cout_g, block_n) * groups
     persistent = len(config) > 5 and config[5]
@@ -875,16 +904,21 @@ def conv_elements(
         HAS_RES=residual is not None,
         RELU=relu,
         UPCAST=not on_gpu and values.dtype == torch.bfloat16 and interpreting(),
-        DOT_PRECISION=dot_precision(values.dtype, on_gpu=recorder is not None or None),
+        DOT_PRECISION=dot_precision(dtype, on_gpu=recorder is not None or None),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        SPLIT_N=epilogue_parts(block_n, None if facts is None else facts[0], values.element_size()),
+        SPLIT_N=epilogue_parts(block_n, None if facts is None else facts[0], dtype.itemsize),
         PERSISTENT=bool(persistent),
     )
     if recorder is not None:
         names = list(inspect.signature(_conv_elements_kernel.fn).parameters)
         types, consts, aligned = _specialisation(dict(zip(names, args)))
+        if dtype != values.dtype:  # the tensors in the values' dtype stand for tensors in the recorded one
+            target = "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+            for name, arg in zip(names, args):
+                if isinstance(arg, Tensor) and arg.dtype == values.dtype:
+                    types[name] = target
         consts.update(constexprs)
         types.update(dict.fromkeys(constexprs, "constexpr"))
         recorder.launches.append(

@@ -20,9 +20,10 @@ What the columns measure (Triton's TTGIR, the PTX and the SASS of ``cuobjdump -s
   tap).
 - ``tiles``, ``waves``: output tiles of the launch and ``tiles / sms``.
 
-The recording forward runs in the Triton interpreter (``TRITON_INTERPRET=1``, set for a child process when this
-process does not have it); the conv kernels are recorded, not run, so their outputs are zeros and the report is
-about shapes only. The level map is :func:`adatriton.masks.synthetic` with ``--fraction`` of level-0 tiles.
+The recording forward runs in float32 in the Triton interpreter (``TRITON_INTERPRET=1``, set for a child process
+when this process does not have it); the conv kernels are recorded, not run, as launches in ``--dtype`` (their
+outputs are zeros: the report is about shapes only). The level map is :func:`adatriton.masks.synthetic` with
+``--fraction`` of level-0 tiles.
 """
 
 from __future__ import annotations
@@ -383,10 +384,10 @@ def record_model(opts: ReportOptions) -> list[tuple[str, object]]:
     from ..models.convert import convert
     from .cli import DTYPES
 
-    dtype = DTYPES[opts.dtype]
     torch.manual_seed(opts.seed)
     model = getattr(torchvision.models, opts.model)()
-    net = convert(model, opts.conversion, backend="triton").eval().to(dtype)
+    # float32 on the CPU (half-precision CPU convs are orders of magnitude slower), recorded as the dtype asked for
+    net = convert(model, opts.conversion, backend="triton").eval()
     if opts.weights == "channels-last":
         net = net.to(memory_format=torch.channels_last)
     names = {}
@@ -395,10 +396,10 @@ def record_model(opts: ReportOptions) -> list[tuple[str, object]]:
             names.setdefault(module.weight.data_ptr(), name)
     h, w = opts.size
     levels = masks.synthetic(opts.batch, h, w, opts.conversion, opts.fraction, kind="blobs", seed=opts.seed)
-    x = torch.zeros(opts.batch, 3, h, w, dtype=dtype)
+    x = torch.zeros(opts.batch, 3, h, w)
     sms = opts.sms or DEFAULT_SMS.get(opts.arch, 132)
     choose = _tuned_chooser(opts.cache) if opts.cache else None
-    with torch.no_grad(), conv.record_launches(opts.arch, sms, choose) as recorder:
+    with torch.no_grad(), conv.record_launches(opts.arch, sms, choose, DTYPES[opts.dtype]) as recorder:
         net(x, levels)
     return [(names.get(r.weight_ptr, "?"), r) for r in recorder.launches]
 

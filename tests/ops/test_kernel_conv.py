@@ -372,3 +372,14 @@ def test_record_launches_records_instead_of_running():
     assert sig["x_ptr"] == "*fp16" and sig["index_ptr"] == "*i32" and sig["sw_c"] == "constexpr"
     assert consts["sw_c"] == 1 and consts["RELU"] and consts["DOT_PRECISION"] == "ieee" and not consts["UPCAST"]
     assert "cin_g" in r.aligned and "rows" not in r.aligned  # 32 is 16-divisible, 300 is not
+
+
+@pytest.mark.parametrize("taps", [1, 4, 25], ids=["shortcut-1tap", "2x2-4taps", "5x5-25taps"])
+def test_tap_counts_of_both_row_paths(taps):
+    """The tap columns selected in the loop (up to 9 taps; 1 is the strided shortcut) and the tap tile picked with
+    tl.gather (more taps), with a channel count that is no multiple of the K block (two K blocks per tap)."""
+    values, weight, index, scale, shift, residual = _problem(23, 19, 20, 12, torch.float16, seed=5, taps=taps)
+    got = _run(
+        values, weight, index.int(), shift=shift, residual=residual, relu=True, config=ConvConfig(32, 32, 16, 3, 4)
+    )
+    _close(got, _reference(values, index, weight, 1, None, shift, residual, True), torch.float16, taps * 20)
