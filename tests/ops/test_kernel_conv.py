@@ -383,3 +383,25 @@ def test_tap_counts_of_both_row_paths(taps):
         values, weight, index.int(), shift=shift, residual=residual, relu=True, config=ConvConfig(32, 32, 16, 3, 4)
     )
     _close(got, _reference(values, index, weight, 1, None, shift, residual, True), torch.float16, taps * 20)
+
+
+def test_default_config_is_sm_aware():
+    """With the SM count, a conv takes the first tile of its family's ladder that gives every SM 1.5 tiles (the
+    smallest if none does), and sm_90 the 128x256x64 tile for Cout >= 256 when that still fills the GPU."""
+    sm90 = dict(arch=90, dtype=torch.float16, sms=132)
+    assert conv.default_config(1 << 16, 256, 256, **sm90) == conv.WIDE_SM90 == (128, 256, 64, 3, 8)
+    assert conv.default_config(1 << 16, 256, 128, **sm90) == (128, 128, 64, 3, 8)  # Cout < 256
+    # ResNet-101 8->32 at 512x1024: the layer3 3x3 had 62 tiles of 128x128, layer4's 88, for 132 SMs
+    layer3 = conv.default_config(31 * 128, 256, 256, **sm90)
+    assert layer3 == (64, 64, 64, 3, 4) and -(-31 * 128 // 64) * 4 >= 1.5 * 132
+    assert conv.default_config(22 * 128, 512, 512, **sm90) == (64, 64, 64, 3, 4)  # 128x64: 176 tiles, 64x64: 352
+    assert conv.default_config(50 * 128, 256, 256, **sm90) == (128, 64, 64, 3, 8)  # 128x64: 200 tiles
+    assert conv.default_config(100, 256, 256, **sm90) == (64, 64, 64, 3, 4)  # too small for any: the smallest
+    sm80 = dict(arch=80, dtype=torch.float16, sms=108)
+    assert conv.default_config(1 << 16, 256, 256, **sm80) == (128, 128, 32, 4, 8)
+    assert conv.default_config(42 * 128, 256, 256, **sm80) == (128, 64, 32, 4, 4)  # 84 tiles -> 168
+    for family, ladder in conv.SM_LADDERS.items():
+        assert ladder[0] == conv.DEFAULT_CONFIGS[family] and set(ladder[1:]) <= set(conv.conv_configs())
+    assert conv.WIDE_SM90 in conv.conv_configs()
+    # without the SM count: the architecture's default, as before
+    assert conv.default_config(31 * 128, 256, 256, arch=90) == (128, 128, 64, 3, 8)
