@@ -22,6 +22,9 @@ The conv configs whose pipelined tiles cannot fit a GPU's shared memory for a dt
 skips such candidates. fp16 and fp32 compile every config; bf16 (the same tiles and shared memory as fp16, another
 mma operand type) compiles the default configs.
 
+The cases of the search-space sweep other than each spec's default config are marked ``slow``: ``-m "aot and not
+slow"`` compiles the defaults and the cases recorded from converted torchvision modules (a few minutes on 2 cores).
+
 Every compiled variant prints one line (``pytest -s``) and records it as a junit property ``aot``. The kernels are
 listed in :data:`KERNELS`; a new kernel is one more :class:`Kernel` entry. The compiles run in spawned worker
 processes (see ``tests/aot/aot.py`` for why they cannot run in the ``TRITON_INTERPRET=1`` test process).
@@ -30,6 +33,7 @@ processes (see ``tests/aot/aot.py`` for why they cannot run in the ``TRITON_INTE
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 import warnings
@@ -44,6 +48,7 @@ from tests.aot import aot
 
 # cudaDevAttrMaxSharedMemoryPerBlockOptin: A100 (sm_80) 163 KB, H100 (sm_90) 227 KB.
 SHARED_OPTIN = {80: 166912, 90: 232448}
+SMS = {80: 108, 90: 132}  # A100, H100 SXM
 MAX_REGS_PER_THREAD = 255
 REGS_PER_BLOCK = 65536  # registers are allocated per warp in units of 256
 DTYPES = ("fp32", "fp16", "bf16")
@@ -183,6 +188,7 @@ class Case:
     # the A and B tiles' (rows, cols), the buffers each must get and their bytes together; None: no check
     pipeline: tuple[tuple[tuple[int, int], ...], int, int] | None = None
     wait_depth: int = 1  # the smallest cp.async.wait_group the pipelined loop may have
+    sweep: bool = False  # a config of the search-space sweep other than the default: marked slow
 
 
 def _params(fn) -> list[str]:
@@ -227,7 +233,8 @@ def _cases() -> list[Case]:
                         nbytes = conv.pipeline_shared_bytes(cfg, ELEMENT_SIZE[dt], cap)
                         pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(cfg, cap), nbytes)
                     case_id = "-".join(filter(None, (k.name, f"sm{cap}", dt, spec.tag, k.label(cfg))))
-                    cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs), pipeline))
+                    sweep = cfg != spot
+                    cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs), pipeline, sweep=sweep))
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids), "duplicate case ids"
     return cases
@@ -246,8 +253,9 @@ def _module_cases() -> list[Case]:
     would specialise them for each GPU: the 3x3 (BatchNorm, ReLU), the 1x1s (BatchNorm, ReLU; the residual add of
     conv3), the strided shortcut (a 1-tap gather, BatchNorm), with the weights as torchvision builds them (NCHW)
     and after ``model.to(memory_format=torch.channels_last)``. Configs: each GPU's default for a large image (as
-    the launcher picks for 1024x2048). Launches that specialise identically (the same kernel; an NCHW 3x3 weight is
-    read from a channels-last copy, so its kernel is the channels-last one) are compiled once."""
+    the launcher picks for 1024x2048), without and with the SM count (sm_90: 128x256x64 for Cout >= 256). Launches
+    that specialise identically (the same kernel; an NCHW 3x3 weight is read from a channels-last copy, so its
+    kernel is the channels-last one) are compiled once."""
     import torchvision
 
     from adatriton import masks
@@ -263,12 +271,15 @@ def _module_cases() -> list[Case]:
             net = net.to(memory_format=torch.channels_last)
         for cap in SHARED_OPTIN:
 
-            def large(rows, cin_g, cout_g, taps, groups, dtype, gather, cap=cap):
-                return conv.default_config(1 << 16, cin_g, cout_g, arch=cap, dtype=dtype)
+            def large(rows, cin_g, cout_g, taps, groups, dtype, gather, cap=cap, sms=None):
+                return conv.default_config(1 << 16, cin_g, cout_g, arch=cap, dtype=dtype, sms=sms)
 
-            with torch.no_grad(), conv.record_launches(cap, 132, large) as rec:
-                net(x, levels)
-            for r in rec.launches:
+            launches = []
+            for sms in (None, SMS[cap]):  # the architecture's default tile, and the SM-aware one (sm_90: 128x256)
+                with torch.no_grad(), conv.record_launches(cap, SMS[cap], functools.partial(large, sms=sms)) as rec:
+                    net(x, levels)
+                launches += rec.launches
+            for r in launches:
                 c = dict(r.constexprs)
                 variant = aot.Variant(
                     kernel="adatriton.kernels.conv:_conv_elements_kernel",
@@ -340,7 +351,9 @@ def _report(case: Case, r: dict) -> str:
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c.sweep else c for c in CASES], ids=[c.id for c in CASES]
+)
 def test_kernel_compiles_within_limits(case: Case, aot_compile, record_property):
     r = aot_compile(case)
     assert "error" not in r, f"{case.id} does not compile for sm_{case.variant.cap}:\n{r['error']}"
