@@ -43,6 +43,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
+import torch
+
+from .. import masks
+from ..kernels import conv
+from ..models.convert import convert
+from ..runtime import autotune
+from .cli import ADAPTIVE_OUTPUT_STRIDES, DTYPES, MODELS, add_dtype_argument, fraction, positive_int
+
 __all__ = [
     "COLUMNS",
     "DEFAULT_SMS",
@@ -356,10 +364,6 @@ def _tuned_chooser(path: str) -> Callable:
     """``choose`` for :func:`~adatriton.kernels.conv.record_launches`: the config of ``path``'s tuned cache."""
     import json
 
-    import torch  # noqa: F401 -- dtype objects come in through the recorder
-
-    from ..runtime import autotune
-
     with open(path) as f:
         gpu = json.load(f).get("gpu", "")
     cache = autotune.AutotuneCache(gpu, path)
@@ -376,13 +380,7 @@ def record_model(opts: ReportOptions) -> list[tuple[str, object]]:
     Needs ``TRITON_INTERPRET=1`` in this process (the triton backend on the CPU); the conv kernels are recorded,
     not run.
     """
-    import torch
     import torchvision
-
-    from .. import masks
-    from ..kernels import conv
-    from ..models.convert import convert
-    from .cli import DTYPES
 
     torch.manual_seed(opts.seed)
     model = getattr(torchvision.models, opts.model)()
@@ -470,8 +468,6 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    from .cli import ADAPTIVE_OUTPUT_STRIDES, MODELS, add_dtype_argument, fraction, positive_int
-
     p = argparse.ArgumentParser(
         prog="python -m adatriton.tools.kernel_report",
         description="Per adaptive conv of a converted model: the Triton kernel the launcher would run on a GPU, "
