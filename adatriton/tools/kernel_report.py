@@ -407,9 +407,10 @@ def _row(name: str, record, facts: dict, arch: int, sms: int) -> dict:
     c = dict(record.constexprs)
     cfg = record.config
     bm, bn, bk = cfg[:3]
-    allocs = [shape for _, shape in facts.get("smem_allocs", []) if len(shape) == 3]
-    a_buf = sum(shape[0] for shape in allocs if shape[1:] == (bm, bk))
-    b_buf = sum(shape[0] for shape in allocs if shape[1:] == (bk, bn))
+    # The pipelined buffers by the kernel's variable names (a, b), which also tells square tiles' apart
+    allocs = [(name, shape) for name, shape in facts.get("smem_allocs", []) if len(shape) == 3]
+    a_buf = sum(shape[0] for name, shape in allocs if name == "a" and shape[1:] == (bm, bk))
+    b_buf = sum(shape[0] for name, shape in allocs if name == "b" and shape[1:] == (bk, bn))
     waits = facts.get("loop_wait_groups") or []
     loop = facts.get("loop") or {}
     spills = (facts.get("spill_stores") or 0) + (facts.get("spill_loads") or 0)
