@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -337,6 +338,7 @@ def network_rows(
     scope: str,
     dense_strides: Sequence[str],
     bar,
+    weight_rows: bool = False,
 ) -> list[Row]:
     """Every row of one model: the dense networks, then per conversion, mask source and level-0 fraction the
     bookkeeping (timed apart) and each backend, timed interleaved (:class:`InterleavedRows`); ``speedup_vs_os8``
@@ -349,6 +351,9 @@ def network_rows(
             whole forward (heads and upsampling included).
         dense_strides: dense output strides to measure (must include ``"8"`` for the speedups).
         bar: tqdm bar, advanced :meth:`InterleavedRows.ticks` times per row.
+        weight_rows: with the triton backend, one more row per adaptive configuration with the other weight
+            memory format (``scenario`` ``nchw_weights``, as ``adatriton.convert`` leaves a torchvision model's,
+            when the run is channels-last; ``channels_last_weights`` otherwise).
     """
     o = ctx.opts
     h, w = o.size
@@ -376,12 +381,20 @@ def network_rows(
             # a compiled forward specialises on it.
             models = {b: adatriton.convert(net.model, conversion, backend=b).eval() for b in backends}
             fns = {b: forward(m) for b, m in models.items()}
+            runs = [(b, "") for b in models]
+            if weight_rows and "triton" in models:
+                # A copy of the weights in the other memory format, converted like the rest.
+                other = torch.contiguous_format if o.channels_last else torch.channels_last
+                scenario = "nchw_weights" if o.channels_last else "channels_last_weights"
+                twin = adatriton.convert(copy.deepcopy(net.model).to(memory_format=other), conversion, "triton")
+                fns[scenario] = forward(twin.eval())
+                runs.append(("triton", scenario))
             for source in o.masks:
                 for fraction in o.fractions:
                     label = f"{net.name} {conversion} {source} {fraction:g}"
                     lm_cpu = _level_map(ctx, net, conversion, source, fraction)
                     if lm_cpu is None:
-                        bar.update(len(backends) * jobs.ticks(ctx))
+                        bar.update(len(runs) * jobs.ticks(ctx))
                         continue
                     levels = lm_cpu.levels.to(o.device)
                     any_model = next(iter(models.values()))
@@ -390,7 +403,7 @@ def network_rows(
                     lm = build()
                     count = adatriton.count_macs(any_model, x_meta, lm_cpu)
                     fr = lm_cpu.fractions().tolist()
-                    for backend in models:
+                    for backend, scenario in runs:
                         columns = dict(
                             common,
                             output_stride=conversion,
@@ -404,8 +417,10 @@ def network_rows(
                             macs_total=count.total,
                             macs_backbone=count.backbone,
                             bookkeeping_ms=bookkeeping,
+                            scenario=scenario,
                         )
-                        jobs.add(functools.partial(fns[backend], net.x, lm), f"{label} {backend}", columns, record=True)
+                        call = functools.partial(fns[scenario or backend], net.x, lm)
+                        jobs.add(call, f"{label} {backend} {scenario}".rstrip(), columns, record=True)
         rows = jobs.run(bar)
     reference = next((r.time_median_ms for r in rows if r.output_stride == "8"), math.nan)
     for r in rows:
@@ -416,19 +431,23 @@ def network_rows(
     return rows
 
 
-def run_networks(ctx: Context, scope: str, dense_strides: Sequence[str] = ("16", "8")) -> list[Row]:
+def run_networks(
+    ctx: Context, scope: str, dense_strides: Sequence[str] = ("16", "8"), weight_rows: bool = False
+) -> list[Row]:
     """A suite over every (backbone, head) pair of the options: :func:`network_rows` of each, one progress bar.
 
     Args:
         ctx: the suite's context.
         scope: ``"backbone"`` (stem .. layer4, densified) or ``"model"`` (the whole forward).
         dense_strides: dense references of every model, the speedups' reference ``"8"`` among them.
+        weight_rows: a triton row with the other weight memory format per configuration (:func:`network_rows`).
     """
     o = ctx.opts
     models = [(b, h) for b in o.backbones for h in o.heads]
-    per_model = len(dense_strides) + len(o.conversions) * len(o.masks) * len(o.fractions) * len(ctx.backends())
+    variants = len(ctx.backends()) + (weight_rows and "triton" in ctx.backends())
+    per_model = len(dense_strides) + len(o.conversions) * len(o.masks) * len(o.fractions) * variants
     rows = []
     with ctx.progress(per_model * len(models) * InterleavedRows.ticks(ctx), unit="call") as bar:
         for backbone, head in models:
-            rows += network_rows(ctx, Network.build(ctx, backbone, head), scope, dense_strides, bar)
+            rows += network_rows(ctx, Network.build(ctx, backbone, head), scope, dense_strides, bar, weight_rows)
     return rows

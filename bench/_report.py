@@ -212,6 +212,10 @@ def _device_kind(device: str) -> str:
     return "cpu" if "threads)" in device else "cuda"
 
 
+def _scenario(group: pd.DataFrame) -> pd.Series:
+    return group["scenario"].fillna("").astype(str) if "scenario" in group else pd.Series("", index=group.index)
+
+
 def summary(
     table: pd.DataFrame,
     suite: str,
@@ -259,7 +263,8 @@ def summary(
                 "mask": group["mask_source"].where(~varies, group["mask_source"] + " " + group["mask_param"]),
                 "f0 target": group["fraction_target"],
                 "f0": group["fraction_level0"],
-                "backend": group["backend"],
+                # a scenario (e.g. the layers suite's channels_last_weights row) tells rows of one backend apart
+                "backend": group["backend"].where(_scenario(group) == "", group["backend"] + " " + _scenario(group)),
                 "dispatch": group["dispatch"],
                 "median ms (min–max)": _with_spread(group),
                 f"t/{a}": group["t_os8"],

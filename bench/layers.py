@@ -8,6 +8,10 @@ network: every element of its stage (level-0 pixels plus the coarse blocks), ``a
 ``cudnn`` / ``onednn``) is ``torch.nn.functional.conv2d`` over the whole dense grid with the dilation of the dense
 OS8 network, channels-last. Bookkeeping is the level map with the layout and tap table of the layer.
 
+The adaptive rows take the weight as ``adatriton.convert`` leaves a torchvision model's (NCHW, whatever
+``--channels-last`` says); the triton backend has a second row with the weight in channels-last memory format
+(``scenario`` ``channels_last_weights``), so a cliff between the two shows side by side.
+
 Full run: 1024x2048, fractions 0.01 .. 1.0, 10 + 10 calls. ``--quick``: 256x512 and a quarter of the channels,
 fractions 0.1 / 0.3 / 1.0, 1 + 5 calls.
 """
@@ -58,13 +62,15 @@ def run(ctx: Context) -> list:
     gen = torch.Generator().manual_seed(o.seed)
     memory = torch.channels_last if o.channels_last else torch.contiguous_format
     rows = []
-    with ctx.progress(len(SHAPES) * (1 + len(o.fractions) * len(backends))) as bar, torch.inference_mode():
+    variants = len(backends) + ("triton" in backends)
+    with ctx.progress(len(SHAPES) * (1 + len(o.fractions) * variants)) as bar, torch.inference_mode():
         for name, cin, cout, k, spacing, stage in SHAPES:
             cin, cout = cin // divisor, cout // divisor
             weight = (torch.randn(cout, cin, k, k, generator=gen) / (cin * k * k) ** 0.5).to(o.device, o.dtype)
             dense = torch.randn(o.batch, cin, hf, wf, generator=gen).to(o.device, o.dtype)
             dense = dense.contiguous(memory_format=memory)
             weight_dense = weight.contiguous(memory_format=memory)
+            weight_cl = weight.contiguous(memory_format=torch.channels_last)
             per_output = cout * cin * k * k
             common = {
                 "model": f"{name} {k}x{k} {cin}->{cout} o={spacing}",
@@ -112,13 +118,15 @@ def run(ctx: Context) -> list:
                 values = dense.permute(0, 2, 3, 1)[layout.batch_index, layout.rows << lv, layout.cols << lv]
                 x = MultiResMap(values.contiguous(), layout)
                 fr = lm_cpu.fractions().tolist()
-                for backend in backends:
-                    fn = functools.partial(AF.conv2d, x, weight, None, spacing, 1, False, backend)
+                runs = [(backend, "", weight) for backend in backends]
+                runs += [("triton", "channels_last_weights", weight_cl)] if "triton" in backends else []
+                for backend, scenario, w_run in runs:
+                    fn = functools.partial(AF.conv2d, x, w_run, None, spacing, 1, False, backend)
                     fn = torch.compile(fn) if o.compile else fn
                     row = timed_row(
                         ctx,
                         fn,
-                        f"{name} {fraction:g} {backend}",
+                        f"{name} {fraction:g} {backend} {scenario}".rstrip(),
                         dict(
                             common,
                             output_stride=CONVERSION,
@@ -132,6 +140,7 @@ def run(ctx: Context) -> list:
                             macs_total=per_output * layout.num_elements,
                             macs_backbone=per_output * layout.num_elements,
                             bookkeeping_ms=bookkeeping,
+                            scenario=scenario,
                         ),
                         record=True,
                     )

@@ -23,8 +23,12 @@ downsampling conv evaluated only at the surviving elements (the table is centred
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import math
 import os
+from collections.abc import Callable, Iterator
 
 import torch
 import triton
@@ -34,6 +38,8 @@ from torch import Tensor
 __all__ = [
     "FMA_DEFAULT",
     "ConvConfig",
+    "LaunchRecord",
+    "LaunchRecorder",
     "INT32_OFFSET_LIMIT",
     "SHARED_OPTIN",
     "SHARED_SLACK",
@@ -42,6 +48,8 @@ __all__ = [
     "conv_elements",
     "default_config",
     "device_arch",
+    "device_default_config",
+    "device_sms",
     "epilogue_parts",
     "dot_precision",
     "needs_int64_offsets",
@@ -49,6 +57,7 @@ __all__ = [
     "pipeline_buffers",
     "pipeline_shared_bytes",
     "prune_configs",
+    "record_launches",
 ]
 
 #: Row offsets ``E_in * row_stride`` from this value on need 64-bit address math in the reduction loop.
@@ -77,6 +86,9 @@ class ConvConfig(tuple):
     ) -> ConvConfig:
         base = (int(block_m), int(block_n), int(block_k), int(num_stages), int(num_warps))
         return super().__new__(cls, base + ((int(persistent),) if persistent else ()))
+
+    def __getnewargs__(self) -> tuple[int, ...]:  # pickling (a spawned worker, a recorded launch)
+        return tuple(self)
 
     @property
     def persistent(self) -> bool:
@@ -242,6 +254,21 @@ DEFAULT_CONFIGS = {
     # sm_86 / sm_89 / sm_120 (99 KB): the sm_80 tile with 2 buffers, so that fp32 (64 KB of tiles) fits too.
     86: ConvConfig(128, 128, 32, 3, 8),
 }
+#: SM-aware tiles (:func:`default_config` with ``sms``): a conv whose tiles of the architecture's default would
+#: not give every SM at least :data:`FILL_FACTOR` tiles takes the first tile of its family's ladder that does (else the
+#: last, the smallest), so that a small layer does not leave SMs idle: ResNet-101 8->32 at 512x1024 (level-0
+#: fraction 0.3) has 62 tiles of 128x128 in its layer3 3x3 convs and 88 in layer4's, for 132 SMs on an H100.
+#: The smaller entries are configs of :func:`conv_configs` (AOT-checked: pipelined, no spills).
+FILL_FACTOR = 1.5
+SM_LADDERS = {
+    90: (ConvConfig(128, 128, 64, 3, 8), ConvConfig(128, 64, 64, 3, 8), ConvConfig(64, 64, 64, 3, 4)),
+    80: (ConvConfig(128, 128, 32, 4, 8), ConvConfig(128, 64, 32, 4, 4), ConvConfig(64, 64, 32, 3, 4)),
+    86: (ConvConfig(128, 128, 32, 3, 8), ConvConfig(64, 64, 32, 3, 4)),
+}
+#: sm_90 with Cout >= 256 and enough tiles of it: 128x256x64 (wgmma 64x256 per warpgroup), twice the MACs of the
+#: 128x128 tile per loop iteration for 213 instead of 168 SASS instructions (3x3), 25% fewer L2 bytes per MAC,
+#: 244 registers and 147 KB of shared memory, no spills (adatriton.tools.kernel_report).
+WIDE_SM90 = ConvConfig(128, 256, 64, 3, 8)
 #: Unknown GPUs (before sm_80) and the interpreter: the moderate tile of the first kernel (~120 registers).
 GENERIC_DEFAULT = ConvConfig(64, 64, 32, 3, 4)
 #: fp32 without TF32 on a GPU (FMA dots, no tensor cores: the operands of each product sit in registers too): the
@@ -255,8 +282,27 @@ def _family(arch: int | None) -> int | None:
     return 90 if arch in (90, 100, 103) else 80 if arch in (80, 87) else 86
 
 
+def _fill_sms(family: int, rows: int, cout: int, sms: int) -> ConvConfig:
+    """The tile of ``family``'s ladder for a ``rows x cout`` output on ``sms`` SMs (see :data:`SM_LADDERS`)."""
+    want = FILL_FACTOR * sms
+
+    def tiles(c: ConvConfig) -> int:
+        return triton.cdiv(rows, c[0]) * triton.cdiv(cout, c[1])
+
+    if family == 90 and cout >= 256 and tiles(WIDE_SM90) >= want:
+        return WIDE_SM90
+    ladder = SM_LADDERS[family]
+    return next((c for c in ladder if tiles(c) >= want), ladder[-1])
+
+
 def default_config(
-    rows: int, cin: int, cout: int, *, arch: int | None = None, dtype: torch.dtype | None = None
+    rows: int,
+    cin: int,
+    cout: int,
+    *,
+    arch: int | None = None,
+    dtype: torch.dtype | None = None,
+    sms: int | None = None,
 ) -> ConvConfig:
     """The untuned config for ``arch`` (autotuning replaces it), shrunk to small problems.
 
@@ -268,6 +314,10 @@ def default_config(
             that are no multiple of 16 64x64x32, 3 stages, 4 warps.
         dtype: the values' dtype; float32 without TF32 (``torch.backends.cudnn.allow_tf32`` off) on a GPU gets
             :data:`FMA_DEFAULT`, 128x64x32 with 3 stages and 8 warps.
+        sms: the GPU's SM count (:func:`device_sms`), or None. Given, the tile is SM-aware: on sm_90
+            :data:`WIDE_SM90` (128x256x64) when Cout >= 256 and that still makes :data:`FILL_FACTOR` (1.5) tiles
+            per SM, else the first tile of :data:`SM_LADDERS` that does (128x128, then 128x64, then 64x64 on sm_90),
+            the smallest if none does.
 
     Returns:
         The architecture's tile with each block capped at the next power of two of the problem (at least 32 rows,
@@ -280,6 +330,8 @@ def default_config(
     base = DEFAULT_CONFIGS[family] if family is not None and aligned else GENERIC_DEFAULT
     if family is not None and aligned and dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         base = FMA_DEFAULT
+    elif family is not None and aligned and sms:
+        base = _fill_sms(family, rows, cout, sms)
     bm = min(base[0], max(32, triton.next_power_of_2(rows)))
     bn = min(base[1], max(32, triton.next_power_of_2(cout)))
     bk = min(base[2], max(16, triton.next_power_of_2(cin)))
@@ -310,6 +362,19 @@ def device_arch(device: torch.device | str) -> int | None:
     return None if facts is None else facts[0]
 
 
+def device_sms(device: torch.device | str) -> int | None:
+    """The SM count of a CUDA device, None for the CPU (interpreter)."""
+    facts = _device_facts(device if isinstance(device, torch.device) else torch.device(device))
+    return None if facts is None else facts[1]
+
+
+def device_default_config(rows: int, cin: int, cout: int, device: torch.device, dtype: torch.dtype) -> ConvConfig:
+    """:func:`default_config` for ``device``: its architecture and SM count (None for the CPU)."""
+    facts = _device_facts(device if isinstance(device, torch.device) else torch.device(device))
+    arch, sms = (None, None) if facts is None else facts
+    return default_config(rows, cin, cout, arch=arch, dtype=dtype, sms=sms)
+
+
 def needs_int64_offsets(num_rows: int, row_stride: int, limit: int | None = None) -> bool:
     """Whether element offsets ``row * row_stride`` of a ``num_rows``-row operand can reach ``limit`` (default
     :data:`INT32_OFFSET_LIMIT`, 2^31, read at call time): the kernel then computes its row offsets in 64 bits.
@@ -329,10 +394,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype, on_gpu: bool | None = None) -> str:
     """fp32 uses TF32 only when cuDNN's convolutions may (``torch.backends.cudnn.allow_tf32``), so comparisons with
-    cuDNN are fair; half types multiply exactly in the tensor cores anyway."""
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting():
+    cuDNN are fair; half types multiply exactly in the tensor cores anyway. The interpreter (``on_gpu`` None: unless
+    ``TRITON_INTERPRET`` is set; False) does not emulate TF32."""
+    if on_gpu is None:
+        on_gpu = not interpreting()
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and on_gpu:
         return "tf32"
     return "ieee"
 
@@ -469,10 +537,24 @@ def _conv_tile(
     # and so issues 16-byte cp.async copies. (A tl.multiple_of hint on the gathered column is lost when Triton
     # re-lays-out the gather, as it does for 16-wide fp16 K blocks: A then was not pipelined at all.)
     stride_units = stride_x // ROW_ALIGN
-    if GATHER:
-        # The whole tap table of the tile, once, before the reduction, -1 for taps outside the image (masked loads
-        # read zero). The loop then only picks a column, so its gathered A loads no longer depend on a load issued in
-        # the loop and the pipeliner can run them num_stages ahead.
+    # Row offsets per tap, -1 for taps outside the image (masked loads read zero), all loaded before the reduction:
+    # the loop's gathered A loads then depend on nothing loaded inside it, so the pipeliner can run them num_stages
+    # ahead. Up to 9 taps (3x3, the strided shortcut's 1) as one (BLOCK_M,) column each, which the loop selects
+    # with a chain of selects in the A loads' own layout; more taps as one (BLOCK_M, taps) tile that the loop
+    # picks a column of with tl.gather, whose result has the tile's layout: converting it through shared memory
+    # cost 5 STS + 5 LDS, 2 extra barriers and 8 shuffles per iteration (sm_90 3x3: 224 SASS instructions per
+    # iteration and 4 barriers, 168 and 2 with the columns).
+    cols = ()
+    if GATHER and TAPS <= 9:
+        for j in tl.static_range(TAPS):
+            src_j = tl.load(index_ptr + offs_m.to(tl.int64) * TAPS + j, mask=m_ok, other=num_src)
+            if INT64_OFFSETS:
+                units_j = src_j.to(tl.int64) * stride_units
+            else:  # E_in * stride_x < 2^31 (checked on the host): 32-bit address math in the loop
+                units_j = src_j.to(tl.int32) * stride_units
+            cols = cols + (tl.where(src_j < num_src, units_j, -1),)
+        units = cols[0][:, None]
+    elif GATHER:
         offs_t = tl.arange(0, TAPS_P2)
         src = tl.load(
             index_ptr + offs_m.to(tl.int64)[:, None] * TAPS + offs_t[None, :],
@@ -481,7 +563,7 @@ def _conv_tile(
         )
         if INT64_OFFSETS:
             units = src.to(tl.int64) * stride_units
-        else:  # E_in * stride_x < 2^31 (checked on the host): 32-bit address math in the loop
+        else:
             units = src.to(tl.int32) * stride_units
         units = tl.where(src < num_src, units, -1)
         pick = tl.zeros((BLOCK_M, 1), dtype=tl.int32)
@@ -492,12 +574,21 @@ def _conv_tile(
             units = tl.where(m_ok, offs_m * stride_units, -1)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_blocks = tl.cdiv(cin_g, BLOCK_K)
+    # Tap t and channel block kb stepped as counters (no it // k_blocks division per iteration), the weight's tap
+    # plane w_tap updated when t moves on.
+    t = 0
+    kb = 0
+    w_tap = w_group
     # One flat loop over (tap, channel block), so the compiler software-pipelines the loads across taps too.
-    for it in range(0, TAPS * k_blocks):
-        t = it // k_blocks
-        offs_k = (it - t * k_blocks) * BLOCK_K + offs_kb
-        if GATHER and TAPS_P2 > 1:
-            row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t, register shuffles
+    for _it in range(0, TAPS * k_blocks):
+        offs_k = kb * BLOCK_K + offs_kb
+        if GATHER and TAPS > 9:
+            row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t
+        elif GATHER and TAPS > 1:
+            picked = cols[0]
+            for j in tl.static_range(1, TAPS):
+                picked = tl.where(t == j, cols[j], picked)
+            row = picked[:, None]
         else:
             row = units
         if EVEN_K:  # cin_g % BLOCK_K == 0: no channel mask
@@ -508,9 +599,16 @@ def _conv_tile(
             a_mask = (row >= 0) & k_ok[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :]
         a = tl.load(x_group + row * ROW_ALIGN + offs_k[None, :], mask=a_mask, other=0.0)
-        ky = t // KSIZE
-        w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
+        # A 1x1 weight has no tap term (w_tap stays w_group): with one, Triton's sw_y = sw_x = 1 specialisation made
+        # w + t lose its 16-byte alignment, so B fell off the cp.async path and large tiles spilled.
         b = tl.load(w_tap + offs_k[:, None] * sw_c + offs_n[None, :] * sw_n, mask=b_mask, other=0.0)
+        kb += 1
+        if TAPS > 1:
+            next_tap = kb == k_blocks
+            kb = tl.where(next_tap, 0, kb)
+            t += next_tap.to(tl.int32)
+            ky = t // KSIZE  # a constant divisor: a multiply-high
+            w_tap = w_group + ky * sw_y + (t - ky * KSIZE) * sw_x
         if UPCAST:  # the interpreter computes bf16 products wrongly: multiply in fp32 there
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -629,6 +727,93 @@ def _conv_elements_kernel(
                    BLOCK_N, BLOCK_K, SPLIT_N)  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchRecord:
+    """One :func:`conv_elements` call as Triton's launcher would specialise it for a GPU (no tensor kept).
+
+    Attributes:
+        weight_ptr: ``data_ptr()`` of the weight the caller passed (names the conv: the module's own tensor).
+        weight_stride: that weight's strides; ``read_stride``: the kernel's ``(sw_g, sw_n, sw_c, sw_y, sw_x)``.
+        signature: every runtime parameter of the kernel with its Triton type (``"*fp16"``, ``"i32"``, ...), and
+            ``"constexpr"`` for the constexprs and for the ints Triton specialises to constants (those equal to 1).
+        constexprs: the constexpr values, the specialised ints included.
+        aligned: the parameters Triton specialises as 16-divisible (pointers 16-byte aligned, ints).
+        config: the tile config; ``grid``: programs launched; ``tiles``: output tiles.
+        num_warps, num_stages: compile options.
+        rows, cin_g, cout_g, taps, groups: the conv's problem.
+    """
+
+    weight_ptr: int
+    weight_stride: tuple[int, ...]
+    read_stride: tuple[int, ...]
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, object], ...]
+    aligned: tuple[str, ...]
+    config: ConvConfig
+    grid: int
+    tiles: int
+    num_warps: int
+    num_stages: int
+    rows: int
+    cin_g: int
+    cout_g: int
+    taps: int
+    groups: int
+
+
+@dataclasses.dataclass
+class LaunchRecorder:
+    """While :func:`record_launches` holds it, :func:`conv_elements` records its launches here instead of running
+    them (the output comes back zeroed), specialised for compute capability ``arch`` with ``sms`` SMs.
+
+    ``choose(rows, cin_g, cout_g, taps, groups, dtype, gather)`` gives the config the launcher would run on that
+    GPU (a tuned one); None (or a None answer) means :func:`default_config` for ``arch``. ``dtype``: record
+    launches of values in another dtype as if they were in this one (a float32 forward on the CPU standing in for
+    float16 on the GPU: pointer types, config, epilogue parts and dot precision follow ``dtype``).
+    """
+
+    arch: int
+    sms: int
+    choose: Callable[..., ConvConfig | None] | None = None
+    dtype: torch.dtype | None = None
+    launches: list[LaunchRecord] = dataclasses.field(default_factory=list)
+
+
+_recorders: list[LaunchRecorder] = []
+
+
+@contextlib.contextmanager
+def record_launches(
+    arch: int, sms: int, choose: Callable[..., ConvConfig | None] | None = None, dtype: torch.dtype | None = None
+) -> Iterator[LaunchRecorder]:
+    """Record every :func:`conv_elements` launch of the enclosed code as :class:`LaunchRecord` (kernels not run):
+    what ``adatriton.tools.kernel_report`` compiles ahead of time, per layer, for a GPU that need not be here."""
+    recorder = LaunchRecorder(arch, sms, choose, dtype)
+    _recorders.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _recorders.remove(recorder)
+
+
+def _specialisation(args: dict[str, object]) -> tuple[dict[str, str], dict[str, object], list[str]]:
+    """Triton types, ints specialised to constants, 16-divisible parameters of ``args``, as Triton's launcher
+    decides them at runtime for a CUDA target (its own specialisation function)."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import native_specialize_impl
+
+    types, consts, aligned = {}, {}, []
+    for name, value in args.items():
+        kind, attr = native_specialize_impl(CUDABackend, value, False, True, True)
+        if kind == "constexpr":
+            types[name], consts[name] = "constexpr", attr
+            continue
+        types[name] = kind
+        if attr == "D":
+            aligned.append(name)
+    return types, consts, aligned
+
+
 def pack_weight(weight: Tensor, groups: int) -> Tensor:
     """``(Cout, Cin/g, k, k)`` -> ``(g, k*k*Cin/g, Cout/g)`` contiguous, tap-major like the tap tables."""
     cout, cin_g, k, _ = weight.shape
@@ -657,10 +842,12 @@ def conv_elements(
         values: ``(E_in, Cin)`` input elements, channels contiguous (fp32, fp16 or bf16).
         index: ``(M, taps)`` tap table, int32 (preferred: half the bytes) or int64, entries ``>= E_in`` read zero;
             or None for ``out[m] <- x[m]`` (a 1x1 conv, ``M = E_in``). Used as is when contiguous.
-        weight: the conv's own ``(Cout, Cin/g, k, k)`` weight, read in place with its strides (channels-last keeps
-            the reduction axis contiguous: what the tensor cores want), or a :func:`pack_weight` copy
-            ``(groups, taps * Cin/g, Cout/g)``; same dtype as values. Reading the module's tensor at every launch
-            means no derived copy can go stale (``.data`` writes, ``load_state_dict``, dtype moves).
+        weight: the conv's own ``(Cout, Cin/g, k, k)`` weight, read in place with its strides when its input
+            channels are contiguous (channels-last, and every 1x1: what the pipelined tensor-core loads want; a k x k
+            weight whose input channels are not, e.g. NCHW as torchvision builds it, is read from a channels-last
+            copy made at this launch), or a :func:`pack_weight` copy ``(groups, taps * Cin/g, Cout/g)``; same dtype
+            as values. Reading the module's tensor at every launch means no derived copy can go stale (``.data``
+            writes, ``load_state_dict``, dtype moves).
         taps: number of taps ``k*k``.
         groups: conv groups.
         scale, shift: optional ``(Cout,)`` per-channel epilogue (fp32 recommended); with ``bn``, ``shift`` is the
@@ -679,6 +866,7 @@ def conv_elements(
         raise ValueError(f"values must be (E, Cin) with contiguous channels, got shape {tuple(values.shape)}")
     if values.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"the triton backend computes in fp32, fp16 or bf16, got {values.dtype}")
+    source = weight  # the caller's tensor: what a recorded launch is named by
     e_in, cin = values.shape
     cin_g = cin // groups
     ksize = math.isqrt(taps)
@@ -686,7 +874,14 @@ def conv_elements(
         cout_g = weight.shape[0] // groups
         fits = weight.shape[1:] == (cin_g, ksize, ksize) and ksize * ksize == taps
         fits = fits and cout_g * groups == weight.shape[0]
-        s_o, s_c, s_y, s_x = weight.stride()
+        if fits and ksize > 1 and cin_g > 1 and weight.stride(1) != 1:
+            # Input channels not contiguous (NCHW, as torchvision builds weights and convert leaves them): the B
+            # tile would load 2 bytes at a time, synchronously, with one buffer (470 instead of 224 SASS
+            # instructions per iteration on sm_90). A channels-last copy per launch costs one copy kernel (ResNet-101's
+            # adaptive 3x3 weights: 41 MB fp16 per forward); it is never cached, so no .data write, load_state_dict
+            # or dtype move can leave a stale one.
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        s_o, s_c, s_y, s_x = weight.stride() if ksize > 1 else (*weight.stride()[:2], 1, 1)  # 1x1: no tap term
         w_strides = (cout_g * s_o, s_o, s_c, s_y, s_x)
     else:  # packed: (g, taps * Cin/g, Cout/g), contiguous
         g, k_total, cout_g = weight.shape
@@ -711,9 +906,17 @@ def conv_elements(
         return out
     if residual is not None and (residual.shape != (rows, cout) or residual.stride(1) != 1):
         raise ValueError(f"residual must be ({rows}, {cout}) with contiguous channels, got {tuple(residual.shape)}")
-    facts = _device_facts(values.device)
+    recorder = _recorders[-1] if _recorders else None
+    # Recording: specialise for the recorder's GPU (its arch, SM count and the config it would choose).
+    facts = (recorder.arch, recorder.sms) if recorder is not None else _device_facts(values.device)
+    dtype = values.dtype if recorder is None or recorder.dtype is None else recorder.dtype
+    if recorder is not None and recorder.choose is not None:
+        config = recorder.choose(rows, cin_g, cout_g, taps, groups, dtype, index is not None) or config
+    elif recorder is not None:
+        config = None  # the launcher's choice was made for the CPU: take the recorded GPU's default
     if config is None:
-        config = default_config(rows, cin_g, cout_g, arch=None if facts is None else facts[0], dtype=values.dtype)
+        arch, sms = (None, None) if facts is None else facts
+        config = default_config(rows, cin_g, cout_g, arch=arch, dtype=dtype, sms=sms)
     block_m, block_n, block_k, num_stages, num_warps = config[:5]
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(cout_g, block_n) * groups
     persistent = len(config) > 5 and config[5]
@@ -721,7 +924,7 @@ def conv_elements(
     stride_x = values.stride(0)
     dummy = out  # never read: the matching HAS_* flag is off
     bn_w, bn_b, mean, var, eps = (None, None, dummy, dummy, 0.0) if bn is None else bn
-    _conv_elements_kernel[grid](
+    args = (
         values,
         dummy if index is None else index,
         weight,
@@ -743,6 +946,9 @@ def conv_elements(
         0 if residual is None else residual.stride(0),
         out.stride(0),
         *w_strides,
+    )
+    on_gpu = facts is not None
+    constexprs = dict(
         TAPS=taps,
         KSIZE=ksize,
         TAPS_P2=triton.next_power_of_2(taps),
@@ -757,14 +963,44 @@ def conv_elements(
         HAS_BN_B=bn_b is not None,
         HAS_RES=residual is not None,
         RELU=relu,
-        UPCAST=facts is None and values.dtype == torch.bfloat16 and interpreting(),
-        DOT_PRECISION=dot_precision(values.dtype),
+        UPCAST=not on_gpu and values.dtype == torch.bfloat16 and interpreting(),
+        DOT_PRECISION=dot_precision(dtype, on_gpu=recorder is not None or None),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        SPLIT_N=epilogue_parts(block_n, None if facts is None else facts[0], values.element_size()),
+        SPLIT_N=epilogue_parts(block_n, None if facts is None else facts[0], dtype.itemsize),
         PERSISTENT=bool(persistent),
-        num_warps=num_warps,
-        num_stages=num_stages,
     )
+    if recorder is not None:
+        names = list(inspect.signature(_conv_elements_kernel.fn).parameters)
+        types, consts, aligned = _specialisation(dict(zip(names, args)))
+        if dtype != values.dtype:  # the tensors in the values' dtype stand for tensors in the recorded one
+            target = "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+            for name, arg in zip(names, args):
+                if isinstance(arg, Tensor) and arg.dtype == values.dtype:
+                    types[name] = target
+        consts.update(constexprs)
+        types.update(dict.fromkeys(constexprs, "constexpr"))
+        recorder.launches.append(
+            LaunchRecord(
+                weight_ptr=source.data_ptr(),
+                weight_stride=tuple(source.stride()),
+                read_stride=tuple(w_strides),
+                signature=tuple((n, types[n]) for n in names),
+                constexprs=tuple((n, consts[n]) for n in names if n in consts),
+                aligned=tuple(aligned),
+                config=ConvConfig(*config),
+                grid=grid[0],
+                tiles=tiles,
+                num_warps=num_warps,
+                num_stages=num_stages,
+                rows=rows,
+                cin_g=cin_g,
+                cout_g=cout_g,
+                taps=taps,
+                groups=groups,
+            )
+        )
+        return out.zero_()
+    _conv_elements_kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
     return out

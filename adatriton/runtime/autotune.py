@@ -34,15 +34,8 @@ from typing import Any
 import torch
 import triton
 
-from ..kernels.conv import (
-    ConvConfig,
-    config_problems,
-    conv_configs,
-    default_config,
-    device_arch,
-    interpreting,
-    prune_configs,
-)
+from ..kernels import conv as conv_module
+from ..kernels.conv import ConvConfig, config_problems, conv_configs, interpreting, prune_configs
 from .context import ScopedStack, getenv
 from .files import (
     CACHE_DIR_ENV,
@@ -414,7 +407,7 @@ def select_config(
     Returns:
         The stored config of :func:`conv_key`'s bucket if there is one; else, when :func:`is_tuning`, the fastest
         candidate of ``prune_configs(conv_configs(), rows, cin_g, cout_g)`` (stored and saved); else
-        ``default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)`` (per-architecture tiles).
+        ``device_default_config(rows, cin_g, cout_g, device, dtype)`` (per-architecture, SM-aware tiles).
     """
     key = conv_key(rows, cin_g, cout_g, taps, groups, dtype, gather)
     device = device if isinstance(device, torch.device) else torch.device(device)
@@ -422,13 +415,13 @@ def select_config(
     config = cache.get(key)
     if not is_tuning():
         if config is None:
-            config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
+            config = conv_module.device_default_config(rows, cin_g, cout_g, device, dtype)
         return config
     if config is not None:
         _record(key, config, "cache", cache.entry(key))
         return config
     if (str(cache.path), key) in _untunable:
-        config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
+        config = conv_module.device_default_config(rows, cin_g, cout_g, device, dtype)
         _record(key, config, "default", None)
         return config
     with _tune_lock:
@@ -457,7 +450,7 @@ def _tune(
         on_gpu = True
     else:  # no GPU and no interpreter: Triton cannot run here, the caller's launch will say so
         logger.debug("autotune: %s needs CUDA or TRITON_INTERPRET=1; using the default config", key)
-        config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
+        config = conv_module.device_default_config(rows, cin_g, cout_g, device, dtype)
         _record(key, config, "default", None)
         return config
     start = time.perf_counter()
@@ -465,7 +458,7 @@ def _tune(
     if not timed:
         logger.warning("autotune: every candidate config failed for %s; using the default config", key)
         _untunable.add((str(cache.path), key))
-        config = default_config(rows, cin_g, cout_g, arch=device_arch(device), dtype=dtype)
+        config = conv_module.device_default_config(rows, cin_g, cout_g, device, dtype)
         _record(key, config, "default", None)
         return config
     best_ms, best = min(timed, key=lambda t: t[0])

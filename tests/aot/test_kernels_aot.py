@@ -22,6 +22,9 @@ The conv configs whose pipelined tiles cannot fit a GPU's shared memory for a dt
 skips such candidates. fp16 and fp32 compile every config; bf16 (the same tiles and shared memory as fp16, another
 mma operand type) compiles the default configs.
 
+The cases of the search-space sweep other than each spec's default config are marked ``slow``: ``-m "aot and not
+slow"`` compiles the defaults and the cases recorded from converted torchvision modules (a few minutes on 2 cores).
+
 Every compiled variant prints one line (``pytest -s``) and records it as a junit property ``aot``. The kernels are
 listed in :data:`KERNELS`; a new kernel is one more :class:`Kernel` entry. The compiles run in spawned worker
 processes (see ``tests/aot/aot.py`` for why they cannot run in the ``TRITON_INTERPRET=1`` test process).
@@ -30,6 +33,7 @@ processes (see ``tests/aot/aot.py`` for why they cannot run in the ``TRITON_INTE
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 import warnings
@@ -44,10 +48,12 @@ from tests.aot import aot
 
 # cudaDevAttrMaxSharedMemoryPerBlockOptin: A100 (sm_80) 163 KB, H100 (sm_90) 227 KB.
 SHARED_OPTIN = {80: 166912, 90: 232448}
+SMS = {80: 108, 90: 132}  # A100, H100 SXM
 MAX_REGS_PER_THREAD = 255
 REGS_PER_BLOCK = 65536  # registers are allocated per warp in units of 256
 DTYPES = ("fp32", "fp16", "bf16")
 RESULT_TIMEOUT_S = 300
+pytestmark = pytest.mark.aot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +120,6 @@ _CONV_ALIGNED = dict(INT64_OFFSETS=False, EVEN_K=True, ROW_ALIGN=16, UPCAST=Fals
 # The eager bottleneck conv: conv bias and eval BatchNorm applied in the epilogue from the module's own tensors.
 _CONV_FUSED = dict(TAPS=9, KSIZE=3, TAPS_P2=16, GATHER=True, HAS_SCALE=False, HAS_SHIFT=True, HAS_RES=True, RELU=True)
 _CONV_FUSED.update(HAS_BN=True, HAS_BN_W=True, HAS_BN_B=True, sw_c=1, **_CONV_ALIGNED)
-_CONV_PLAIN = dict(TAPS=1, KSIZE=1, TAPS_P2=1, GATHER=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RES=False)
-_CONV_PLAIN.update(RELU=False, HAS_BN=False, HAS_BN_W=False, HAS_BN_B=False, sw_c=1, **_CONV_ALIGNED)
 
 
 def _conv_label(c: conv.ConvConfig) -> str:
@@ -148,8 +152,6 @@ KERNELS = (
             Spec("int64", {**_CONV_FUSED, "INT64_OFFSETS": True}, False, ("fp16",), pipelined=True),
             # fp32 without TF32 (cudnn.allow_tf32 off): FMA dots, the most registers.
             Spec("ieee", {**_CONV_FUSED, "DOT_PRECISION": "ieee"}, every_config=False, dtypes=("fp32",)),
-            # plain 1x1 conv, no gather, no epilogue.
-            Spec("1x1", _CONV_PLAIN, every_config=False, pipelined=True),
             # channel counts that are no multiple of 8 (e.g. 3): element-wise loads (cp.async only for 4-byte fp32).
             Spec("unaligned", {**_CONV_FUSED, "EVEN_K": False, "ROW_ALIGN": 1}, every_config=False, aligned_ints=False),
         ),
@@ -185,6 +187,8 @@ class Case:
     tensor_cores: str | None
     # the A and B tiles' (rows, cols), the buffers each must get and their bytes together; None: no check
     pipeline: tuple[tuple[tuple[int, int], ...], int, int] | None = None
+    wait_depth: int = 1  # the smallest cp.async.wait_group the pipelined loop may have
+    sweep: bool = False  # a config of the search-space sweep other than the default: marked slow
 
 
 def _params(fn) -> list[str]:
@@ -229,13 +233,81 @@ def _cases() -> list[Case]:
                         nbytes = conv.pipeline_shared_bytes(cfg, ELEMENT_SIZE[dt], cap)
                         pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(cfg, cap), nbytes)
                     case_id = "-".join(filter(None, (k.name, f"sm{cap}", dt, spec.tag, k.label(cfg))))
-                    cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs), pipeline))
+                    sweep = cfg != spot
+                    cases.append(Case(case_id, variant, k.tensor_cores(dt, constexprs), pipeline, sweep=sweep))
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids), "duplicate case ids"
     return cases
 
 
-CASES = _cases()
+def pipelined_wait_depth(config: tuple) -> int:
+    """The ``cp.async.wait_group`` depth of a loop that pipelines both operands: A and B are committed as one
+    group each per stage, and the loop waits for the oldest stage only, so ``2 * (num_stages - 2)`` groups stay in
+    flight (sm_90 128x128x64 s3: 2; sm_80 128x128x32 s4: 4). A B tile loaded synchronously (the NCHW weight of
+    issue 19) left 1 on both."""
+    return 2 * (config[3] - 2)
+
+
+def _module_cases() -> list[Case]:
+    """Cases recorded from a converted torchvision ResNet-50 (8->32, fp16, eval, 32x64 input), as its launcher
+    would specialise them for each GPU: the 3x3 (BatchNorm, ReLU), the 1x1s (BatchNorm, ReLU; the residual add of
+    conv3), the strided shortcut (a 1-tap gather, BatchNorm), with the weights as torchvision builds them (NCHW)
+    and after ``model.to(memory_format=torch.channels_last)``. Configs: each GPU's default for a large image (as
+    the launcher picks for 1024x2048), without and with the SM count (sm_90: 128x256x64 for Cout >= 256). Launches
+    that specialise identically (the same kernel; an NCHW 3x3 weight is read from a channels-last copy, so its
+    kernel is the channels-last one) are compiled once."""
+    import torchvision
+
+    from adatriton import masks
+    from adatriton.models.convert import convert
+
+    torch.manual_seed(0)
+    net = convert(torchvision.models.resnet50(), "8->32", backend="triton").eval().half()
+    levels = masks.synthetic(1, 32, 64, "8->32", 0.3, kind="blobs", seed=0)
+    x = torch.zeros(1, 3, 32, 64, dtype=torch.float16)
+    cases: dict[tuple, Case] = {}
+    for layout in ("nchw", "cl"):
+        if layout == "cl":
+            net = net.to(memory_format=torch.channels_last)
+        for cap in SHARED_OPTIN:
+
+            def large(rows, cin_g, cout_g, taps, groups, dtype, gather, cap=cap, sms=None):
+                return conv.default_config(1 << 16, cin_g, cout_g, arch=cap, dtype=dtype, sms=sms)
+
+            launches = []
+            for sms in (None, SMS[cap]):  # the architecture's default tile, and the SM-aware one (sm_90: 128x256)
+                with torch.no_grad(), conv.record_launches(cap, SMS[cap], functools.partial(large, sms=sms)) as rec:
+                    net(x, levels)
+                launches += rec.launches
+            for r in launches:
+                c = dict(r.constexprs)
+                variant = aot.Variant(
+                    kernel="adatriton.kernels.conv:_conv_elements_kernel",
+                    signature=r.signature,
+                    constexprs=r.constexprs,
+                    aligned=r.aligned,
+                    cap=cap,
+                    num_warps=r.num_warps,
+                    num_stages=r.num_stages,
+                )
+                # Which ints happen to be 16-divisible (rows, sources) is the image's accident: one case per kernel
+                key = (cap, r.signature, r.constexprs, "w_ptr" in r.aligned)
+                if key in cases:  # the same kernel for both weight layouts: say so in its id
+                    if not cases[key].id.endswith(f"-{layout}-{_conv_label(r.config)}"):
+                        case = cases[key]
+                        cases[key] = dataclasses.replace(case, id=case.id.replace("-nchw-", "-nchw+cl-"))
+                    continue
+                kind = "3x3" if r.taps == 9 else "shortcut" if c["GATHER"] else "1x1"
+                flags = "".join(f for f, on in (("bn", c["HAS_BN"]), ("res", c["HAS_RES"]), ("relu", c["RELU"])) if on)
+                bm, bn, bk = r.config[:3]
+                nbytes = conv.pipeline_shared_bytes(r.config, 2, cap)
+                pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(r.config, cap), nbytes)
+                case_id = f"conv-sm{cap}-fp16-module-{kind}-{flags}-{layout}-{_conv_label(r.config)}"
+                cases[key] = Case(case_id, variant, "f16", pipeline, pipelined_wait_depth(r.config))
+    return list(cases.values())
+
+
+CASES = _cases() + _module_cases()
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +351,9 @@ def _report(case: Case, r: dict) -> str:
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c.sweep else c for c in CASES], ids=[c.id for c in CASES]
+)
 def test_kernel_compiles_within_limits(case: Case, aot_compile, record_property):
     r = aot_compile(case)
     assert "error" not in r, f"{case.id} does not compile for sm_{case.variant.cap}:\n{r['error']}"
@@ -318,8 +392,9 @@ def test_kernel_compiles_within_limits(case: Case, aot_compile, record_property)
             f"{case.id}: {r['shared']} B shared, {nbytes} B tiles"
         )
         waits = r["loop_wait_groups"]
-        assert waits and min(waits) >= 1, (
-            f"{case.id}: the dot loop's cp.async.wait_group should leave >= 1 group in flight, found {waits}"
+        assert waits and min(waits) >= case.wait_depth, (
+            f"{case.id}: the dot loop's cp.async.wait_group should leave >= {case.wait_depth} groups in flight, "
+            f"found {waits}"
         )
 
     if case.tensor_cores == "fma":

@@ -305,3 +305,103 @@ def test_no_two_configs_compile_to_the_same_kernel():
     assert [conv.pipeline_buffers((64, 64, 32, s), 80) for s in (1, 2, 3, 4)] == [1, 1, 2, 3]
     assert [conv.pipeline_buffers((64, 64, 32, s), 90) for s in (1, 2, 3, 4)] == [1, 2, 3, 4]
     assert conv.pipeline_buffers((32, 64, 32, 3), 90) == 2  # below 64 rows sm_90 runs mma.sync
+
+
+# ---------------------------------------------------------------------------------------------- weight layouts
+def _own_weight_run(values, weight, index, **kw):
+    """conv_elements with the conv's own 4-d weight (any strides), as the launcher passes it."""
+    taps = weight.shape[2] * weight.shape[3]
+    return conv_elements(values.to(DEVICE), None if index is None else index.to(DEVICE), weight, taps=taps, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_layouts_compute_the_same(dtype):
+    """NCHW (torchvision's), channels-last and packed weights give bit-identical outputs, 3x3 and 1x1; on a GPU
+    target the kernel reads an NCHW 3x3 weight with contiguous input channels (a channels-last copy)."""
+    values, weight, index, scale, shift, residual = _problem(37, 29, 24, 20, dtype)
+    epilogue = dict(scale=scale.to(DEVICE), shift=shift.to(DEVICE), residual=residual.to(DEVICE), relu=True)
+    nchw = weight.to(DEVICE)
+    cl = nchw.contiguous(memory_format=torch.channels_last)
+    got = _own_weight_run(values, nchw, index, **epilogue)
+    assert torch.equal(got, _own_weight_run(values, cl, index, **epilogue))
+    assert torch.equal(got, _run(values, weight, index, **{k: v.cpu() for k, v in epilogue.items() if k != "relu"},
+                                 relu=True))  # fmt: skip
+    _close(got, _reference(values, index, weight, 1, scale, shift, residual, True), dtype, 9 * 24)
+    w1 = weight[:, :, :1, :1].contiguous().to(DEVICE)
+    one = _own_weight_run(values, w1, None)
+    assert torch.equal(one, _own_weight_run(values, w1.contiguous(memory_format=torch.channels_last), None))
+    with conv.record_launches(90, 132) as rec:
+        _own_weight_run(values, nchw, index)
+        _own_weight_run(values, cl, index)
+    assert [r.weight_stride[1] for r in rec.launches] == [9, 1]  # the module's tensors, as they are
+    assert [r.read_stride[2] for r in rec.launches] == [1, 1]  # what the kernel reads: input channels contiguous
+
+
+def test_no_stale_weight_after_data_writes_and_moves():
+    """The launch reads the weight as it is now: an in-place write through ``.data`` (which bumps no version
+    counter), a ``.data`` swap and a dtype move all show in the next output (no cached copy of the NCHW weight)."""
+    values, weight, index, *_ = _problem(21, 17, 16, 12, torch.float32)
+    conv2d = torch.nn.Conv2d(16, 12, 3, bias=False).to(DEVICE)
+    with torch.no_grad():
+        conv2d.weight.copy_(weight)
+    assert conv2d.weight.stride(1) == 9  # NCHW, as torchvision builds it
+    first = _own_weight_run(values, conv2d.weight.detach(), index)
+    version = conv2d.weight._version
+    conv2d.weight.data.mul_(2)
+    assert conv2d.weight._version == version  # .data writes are invisible to version counters
+    assert torch.equal(_own_weight_run(values, conv2d.weight.detach(), index), first * 2)
+    conv2d.weight.data = -weight.to(DEVICE)
+    assert torch.equal(_own_weight_run(values, conv2d.weight.detach(), index), -first)
+    conv2d.half()
+    half = _own_weight_run(values.half(), conv2d.weight.detach(), index)
+    _close(half, -_reference(values.half(), index, weight.half()), torch.float16, 9 * 16)
+
+
+def test_record_launches_records_instead_of_running():
+    """Under record_launches the kernel does not run (zeros come back) and the record carries Triton's
+    specialisation for the recorded GPU: the default config of its arch, constants for ints equal to 1."""
+    values, weight, index, *_ = _problem(300, 40, 32, 32, torch.float16)
+    w = weight.contiguous(memory_format=torch.channels_last)
+    with conv.record_launches(90, 132) as rec:
+        out = _own_weight_run(values, w, index.int(), relu=True)
+    assert not out.any()
+    (r,) = rec.launches
+    assert r.config == conv.default_config(300, 32, 32, arch=90, dtype=torch.float16)
+    assert r.tiles == r.grid == -(-300 // r.config[0])
+    sig, consts = dict(r.signature), dict(r.constexprs)
+    assert sig["x_ptr"] == "*fp16" and sig["index_ptr"] == "*i32" and sig["sw_c"] == "constexpr"
+    assert consts["sw_c"] == 1 and consts["RELU"] and consts["DOT_PRECISION"] == "ieee" and not consts["UPCAST"]
+    assert "cin_g" in r.aligned and "rows" not in r.aligned  # 32 is 16-divisible, 300 is not
+
+
+@pytest.mark.parametrize("taps", [1, 4, 25], ids=["shortcut-1tap", "2x2-4taps", "5x5-25taps"])
+def test_tap_counts_of_both_row_paths(taps):
+    """The tap columns selected in the loop (up to 9 taps; 1 is the strided shortcut) and the tap tile picked with
+    tl.gather (more taps), with a channel count that is no multiple of the K block (two K blocks per tap)."""
+    values, weight, index, scale, shift, residual = _problem(23, 19, 20, 12, torch.float16, seed=5, taps=taps)
+    got = _run(
+        values, weight, index.int(), shift=shift, residual=residual, relu=True, config=ConvConfig(32, 32, 16, 3, 4)
+    )
+    _close(got, _reference(values, index, weight, 1, None, shift, residual, True), torch.float16, taps * 20)
+
+
+def test_default_config_is_sm_aware():
+    """With the SM count, a conv takes the first tile of its family's ladder that gives every SM 1.5 tiles (the
+    smallest if none does), and sm_90 the 128x256x64 tile for Cout >= 256 when that still fills the GPU."""
+    sm90 = dict(arch=90, dtype=torch.float16, sms=132)
+    assert conv.default_config(1 << 16, 256, 256, **sm90) == conv.WIDE_SM90 == (128, 256, 64, 3, 8)
+    assert conv.default_config(1 << 16, 256, 128, **sm90) == (128, 128, 64, 3, 8)  # Cout < 256
+    # ResNet-101 8->32 at 512x1024: the layer3 3x3 had 62 tiles of 128x128, layer4's 88, for 132 SMs
+    layer3 = conv.default_config(31 * 128, 256, 256, **sm90)
+    assert layer3 == (64, 64, 64, 3, 4) and -(-31 * 128 // 64) * 4 >= 1.5 * 132
+    assert conv.default_config(22 * 128, 512, 512, **sm90) == (64, 64, 64, 3, 4)  # 128x64: 176 tiles, 64x64: 352
+    assert conv.default_config(50 * 128, 256, 256, **sm90) == (128, 64, 64, 3, 8)  # 128x64: 200 tiles
+    assert conv.default_config(100, 256, 256, **sm90) == (64, 64, 64, 3, 4)  # too small for any: the smallest
+    sm80 = dict(arch=80, dtype=torch.float16, sms=108)
+    assert conv.default_config(1 << 16, 256, 256, **sm80) == (128, 128, 32, 4, 8)
+    assert conv.default_config(42 * 128, 256, 256, **sm80) == (128, 64, 32, 4, 4)  # 84 tiles -> 168
+    for family, ladder in conv.SM_LADDERS.items():
+        assert ladder[0] == conv.DEFAULT_CONFIGS[family] and set(ladder[1:]) <= set(conv.conv_configs())
+    assert conv.WIDE_SM90 in conv.conv_configs()
+    # without the SM count: the architecture's default, as before
+    assert conv.default_config(31 * 128, 256, 256, arch=90) == (128, 128, 64, 3, 8)
