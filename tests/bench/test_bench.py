@@ -95,6 +95,7 @@ def test_ratios_in_the_summary_use_the_same_run(table2):
 
 def test_models_quick(tmp_path):
     argv = ["models", *TINY, "--size", "64", "64", "--backbones", "resnet50", "--heads", "fcn", "deeplabv3plus"]
+    argv += ["--output-stride", "8to32"]  # the shell-safe spelling; the CSV keeps the canonical "8->32"
     report = main([*argv, "--out", str(tmp_path)])["models"]
     table = _check_table(tmp_path / "models.csv", 2 * 3)
     assert set(table["model"]) == {"fcn_resnet50", "deeplabv3plus_resnet50"}
@@ -348,6 +349,9 @@ def test_plots_are_written(tmp_path):
         (["--backbones", "resnet50"], {"backbones": ["resnet50"]}),
         (["--backends", "torch", "dense"], {"backends": ["torch", "dense"]}),
         (["--backend", "triton"], {"backends": ["triton"]}),
+        (["--conversions", "8->32"], {"conversions": ["8->32"]}),
+        (["--output-stride", "8to32", "8:16"], {"conversions": ["8->32", "8->16"]}),  # CSV rows get the canonical
+        (["--conversions", "8 → 16"], {"conversions": ["8->16"]}),
     ],
 )
 def test_option_names_and_aliases(given, expected):
