@@ -63,7 +63,8 @@ def convert(
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks; the ints ``8``, ``16``, ``32`` mean the same) or
             ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive: finest grid at the first stride, downsampled by a level
             map towards the second); the graph path takes any power of two and any ``"a->b"`` with powers of two
-            ``a < b``.
+            ``a < b``. ``"8to32"`` and ``"8:32"`` (safe in a shell) read as ``"8->32"``
+            (:func:`~adatriton.core.strides.canonical_stride`).
         backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
             resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``). Checked here,
             before anything is converted.
@@ -112,6 +113,8 @@ def convert(
         >>> seg = adatriton.convert(adatriton.models.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
         >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
     """
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {strict!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"convert expects the model to convert, an nn.Module (e.g. torchvision.models.resnet50()), got "
@@ -169,14 +172,14 @@ def _problem(net: AdaptiveGraphModule, model: nn.Module) -> str | None:
             # Against the dense network at the conversion's coarsest stride, which the coarsest level should match:
             # the original network itself when that is the model's own output stride ("8->32" on a stride-32 CNN).
             if any(p.op in ("dense-dilated", "dense-identity") for p in dense.plan):
-                against = f"the dense network at OS{coarsest_stride} ("
+                against = f"the dense network at OS{coarsest_stride}"
             else:
-                against = f"the original network (OS{coarsest_stride}:"
+                against = f"the original network (OS{coarsest_stride})"
+            ratio = coarsest / reference if reference else math.inf
             return (
-                f"{what} costs more at its coarsest uniform level ({coarsest:.3g} multiply-adds, every location "
-                f"downsampled {net.num_levels} times) than {against} "
-                f"{reference:.3g}; {coarsest / reference:.2f}x) "
-                f"on an input of shape {net.example_shapes[0]}{tail}"
+                f"{what} costs more at its coarsest uniform level: {coarsest:.3g} multiply-adds (every location "
+                f"downsampled {net.num_levels} times) against {reference:.3g} for {against}, {ratio:.2f}x, on an "
+                f"input of shape {net.example_shapes[0]}{tail}"
             )
     return None
 

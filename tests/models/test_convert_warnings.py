@@ -62,7 +62,8 @@ def test_a_coarsest_level_dearer_than_the_original_warns_with_the_multiply_adds(
     coarsest = adatriton.count_macs(net, x, torch.full(net.finest_grid(x), 2)).total
     original = adatriton.count_macs(model, x).total
     assert coarsest == coarsest_level_macs(net) and coarsest > original
-    numbers = re.search(r"\(([\d.e+]+) multiply-adds.*original network \(OS32: ([\d.e+]+);", str(record[0].message))
+    pattern = r"level: ([\d.e+]+) multiply-adds .* against ([\d.e+]+) for the original network \(OS32\), [\d.]+x"
+    numbers = re.search(pattern, str(record[0].message))
     assert numbers is not None, str(record[0].message)
     assert float(numbers[1]) == pytest.approx(coarsest, rel=1e-2)
     assert float(numbers[2]) == pytest.approx(original, rel=1e-2)
@@ -88,3 +89,5 @@ def test_a_useful_conversion_gives_no_warning(stride):
 def test_the_warning_is_a_user_warning_and_strict_a_value_error():
     assert issubclass(ConversionWarning, UserWarning) and issubclass(ConversionProblem, ValueError)
     assert adatriton.ConversionWarning is ConversionWarning
+    with pytest.raises(TypeError, match="strict must be True or False"):
+        adatriton.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2)), "8", strict="yes")
