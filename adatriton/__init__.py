@@ -51,7 +51,7 @@ from .core.levelmap import LevelMap, LevelMapDtypeError, LevelMapError, LevelMap
 from .core.multires import MultiResMap
 from .core.strides import OUTPUT_STRIDES
 from .models.checkpoints import CheckpointError, load_authors_state_dict, load_d2net_state_dict
-from .models.convert import convert
+from .models.convert import ConversionWarning, convert
 from .models.d2net import D2Net, D2NetCheckpointError
 from .models.resnet import AdaptiveResNet
 from .models.segmentation import AdaptiveSegmentationModel, DeepLabV3Plus
@@ -89,6 +89,7 @@ __all__ = [
     "LevelMapExportError",
     "MultiResMap",
     "OUTPUT_STRIDES",
+    "ConversionWarning",
     "convert",
     "count_macs",
     "densify",

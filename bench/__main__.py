@@ -26,6 +26,7 @@ from ._cli import (
     add_model,
     fraction,
     non_negative_int,
+    output_stride,
     positive_int,
 )
 from ._report import write_reports
@@ -61,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=fraction, nargs="+", help="level-0 area fractions of the adaptive rows")
     add_model(p)
     p.add_argument("--heads", nargs="+", choices=("fcn", "deeplabv3", "deeplabv3plus"), help="segmentation heads")
-    p.add_argument("--conversions", nargs="+", choices=("8->32", "8->16"), help="adaptive output strides")
+    p.add_argument(
+        "--conversions",
+        "--output-stride",
+        dest="conversions",
+        nargs="+",
+        type=output_stride,
+        choices=("8->32", "8->16"),
+        metavar="CONVERSION",
+        help="adaptive output strides: 8to32, 8to16 (8:32 and a quoted '8->32' read the same)",
+    )
     p.add_argument("--masks", nargs="+", choices=("synthetic", "edges"), help="level-map sources")
     add_backends(p, "adaptive backends (auto = per-layer dispatcher); triton on the CPU only when named here")
     p.add_argument(

@@ -8,6 +8,7 @@ same names, the same values and the same aliases (the other spellings found in t
 | ``--model`` | ``resnet50``, ``resnet101``, ``resnet152`` (several) | ``--backbones`` |
 | ``--backends`` | ``auto``, ``torch``, ``dense``, ``triton`` (several) | ``--backend`` |
 | ``--device`` | ``cpu``, ``cuda`` | |
+| ``--conversions`` | ``8to32``, ``8to16`` (several) | ``--output-stride``; values ``8:32``, ``8->32`` (quoted) |
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import torch
 
 # The argparse types and closed sets are the tools CLIs' (python -m adatriton.autotune / calibrate): one spelling.
-from adatriton.tools.cli import DTYPE_ALIASES, MODELS, fraction, non_negative_int, positive_int
+from adatriton.tools.cli import DTYPE_ALIASES, MODELS, fraction, non_negative_int, output_stride, positive_int
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +33,7 @@ __all__ = [
     "MODELS",
     "fraction",
     "non_negative_int",
+    "output_stride",
     "positive_int",
 ]
 

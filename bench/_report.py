@@ -20,9 +20,11 @@ from ._schema import COLUMNS, KEY, Row
 __all__ = [
     "BACKEND_COLORS",
     "COMPASS",
+    "CPU_MA_SLACK",
     "GROUP",
     "MIN_CALLS",
     "NOISY_SPREAD",
+    "NOISY_VERDICT",
     "REALISED_MIN_SAVING",
     "merge_csv",
     "noise",
@@ -32,6 +34,7 @@ __all__ = [
     "ratios",
     "read_csv",
     "summary",
+    "target",
     "verdict",
     "write_reports",
     "x_axis",
@@ -55,14 +58,20 @@ GROUP = (
     "device",
     "timestamp",
 )
-#: The issues' targets for the 8->32 model at level-0 fraction 0.3, time over dense OS8: (device kind, dtype) ->
-#: at most this ratio. The line also gives MA/OS8: at the dense network's multiply-add rate the time ratio cannot
-#: go below it (0.46 for the synthetic map at 0.3, at 256x512 as at 1024x2048).
-COMPASS = {("cuda", "float16"): 0.55, ("cpu", "float32"): 0.40}
-#: A timing is ``noisy`` (:func:`noise`) when max/min of its timed calls exceeds this ...
+#: The issues' targets for the 8->32 model at level-0 fraction 0.3, time over dense OS8, on a GPU: (device kind,
+#: dtype) -> at most this ratio.
+COMPASS = {("cuda", "float16"): 0.55}
+#: On the CPU (fp32) the convs run at the dense network's multiply-add rate at best, so MA/OS8 is the floor of t/OS8
+#: and the target is relative to it: t/OS8 <= CPU_MA_SLACK x MA/OS8 (0.60 for the synthetic map at 0.3, MA/OS8 =
+#: 0.459, at 256x512 as at 1024x2048). A fixed number below the floor (the old 0.40) could never be met.
+CPU_MA_SLACK = 1.3
+#: A timing is ``noisy`` (:func:`noise`) when max/min of its timed calls exceeds this (one call took more than 25%
+#: longer than another: the machine was busy, and a ratio of two such timings can be off by as much) ...
 NOISY_SPREAD = 1.25
 #: ... or when fewer calls than this were timed.
 MIN_CALLS = 5
+#: What a target line says instead of a verdict when a timing it divides is noisy: no verdict from unusable timings.
+NOISY_VERDICT = "noisy: rerun on an idle machine"
 #: ``realised`` is shown only where the MAs save more than this fraction of the reference's.
 REALISED_MIN_SAVING = 0.05
 
@@ -130,12 +139,34 @@ def noise(time_min: float, time_max: float, calls: int) -> str:
 
 
 def verdict(ratio: float, target: float, *timings: tuple[float, float, int]) -> str:
-    """``"met"`` / ``"not met"`` for ``ratio <= target``, marked ``noisy`` (with the reasons) when any of the
-    ``timings`` (``(min, max, calls)`` of the rows the ratio divides) is (:func:`noise`), e.g.
-    ``"met (noisy: 3 timed calls < 5)"``."""
+    """``"met"`` / ``"not met"`` for ``ratio <= target``; when any of the ``timings`` (``(min, max, calls)`` of the
+    rows the ratio divides) is noisy (:func:`noise`) no verdict but :data:`NOISY_VERDICT` with the reasons, e.g.
+    ``"noisy: rerun on an idle machine (max/min 1.40 > 1.25)"``."""
     reasons = list(dict.fromkeys(r for t in timings for r in _noise_reasons(*t)))
-    text = "met" if ratio <= target else "not met"
-    return f"{text} (noisy: {', '.join(reasons)})" if reasons else text
+    if reasons:
+        return f"{NOISY_VERDICT} ({', '.join(reasons)})"
+    return "met" if ratio <= target else "not met"
+
+
+def target(device_kind: str, dtype: str, ma_os8: float) -> tuple[float, str] | None:
+    """The target on t/OS8 of the 8->32 row at level-0 fraction 0.3, and how it is written, or None (no target for
+    this device and dtype): :data:`COMPASS` on a GPU; on the CPU in fp32 :data:`CPU_MA_SLACK` x MA/OS8, the
+    multiply-add ratio being the floor there.
+
+    Args:
+        device_kind: ``"cpu"`` or ``"cuda"``.
+        dtype: the row's dtype (``"float32"``, ``"float16"``, ...).
+        ma_os8: the row's MA/OS8.
+    """
+    if (device_kind, dtype) == ("cpu", "float32"):
+        if math.isnan(ma_os8):
+            return None
+        value = CPU_MA_SLACK * ma_os8
+        return value, f"target <= {CPU_MA_SLACK} x MA/OS8 = {value:.3f}; floor MA/OS8 = {ma_os8:.3f}"
+    value = COMPASS.get((device_kind, dtype))
+    if value is None:
+        return None
+    return value, f"target <= {value}, MA/OS8 = {ma_os8:.3f}"
 
 
 def ratios(table: pd.DataFrame, references: tuple[str, str] = ("8", "16")) -> pd.DataFrame:
@@ -225,8 +256,8 @@ def summary(
 ) -> str:
     """The markdown summary of a suite's CSV: per model and configuration one table with each row's median time
     and its min–max, the time relative to dense OS8 / OS16 of the same run and the realised fraction of the MA
-    savings, then the targets (:data:`COMPASS`, verdicts marked ``noisy`` by :func:`verdict`) and the notes of the
-    last run."""
+    savings, then the targets (:func:`target`; :func:`verdict`: none from noisy timings) and the notes of the last
+    run."""
     t = ratios(table, references)
     a, b = (f"OS{r}" for r in references)
     out = [
@@ -296,8 +327,8 @@ def _compass(t: pd.DataFrame) -> list[str]:
         & t["scope"].isin(["backbone", "model"])
     ]
     for _, r in hits.iterrows():
-        target = COMPASS.get((_device_kind(r["device"]), r["dtype"]))
-        if target is None or math.isnan(r["t_os8"]):
+        goal = target(_device_kind(r["device"]), r["dtype"], r["ma_os8"])
+        if goal is None or math.isnan(r["t_os8"]):
             continue
         timings = [(r["time_min_ms"], r["time_max_ms"], int(r["iters"]))]
         if not math.isnan(r["ref_iters"]):
@@ -305,7 +336,7 @@ def _compass(t: pd.DataFrame) -> list[str]:
         lines.append(
             f"- {r['model']} ({r['scope']}), 8->32 at level-0 fraction 0.3 ({r['mask_source']} mask, dispatcher), "
             f"{r['height']}x{r['width']} {r['dtype']} on {r['device']}: t/OS8 = {r['t_os8']:.3f} "
-            f"(target <= {target}, MA/OS8 = {r['ma_os8']:.3f}): {verdict(r['t_os8'], target, *timings)}"
+            f"({goal[1]}): {verdict(r['t_os8'], goal[0], *timings)}"
         )
     return lines
 

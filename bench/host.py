@@ -607,13 +607,16 @@ def _spread(row) -> str:
 
 
 def _verdict(ok: bool, noisy: str = "") -> str:
-    return ("met" if ok else "not met") + (f" ({noisy})" if noisy else "")
+    from ._report import NOISY_VERDICT  # as summarize's import: the report module loads pandas
+
+    # A noisy timing gives no verdict (bench._report.verdict's rule); noisy is noise()'s "noisy: reasons".
+    return f"{NOISY_VERDICT} ({noisy.removeprefix('noisy: ')})" if noisy else ("met" if ok else "not met")
 
 
 def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), references=()) -> str:
     """The ``host`` suite's markdown summary: per conversion and configuration one table (scenario, device ops and
     syncs per forward, host time per forward and per conv with min–max), then the issue's targets
-    (:data:`TARGETS`, timing verdicts marked ``noisy`` by :func:`bench._report.noise`) and the notes of the last
+    (:data:`TARGETS`; no timing verdict where :func:`bench._report.noise` says noisy) and the notes of the last
     run."""
     from ._report import noise
 

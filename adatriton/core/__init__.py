@@ -4,7 +4,15 @@ from .export import TracedCounts, explain_export_failure, is_traced, traced_stag
 from .layout import Layout, block_sums, ceil_div
 from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
 from .multires import MultiResMap, densify_values, expect_map
-from .strides import CONVERSIONS, OUTPUT_STRIDES, TILE_STRIDE, default_tile, num_levels_of, parse_output_stride
+from .strides import (
+    CONVERSIONS,
+    OUTPUT_STRIDES,
+    TILE_STRIDE,
+    canonical_stride,
+    default_tile,
+    num_levels_of,
+    parse_output_stride,
+)
 
 __all__ = [
     "CONVERSIONS",
@@ -19,6 +27,7 @@ __all__ = [
     "TracedCounts",
     "TILE_STRIDE",
     "block_sums",
+    "canonical_stride",
     "ceil_div",
     "default_tile",
     "densify_values",

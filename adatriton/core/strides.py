@@ -7,9 +7,18 @@ A conversion ``"a->b"`` keeps the finest output stride ``a`` where the level map
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
 
-__all__ = ["CONVERSIONS", "OUTPUT_STRIDES", "TILE_STRIDE", "default_tile", "num_levels_of", "parse_output_stride"]
+__all__ = [
+    "CONVERSIONS",
+    "OUTPUT_STRIDES",
+    "TILE_STRIDE",
+    "canonical_stride",
+    "default_tile",
+    "num_levels_of",
+    "parse_output_stride",
+]
 
 #: Adaptive conversions: name -> (finest output stride, number of adaptive downsamplings K).
 CONVERSIONS: dict[str, tuple[int, int]] = {"8->16": (8, 1), "8->32": (8, 2), "16->32": (16, 1), "1->8": (1, 3)}
@@ -25,12 +34,38 @@ OUTPUT_STRIDES: dict[str, tuple[int, int]] = {
 }
 
 
+# "8->32", "8→32", "8to32", "8:32", spaces anywhere: "8to32" and "8:32" survive a shell unquoted ("->" is a redirect).
+_STRIDE_SPELLING = re.compile(r"(\d+)(?:(?:->|→|to|:)(\d+))?", re.IGNORECASE)
+
+
+def canonical_stride(output_stride: str | int) -> str:
+    """The canonical name of an output stride spelling: ``"8to32"``, ``"8:32"``, ``"8→32"``, ``"8 -> 32"`` ->
+    ``"8->32"``; ``8`` and ``" 8 "`` -> ``"8"``.
+
+    The one place that reads the spellings: every parser of output strides (Python API, graph path, CLIs) calls it,
+    and names written out (CSV columns, reprs) are the canonical ``"a->b"``.
+
+    Args:
+        output_stride: a name in any accepted spelling, or an int.
+
+    Returns:
+        The canonical name; anything that is not a spelling of a stride comes back without its spaces, for the
+        caller to reject with its own message (this function never decides which strides exist).
+    """
+    key = re.sub(r"\s+", "", str(output_stride))
+    match = _STRIDE_SPELLING.fullmatch(key)
+    if match is None:
+        return key
+    return match.group(1) if match.group(2) is None else f"{match.group(1)}->{match.group(2)}"
+
+
 def parse_output_stride(
     output_stride: str | int,
     choices: Mapping[str, tuple[int, int]] = OUTPUT_STRIDES,
     error: type[Exception] = ValueError,
 ) -> tuple[str, int, int]:
-    """Normalise an output stride (``8``, ``"8"``, ``"8->32"``, ``"8→32"``, ``"8 -> 32"``) to ``(name, finest, K)``.
+    """Normalise an output stride (``8``, ``"8"``, ``"8->32"``, ``"8to32"``, ``"8:32"``, ``"8→32"``, ``"8 -> 32"``:
+    see :func:`canonical_stride`) to ``(name, finest, K)``.
 
     Args:
         output_stride: a name, or an int (also a numpy integer) for a dense stride.
@@ -42,20 +77,20 @@ def parse_output_stride(
     """
     if isinstance(output_stride, bool) or not isinstance(output_stride, (str, numbers.Integral)):
         raise error(f"unknown output_stride {output_stride!r}: output_stride must be one of {list(choices)}")
-    key = str(output_stride if isinstance(output_stride, str) else int(output_stride))
-    key = key.replace("→", "->").replace(" ", "")
+    key = canonical_stride(output_stride if isinstance(output_stride, str) else int(output_stride))
     if key not in choices:
         raise error(f"unknown output_stride {output_stride!r}: output_stride must be one of {list(choices)}")
     return (key, *choices[key])
 
 
 def num_levels_of(conversion: str | int) -> int:
-    """Number of adaptive downsamplings ``K`` of a conversion name such as ``"8->32"`` (ints pass through)."""
+    """Number of adaptive downsamplings ``K`` of a conversion name such as ``"8->32"`` or ``"8to32"`` (ints pass
+    through)."""
     if isinstance(conversion, int) and not isinstance(conversion, bool):
         if conversion < 0:
             raise ValueError(f"number of levels must be >= 0, got {conversion}")
         return conversion
-    key = str(conversion).replace("→", "->").replace(" ", "")
+    key = canonical_stride(conversion)
     if key not in CONVERSIONS:
         raise ValueError(f"unknown conversion {conversion!r}; expected one of {sorted(CONVERSIONS)} or an int K")
     return CONVERSIONS[key][1]

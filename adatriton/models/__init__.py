@@ -14,6 +14,7 @@ from .checkpoints import (
     load_d2net_state_dict,
     read_checkpoint,
 )
+from .convert import ConversionProblem, ConversionWarning, coarsest_level_macs
 from .d2net import (
     ADAPTIVE_STRIDE,
     CAFFE_MEAN_BGR,
@@ -73,6 +74,9 @@ from .segmentation import (
 )
 
 __all__ = [
+    "ConversionProblem",
+    "ConversionWarning",
+    "coarsest_level_macs",
     "ADAPTIVE_STRIDE",
     "AdaptiveGraphModule",
     "AdaptiveResNet",

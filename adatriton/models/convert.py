@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torchvision.models import ResNet
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
 from ..core.strides import parse_output_stride
 from ..runtime.backend import BACKENDS
-from .graph import UNSUPPORTED, convert_graph
+from .graph import UNSUPPORTED, AdaptiveGraphModule, GraphConversionError, convert_graph
+from .graph.converter import with_meta_parameters
 from .resnet import LAYERS, STEM, AdaptiveResNet
 from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
 
-__all__ = ["convert"]
+__all__ = ["ConversionWarning", "ConversionProblem", "convert", "coarsest_level_macs"]
+
+
+class ConversionWarning(UserWarning):
+    """A conversion that silently does nothing or costs more: the model got no adaptive layer (or, at a dense output
+    stride, no changed layer), or its coarsest uniform level costs more multiply-adds than the dense network at its
+    coarsest stride (for ``"8->32"`` on a stride-32 CNN: the original network). The
+    message gives the counts and the conversion summary (``net.conversion_summary()``)."""
+
+
+class ConversionProblem(GraphConversionError):
+    """What :func:`convert` raises under ``strict=True`` instead of a :class:`ConversionWarning` (a ``ValueError``)."""
 
 
 def convert(
@@ -27,6 +44,7 @@ def convert(
     example_input=None,
     unsupported: str = "error",
     method: str = "auto",
+    strict: bool = False,
 ) -> nn.Module:
     """Convert a torchvision model to run at ``output_stride``, sharing its weights.
 
@@ -45,7 +63,8 @@ def convert(
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks; the ints ``8``, ``16``, ``32`` mean the same) or
             ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive: finest grid at the first stride, downsampled by a level
             map towards the second); the graph path takes any power of two and any ``"a->b"`` with powers of two
-            ``a < b``.
+            ``a < b``. ``"8to32"`` and ``"8:32"`` (safe in a shell) read as ``"8->32"``
+            (:func:`~adatriton.core.strides.canonical_stride`).
         backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
             resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``). Checked here,
             before anything is converted.
@@ -60,11 +79,23 @@ def convert(
             rules cannot express (``"error"`` or ``"densify"``).
         method: ``"auto"``: bottleneck ResNets and the segmentation models on them take the ResNet path, every
             other model the ``torch.fx`` graph path (docs/semantics.md §8); ``"graph"`` forces the graph path.
+        strict: raise :class:`ConversionProblem` where a :class:`ConversionWarning` would be issued.
+
+    Warns:
+        ConversionWarning: (graph path; the ResNet path always converts layer2 on, and its coarsest level is the
+            original network) the converted model has no adaptive conv (an adaptive ``output_stride``) or no changed
+            layer (a dense one): it computes what the original does, e.g. ``swin_t`` at ``"8"``, or ``googlenet``
+            and ``convnext_tiny`` with ``unsupported="densify"``. Or its uniform coarsest level (every location
+            downsampled ``K`` times) costs more multiply-adds on the example input than the dense network at the
+            conversion's coarsest stride (the original network for ``"8->32"`` on a stride-32 CNN), e.g.
+            ``shufflenet_v2_x1_0`` at ``"8->32"``, whose channel shuffle densifies the map on the OS8 grid. The
+            message gives the counts and :meth:`~adatriton.models.graph.AdaptiveGraphModule.conversion_summary`.
 
     Raises:
         ValueError: an unknown ``output_stride`` or ``backend`` (the message names the argument, the value given
             and the accepted ones), before the model is touched.
         TypeError: a model of another kind.
+        ConversionProblem: ``strict=True`` and the conversion would warn (see Warns).
 
     Returns:
         A module with the same state_dict keys and shared parameters (the graph path:
@@ -82,6 +113,8 @@ def convert(
         >>> seg = adatriton.convert(adatriton.models.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
         >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
     """
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {strict!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"convert expects the model to convert, an nn.Module (e.g. torchvision.models.resnet50()), got "
@@ -103,7 +136,120 @@ def convert(
         raise ValueError("filter_fn and downsampling apply to bottleneck ResNets; the graph path takes neither")
     if unsupported not in UNSUPPORTED:
         raise ValueError(f"unsupported must be one of {UNSUPPORTED}, got {unsupported!r}")
-    return convert_graph(model, output_stride, example_input, backend, unsupported)
+    net = convert_graph(model, output_stride, example_input, backend, unsupported)
+    problem = _problem(net, model)
+    if problem is not None:
+        if strict:
+            raise ConversionProblem(problem)
+        warnings.warn(problem, ConversionWarning, stacklevel=2)
+    return net
+
+
+def _problem(net: AdaptiveGraphModule, model: nn.Module) -> str | None:
+    """Why a graph conversion would do nothing or cost more (the warning's text), or None."""
+    what = f"convert({type(model).__name__}, {net.output_stride!r}, unsupported={net.unsupported!r})"
+    tail = f"\n{net.conversion_summary()}\n(strict=True raises instead of warning)"
+    if net.adaptive and not net.adaptive_convs():
+        return (
+            f"{what} gets no adaptive layer (0 adaptive convs): the model runs as the dense network at OS"
+            f"{net.finest_stride}, whatever the level map says, so it never saves work{tail}"
+        )
+    if not net.adaptive and not any(p.op in ("dense-dilated", "dense-identity") for p in net.plan):
+        return (
+            f"{what} changes no layer (0 adaptive convs, 0 layers at another stride or dilation): it returns "
+            f"exactly what the original model computes{tail}"
+        )
+    # Every layer past the entry on the map: at a uniform level K each conv computes the elements its strided original
+    # computes (ceil(H / s) a side), so the count can only differ where a node runs densely at a finer stride than the
+    # original (after a densify, or dilated): count only then, as the two meta runs cost about a second.
+    finer = any(p.op in ("densify", "dense-dilated", "dense-identity") for p in net.plan)
+    if net.adaptive and finer:
+        coarsest_stride = net.finest_stride << net.num_levels
+        dense = net.with_output_stride(str(coarsest_stride))
+        reference = _macs(dense, net.example_shapes)
+        coarsest = coarsest_level_macs(net)
+        if coarsest > reference:
+            # Against the dense network at the conversion's coarsest stride, which the coarsest level should match:
+            # the original network itself when that is the model's own output stride ("8->32" on a stride-32 CNN).
+            if any(p.op in ("dense-dilated", "dense-identity") for p in dense.plan):
+                against = f"the dense network at OS{coarsest_stride}"
+            else:
+                against = f"the original network (OS{coarsest_stride})"
+            ratio = coarsest / reference if reference else math.inf
+            return (
+                f"{what} costs more at its coarsest uniform level: {coarsest:.3g} multiply-adds (every location "
+                f"downsampled {net.num_levels} times) against {reference:.3g} for {against}, {ratio:.2f}x, on an "
+                f"input of shape {net.example_shapes[0]}{tail}"
+            )
+    return None
+
+
+class _ConvMacs(TorchFunctionMode):
+    """Multiply-adds of every conv / linear call on a named weight, per call in order: ``(weight name, MAs,
+    output elements)`` (the count of :func:`adatriton.analysis.count_macs`, here so that convert, a lower layer, can
+    check a conversion without pandas)."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__()
+        self.names, self.calls = names, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (torch.conv1d, torch.conv2d, torch.conv3d, F.linear):
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            name = self.names.get(id(weight))
+            if name is not None:
+                per_element = weight[0].numel() * weight.shape[0]  # Cout * Cin/groups * taps (linear: Cout * Cin)
+                elements = out.numel() // weight.shape[0]
+                self.calls.append((name, per_element * elements, elements))
+        return out
+
+
+def _conv_calls(model: nn.Module, shapes: Sequence) -> list[tuple[str, int, int]]:
+    """The conv / linear calls of ``model`` on meta inputs of ``shapes`` (:class:`_ConvMacs`)."""
+    inputs = [torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in shapes]
+
+    def run(root: nn.Module, meta_inputs: list) -> list[tuple[str, int, int]]:
+        mode = _ConvMacs({id(t): n.removesuffix(".weight") for n, t in root.named_parameters()})
+        with mode:
+            root(*meta_inputs)
+        return mode.calls
+
+    return with_meta_parameters(model, inputs, run)
+
+
+def _macs(model: nn.Module, shapes: Sequence) -> int:
+    return sum(macs for _, macs, _ in _conv_calls(model, shapes))
+
+
+def coarsest_level_macs(net: AdaptiveGraphModule, shapes: Sequence | None = None) -> int:
+    """Multiply-adds of a graph-converted adaptive network at its coarsest uniform level (every location downsampled
+    ``K`` times), counted on meta tensors: the dense network at the finest stride calls the same convs in the same
+    order, and each conv that runs on the map counts the elements of its output stage instead.
+
+    Args:
+        net: an adaptive :class:`~adatriton.models.graph.AdaptiveGraphModule`.
+        shapes: input shapes (default: the conversion's example input).
+
+    Returns:
+        The total, equal to ``adatriton.count_macs(net, x, uniform K map).total``.
+    """
+    shapes = net.example_shapes if shapes is None else shapes
+    n, h, w = net.finest_grid(*[torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in shapes])
+    # A uniform level-K map keeps one element per aligned 2^j cell at stage j (docs/semantics.md §4).
+    elements = [n * math.ceil(h / (1 << j)) * math.ceil(w / (1 << j)) for j in range(net.num_levels + 1)]
+    pending: dict[str, list] = {}
+    for plan in net.adaptive_convs():  # in execution order, as the calls
+        pending.setdefault(plan.target, []).append(plan)
+    total = 0
+    for name, macs, dense_elements in _conv_calls(net.finest_network(), shapes):
+        calls = pending.get(name)
+        if calls:
+            plan = calls.pop(0)
+            macs = macs // dense_elements * elements[plan.stage + int(plan.downsample)]
+        total += macs
+    return total
 
 
 def _bottleneck_resnet(model: nn.Module) -> bool:

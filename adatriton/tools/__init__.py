@@ -27,6 +27,7 @@ _SOURCES = {
     "device": "cli",
     "fraction": "cli",
     "non_negative_int": "cli",
+    "output_stride": "cli",
     "param_groups": "train",
     "poly_lr": "train",
     "positive_int": "cli",

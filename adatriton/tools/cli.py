@@ -2,7 +2,8 @@
 ``python -m adatriton.calibrate`` and the benchmark CLI (``python -m bench``) use the same names, values and aliases.
 
 - ``--model`` (alias ``--backbones``): ``resnet50``, ``resnet101``, ``resnet152``.
-- ``--output-stride``: ``8->16``, ``8->32``, ``16->32`` (``8→32`` and ``8 -> 32`` read the same).
+- ``--output-stride``: ``8to16``, ``8to32``, ``16to32``; ``8:32``, ``8->32`` (quoted: unquoted ``>`` is a shell
+  redirect), ``8→32`` and ``8 -> 32`` read the same (:func:`~adatriton.core.strides.canonical_stride`).
 - ``--dtype``: ``fp16``, ``bf16``, ``fp32`` (``fp64`` where float64 runs); torch's names ``float16``,
   ``bfloat16``, ``float32``, ``float64`` are aliases.
 - ``--repeats`` (alias ``--iters``): timed calls, a positive int.
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..core.strides import OUTPUT_STRIDES
+from ..core.strides import OUTPUT_STRIDES, canonical_stride
 
 __all__ = [
     "ADAPTIVE_OUTPUT_STRIDES",
@@ -33,6 +34,7 @@ __all__ = [
     "device",
     "fraction",
     "non_negative_int",
+    "output_stride",
     "positive_int",
 ]
 
@@ -94,8 +96,10 @@ def device(text: str) -> str:
     return text
 
 
-def _output_stride(text: str) -> str:
-    return text.replace("→", "->").replace(" ", "")  # then argparse checks the choices
+def output_stride(text: str) -> str:
+    """argparse ``type``: the canonical name of an output stride spelling (``8to32``, ``8:32``, ``8->32``, ...),
+    for argparse's ``choices`` (canonical names) to check."""
+    return canonical_stride(text)
 
 
 def _dtype_name(text: str) -> str:
@@ -137,7 +141,7 @@ def add_model_arguments(p: argparse.ArgumentParser, output_strides: Sequence[str
     )
     p.add_argument(
         "--output-stride",
-        type=_output_stride,
+        type=output_stride,
         choices=tuple(output_strides),
         default="8->32",
         help="adaptive output stride (default: %(default)s)",

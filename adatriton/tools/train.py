@@ -479,7 +479,11 @@ def train(
             generator in one process, 0 when distributed, since every process must agree).
         num_workers: DataLoader workers.
         sync_batchnorm: synchronise the BatchNorm statistics over the processes (:func:`convert_sync_batchnorm`,
-            in place); no effect in one process.
+            in place); no effect in one process. After training the parameters are identical on every rank either
+            way (DDP averages the gradients); the BatchNorm running statistics are identical only with
+            ``sync_batchnorm=True``. Without it each rank updates them from its own shard of the batch, and DDP
+            copies rank 0's buffers to the others only at the start of each forward, so they differ by the last
+            step's update (the checkpoint holds rank 0's).
         amp: mixed precision: the forward and loss under ``torch.autocast`` (``amp_dtype``), with a
             ``GradScaler`` for CUDA float16.
         amp_dtype: None: float16 on CUDA, bfloat16 on the CPU (the only dtype CPU autocast has).

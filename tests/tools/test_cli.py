@@ -28,6 +28,9 @@ MAINS = {"autotune": tool_autotune.main, "calibrate": tool_calibrate.main}
         pytest.param(["--backbones", "resnet152"], {"model": "resnet152"}, id="model-alias-backbones"),
         pytest.param(["--output-stride", "16->32"], {"output_stride": "16->32"}, id="output-stride"),
         pytest.param(["--output-stride", "8 → 16"], {"output_stride": "8->16"}, id="output-stride-arrow"),
+        pytest.param(["--output-stride", "8to32"], {"output_stride": "8->32"}, id="output-stride-to"),
+        pytest.param(["--output-stride", "16TO32"], {"output_stride": "16->32"}, id="output-stride-TO"),
+        pytest.param(["--output-stride", "8:16"], {"output_stride": "8->16"}, id="output-stride-colon"),
         pytest.param(["--size", "64", "96", "--batch", "2"], {"size": [64, 96], "batch": 2}, id="size-batch"),
         pytest.param(["--device", "cuda:1"], {"device": "cuda:1"}, id="device-index"),
     ],
@@ -116,3 +119,11 @@ def test_python_dash_m_entry_points_still_work():
     assert bad.returncode == 2 and "invalid choice: '8-32'" in bad.stderr and "Traceback" not in bad.stderr
     ok = subprocess.run([sys.executable, "-m", "adatriton.autotune", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--backbones" in ok.stdout and "--dtype" in ok.stdout
+
+
+def test_the_shell_safe_spelling_survives_an_unquoted_shell_command(tmp_path):
+    # What a user types: "8to32" unquoted reaches the CLI whole, where "8->32" unquoted would be a redirect.
+    command = f"{sys.executable} -c 'import sys; from adatriton.tools.autotune import _parser; "
+    command += "print(_parser().parse_args(sys.argv[1:]).output_stride)' --output-stride 8to32"
+    out = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "8->32" and list(tmp_path.iterdir()) == []

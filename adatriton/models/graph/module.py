@@ -152,6 +152,41 @@ class AdaptiveGraphModule(nn.Module):
         """The convs that run on maps, in execution order (``target`` is the module path)."""
         return [p for p in self.plan if p.op == "conv" and p.on_map]
 
+    def conversion_summary(self, limit: int = 10) -> str:
+        """What the conversion did, in a few lines: the layers converted to run on the multi-resolution map, those
+        run densely at another stride or dilation, those densified (each with why) and how many were left alone.
+
+        :func:`adatriton.convert` prints it in a :class:`~adatriton.models.convert.ConversionWarning` when a
+        conversion does nothing or costs more than the original.
+
+        Args:
+            limit: at most this many layers are named per group (the counts are always complete).
+
+        Returns:
+            The summary, one line per group.
+        """
+        convs = self.adaptive_convs()
+        on_map = [p for p in self.plan if p.on_map and p.op != "conv"]
+        strided = [p for p in self.plan if p.op in ("dense-dilated", "dense-identity")]
+        densified = [p for p in self.plan if p.op == "densify"]
+        unchanged = sum(p.op == "dense" for p in self.plan)
+
+        def names(plans: list[NodePlan]) -> str:
+            shown = ", ".join(p.target for p in plans[:limit])
+            return f": {shown}" + (f", ... ({len(plans) - limit} more)" if len(plans) > limit else "") if plans else ""
+
+        lines = [
+            f"conversion {self.output_stride!r} (unsupported={self.unsupported!r}) of {len(self.plan)} traced nodes:",
+            f"  converted: {len(convs)} adaptive convs{names(convs)}; {len(on_map)} other nodes on the map",
+            f"  dense at another stride or dilation: {len(strided)}{names(strided)}",
+            f"  densified (run densely on the densified map): {len(densified)}",
+        ]
+        lines += [f"    {p.target} (node {p.node!r}): {p.note}" for p in densified[:limit]]
+        if len(densified) > limit:
+            lines.append(f"    ... ({len(densified) - limit} more)")
+        lines.append(f"  left alone (dense, as in the original): {unchanged} nodes")
+        return "\n".join(lines)
+
     def finest_grid(self, *inputs: Tensor) -> tuple[int, int, int]:
         """``(N, Hf, Wf)`` of the finest grid for inputs of these shapes (any device, meta included)."""
         if self.entry is None:

@@ -16,6 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...core.strides import canonical_stride
 from ...nn.modules import DeformableConv2d
 
 __all__ = [
@@ -174,7 +175,8 @@ class NodePlan:
 
 
 def parse_graph_output_stride(output_stride: str | int) -> tuple[str, int, int]:
-    """``"8"`` -> ``("8", 8, 0)``; ``"8->32"`` (or ``"8→32"``, ``"8 -> 32"``) -> ``("8->32", 8, 2)``.
+    """``"8"`` -> ``("8", 8, 0)``; ``"8->32"`` (or ``"8to32"``, ``"8:32"``, ``"8→32"``, ``"8 -> 32"``: the spellings of
+    :func:`~adatriton.core.strides.canonical_stride`) -> ``("8->32", 8, 2)``.
 
     Any power of two is a dense output stride, and any ``"a->b"`` with powers of two ``a < b`` an adaptive
     conversion with ``K = log2(b / a)`` levels.
@@ -184,7 +186,7 @@ def parse_graph_output_stride(output_stride: str | int) -> tuple[str, int, int]:
     """
     if isinstance(output_stride, bool) or not isinstance(output_stride, (str, int)):
         raise ValueError(f"unknown output_stride {output_stride!r}: expected e.g. '8', '16' or '8->32'")
-    key = str(output_stride).replace("→", "->").replace(" ", "")
+    key = canonical_stride(output_stride)
     match = re.fullmatch(r"(\d+)(?:->(\d+))?", key)
     if match is None:
         raise ValueError(f"unknown output_stride {output_stride!r}: expected e.g. '8', '16' or '8->32'")
