@@ -49,6 +49,7 @@ from .rules import (
     conv_problem,
     fetch,
     global_dims,
+    grid_problem,
     inplace_false,
     keeps_shape,
     pair,
@@ -153,6 +154,7 @@ class Converter:
         self.lm_node: fx.Node | None = None
         self.backend_node: fx.Node | None = None
         self.checked = False
+        self.jump: tuple[fx.Node, int, int] | None = None  # the first layer that jumps past OS a: (node, from, to)
         self.finest: tuple[int, int, int] | None = None
         # id(value) -> (value, its map / dense form); holding the value keeps its id from being reused
         self.entered: dict[int, tuple[_Value, _Value]] = {}
@@ -184,12 +186,15 @@ class Converter:
     def record(self, node: fx.Node, op: str, **info) -> None:
         self.plan.nodes.append(NodePlan(node.name, _target_name(node), op, **info))
 
-    def problem(self, node: fx.Node, reason: str) -> None:
-        """A layer the rules cannot express: raise, or (``unsupported="densify"``) let it run densely."""
+    def problem(self, node: fx.Node, reason: str, fix: str = "") -> None:
+        """A layer the rules cannot express: raise, or (``unsupported="densify"``) let it run densely.
+
+        ``fix``: what the user can do, where the default advice (``unsupported='densify'``) is not it."""
         if self.unsupported == "error":
             raise GraphConversionError(
                 f"node {node.name!r} ({node.op} {_target_name(node)}): {reason}. The rules of docs/semantics.md §8 "
-                "cannot express it; convert(..., unsupported='densify') runs it densely on the densified map instead"
+                "cannot express it; "
+                + (fix or "convert(..., unsupported='densify') runs it densely on the densified map instead")
             )
 
     def backend(self) -> fx.Node:
@@ -286,7 +291,15 @@ class Converter:
         at_finest = [v for v in spatial if v.t == self.a and self.res(v) == self.a]
         jumped = [v for v in spatial if v.t < self.a and self.res(v) == v.t]
         if jumped and not at_finest:
-            self.problem(node, f"the stride goes from OS{jumped[0].t} to OS{t_out}, past the finest OS{self.a}")
+            self.jump = self.jump or (node, jumped[0].t, t_out)
+            fix = (
+                f"convert with a finest stride of OS{jumped[0].t} or finer, so that the adaptive part starts before "
+                "this layer (if the layers from there on have rules); unsupported='densify' runs it densely, which "
+                f"helps only where another layer leaves OS{self.a} from a value at OS{self.a}"
+            )
+            self.problem(
+                node, f"the stride goes from OS{jumped[0].t} to OS{t_out} in one layer, past the finest OS{self.a}", fix
+            )
         return at_finest
 
     # ------------------------------------------------------------------ the pass
@@ -423,21 +436,48 @@ class Converter:
         return env
 
     def finish(self) -> None:
-        strides = [t for t in (self.t_of(n) for n in self.orig) if t is not None]
-        deepest = max(strides, default=1)
+        """Check that the conversion found its adaptive part; the error says what the model has instead."""
+        named = [(n, t) for n, t in ((n, self.t_of(n)) for n in self.orig) if t is not None]
+        deepest, where = max(((t, n.name) for n, t in reversed(named)), default=(1, None), key=lambda p: p[0])
+        found = f"the model reaches output stride {deepest} at most" + (f" (node {where!r})" if where else "")
+        strides = ", ".join(str(t) for t in sorted({t for _, t in named}))
         if self.k == 0:
             if self.a > deepest:
-                raise GraphConversionError(f"the model reaches output stride {deepest} at most, not {self.a}")
+                raise GraphConversionError(
+                    f"dense conversion {str(self.a)!r}: {found}, not {self.a}. Convert to an output stride the model "
+                    f"has (its values have the output strides {strides})"
+                )
             if not self.checked:  # nothing goes past the output stride: check levels on its last grid, if any
                 at_stride = [v for v in self.values.values() if v.kind == "dense" and v.t == self.a == self.res(v)]
                 self.call(check_dense_levels, (self.levels_node, at_stride[-1] if at_stride else None))
             return
-        if self.b > deepest or self.lm_node is None:
-            raise GraphConversionError(
-                f"conversion {self.a}->{self.b} needs {self.k} stride-2 layers after OS{self.a}; the model reaches "
-                f"output stride {deepest} at most"
-                + ("" if self.lm_node is not None else f" and never takes the stride past OS{self.a}")
+        if self.lm_node is not None and self.b <= deepest:
+            return
+        conversion = f"conversion '{self.a}->{self.b}' needs {self.k} stride-2 layers from OS{self.a} to OS{self.b}"
+        if self.jump is not None:
+            node, t_in, t_out = self.jump
+            fix = (
+                f"a conversion whose finest stride is one the model has at or before that layer (OS{t_in} or finer), "
+                f"if the layers from there on have rules"
+                if t_in > 1
+                else "none: this model has no value between the image and that layer's output to start from"
             )
+            raise GraphConversionError(
+                f"{conversion}, but node {node.name!r} ({_target_name(node)}) takes the stride from OS{t_in} to "
+                f"OS{t_out} in one layer, past OS{self.a}, so the model has no value at OS{self.a} for the adaptive part "
+                f"to start from (its values have the output strides {strides}). Possible conversions: {fix}"
+            )
+        if self.b > deepest:
+            fix = f"'{self.a}->{deepest}'" if deepest > self.a else f"a dense output stride such as '{deepest}'"
+            raise GraphConversionError(
+                f"{conversion}, but {found}: it has {max(deepest.bit_length() - self.a.bit_length(), 0)} of them (its "
+                f"values have the output strides {strides}). Convert to {fix} instead, or to a conversion ending at "
+                f"OS{deepest} or before"
+            )
+        raise GraphConversionError(
+            f"{conversion}, but no layer takes the stride past OS{self.a} from a value at OS{self.a}, although {found} "
+            f"(its values have the output strides {strides}); the rules of docs/semantics.md §8 find no adaptive part"
+        )
 
     def convert(self, node: fx.Node) -> _Value:
         args = fx.node.map_arg(node.args, lambda n: self.values[n])
@@ -482,7 +522,7 @@ class Converter:
                 note = (
                     densified
                     + (f"; then {op}" if op != "dense" else "")
-                    + (f" ({info['note']})" if "note" in info else "")
+                    + (f" ({info['note']})" if info.get("note", densified) != densified else "")
                 )
                 info = {**info, "note": note}
                 op = "densify"
@@ -496,6 +536,7 @@ class Converter:
             record("dense")
             return self.emit(node, node.op, node.target, args, kwargs)
         t, r = x.t, self.res(x)
+        self.check_grid(node, module, pool, x)
         if isinstance(module, nn.Conv2d):
             stride = pair(module.stride)
             strided = stride is not None and stride[0] == 2 and t >= self.a
@@ -523,6 +564,32 @@ class Converter:
         self.problem(node, self.pool_problem(pool))
         record("dense", note=f"as is: {self.pool_problem(pool)}")
         return self.emit(node, node.op, node.target, args, kwargs)
+
+    def check_grid(self, node: fx.Node, module: nn.Module | None, pool: PoolGeometry | None, x: _Value) -> None:
+        """Refuse a conv or pool of the dense part (its output at most at OS ``a``) whose grid is neither the floor
+        nor the ceil of its input's over its stride (an unpadded conv, an even kernel with stride 1, ...): the
+        finest grid would then depend on the input size in a way the rules of docs/semantics.md §8 do not follow
+        (on other input sizes than the example's, its sizes fit no output stride)."""
+        if self.k == 0 or x.t != self.res(x):
+            return
+        if isinstance(module, nn.Conv2d):
+            geometry = (module.kernel_size, module.stride, module.padding, module.dilation, False)
+        else:
+            geometry = (pool.kernel, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        stride = pair(geometry[1])
+        if stride is None or x.t * max(stride) > self.a:  # the adaptive part: the rules on maps check it
+            return
+        found = grid_problem(*geometry)
+        if found is None:
+            return
+        what, fix = found
+        size = tuple(self.orig[node].shape[-2:]) if isinstance(self.orig[node], Tensor) else None
+        raise GraphConversionError(
+            f"node {node.name!r} ({node.op} {_target_name(node)}) in the dense part (OS{x.t}, before the adaptive part "
+            f"at OS{self.a}): its {what} (on the example input {tuple(x.meta.shape[-2:])} -> {size}). "
+            f"docs/semantics.md §8 needs the finest grid to be the ceil or the floor of the image over {self.a} at "
+            f"every input size (other sizes would fit no output stride), and this layer breaks that. Give it {fix}"
+        )
 
     @staticmethod
     def pool_problem(pool: PoolGeometry) -> str:
