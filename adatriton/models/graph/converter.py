@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ from .rules import (
     pair,
     permutation,
     pool_geometry,
+    upsampling,
 )
 
 __all__ = ["Converter", "Plan", "planning_inputs", "trace", "with_meta_parameters"]
@@ -154,6 +156,7 @@ class Converter:
         self.lm_node: fx.Node | None = None
         self.backend_node: fx.Node | None = None
         self.checked = False
+        self.smoothed: list[str] = []  # non-nearest upsamplings of densified values (see :meth:`upsample`)
         self.jump: tuple[fx.Node, int, int] | None = None  # the first layer that jumps past OS a: (node, from, to)
         self.finest: tuple[int, int, int] | None = None
         # id(value) -> (value, its map / dense form); holding the value keeps its id from being reused
@@ -311,12 +314,22 @@ class Converter:
                 size that works, where the cause is an example input too small for the conversion.
         """
         try:
-            return self.write()
+            plan = self.write()
         except Exception as err:
             too_small = self.example_too_small(err)
             if too_small is None:
                 raise
             raise too_small from err
+        if self.smoothed:
+            warnings.warn(
+                f"decoder upsampling (node {'; node '.join(self.smoothed)}) reads features that the converted network "
+                f"holds densified on the finest grid, i.e. nearest-upsampled from their own output stride: a uniform "
+                f"level map equals the original network up to there, not after (docs/semantics.md §8, decoders). "
+                "Upsampling in 'nearest' mode keeps a uniform level-K map equal to the original network",
+                UserWarning,
+                stacklevel=2,
+            )
+        return plan
 
     def write(self) -> Plan:
         """:meth:`run` without the check of the example input's size."""
@@ -464,8 +477,8 @@ class Converter:
             )
             raise GraphConversionError(
                 f"{conversion}, but node {node.name!r} ({_target_name(node)}) takes the stride from OS{t_in} to "
-                f"OS{t_out} in one layer, past OS{self.a}, so the model has no value at OS{self.a} for the adaptive part "
-                f"to start from (its values have the output strides {strides}). Possible conversions: {fix}"
+                f"OS{t_out} in one layer, past OS{self.a}, so the model has no value at OS{self.a} for the adaptive "
+                f"part to start from (its values have the output strides {strides}). Possible conversions: {fix}"
             )
         if self.b > deepest:
             fix = f"'{self.a}->{deepest}'" if deepest > self.a else f"a dense output stride such as '{deepest}'"
@@ -531,11 +544,15 @@ class Converter:
         module = fetch(self.root, node.target) if node.op == "call_module" else None
         x = args[0] if args and isinstance(args[0], _Value) else None
         pool = pool_geometry(module if module is not None else node.target, args[1:], kwargs)
-        spatial = isinstance(module, nn.Conv2d) or pool is not None
+        up = upsampling(module if module is not None else node.target, args[1:], kwargs)
+        transposed = isinstance(module, nn.ConvTranspose2d) or node.target is F.conv_transpose2d
+        spatial = isinstance(module, nn.Conv2d) or pool is not None or up is not None or transposed
         if not spatial or x is None or x.kind != "dense" or x.t is None or self.res(x) is None:
             record("dense")
             return self.emit(node, node.op, node.target, args, kwargs)
         t, r = x.t, self.res(x)
+        if up is not None or transposed:
+            return self.upsample(node, x, up, args, kwargs, record)
         self.check_grid(node, module, pool, x)
         if isinstance(module, nn.Conv2d):
             stride = pair(module.stride)
@@ -564,6 +581,40 @@ class Converter:
         self.problem(node, self.pool_problem(pool))
         record("dense", note=f"as is: {self.pool_problem(pool)}")
         return self.emit(node, node.op, node.target, args, kwargs)
+
+    def upsample(self, node: fx.Node, x: _Value, up: dict | None, args: tuple, kwargs: dict, record) -> _Value:
+        """A decoder's upsampling (or transposed conv) of a dense value (docs/semantics.md §8, "Decoders").
+
+        Where the value is computed at its own output stride it runs as in the original network. Where it is held
+        finer (a densified map: at ``r < t``), the dense network at stride ``a`` upsamples only below ``r``: to an
+        output stride ``t' >= r`` the upsampling is the identity (as a 2x2 pool with stride 2 is there), below it
+        a ``scale_factor`` becomes ``r / t'``; a ``size=`` taken from the skip's shape is right as it is."""
+        t, r, t_out = x.t, self.res(x), self.t_of(node)
+        if r == t or t_out is None:
+            record("dense")
+            return self.emit(node, node.op, node.target, args, kwargs)
+        if up is None:
+            why = f"a transposed conv of features at OS{t} that the converted network holds at OS{r} (densified)"
+            self.problem(
+                node,
+                why,
+                "upsample with F.interpolate / nn.Upsample (and a conv), which has a rule, or convert to a "
+                f"conversion ending at OS{r}",
+            )
+            record("dense", note=f"as is: {why}")
+            return self.emit(node, node.op, node.target, args, kwargs)
+        if up["mode"] != "nearest":
+            self.smoothed.append(f"{node.name!r} ({up['mode']}, OS{t} held at OS{r})")
+        if t_out >= r:
+            record("dense-identity", note=f"upsampling to OS{t_out}: the values are at OS{r} already")
+            return _Value(x.node, "dense", x.meta, t_out)
+        if up["size"] is not None:
+            record("dense")
+            return self.emit(node, node.op, node.target, args, kwargs)
+        factor = r // t_out
+        record("dense", note=f"upsampling from OS{r} (densified) to OS{t_out}: scale_factor {factor}")
+        up = {**up, "scale_factor": factor, "recompute_scale_factor": None}
+        return self.emit(node, "call_function", F.interpolate, (x,), up)
 
     def check_grid(self, node: fx.Node, module: nn.Module | None, pool: PoolGeometry | None, x: _Value) -> None:
         """Refuse a conv or pool of the dense part (its output at most at OS ``a``) whose grid is neither the floor

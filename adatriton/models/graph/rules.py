@@ -43,6 +43,7 @@ __all__ = [
     "parse_graph_output_stride",
     "permutation",
     "pool_geometry",
+    "upsampling",
 ]
 
 #: What ``convert(..., unsupported=)`` does with a layer the rules cannot express on a map (an even kernel with
@@ -299,11 +300,27 @@ def grid_problem(
             fix = "padding d * (k // 2) with an odd kernel k, or a kernel equal to its stride without padding"
             return (
                 f"kernel {k}, stride {s}, padding {p}, dilation {d}{' (ceil mode)' if ceil_mode else ''} turns a "
-                f"side of x pixels into {'ceil' if ceil_mode else 'floor'}((x {'+' if e >= 0 else '-'} {abs(e)}) / {si}) "
-                f"+ 1 pixels, neither floor(x / {si}) nor ceil(x / {si})",
+                f"side of x pixels into {'ceil' if ceil_mode else 'floor'}((x {'+' if e >= 0 else '-'} {abs(e)}) "
+                f"/ {si}) + 1 pixels, neither floor(x / {si}) nor ceil(x / {si})",
                 fix,
             )
     return None
+
+
+def upsampling(fn_or_module: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """The arguments of ``F.interpolate`` (after its input) that an upsampling call or module stands for, or None
+    where it is none (``nn.Upsample``, ``nn.UpsamplingNearest2d`` / ``UpsamplingBilinear2d`` included)."""
+    if isinstance(fn_or_module, nn.Upsample):  # the UpsamplingNearest2d / UpsamplingBilinear2d subclasses too
+        m = fn_or_module
+        return {
+            "size": m.size, "scale_factor": m.scale_factor, "mode": m.mode, "align_corners": m.align_corners,
+            "recompute_scale_factor": m.recompute_scale_factor,
+        }  # fmt: skip
+    if fn_or_module is not F.interpolate:
+        return None
+    bound = inspect.signature(F.interpolate).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "input"}
 
 
 def conv_problem(m: nn.Conv2d) -> str:
