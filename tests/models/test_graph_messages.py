@@ -64,7 +64,7 @@ def test_squeezenet_names_its_unpadded_stem_conv():
 @pytest.mark.parametrize(
     ("strides", "conversion", "found", "fix"),
     [
-        (3, "8->32", "reaches output stride 8 at most (node '_2'): it has 0 of them", "dense output stride such as '8'"),
+        (3, "8->32", "reaches output stride 8 at most (node '_2'): it has 0 of them", "output stride such as '8'"),
         (4, "8->32", "reaches output stride 16 at most (node '_3'): it has 1 of them", "'8->16'"),
         (2, "8", "reaches output stride 4 at most (node '_1'), not 8", "its values have the output strides 1, 2, 4"),
     ],
