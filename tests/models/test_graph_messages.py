@@ -87,7 +87,7 @@ def test_vit_says_its_patchify_conv_jumps_past_the_finest_stride(vit):
         adatriton.convert(vit, "8->32", example_input=torch.empty(1, 3, 224, 224))
     message = str(err.value)
     assert message.startswith("node 'conv_proj' (call_module conv_proj): the stride goes from OS1 to OS16 in one layer")
-    assert "convert with a finest stride of OS1 or finer" in message
+    assert "no conversion starts before this layer (its input is the image)" in message
     assert "helps only where another layer leaves OS8 from a value at OS8" in message
 
 

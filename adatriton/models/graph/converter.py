@@ -295,10 +295,15 @@ class Converter:
         jumped = [v for v in spatial if v.t < self.a and self.res(v) == v.t]
         if jumped and not at_finest:
             self.jump = self.jump or (node, jumped[0].t, t_out)
-            fix = (
+            before = (
                 f"convert with a finest stride of OS{jumped[0].t} or finer, so that the adaptive part starts before "
-                "this layer (if the layers from there on have rules); unsupported='densify' runs it densely, which "
-                f"helps only where another layer leaves OS{self.a} from a value at OS{self.a}"
+                "this layer (if the layers from there on have rules)"
+                if jumped[0].t > 1
+                else "no conversion starts before this layer (its input is the image)"
+            )
+            fix = (
+                f"{before}; unsupported='densify' runs it densely, which helps only where another layer leaves "
+                f"OS{self.a} from a value at OS{self.a}"
             )
             self.problem(
                 node, f"the stride goes from OS{jumped[0].t} to OS{t_out} in one layer, past the finest OS{self.a}", fix
