@@ -3,7 +3,7 @@ converts and the converted model equals the dense simulation of the rules (``tes
 on a random mixed level map, in float64, or it raises a clear ``GraphConversionError``; no other exception, ever.
 
 The CNNs mix convs of every kernel size, stride, dilation and grouping the rules name (and some they do not: padding
-modes other than zeros, 3x3 pools with stride 2), BatchNorm, the activations ReLU, ReLU6,
+modes other than zeros, unpadded convs, even kernels, 3x3 pools with stride 2), BatchNorm, the activations ReLU, ReLU6,
 Hardswish, SiLU and GELU, residual additions (strided ones with a 1x1 shortcut), 2x2 max and average pools,
 squeeze-and-excitation, and sometimes a classifier head; inputs of odd sizes, and example inputs of other (also
 very small) sizes. Derandomized (the same 200 networks every run), a few channels each.
@@ -78,11 +78,17 @@ def layers(draw, cin: int, stride: int) -> tuple[nn.Module, int]:
         return SqueezeExcite(cin), cin
     cout = draw(st.integers(1, 4))
     if kind == "odd":
-        # Layers the rules cannot express on a map, sizes kept as a padded conv keeps them: padding modes other than
-        # zeros. (Unpadded or even kernels in the dense part make a finest grid that is neither the ceil nor the
-        # floor of the image over a, which the simulation does not model: see the report of issue 23.)
-        mode = draw(st.sampled_from(["reflect", "replicate", "circular"]))
-        return nn.Conv2d(cin, cout, 3, stride, 1, padding_mode=mode), cout
+        # Layers the rules cannot express on a map: padding modes other than zeros, unpadded convs, even kernels.
+        # In the dense part the converter refuses those whose grid is neither the floor nor the ceil of the input's
+        # over the stride (unpadded, 2x2 with stride 1); a 2x2 / stride 2 or a 4x4 / stride 2 / padding 1 conv
+        # keeps it (the floor) and runs there as in the original network.
+        odd = draw(st.sampled_from(["reflect", "replicate", "circular", "unpadded", "even", "even"]))
+        if odd == "unpadded":
+            return nn.Conv2d(cin, cout, 3, stride, 0), cout
+        if odd == "even":
+            k = draw(st.sampled_from([2, 4]))
+            return nn.Conv2d(cin, cout, k, stride, draw(st.sampled_from([0, 1]))), cout
+        return nn.Conv2d(cin, cout, 3, stride, 1, padding_mode=odd), cout
     if kind == "res":
         body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
@@ -118,10 +124,10 @@ def cases(draw):
     coarsest = a << k
     size = st.integers(coarsest, 3 * coarsest - 1)
     x_size = (draw(size), draw(size))
-    # Example inputs of other sizes than the input, but big enough that no value of the model shrinks to 1x1 on them:
-    # smaller ones meet the converter's TypeError of issue 23 item 5 (helper "split" fixes it; then lower this bound).
-    big = st.integers(2 << strides, 3 << strides)
-    example = draw(st.one_of(st.none(), st.tuples(big, big)))
+    # Example inputs of other sizes than the input, down to 1x1: one too small for the conversion must raise the
+    # GraphConversionError that says so (and gives the smallest size that works).
+    side = st.integers(1, 3 << strides)
+    example = draw(st.one_of(st.none(), st.tuples(side, side)))
     seed = draw(st.integers(0, 2**16))
     return conversion, nn.Sequential(*modules), x_size, example, seed
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -279,6 +280,14 @@ def _dense(node, module, args, kwargs, t_out, a, res_of, unsupported):
     x = args[0] if args else None
     if isinstance(x, Dense) and x.t is not None and x.res is not None:
         t, r = x.t, x.res
+        up = _upsampling(node, module, raw[0][1:], raw[1])
+        if up is not None and r < t and t_out is not None:
+            # Decoders: the dense network at stride a upsamples only below the stride r it holds the values at.
+            if t_out >= r:
+                return Dense(x.x, t_out, r)
+            if up["size"] is None:
+                out = F.interpolate(x.x, scale_factor=r // t_out, mode=up["mode"], align_corners=up["align_corners"])
+                return Dense(out, t_out, res_of(out))
         if isinstance(module, nn.Conv2d):
             k, (s, _), (d, _) = module.kernel_size[0], module.stride, module.dilation
             if (s == 2 and t >= a) or (r != t and k > 1):
@@ -304,6 +313,17 @@ def _dense(node, module, args, kwargs, t_out, a, res_of, unsupported):
     if isinstance(out, Tensor):
         return Dense(out, t_out, res_of(out))
     return out
+
+
+def _upsampling(node, module, args, kwargs) -> dict | None:
+    """``size``, ``mode`` and ``align_corners`` of an ``F.interpolate`` call or ``nn.Upsample`` module, else None."""
+    if isinstance(module, nn.Upsample):
+        return {"size": module.size, "mode": module.mode, "align_corners": module.align_corners}
+    if node.op != "call_function" or node.target is not F.interpolate:
+        return None
+    bound = inspect.signature(F.interpolate).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return {k: bound.arguments[k] for k in ("size", "mode", "align_corners")}
 
 
 def _avg_step(sim: DenseSim, dense: Tensor, stage: int) -> Tensor:

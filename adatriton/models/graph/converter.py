@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,11 +50,13 @@ from .rules import (
     conv_problem,
     fetch,
     global_dims,
+    grid_problem,
     inplace_false,
     keeps_shape,
     pair,
     permutation,
     pool_geometry,
+    upsampling,
 )
 
 __all__ = ["Converter", "Plan", "planning_inputs", "trace", "with_meta_parameters"]
@@ -153,6 +156,8 @@ class Converter:
         self.lm_node: fx.Node | None = None
         self.backend_node: fx.Node | None = None
         self.checked = False
+        self.smoothed: list[str] = []  # non-nearest upsamplings of densified values (see :meth:`upsample`)
+        self.jump: tuple[fx.Node, int, int] | None = None  # the first layer that jumps past OS a: (node, from, to)
         self.finest: tuple[int, int, int] | None = None
         # id(value) -> (value, its map / dense form); holding the value keeps its id from being reused
         self.entered: dict[int, tuple[_Value, _Value]] = {}
@@ -184,12 +189,15 @@ class Converter:
     def record(self, node: fx.Node, op: str, **info) -> None:
         self.plan.nodes.append(NodePlan(node.name, _target_name(node), op, **info))
 
-    def problem(self, node: fx.Node, reason: str) -> None:
-        """A layer the rules cannot express: raise, or (``unsupported="densify"``) let it run densely."""
+    def problem(self, node: fx.Node, reason: str, fix: str = "") -> None:
+        """A layer the rules cannot express: raise, or (``unsupported="densify"``) let it run densely.
+
+        ``fix``: what the user can do, where the default advice (``unsupported='densify'``) is not it."""
         if self.unsupported == "error":
             raise GraphConversionError(
                 f"node {node.name!r} ({node.op} {_target_name(node)}): {reason}. The rules of docs/semantics.md §8 "
-                "cannot express it; convert(..., unsupported='densify') runs it densely on the densified map instead"
+                "cannot express it; "
+                + (fix or "convert(..., unsupported='densify') runs it densely on the densified map instead")
             )
 
     def backend(self) -> fx.Node:
@@ -286,7 +294,20 @@ class Converter:
         at_finest = [v for v in spatial if v.t == self.a and self.res(v) == self.a]
         jumped = [v for v in spatial if v.t < self.a and self.res(v) == v.t]
         if jumped and not at_finest:
-            self.problem(node, f"the stride goes from OS{jumped[0].t} to OS{t_out}, past the finest OS{self.a}")
+            self.jump = self.jump or (node, jumped[0].t, t_out)
+            before = (
+                f"convert with a finest stride of OS{jumped[0].t} or finer, so that the adaptive part starts before "
+                "this layer (if the layers from there on have rules)"
+                if jumped[0].t > 1
+                else "no conversion starts before this layer (its input is the image)"
+            )
+            fix = (
+                f"{before}; unsupported='densify' runs it densely, which helps only where another layer leaves "
+                f"OS{self.a} from a value at OS{self.a}"
+            )
+            self.problem(
+                node, f"the stride goes from OS{jumped[0].t} to OS{t_out} in one layer, past the finest OS{self.a}", fix
+            )
         return at_finest
 
     # ------------------------------------------------------------------ the pass
@@ -298,12 +319,22 @@ class Converter:
                 size that works, where the cause is an example input too small for the conversion.
         """
         try:
-            return self.write()
+            plan = self.write()
         except Exception as err:
             too_small = self.example_too_small(err)
             if too_small is None:
                 raise
             raise too_small from err
+        if self.smoothed:
+            warnings.warn(
+                f"decoder upsampling (node {'; node '.join(self.smoothed)}) reads features that the converted network "
+                f"holds densified on the finest grid, i.e. nearest-upsampled from their own output stride: a uniform "
+                f"level map equals the original network up to there, not after (docs/semantics.md §8, decoders). "
+                "Upsampling in 'nearest' mode keeps a uniform level-K map equal to the original network",
+                UserWarning,
+                stacklevel=2,
+            )
+        return plan
 
     def write(self) -> Plan:
         """:meth:`run` without the check of the example input's size."""
@@ -423,21 +454,48 @@ class Converter:
         return env
 
     def finish(self) -> None:
-        strides = [t for t in (self.t_of(n) for n in self.orig) if t is not None]
-        deepest = max(strides, default=1)
+        """Check that the conversion found its adaptive part; the error says what the model has instead."""
+        named = [(n, t) for n, t in ((n, self.t_of(n)) for n in self.orig) if t is not None]
+        deepest, where = max(((t, n.name) for n, t in reversed(named)), default=(1, None), key=lambda p: p[0])
+        found = f"the model reaches output stride {deepest} at most" + (f" (node {where!r})" if where else "")
+        strides = ", ".join(str(t) for t in sorted({t for _, t in named}))
         if self.k == 0:
             if self.a > deepest:
-                raise GraphConversionError(f"the model reaches output stride {deepest} at most, not {self.a}")
+                raise GraphConversionError(
+                    f"dense conversion {str(self.a)!r}: {found}, not {self.a}. Convert to an output stride the model "
+                    f"has (its values have the output strides {strides})"
+                )
             if not self.checked:  # nothing goes past the output stride: check levels on its last grid, if any
                 at_stride = [v for v in self.values.values() if v.kind == "dense" and v.t == self.a == self.res(v)]
                 self.call(check_dense_levels, (self.levels_node, at_stride[-1] if at_stride else None))
             return
-        if self.b > deepest or self.lm_node is None:
-            raise GraphConversionError(
-                f"conversion {self.a}->{self.b} needs {self.k} stride-2 layers after OS{self.a}; the model reaches "
-                f"output stride {deepest} at most"
-                + ("" if self.lm_node is not None else f" and never takes the stride past OS{self.a}")
+        if self.lm_node is not None and self.b <= deepest:
+            return
+        conversion = f"conversion '{self.a}->{self.b}' needs {self.k} stride-2 layers from OS{self.a} to OS{self.b}"
+        if self.jump is not None:
+            node, t_in, t_out = self.jump
+            fix = (
+                f"a conversion whose finest stride is one the model has at or before that layer (OS{t_in} or finer), "
+                f"if the layers from there on have rules"
+                if t_in > 1
+                else "none: this model has no value between the image and that layer's output to start from"
             )
+            raise GraphConversionError(
+                f"{conversion}, but node {node.name!r} ({_target_name(node)}) takes the stride from OS{t_in} to "
+                f"OS{t_out} in one layer, past OS{self.a}, so the model has no value at OS{self.a} for the adaptive "
+                f"part to start from (its values have the output strides {strides}). Possible conversions: {fix}"
+            )
+        if self.b > deepest:
+            fix = f"'{self.a}->{deepest}'" if deepest > self.a else f"a dense output stride such as '{deepest}'"
+            raise GraphConversionError(
+                f"{conversion}, but {found}: it has {max(deepest.bit_length() - self.a.bit_length(), 0)} of them (its "
+                f"values have the output strides {strides}). Convert to {fix} instead, or to a conversion ending at "
+                f"OS{deepest} or before"
+            )
+        raise GraphConversionError(
+            f"{conversion}, but no layer takes the stride past OS{self.a} from a value at OS{self.a}, although {found} "
+            f"(its values have the output strides {strides}); the rules of docs/semantics.md §8 find no adaptive part"
+        )
 
     def convert(self, node: fx.Node) -> _Value:
         args = fx.node.map_arg(node.args, lambda n: self.values[n])
@@ -482,7 +540,7 @@ class Converter:
                 note = (
                     densified
                     + (f"; then {op}" if op != "dense" else "")
-                    + (f" ({info['note']})" if "note" in info else "")
+                    + (f" ({info['note']})" if info.get("note", densified) != densified else "")
                 )
                 info = {**info, "note": note}
                 op = "densify"
@@ -491,11 +549,16 @@ class Converter:
         module = fetch(self.root, node.target) if node.op == "call_module" else None
         x = args[0] if args and isinstance(args[0], _Value) else None
         pool = pool_geometry(module if module is not None else node.target, args[1:], kwargs)
-        spatial = isinstance(module, nn.Conv2d) or pool is not None
+        up = upsampling(module if module is not None else node.target, args[1:], kwargs)
+        transposed = isinstance(module, nn.ConvTranspose2d) or node.target is F.conv_transpose2d
+        spatial = isinstance(module, nn.Conv2d) or pool is not None or up is not None or transposed
         if not spatial or x is None or x.kind != "dense" or x.t is None or self.res(x) is None:
             record("dense")
             return self.emit(node, node.op, node.target, args, kwargs)
         t, r = x.t, self.res(x)
+        if up is not None or transposed:
+            return self.upsample(node, x, up, args, kwargs, record)
+        self.check_grid(node, module, pool, x)
         if isinstance(module, nn.Conv2d):
             stride = pair(module.stride)
             strided = stride is not None and stride[0] == 2 and t >= self.a
@@ -523,6 +586,66 @@ class Converter:
         self.problem(node, self.pool_problem(pool))
         record("dense", note=f"as is: {self.pool_problem(pool)}")
         return self.emit(node, node.op, node.target, args, kwargs)
+
+    def upsample(self, node: fx.Node, x: _Value, up: dict | None, args: tuple, kwargs: dict, record) -> _Value:
+        """A decoder's upsampling (or transposed conv) of a dense value (docs/semantics.md §8, "Decoders").
+
+        Where the value is computed at its own output stride it runs as in the original network. Where it is held
+        finer (a densified map: at ``r < t``), the dense network at stride ``a`` upsamples only below ``r``: to an
+        output stride ``t' >= r`` the upsampling is the identity (as a 2x2 pool with stride 2 is there), below it
+        a ``scale_factor`` becomes ``r / t'``; a ``size=`` taken from the skip's shape is right as it is."""
+        t, r, t_out = x.t, self.res(x), self.t_of(node)
+        if r == t or t_out is None:
+            record("dense")
+            return self.emit(node, node.op, node.target, args, kwargs)
+        if up is None:
+            why = f"a transposed conv of features at OS{t} that the converted network holds at OS{r} (densified)"
+            self.problem(
+                node,
+                why,
+                "upsample with F.interpolate / nn.Upsample (and a conv), which has a rule, or convert to a "
+                f"conversion ending at OS{r}",
+            )
+            record("dense", note=f"as is: {why}")
+            return self.emit(node, node.op, node.target, args, kwargs)
+        if up["mode"] != "nearest":
+            self.smoothed.append(f"{node.name!r} ({up['mode']}, OS{t} held at OS{r})")
+        if t_out >= r:
+            record("dense-identity", note=f"upsampling to OS{t_out}: the values are at OS{r} already")
+            return _Value(x.node, "dense", x.meta, t_out)
+        if up["size"] is not None:
+            record("dense")
+            return self.emit(node, node.op, node.target, args, kwargs)
+        factor = r // t_out
+        record("dense", note=f"upsampling from OS{r} (densified) to OS{t_out}: scale_factor {factor}")
+        up = {**up, "scale_factor": factor, "recompute_scale_factor": None}
+        return self.emit(node, "call_function", F.interpolate, (x,), up)
+
+    def check_grid(self, node: fx.Node, module: nn.Module | None, pool: PoolGeometry | None, x: _Value) -> None:
+        """Refuse a conv or pool of the dense part (its output at most at OS ``a``) whose grid is neither the floor
+        nor the ceil of its input's over its stride (an unpadded conv, an even kernel with stride 1, ...): the
+        finest grid would then depend on the input size in a way the rules of docs/semantics.md §8 do not follow
+        (on other input sizes than the example's, its sizes fit no output stride)."""
+        if self.k == 0 or x.t != self.res(x):
+            return
+        if isinstance(module, nn.Conv2d):
+            geometry = (module.kernel_size, module.stride, module.padding, module.dilation, False)
+        else:
+            geometry = (pool.kernel, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        stride = pair(geometry[1])
+        if stride is None or x.t * max(stride) > self.a:  # the adaptive part: the rules on maps check it
+            return
+        found = grid_problem(*geometry)
+        if found is None:
+            return
+        what, fix = found
+        size = tuple(self.orig[node].shape[-2:]) if isinstance(self.orig[node], Tensor) else None
+        raise GraphConversionError(
+            f"node {node.name!r} ({node.op} {_target_name(node)}) in the dense part (OS{x.t}, before the adaptive part "
+            f"at OS{self.a}): its {what} (on the example input {tuple(x.meta.shape[-2:])} -> {size}). "
+            f"docs/semantics.md §8 needs the finest grid to be the ceil or the floor of the image over {self.a} at "
+            f"every input size (other sizes would fit no output stride), and this layer breaks that. Give it {fix}"
+        )
 
     @staticmethod
     def pool_problem(pool: PoolGeometry) -> str:

@@ -37,12 +37,14 @@ __all__ = [
     "conv_problem",
     "fetch",
     "global_dims",
+    "grid_problem",
     "inplace_false",
     "keeps_shape",
     "pair",
     "parse_graph_output_stride",
     "permutation",
     "pool_geometry",
+    "upsampling",
 ]
 
 #: What ``convert(..., unsupported=)`` does with a layer the rules cannot express on a map (an even kernel with
@@ -231,6 +233,7 @@ class PoolGeometry:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     exotic: str  # return_indices / divisor_override: what the merge rules do not cover, or ""
+    ceil_mode: bool = False
 
 
 def keeps_shape(root: nn.Module, node: fx.Node, args: tuple, kwargs: dict) -> bool:
@@ -250,13 +253,13 @@ def pool_geometry(fn_or_module: Any, args: tuple, kwargs: dict) -> PoolGeometry 
         m = fn_or_module
         return PoolGeometry(
             "max", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), pair(m.dilation),
-            "return_indices" if m.return_indices else "",
+            "return_indices" if m.return_indices else "", bool(m.ceil_mode),
         )  # fmt: skip
     if isinstance(fn_or_module, nn.AvgPool2d):
         m = fn_or_module
         return PoolGeometry(
             "avg", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), (1, 1),
-            "divisor_override" if m.divisor_override else "",
+            "divisor_override" if m.divisor_override else "", bool(m.ceil_mode),
         )  # fmt: skip
     if fn_or_module is F.max_pool2d:
         names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
@@ -271,7 +274,55 @@ def pool_geometry(fn_or_module: Any, args: tuple, kwargs: dict) -> PoolGeometry 
     stride = pair(bound.get("stride") or bound["kernel_size"])
     exotic = "return_indices" if bound.get("return_indices") else ""
     exotic = exotic or ("divisor_override" if bound.get("divisor_override") else "")
-    return PoolGeometry(kind, kernel, stride, pair(bound.get("padding", 0)), pair(bound.get("dilation", 1)), exotic)
+    padding, dilation = pair(bound.get("padding", 0)), pair(bound.get("dilation", 1))
+    return PoolGeometry(kind, kernel, stride, padding, dilation, exotic, bool(bound.get("ceil_mode", False)))
+
+
+def grid_problem(
+    kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool = False
+) -> tuple[str, str] | None:
+    """Why a conv or pool in the dense part breaks the finest grid, with what would fix it; None where it does not.
+
+    docs/semantics.md §8 takes the finest grid to be the ceil or the floor of the image over ``a``. A layer of
+    stride ``s`` keeps that for every input size exactly where its output is always ``floor(x / s)`` or
+    ``ceil(x / s)`` or in between: its output ``floor((x + e) / s) + 1`` (``e = 2p - d (k - 1) - 1``) needs
+    ``-s <= e <= -1`` (``1 - 2s <= e <= -s`` in ceil mode). A chain of such layers stays between the floor and the
+    ceil of the image over the product of their strides, so checking layer by layer suffices.
+    """
+    k, s, d = pair(kernel), pair(stride), pair(dilation)
+    if padding == "same":
+        return None if s == (1, 1) else ("padding 'same' with a stride", "padding d * (k // 2) with an odd k")
+    p = (0, 0) if padding == "valid" else pair(padding)
+    if None in (k, s, d, p):
+        return None
+    for ki, si, pi, di in zip(k, s, p, d):
+        e = 2 * pi - di * (ki - 1) - 1
+        low, high = (1 - 2 * si, -si) if ceil_mode else (-si, -1)
+        if not low <= e <= high:
+            fix = "padding d * (k // 2) with an odd kernel k, or a kernel equal to its stride without padding"
+            return (
+                f"kernel {k}, stride {s}, padding {p}, dilation {d}{' (ceil mode)' if ceil_mode else ''} turns a "
+                f"side of x pixels into {'ceil' if ceil_mode else 'floor'}((x {'+' if e >= 0 else '-'} {abs(e)}) "
+                f"/ {si}) + 1 pixels, neither floor(x / {si}) nor ceil(x / {si})",
+                fix,
+            )
+    return None
+
+
+def upsampling(fn_or_module: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """The arguments of ``F.interpolate`` (after its input) that an upsampling call or module stands for, or None
+    where it is none (``nn.Upsample``, ``nn.UpsamplingNearest2d`` / ``UpsamplingBilinear2d`` included)."""
+    if isinstance(fn_or_module, nn.Upsample):  # the UpsamplingNearest2d / UpsamplingBilinear2d subclasses too
+        m = fn_or_module
+        return {
+            "size": m.size, "scale_factor": m.scale_factor, "mode": m.mode, "align_corners": m.align_corners,
+            "recompute_scale_factor": m.recompute_scale_factor,
+        }  # fmt: skip
+    if fn_or_module is not F.interpolate:
+        return None
+    bound = inspect.signature(F.interpolate).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "input"}
 
 
 def conv_problem(m: nn.Conv2d) -> str:
