@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 import adatriton
 from adatriton import LevelMap
@@ -26,9 +26,15 @@ def _maps(batch: int = 1, grid: tuple[int, int] = (8, 9)) -> list[LevelMap]:
     return maps
 
 
-@pytest.mark.parametrize("backend", ["torch", "dense"])
-def test_compiled_model_takes_new_maps_without_recompiling(backend):
-    net = _tiny_resnet(backend)
+def _graph_path_resnet() -> torch.nn.Module:
+    """A BasicBlock ResNet: converted by the graph path, with standalone per-element BatchNorms."""
+    torch.manual_seed(0)
+    return adatriton.convert(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).eval(), "8->32").eval()
+
+
+@pytest.mark.parametrize("model", ["torch", "dense", "graph"])
+def test_compiled_model_takes_new_maps_without_recompiling(model):
+    net = _graph_path_resnet() if model == "graph" else _tiny_resnet(model)
     x = torch.randn(1, 3, 64, 72)
     maps = _maps()
     assert len({tuple(map(tuple, (lm.element_counts(j) for j in range(3)))) for lm in maps}) == len(maps)
@@ -39,7 +45,7 @@ def test_compiled_model_takes_new_maps_without_recompiling(backend):
         return gm.forward
 
     torch._dynamo.reset()
-    compiled = torch.compile(net, backend=counting_backend)
+    compiled = torch.compile(net, backend=counting_backend, fullgraph=True)
     with torch.no_grad():
         net(x, maps[1])  # a map whose layouts eager has cached is no different to the compiled graph
         for lm in maps + maps[:2]:  # new maps, then maps seen before
