@@ -1,5 +1,5 @@
-"""Level maps under ``torch.export``: errors that say which part cannot be traced and why, and the element counts of
-a traced map.
+"""Level maps under ``torch.export`` and ``torch.compile``: errors that say which part cannot be traced and why, and
+the element counts of a traced map.
 
 :class:`~adatriton.core.levelmap.LevelMap` is a pytree node (its leaf: the levels tensor; its context: ``K``), so
 ``torch.export`` takes it as an argument; ``levelmap.py`` registers it with the helpers here, which know nothing of
@@ -13,10 +13,19 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch._dynamo.decorators import mark_unbacked
 from torch._subclasses.fake_tensor import is_fake
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-__all__ = ["LevelMapExportError", "TracedCounts", "explain_export_failure", "is_traced", "traced_stage_counts"]
+__all__ = [
+    "LevelMapExportError",
+    "TracedCounts",
+    "count_sizes",
+    "dynamic_counts",
+    "explain_export_failure",
+    "is_traced",
+    "traced_stage_counts",
+]
 
 
 class LevelMapExportError(RuntimeError):
@@ -97,3 +106,27 @@ class TracedCounts:
                 )
             self.rows = traced_stage_counts(self.levels, self.num_levels)
         return self.rows[stage]
+
+
+def count_sizes(counts: list[list[int]]) -> list[list[Tensor | int]]:
+    """Carriers of a level map's element counts for ``torch.compile``: per stage ``j >= 1`` and level, an empty
+    ``(count, 0)`` tensor whose first size is marked unbacked; stage 0 (every finest cell) stays an int.
+
+    Dynamo specializes on Python ints it reads from an object (one graph per map), but takes the sizes of tensors it
+    reads as inputs: marked unbacked, a count is a symbol, never guarded on (not even 0 or 1), so one graph serves
+    every map of a grid shape. Zero elements wide, they hold no memory.
+    """
+    sizes: list[list[Tensor | int]] = [list(counts[0])]
+    for row in counts[1:]:
+        carriers = []
+        for count in row:
+            carrier = torch.empty((count, 0))
+            mark_unbacked(carrier, 0)
+            carriers.append(carrier)
+        sizes.append(carriers)
+    return sizes
+
+
+def dynamic_counts(sizes: list[Tensor | int]) -> list:
+    """The counts of one stage from :func:`count_sizes`: symbols while Dynamo traces, else ints."""
+    return [size if isinstance(size, int) else size.shape[0] for size in sizes]

@@ -51,12 +51,13 @@ class Layout:
         id_map: ``(N, Hp, Wp)`` element covering each pixel of the padded finest grid, or ``E`` (reads zero).
     """
 
-    def __init__(self, levels: LevelMap, stage: int, counts: list[int], values: Tensor):
+    def __init__(self, levels: LevelMap, stage: int, counts: list[int], values: Tensor, in_graph: bool = False):
         """Build the tables without host syncs: ``counts`` (elements per level, from the level map's one sync)
         sizes them, and a cumulative sum numbers the cells of each level.
 
         ``values`` is the level map's own ``(N, Hf, Wf)`` tensor (:attr:`LevelMap.levels` hands out copies, and a
-        copy per layout would be one more op in a traced forward); :meth:`LevelMap.layout` passes it.
+        copy per layout would be one more op in a traced forward); :meth:`LevelMap.layout` passes it. ``in_graph``:
+        built inside a compiled graph, with symbolic counts and not cached on the level map.
         """
         self.levelmap, self.stage = levels, stage
         lv, dev = values, levels.device
@@ -85,7 +86,9 @@ class Layout:
             cx.append(qx * s + s // 2)
             up = idx.repeat_interleave(s, 1).repeat_interleave(s, 2)
             view = self.id_map[:, : up.shape[1], : up.shape[2]]
-            torch.minimum(view, up, out=view)  # levels cover disjoint pixels; E marks "not covered"
+            # levels cover disjoint pixels; E marks "not covered". An assignment, not out=view: Dynamo takes no
+            # non-contiguous out= tensor (the view of an unpadded grid), and layouts are built inside compiled graphs.
+            view.copy_(torch.minimum(view, up))
         self.batch_index = torch.cat(batch_index)
         self.rows, self.cols = torch.cat(rows), torch.cat(cols)
         self.element_level = torch.cat(level)
@@ -93,6 +96,8 @@ class Layout:
         self._taps: dict[tuple[int, int, bool], Tensor] = {}
         self._kernel_tables: dict[tuple[int, int, bool], Tensor | None] = {}
         self._down: dict[str, Tensor] = {}
+        self.in_graph, self._next = in_graph, None
+        self.inference_tables = False  # built under torch.inference_mode (set by LevelMap.layout)
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +114,13 @@ class Layout:
     def next(self) -> Layout:
         if self.stage >= self.levelmap.num_levels:
             raise ValueError(f"no downsampling left: stage {self.stage} is the last of K={self.levelmap.num_levels}")
-        return self.levelmap.layout(self.stage + 1)
+        if not self.in_graph:
+            return self.levelmap.layout(self.stage + 1)
+        if self._next is None:
+            # Remembered here: inside a compiled graph the level map caches no layouts (LevelMap.layout), so every
+            # layer that steps down from this layout shares one next layout and its tables.
+            self._next = self.levelmap.layout(self.stage + 1)
+        return self._next
 
     def downsample_sources(self, variant: str = "top_left") -> Tensor:
         """Indices into this layout's elements that make each element of the next stage.

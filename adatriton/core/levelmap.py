@@ -13,7 +13,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 
 from ..runtime.host import to_host
-from .export import LevelMapExportError, TracedCounts, explain_export_failure, is_traced
+from .export import LevelMapExportError, TracedCounts, count_sizes, dynamic_counts, explain_export_failure, is_traced
 from .layout import Layout, block_sums, ceil_div
 from .strides import default_tile, num_levels_of
 
@@ -76,6 +76,7 @@ class LevelMap:
         self._levels = levels.to(torch.long, copy=True)
         self._stage_counts = self._validate_and_count()
         self._layouts: dict[int, Layout] = {}
+        self._count_sizes = count_sizes(self._stage_counts)  # what torch.compile reads the counts from
 
     # ------------------------------------------------------------------ validation
     @explain_export_failure
@@ -293,12 +294,26 @@ class LevelMap:
     # ------------------------------------------------------------------ layouts
     @explain_export_failure
     def layout(self, stage: int) -> Layout:
-        """The element layout after ``stage`` downsamplings (``0 <= stage <= K``), built once and cached."""
+        """The element layout after ``stage`` downsamplings (``0 <= stage <= K``), built once and cached.
+
+        Under ``torch.compile`` without gradients, the layout is built inside the compiled graph from the levels
+        tensor, with the element counts as unbacked symbols (:func:`~adatriton.core.export.count_sizes`) and
+        without the cache: one graph then serves every map of the grid shape (a cached layout's int counts, or a
+        cache filled by the trace, would make Dynamo guard on this map). With gradients, the counts stay ints and a
+        new map recompiles: BatchNorm's native op, run whenever a gradient may flow, guards on the count (is it 0?).
+        """
         if not 0 <= stage <= self.num_levels:
             raise ValueError(f"stage must be in 0..{self.num_levels}, got {stage}")
-        if stage not in self._layouts:
-            self._layouts[stage] = Layout(self, stage, self._stage_counts[stage], self._levels)
-        return self._layouts[stage]
+        if torch.compiler.is_dynamo_compiling() and self._count_sizes is not None and not torch.is_grad_enabled():
+            return Layout(self, stage, dynamic_counts(self._count_sizes[stage]), self._levels, in_graph=True)
+        cached = self._layouts.get(stage)
+        if cached is None or (cached.inference_tables and torch.is_grad_enabled()):
+            # Tables built under inference_mode are inference tensors, which autograd cannot save: where a gradient
+            # may flow they are built again (once), so a map first used under inference_mode also serves training.
+            cached = self._layouts[stage] = Layout(self, stage, self._stage_counts[stage], self._levels)
+            # (Dynamo cannot ask for inference mode; a compiled graph never runs in it with gradients enabled)
+            cached.inference_tables = not torch.compiler.is_dynamo_compiling() and torch.is_inference_mode_enabled()
+        return cached
 
     # ------------------------------------------------------------------ pytree and pickling
     def _flatten(self) -> tuple[list[Tensor], int]:
@@ -317,6 +332,7 @@ class LevelMap:
         # LevelMap, not a subclass: pytree nodes are looked up by exact type.
         lm = LevelMap.__new__(LevelMap)
         lm.num_levels, lm._levels, lm._layouts = num_levels, levels, {}
+        lm._count_sizes = None  # torch.export's counts are the symbols of TracedCounts
         lm._stage_counts = TracedCounts(levels, num_levels)  # symbols, made when the traced forward builds a layout
         return lm
 
