@@ -36,6 +36,7 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = [
+    "CONV_KERNEL",
     "FMA_DEFAULT",
     "ConvConfig",
     "LaunchRecord",
@@ -725,6 +726,11 @@ def _conv_elements_kernel(
                    sw_g, sw_n, sw_c, sw_y, sw_x, TAPS, KSIZE, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K, ROW_ALIGN,
                    HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M,
                    BLOCK_N, BLOCK_K, SPLIT_N)  # fmt: skip
+
+
+#: The conv kernel :func:`conv_elements` launches (a ``JITFunction``, or Triton's interpreter's stand-in under
+#: ``TRITON_INTERPRET=1``): the name by which tools reach it without a private import.
+CONV_KERNEL = _conv_elements_kernel
 
 
 @dataclasses.dataclass(frozen=True)
