@@ -323,8 +323,8 @@ def restore_references(patched: list[tuple[object, str, Callable]]) -> None:
 
 
 class NoLaunchKernel:
-    """Stands in for Triton's ``CompiledKernel`` on a machine without a GPU: ``launch_metadata`` returns None (what
-    the real one returns when no launch hook is set) and ``run`` (the driver's launcher) only calls ``on_launch``.
+    """Stands in for Triton's ``CompiledKernel`` on a machine without a GPU: ``launch_metadata`` does what the real
+    one does before it needs the loaded binary, and ``run`` (the driver's launcher) only calls ``on_launch``.
     Everything before it in ``JITFunction.run`` (driver queries, the binder, the cache key, the global checks) is
     Triton's own code."""
 
@@ -334,8 +334,13 @@ class NoLaunchKernel:
     def __init__(self, on_launch: Callable[[], None]):
         self.on_launch = on_launch
 
-    def launch_metadata(self, grid, stream, *args) -> None:
-        return None
+    def launch_metadata(self, grid, stream, *args) -> dict | None:
+        from triton import knobs
+
+        # as CompiledKernel.launch_metadata: None without a launch hook, else a dict (a LazyDict there)
+        if knobs.runtime.launch_enter_hook is None:
+            return None
+        return {"name": "_conv_elements_kernel", "function": self.function, "stream": stream}
 
     def run(self, *args) -> None:
         self.on_launch()
