@@ -29,13 +29,15 @@ class RecordingKernel:
 
 
 @pytest.fixture
-def launcher():
+def launcher(monkeypatch):
     """``(launches, full)``: the launcher calls, and how many launches took Triton's full JITFunction.run."""
+    from triton.runtime.jit import JITFunction
+
     conv.clear_launch_plans()
     launches: list[tuple] = []
     full = [0]
-    with stubbed_launches(launcher=True):
-        jit = conv.CONV_KERNEL
+    with stubbed_launches(launcher=True):  # an sm_90 driver that launches nothing
+        jit = JITFunction(conv.CONV_KERNEL.fn)
 
         def compile_recording(key, signature, device, constexprs, options, attrs, warmup):
             kernel = RecordingKernel(launches)
@@ -50,6 +52,7 @@ def launcher():
 
         jit._do_compile = compile_recording
         jit.run = counted_run
+        monkeypatch.setattr(conv, "_conv_elements_kernel", jit)
         yield launches, full
     conv.clear_launch_plans()
 
