@@ -55,6 +55,7 @@ from .models.convert import ConversionWarning, convert
 from .models.d2net import D2Net, D2NetCheckpointError
 from .models.resnet import AdaptiveResNet
 from .models.segmentation import AdaptiveSegmentationModel, DeepLabV3Plus
+from .nn.graphs import GraphedForward, StaleGraphError, cuda_graph
 from .nn.modules import (
     AdaptiveBatchNorm2d,
     AdaptiveConv2d,
@@ -82,6 +83,7 @@ __all__ = [
     "D2NetCheckpointError",
     "DeepLabV3Plus",
     "DeformableConv2d",
+    "GraphedForward",
     "Layout",
     "LevelMap",
     "LevelMapDtypeError",
@@ -90,8 +92,10 @@ __all__ = [
     "MultiResMap",
     "OUTPUT_STRIDES",
     "ConversionWarning",
+    "StaleGraphError",
     "convert",
     "count_macs",
+    "cuda_graph",
     "densify",
     "explain",
     "load_authors_state_dict",

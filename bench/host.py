@@ -2,13 +2,14 @@
 Triton launches replaced by no-ops, so that what is left is what a GPU would wait on while the CPU issues work.
 
 The adaptive ResNet-101 8->32 and 8->16 backbones run ``forward_features`` on the CPU with ``backend="triton"``
-under ``TRITON_INTERPRET=1`` (so the triton path is allowed on the CPU), with the kernel launchers
-``adatriton.kernels.conv.conv_elements`` and ``adatriton.kernels.densify.densify_elements`` patched, in every module
-that holds a reference to them (:func:`stubbed_launches`), by no-ops that return ``torch.empty`` of the right shape
-and dtype. The dense part (stem, layer1, layer2) runs as usual; everything below is measured over the **adaptive
-part** only: from the moment the dense finest-grid features exist (the level map is handed to the network through
-``forward_features``'s callable ``levels``) to the densified ``layer4`` output: level map and its checks,
-``from_dense``, the adaptive bottlenecks, densify.
+under ``TRITON_INTERPRET=1`` (so the triton path is allowed on the CPU). ``adatriton.kernels.conv.conv_elements``
+runs in full and launches through Triton's own ``JITFunction.run`` (binder, cache key, launch metadata) with only
+the driver's launch replaced by a no-op (:func:`stubbed_launches` with ``launcher=True``, :func:`no_launch_jit`);
+``adatriton.kernels.densify.densify_elements`` is patched, in every module that holds a reference to it, by a
+no-op that returns ``torch.empty`` of the right shape and dtype. The dense part (stem, layer1, layer2) runs as
+usual; everything below is measured over the **adaptive part** only: from the moment the dense finest-grid features
+exist (the level map is handed to the network through ``forward_features``'s callable ``levels``) to the densified
+``layer4`` output: level map and its checks, ``from_dense``, the adaptive bottlenecks, densify.
 
 Per conversion, two scenarios (column ``scenario``):
 
@@ -30,9 +31,10 @@ Per row (one per conversion and scenario):
 - ``time_median_ms`` (mean, min, max): host time of the adaptive part, stubs included: the CPU time of the thread
   that issues the work (``time.thread_time``), over ``--iters`` forwards (no counting then; the scenarios' forwards
   interleaved). CPU time, not wall time, because on a shared machine the wall time mostly measures the waits for
-  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It excludes Triton's own launch overhead (the
-  launcher is the stub) and includes the CPU execution of the ops that are not stubbed: negligible with a reused
-  map (the BatchNorm folding works on per-channel vectors), but with a new map it includes computing the map's
+  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It includes ``conv_elements`` and Triton's
+  launch path (a note gives, for the reused map, the figure with ``conv_elements`` stubbed, timed in the same run),
+  and the CPU execution of the ops that are not stubbed: negligible with a reused map (the BatchNorm folding works
+  on per-channel vectors), but with a new map it includes computing the map's
   index tables on the CPU (``bookkeeping_ms`` times that work alone, in wall time), device work on a GPU;
 - ``bookkeeping_ms``: building the level map and every index table once, timed apart (as in ``table2``).
 
@@ -90,9 +92,10 @@ __all__ = [
 #: ``reused_map``: a prepared level map passed to every forward; ``new_map``: a fresh map tensor per forward.
 SCENARIOS = ("reused_map", "new_map")
 MODEL = "resnet101"
-#: The issue's targets for the rewritten host path (reused map): device ops <= ``ops_per_conv`` x convs +
-#: ``ops_constant``, ``syncs`` syncs per forward, at most ``host_us_per_conv``; a new map: ``syncs_per_map``.
-TARGETS = {"ops_per_conv": 1.2, "ops_constant": 16, "syncs": 0, "host_us_per_conv": 60.0, "syncs_per_map": 1}
+#: The issues' targets for the host path (reused map): device ops <= ``ops_per_conv`` x convs + ``ops_constant``,
+#: ``syncs`` syncs per forward, at most ``host_us_per_conv`` (issue 20: Triton's launcher included); a new map:
+#: ``syncs_per_map``.
+TARGETS = {"ops_per_conv": 1.2, "ops_constant": 16, "syncs": 0, "host_us_per_conv": 25.0, "syncs_per_map": 1}
 
 #: ATen ops that never launch a kernel: views and metadata (their outputs alias an input, or they change a view).
 VIEW_OPS = frozenset(
@@ -320,17 +323,89 @@ def restore_references(patched: list[tuple[object, str, Callable]]) -> None:
         setattr(module, attr, original)
 
 
-@contextlib.contextmanager
-def stubbed_launches(counter: OpCounter | None = None) -> Iterator[collections.Counter]:
-    """Replace the Triton launchers by no-ops of the right output shape while inside.
+class NoLaunchKernel:
+    """Stands in for Triton's ``CompiledKernel`` on a machine without a GPU: ``launch_metadata`` does what the real
+    one does before it needs the loaded binary, and ``run`` (the driver's launcher) only calls ``on_launch``.
+    Everything before it in ``JITFunction.run`` (driver queries, the binder, the cache key, the global checks) is
+    Triton's own code."""
 
-    ``conv_elements(values, index, weight, ...)`` returns ``torch.empty(M, Cout)`` (``M`` = rows of the tap
-    table, else of ``values``; ``Cout`` from the weight, raw or packed; dtype ``out_dtype`` or the
-    values'); ``densify_elements(values, id_map, channels_last=True)`` returns ``torch.empty(N, C, H, W)``,
-    channels-last by default.
+    function = None
+    packed_metadata = None
+
+    def __init__(self, on_launch: Callable[[], None]):
+        self.on_launch = on_launch
+
+    def launch_metadata(self, grid, stream, *args) -> dict | None:
+        from triton import knobs
+
+        # as CompiledKernel.launch_metadata: None without a launch hook, else a dict (a LazyDict there)
+        if knobs.runtime.launch_enter_hook is None:
+            return None
+        return {"name": "_conv_elements_kernel", "function": self.function, "stream": stream}
+
+    def run(self, *args) -> None:
+        self.on_launch()
+
+
+class _CpuDriver:
+    """The three queries ``JITFunction.run`` makes of the active driver, answered for an sm_90 device 0."""
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int) -> int:
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+def no_launch_jit(fn: Callable, on_launch: Callable[[], None]):
+    """A ``triton.runtime.jit.JITFunction`` of the Python kernel ``fn`` whose compile step returns a
+    :class:`NoLaunchKernel` (kept in Triton's kernel cache like a compiled one): calling it runs Triton's launch
+    path up to the driver's launch, which is a no-op. Needs :class:`_CpuDriver` active (:func:`stubbed_launches`)."""
+    from triton.runtime.jit import JITFunction
+
+    jit = JITFunction(fn)
+
+    def compile_nothing(key, signature, device, constexprs, options, attrs, warmup):
+        kernel = NoLaunchKernel(on_launch)
+        jit.device_caches[device][0][key] = kernel
+        return kernel
+
+    jit._do_compile = compile_nothing  # the instance attribute shadows the method
+    return jit
+
+
+@contextlib.contextmanager
+def _cpu_driver() -> Iterator[None]:
+    from triton.runtime.driver import driver
+
+    before = driver._active  # noqa: SLF001 -- None until first used; reset_active() would create a CUDA driver
+    driver.set_active(_CpuDriver())
+    try:
+        yield
+    finally:
+        driver.set_active(before)
+
+
+@contextlib.contextmanager
+def stubbed_launches(counter: OpCounter | None = None, launcher: bool = False) -> Iterator[collections.Counter]:
+    """Replace the Triton launches by no-ops of the right output shape while inside.
+
+    With ``launcher=False``, ``conv_elements(values, index, weight, ...)`` itself is replaced: it returns
+    ``torch.empty(M, Cout)`` (``M`` = rows of the tap table, else of ``values``; ``Cout`` from the weight, raw or
+    packed; dtype ``out_dtype`` or the values'). With ``launcher=True``, ``conv_elements`` runs in full and calls
+    Triton's own ``JITFunction.run`` of the conv kernel (the binder, the cache key, ...) with only the driver's
+    launch replaced (:func:`no_launch_jit`, the driver answering for an sm_90 GPU): the real host cost of a launch.
+    ``densify_elements(values, id_map, channels_last=True)`` returns ``torch.empty(N, C, H, W)``, channels-last by
+    default, either way.
 
     Args:
         counter: also count each call as a Triton launch in its :class:`OpCounts` (:attr:`OpCounter.current`).
+        launcher: run ``conv_elements`` and Triton's launcher (see above).
 
     Yields:
         ``Counter`` of every stub call (``conv``, ``densify``), counted or not.
@@ -358,11 +433,36 @@ def stubbed_launches(counter: OpCounter | None = None) -> Iterator[collections.C
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return torch.empty(n, values.shape[1], h, w, dtype=values.dtype, device=values.device, memory_format=fmt)
 
-    patched = patch_references({kconv.conv_elements: conv_stub, kdensify.densify_elements: densify_stub})
-    try:
-        yield calls
-    finally:
-        restore_references(patched)
+    if launcher:
+        kernel = kconv.CONV_KERNEL
+        jit, listener = _shared_no_launch_jit(getattr(kernel, "fn", kernel))
+        replacements = {kernel: jit, kdensify.densify_elements: densify_stub}
+    else:
+        replacements = {kconv.conv_elements: conv_stub, kdensify.densify_elements: densify_stub}
+    with _cpu_driver() if launcher else contextlib.nullcontext():
+        patched = patch_references(replacements)
+        if launcher:
+            before, listener[0] = listener[0], lambda: launched("conv")
+        try:
+            yield calls
+        finally:
+            if launcher:
+                listener[0] = before
+            restore_references(patched)
+
+
+@functools.cache
+def _shared_no_launch_jit(fn: Callable) -> tuple[Any, list]:
+    """One :func:`no_launch_jit` per kernel for every :func:`stubbed_launches`: like the real kernel object, it keeps
+    its binder and kernel cache (and ``conv_elements`` its remembered launches) from one use to the next, so a timed
+    forward pays what a steady-state forward pays. The second value holds the current launch listener."""
+    listener: list = [None]
+
+    def on_launch() -> None:
+        if listener[0] is not None:
+            listener[0]()
+
+    return no_launch_jit(fn, on_launch), listener
 
 
 @contextlib.contextmanager
@@ -467,7 +567,7 @@ def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], w
     """Warm-up forwards (the first one recorded: which backend ran each conv) and one counted forward; the times
     come later (:func:`_time_scenarios`)."""
     forward = functools.partial(_forward, net, x, make_levels)
-    with stubbed_launches() as calls, adatriton.ops.dispatch.recording() as records:
+    with stubbed_launches(launcher=True) as calls, adatriton.ops.dispatch.recording() as records:
         forward(_Window())
     convs = len(records)
     dispatch = " ".join(f"{b}:{n}" for b, n in sorted(collections.Counter(r["backend"] for r in records).items()))
@@ -476,29 +576,43 @@ def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], w
             "no Triton conv launch went through the stub: the host path no longer calls "
             "adatriton.kernels.conv.conv_elements (update bench.host.stubbed_launches)"
         )
-    with stubbed_launches():
+    with stubbed_launches(launcher=True):
         for _ in range(max(0, warmup - 1)):
             forward(_Window())
     counter = OpCounter()  # counts the adaptive part only (the window), not timed
-    with stubbed_launches(counter), counter.watch():
+    with stubbed_launches(counter, launcher=True), counter.watch():
         forward(_Window(counter))
     return _Measured([], [], counter.counts, convs, dispatch, math.nan)
 
 
-def _time_scenarios(net, x: torch.Tensor, scenarios: Mapping[str, tuple[Callable[[], object], _Measured]], iters: int):
+def _time_scenarios(
+    net, x: torch.Tensor, scenarios: Mapping[str, tuple[Callable[[], object], _Measured, bool]], iters: int
+):
     """``iters`` timed forwards per scenario, interleaved (one of each in turn), so that the load of a shared
-    machine weighs on every scenario alike; fills each :class:`_Measured`'s times and peak memory."""
+    machine weighs on every scenario alike; fills each :class:`_Measured`'s times and peak memory. The third entry
+    of a scenario is :func:`stubbed_launches`'s ``launcher``: the scenarios of one value are interleaved, one value
+    after the other (patching the launchers walks every module, which would disturb the next timed forward)."""
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
-    with stubbed_launches():
-        for _ in range(iters):
-            for make_levels, measured in scenarios.values():
-                cpu_ms, wall_ms = _forward(net, x, make_levels, _Window())
-                measured.times_ms.append(cpu_ms)
-                measured.wall_ms.append(wall_ms)
+    for mode in sorted({launcher for _, _, launcher in scenarios.values()}, reverse=True):
+        group = [(make_levels, measured) for make_levels, measured, launcher in scenarios.values() if launcher == mode]
+        with stubbed_launches(launcher=mode):
+            for _ in range(iters):
+                for make_levels, measured in group:
+                    cpu_ms, wall_ms = _forward(net, x, make_levels, _Window())
+                    measured.times_ms.append(cpu_ms)
+                    measured.wall_ms.append(wall_ms)
     peak = peak_memory_mb(cpu)
-    for _, measured in scenarios.values():
+    for _, measured, _ in scenarios.values():
         measured.peak_mb = peak
+
+
+#: Internal scenario: the reused map with ``conv_elements`` itself stubbed (the figure without the launcher).
+STUBBED_CONV = "reused_map/conv_elements stubbed"
+
+
+def _us_per_conv(m: _Measured) -> float:
+    return statistics.median(m.times_ms) * 1e3 / max(1, m.convs)
 
 
 def _top(counter: collections.Counter, n: int = 8) -> str:
@@ -550,11 +664,23 @@ def run(ctx: Context) -> list[Row]:
                         ctx.note(f"{MODEL} {conversion} {scenario}: failed: {type(err).__name__}: {first}")
                         bar.update()
                         continue
-                    prepared_scenarios[scenario] = (make_levels, measured)
+                    prepared_scenarios[scenario] = (make_levels, measured, True)
+                if "reused_map" in prepared_scenarios:  # the figure without the launcher, timed alongside
+                    make_levels, measured, _ = prepared_scenarios["reused_map"]
+                    without = _Measured([], [], measured.counts, measured.convs, measured.dispatch, math.nan)
+                    prepared_scenarios[STUBBED_CONV] = (make_levels, without, False)
                 _time_scenarios(net, x, prepared_scenarios, o.iters)
-                for scenario, (_, m) in prepared_scenarios.items():
+                without = prepared_scenarios.pop(STUBBED_CONV, None)
+                for scenario, (_, m, _) in prepared_scenarios.items():
                     rows.append(_row(ctx, m, conversion, scenario, fraction, fr, count, bookkeeping))
                     bar.update()
+                if without is not None:
+                    m, stub = prepared_scenarios["reused_map"][1], without[1]
+                    ctx.note(
+                        f"{MODEL} {conversion} reused_map: {_us_per_conv(m):.1f} µs/conv with conv_elements and "
+                        f"Triton's launcher (driver launch a no-op), {_us_per_conv(stub):.1f} µs/conv with "
+                        "conv_elements stubbed (the figure before the launcher was included), same run"
+                    )
     return rows
 
 

@@ -34,8 +34,12 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton import knobs
+from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
 
 __all__ = [
+    "CONV_KERNEL",
     "FMA_DEFAULT",
     "ConvConfig",
     "LaunchRecord",
@@ -45,6 +49,7 @@ __all__ = [
     "SHARED_SLACK",
     "config_problems",
     "conv_configs",
+    "clear_launch_plans",
     "conv_elements",
     "default_config",
     "device_arch",
@@ -727,6 +732,11 @@ def _conv_elements_kernel(
                    BLOCK_N, BLOCK_K, SPLIT_N)  # fmt: skip
 
 
+#: The conv kernel :func:`conv_elements` launches (a ``JITFunction``, or Triton's interpreter's stand-in under
+#: ``TRITON_INTERPRET=1``): the name by which tools reach it without a private import.
+CONV_KERNEL = _conv_elements_kernel
+
+
 @dataclasses.dataclass(frozen=True)
 class LaunchRecord:
     """One :func:`conv_elements` call as Triton's launcher would specialise it for a GPU (no tensor kept).
@@ -862,6 +872,16 @@ def conv_elements(
     Returns:
         ``(M, Cout)`` tensor.
     """
+    if not _recorders:
+        key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config)
+        plan = _PLANS.get(key)
+        if plan is not None and plan.jit is _conv_elements_kernel:
+            out = plan.launch(values, index, weight, scale, shift, bn, residual)
+            if out is not None:
+                return out
+    else:
+        key = None
+    caller = (index, scale, shift)
     if values.dim() != 2 or (values.stride(1) != 1 and values.shape[1] != 1):
         raise ValueError(f"values must be (E, Cin) with contiguous channels, got shape {tuple(values.shape)}")
     if values.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -1002,5 +1022,118 @@ def conv_elements(
             )
         )
         return out.zero_()
-    _conv_elements_kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+    kernel = _conv_elements_kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+    # Only a launch that passed the caller's tensors as they are (no contiguous copy of index, scale or shift).
+    as_passed = all(
+        a is b for a, b in ((args[1], caller[0]), (args[3], caller[1]), (args[4], caller[2])) if b is not None
+    )
+    if key is not None and as_passed and isinstance(_conv_elements_kernel, JITFunction) and _launchable(kernel):
+        _remember(key, kernel, args, constexprs, grid[0], weight is not source)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- bound launches
+# The launch of a conv whose tensors have the same shapes, strides, dtypes and device as an earlier one (every conv
+# of a forward with a reused level map) is that earlier launch with other data pointers: same config, constexprs,
+# ints and compiled kernel. Its plan is remembered under those facts and replayed without the checks above and
+# without Triton's binder (its 45 arguments and 21 constexprs cost ~20 µs per launch); only the pointers' 16-byte
+# alignment, which Triton specialises on, is checked again (a mismatch takes the full path, which compiles or
+# finds the right kernel). Nothing derived from a tensor's data is kept: the weight's channels-last copy is made at
+# every launch as on the full path, so no .data write, load_state_dict or dtype move can be missed.
+
+
+def _launchable(kernel) -> bool:
+    """Whether ``kernel`` is what Triton's ``JITFunction.run`` returns after a launch: a ``CompiledKernel`` (or a
+    stand-in with its attributes, as bench/host.py's no-launch kernel), not the interpreter's None."""
+    return all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata"))
+
+
+def _meta(t: Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+def _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config) -> tuple:
+    """Everything but the data pointers and eps that :func:`conv_elements`'s launch depends on."""
+    bn_meta = None if bn is None else tuple(_meta(t) for t in bn[:4])
+    return (
+        values.shape, values.stride(), values.dtype, values.device, _meta(index), weight.shape, weight.stride(),
+        weight.dtype, taps, groups, _meta(scale), _meta(shift), bn_meta, _meta(residual), relu, out_dtype, config,
+    )  # fmt: skip
+
+
+_PLANS: dict[tuple, _BoundLaunch] = {}
+#: Remembered plans at most (distinct conv shapes): a model has a few hundred; beyond, the oldest is dropped.
+MAX_PLANS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoundLaunch:
+    jit: object  # the kernel object the plan was made with: a patched one (tests, tools) never replays this
+    kernel: object
+    device: int
+    grid: int
+    rows: int
+    cout: int
+    out_dtype: torch.dtype
+    copy_weight: bool
+    ints: tuple  # rows ... sw_x: every int argument, fixed by the key
+    constexprs: tuple  # their values in the kernel's parameter order
+    aligned: tuple[bool, ...]  # 16-byte alignment of the 11 tensor arguments at the first launch
+
+    def launch(self, values, index, weight, scale, shift, bn, residual) -> Tensor | None:
+        """The launch, or None when Triton would specialise differently (alignment, device, launch hooks)."""
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        # a hook (a function, or a non-empty HookChain in Triton >= 3.7) wants JITFunction.run's launch metadata
+        if getattr(enter, "calls", enter) or getattr(leave, "calls", leave):
+            return None
+        device = driver.active.get_current_device()
+        if device != self.device:
+            return None
+        if self.copy_weight:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        out = torch.empty(self.rows, self.cout, dtype=self.out_dtype, device=values.device)
+        bn_w, bn_b, mean, var, eps = (None, None, out, out, 0.0) if bn is None else bn
+        tensors = (
+            values, out if index is None else index, weight, out if scale is None else scale,
+            out if shift is None else shift, out if bn_w is None else bn_w, out if bn_b is None else bn_b, mean, var,
+            out if residual is None else residual, out,
+        )  # fmt: skip
+        if tuple(t.data_ptr() % 16 == 0 for t in tensors) != self.aligned:
+            return None
+        kernel = self.kernel
+        # JITFunction.run's launch call; no hook reads the launch metadata
+        kernel.run(
+            self.grid, 1, 1, driver.active.get_current_stream(device), kernel.function, kernel.packed_metadata,
+            None, enter, leave, *tensors[:9], float(eps), *tensors[9:], *self.ints, *self.constexprs,
+        )  # fmt: skip
+        return out
+
+
+def _remember(key: tuple, kernel, args: tuple, constexprs: dict, grid: int, copy_weight: bool) -> None:
+    tensors = args[:9] + args[10:12]
+    out = args[11]
+    if len(_PLANS) >= MAX_PLANS:
+        del _PLANS[next(iter(_PLANS))]
+    _PLANS[key] = _BoundLaunch(
+        jit=_conv_elements_kernel,
+        kernel=kernel,
+        device=driver.active.get_current_device(),
+        grid=grid,
+        rows=out.shape[0],
+        cout=out.shape[1],
+        out_dtype=out.dtype,
+        copy_weight=copy_weight,
+        ints=args[12:],
+        constexprs=tuple(constexprs[name] for name in _CONSTEXPR_ORDER),
+        aligned=tuple(t.data_ptr() % 16 == 0 for t in tensors),
+    )
+
+
+def clear_launch_plans() -> None:
+    """Forget every remembered launch (the next launch of each conv takes the full path)."""
+    _PLANS.clear()
+
+
+_CONSTEXPR_ORDER = tuple(
+    name for name, p in inspect.signature(_conv_elements_kernel.fn).parameters.items() if "constexpr" in str(p)
+)
