@@ -545,12 +545,24 @@ def _conv_tile(
     # Row offsets per tap, -1 for taps outside the image (masked loads read zero), all loaded before the reduction:
     # the loop's gathered A loads then depend on nothing loaded inside it, so the pipeliner can run them num_stages
     # ahead. Up to 9 taps (3x3, the strided shortcut's 1) as one (BLOCK_M,) column each, which the loop selects
-    # with a chain of selects in the A loads' own layout; more taps as one (BLOCK_M, taps) tile that the loop
+    # with a chain of selects in the A loads' own layout (where that fits: `hoist`); otherwise as one
+    # (BLOCK_M, taps) tile that the loop
     # picks a column of with tl.gather, whose result has the tile's layout: converting it through shared memory
     # cost 5 STS + 5 LDS, 2 extra barriers and 8 shuffles per iteration (sm_90 3x3: 224 SASS instructions per
     # iteration and 4 barriers, 168 and 2 with the columns).
+    # The columns live in the A loads' layout, one register per row a thread loads per tap: cheap where A moves in
+    # 16-byte vectors of a 16-bit dtype and the accumulator leaves room (128x128 and smaller). Element-wise loads
+    # (unaligned rows), fp32 and 128x256 / 256x128 tiles spilled 16-32 bytes on sm_80 / sm_90 with them
+    # (tests/aot), so those keep the gathered tile.
+    hoist: tl.constexpr = (
+        GATHER
+        and TAPS <= 9
+        and BLOCK_M * BLOCK_N <= 128 * 128
+        and x_ptr.dtype.element_ty.primitive_bitwidth == 16
+        and ROW_ALIGN * 16 >= 128
+    )
     cols = ()
-    if GATHER and TAPS <= 9:
+    if hoist:
         for j in tl.static_range(TAPS):
             src_j = tl.load(index_ptr + offs_m.to(tl.int64) * TAPS + j, mask=m_ok, other=num_src)
             if INT64_OFFSETS:
@@ -587,9 +599,9 @@ def _conv_tile(
     # One flat loop over (tap, channel block), so the compiler software-pipelines the loads across taps too.
     for _it in range(0, TAPS * k_blocks):
         offs_k = kb * BLOCK_K + offs_kb
-        if GATHER and TAPS > 9:
+        if GATHER and not hoist:
             row = tl.gather(units, pick + t, axis=1)  # (BLOCK_M, 1): column t
-        elif GATHER and TAPS > 1:
+        elif hoist and TAPS > 1:
             picked = cols[0]
             for j in tl.static_range(1, TAPS):
                 picked = tl.where(t == j, cols[j], picked)
