@@ -552,14 +552,16 @@ def _conv_tile(
     # iteration and 4 barriers, 168 and 2 with the columns).
     # The columns live in the A loads' layout, one register per row a thread loads per tap: cheap where A moves in
     # 16-byte vectors of a 16-bit dtype and the accumulator leaves room (128x128 and smaller). Element-wise loads
-    # (unaligned rows), fp32 and 128x256 / 256x128 tiles spilled 16-32 bytes on sm_80 / sm_90 with them
-    # (tests/aot), so those keep the gathered tile.
-    hoist: tl.constexpr = (
-        GATHER
-        and TAPS <= 9
-        and BLOCK_M * BLOCK_N <= 128 * 128
-        and x_ptr.dtype.element_ty.primitive_bitwidth == 16
-        and ROW_ALIGN * 16 >= 128
+    # (unaligned rows), fp32 and 128x256 / 256x128 tiles spilled 16-32 bytes on sm_80 / sm_90 with nine of them
+    # (tests/aot), so those keep the gathered tile; a single column (the strided shortcut) always fits.
+    hoist: tl.constexpr = GATHER and (
+        TAPS == 1  # one column: the strided shortcut, at every tile
+        or (
+            TAPS <= 9
+            and BLOCK_M * BLOCK_N <= 128 * 128
+            and x_ptr.dtype.element_ty.primitive_bitwidth == 16
+            and ROW_ALIGN * 16 >= 128
+        )
     )
     cols = ()
     if hoist:

@@ -1,6 +1,6 @@
 """The data: output strides and conversions, level maps, element layouts and multi-resolution maps."""
 
-from .export import TracedCounts, explain_export_failure, is_traced, traced_stage_counts
+from .export import TracedCounts, count_sizes, dynamic_counts, explain_export_failure, is_traced, traced_stage_counts
 from .layout import Layout, block_sums, ceil_div
 from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
 from .multires import MultiResMap, densify_values, expect_map
@@ -29,8 +29,10 @@ __all__ = [
     "block_sums",
     "canonical_stride",
     "ceil_div",
+    "count_sizes",
     "default_tile",
     "densify_values",
+    "dynamic_counts",
     "explain_export_failure",
     "expect_map",
     "is_traced",

@@ -13,7 +13,9 @@ import importlib
 #: ``{public name: the module of this package that defines it}``.
 _SOURCES = {
     "ADAPTIVE_OUTPUT_STRIDES": "cli",
+    "COLUMNS": "kernel_report",
     "DEFAULT_DENSITIES": "calibrate",
+    "DEFAULT_SMS": "kernel_report",
     "DTYPES": "cli",
     "DTYPE_ALIASES": "cli",
     "MODELS": "cli",
@@ -22,19 +24,25 @@ _SOURCES = {
     "add_dtype_argument": "cli",
     "add_model_arguments": "cli",
     "add_repeats_argument": "cli",
+    "bench_dir": "bench_cli",
+    "compile_kernel": "kernel_report",
     "convert_sync_batchnorm": "train",
     "crossover": "calibrate",
     "device": "cli",
     "fraction": "cli",
+    "kernel_rows": "kernel_report",
+    "loop_stats": "kernel_report",
     "non_negative_int": "cli",
     "output_stride": "cli",
     "param_groups": "train",
     "poly_lr": "train",
     "positive_int": "cli",
     "random_level_map": "autotune",
+    "record_model": "kernel_report",
     "save_checkpoint": "train",
     "table": "calibrate",
     "tune_model": "autotune",
+    "write_csv": "kernel_report",
 }
 
 __all__ = sorted(_SOURCES)

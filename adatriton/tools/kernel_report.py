@@ -1,6 +1,6 @@
 """Compiled-kernel report per adaptive conv of a converted model, without a GPU.
 
-``python -m adatriton.tools.kernel_report --model resnet101 --conversion 8->32 --size 1024 2048 --dtype float16
+``python -m adatriton.tools.kernel_report --model resnet101 --conversion 8to32 --size 1024 2048 --dtype float16
 --arch 90 --out report.csv`` converts the torchvision model, runs one forward pass on the CPU with the triton
 backend while :func:`adatriton.kernels.conv.record_launches` records every conv launch as the launcher would
 specialise it for the GPU (``--arch`` 90 or 80, ``--sms`` SMs: 132 and 108 by default; the weights' real strides,
@@ -49,7 +49,7 @@ from .. import masks
 from ..kernels import conv
 from ..models.convert import convert
 from ..runtime import autotune
-from .cli import ADAPTIVE_OUTPUT_STRIDES, DTYPES, MODELS, add_dtype_argument, fraction, positive_int
+from .cli import ADAPTIVE_OUTPUT_STRIDES, DTYPES, MODELS, add_dtype_argument, fraction, output_stride, positive_int
 
 __all__ = [
     "COLUMNS",
@@ -479,7 +479,7 @@ def _parser() -> argparse.ArgumentParser:
         "--conversion",
         "--output-stride",
         dest="conversion",
-        type=lambda s: s.replace("→", "->").replace(" ", ""),
+        type=output_stride,
         choices=ADAPTIVE_OUTPUT_STRIDES,
         default="8->32",
         help="adaptive output stride (default: %(default)s)",

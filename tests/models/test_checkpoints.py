@@ -451,12 +451,12 @@ def test_authors_training_checkpoint_of_deeplabv3_resnet101_keys():
     a LearnedMaskModel over it."""
     torch.manual_seed(0)
     seg = tvseg.deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
-    learned = adatriton.learned.LearnedMaskModel(seg)
+    learned = adatriton.models.LearnedMaskModel(seg)
     training = with_training_classifier(to_authors_learned_layout(learned.state_dict(), learned.state_dict()))
     assert sum(k.startswith("backbone.layer3_high_res.") for k in training) == sum(
         k.startswith("model.backbone.layer3.") for k in learned.state_dict()
     )
-    fresh = adatriton.learned.LearnedMaskModel(tvseg.deeplabv3_resnet101(weights=None, weights_backbone=None))
+    fresh = adatriton.models.LearnedMaskModel(tvseg.deeplabv3_resnet101(weights=None, weights_backbone=None))
     result = load_authors_state_dict(fresh, training)
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), learned.state_dict().values()))

@@ -366,7 +366,7 @@ def test_record_launches_records_instead_of_running():
         out = _own_weight_run(values, w, index.int(), relu=True)
     assert not out.any()
     (r,) = rec.launches
-    assert r.config == conv.default_config(300, 32, 32, arch=90, dtype=torch.float16)
+    assert r.config == conv.default_config(300, 32, 32, arch=90, dtype=torch.float16, sms=132)
     assert r.tiles == r.grid == -(-300 // r.config[0])
     sig, consts = dict(r.signature), dict(r.constexprs)
     assert sig["x_ptr"] == "*fp16" and sig["index_ptr"] == "*i32" and sig["sw_c"] == "constexpr"
