@@ -137,5 +137,6 @@ def test_host_suite_through_the_cli(tmp_path):
     assert "## Targets" in text and "syncs" in text and "dense part" in text and report["plots"] == []
     # 2 timed calls judge nothing: the timing target gives no verdict (the counts still do).
     timing = [line for line in text.splitlines() if "µs/conv <=" in line]
-    assert timing and all(line.endswith(": noisy: rerun on an idle machine (2 timed calls < 5)") for line in timing)
+    # (the spread may be named too on a loaded machine: "(2 timed calls < 5, max/min 1.32 > 1.25)")
+    assert timing and all(": noisy: rerun on an idle machine (2 timed calls < 5" in line for line in timing)
     assert adatriton.kernels.conv.conv_elements.__name__ == "conv_elements"  # the stubs are gone

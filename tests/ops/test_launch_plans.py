@@ -29,7 +29,7 @@ class RecordingKernel:
 
 
 @pytest.fixture
-def launcher(monkeypatch):
+def launcher():
     """``(launches, full)``: the launcher calls, and how many launches took Triton's full JITFunction.run."""
     from triton.runtime.jit import JITFunction
 
@@ -52,8 +52,13 @@ def launcher(monkeypatch):
 
         jit._do_compile = compile_recording
         jit.run = counted_run
-        monkeypatch.setattr(conv, "_conv_elements_kernel", jit)
-        yield launches, full
+        # set and restored inside the stubbed block: stubbed_launches patched this global itself, and restores it
+        # on leaving, so a monkeypatch undone after that would put the stub back for every later test
+        stubbed, conv._conv_elements_kernel = conv._conv_elements_kernel, jit
+        try:
+            yield launches, full
+        finally:
+            conv._conv_elements_kernel = stubbed
     conv.clear_launch_plans()
 
 
