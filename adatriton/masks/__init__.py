@@ -1,6 +1,8 @@
 """Mask sources: level maps from label maps (:func:`oracle`), images (:func:`edges`), keypoints (:func:`keypoints`)
-and a learned estimator (:class:`LearnedMask`), plus density control (:func:`report`, :func:`match_fraction`,
-:func:`synthetic`; ``edges(..., fraction=f)`` and ``oracle(..., fraction=f)`` hit a target level-0 area).
+and a learned estimator (:class:`LearnedMask`); a :class:`MaskSource` (``edges(fraction=0.3)``, without images) to
+attach to a converted model (``adatriton.convert(..., mask=...)``); plus density control (:func:`report`,
+:func:`match_fraction`, :func:`synthetic`; ``edges(..., fraction=f)`` and ``oracle(..., fraction=f)`` hit a target
+level-0 area).
 See :mod:`adatriton.masks.sources` for the grid and block conventions every source follows.
 """
 
@@ -17,6 +19,7 @@ from .sources import (
     PAPER_EDGE_THRESHOLDS,
     PAPER_KEYPOINT_DILATIONS,
     PAPER_ORACLE_KERNELS,
+    MaskSource,
     edges,
     keypoints,
     oracle,
@@ -35,6 +38,7 @@ __all__ = [
     "LearnedMask",
     "MaskDtypeError",
     "MaskInputError",
+    "MaskSource",
     "Match",
     "ORACLE_KERNEL",
     "PAPER_EDGE_THRESHOLDS",

@@ -11,6 +11,9 @@ halvings. Finest cell ``(i, j)`` covers image pixels ``s*i .. s*i + s - 1`` (cli
 - Density control (:mod:`adatriton.masks.density`): ``report``, ``match_fraction`` and ``synthetic``;
   :func:`edges` and :func:`oracle` also take ``fraction=`` (a target level-0 area) in place of their threshold or
   box size.
+- :class:`MaskSource`: :func:`edges` and :func:`keypoints` called without images return one, a source with its
+  parameters bound, ``source(images, output_stride) -> LevelMap``; ``adatriton.convert(model, "8->32",
+  mask=masks.edges(fraction=0.3))`` attaches it, and ``net(images)`` then builds its own level map.
 
 Learned masks (docs/semantics.md §6, shallow CNN + hard Gumbel-softmax): the estimator is
 :mod:`adatriton.masks.learned`, the
@@ -24,7 +27,7 @@ the finest grid with any informative cell gets level 0, every other tile level `
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +50,7 @@ __all__ = [
     "PAPER_KEYPOINT_DILATIONS",
     "ORACLE_KERNEL",
     "PAPER_ORACLE_KERNELS",
+    "MaskSource",
     "edges",
     "keypoints",
     "oracle",
@@ -76,6 +80,86 @@ PAPER_KEYPOINT_DILATIONS: tuple[tuple[float, float, float], ...] = (
 
 _EDGE_METHODS = ("sobel", "cad")
 _KEYPOINT_CONVERSION = "1->8"
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+class MaskSource:
+    """A mask source with its parameters bound: ``source(images, output_stride) -> LevelMap``.
+
+    What ``adatriton.convert(model, output_stride, mask=...)`` attaches to a converted model, so that ``net(images)``
+    builds its level map from the images (the conversion's ``output_stride`` filled in by the model). Any callable
+    ``(images, output_stride) -> LevelMap`` works there too; this class only binds a source function's parameters
+    and names them in its ``repr``. :func:`edges` and :func:`keypoints` called without images return one.
+
+    A model's input is often normalised (``(x - mean) / std``) while the sources read RGB in ``[0, 1]``:
+    :meth:`with_normalization` returns the source that undoes it first.
+
+    Args:
+        function: ``function(images, output_stride, **params) -> LevelMap``, e.g. :func:`edges`.
+        mean, std: per-channel statistics the images the source receives were normalised with (3 numbers each), or
+            None for RGB in ``[0, 1]`` / uint8.
+        params: keyword arguments bound for every call, e.g. ``fraction=0.3``.
+
+    Attributes:
+        reads: ``"images"``: the converted model calls the source on its input batch ``(N, 3, H, W)`` (a source
+            that reads the finest-grid features instead, e.g. :class:`~adatriton.masks.LearnedMask`, is
+            ``"features"``).
+
+    Example:
+        >>> source = MaskSource(edges, fraction=0.3)          # the same as edges(fraction=0.3)
+        >>> levels = source(images, "8->32")                  # LevelMap (N, ceil(H/8), ceil(W/8))
+    """
+
+    reads = "images"
+
+    def __init__(
+        self,
+        function: Callable[..., LevelMap],
+        /,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **params,
+    ):
+        if not callable(function):
+            raise TypeError(f"MaskSource needs a function (images, output_stride, **params), got {function!r}")
+        if (mean is None) != (std is None) or any(v is not None and len(v) != 3 for v in (mean, std)):
+            raise MaskInputError(f"mean and std go together, 3 numbers each (RGB); got mean={mean!r}, std={std!r}")
+        self.function, self.params = function, params
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+
+    def with_normalization(
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> MaskSource:
+        """The same source for images normalised as ``(x - mean) / std`` (default: ImageNet's, what torchvision's
+        weights expect): it computes ``x * std + mean`` (clamped to ``[0, 1]``) before reading them."""
+        return MaskSource(self.function, mean=mean, std=std, **self.params)
+
+    def __call__(self, images, output_stride: str) -> LevelMap:
+        """The level map of ``images`` ``(N, 3, H, W)`` for ``output_stride`` (a conversion name)."""
+        if self.mean is not None:
+            x = _as_tensor(images, "images")
+            if x.dim() != 4 or x.shape[1] != 3:
+                raise MaskInputError(f"images must have shape (N, 3, H, W), got {tuple(x.shape)}{_shape_hint(x.shape)}")
+            mean = torch.tensor(self.mean, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+            images = (x.double() * std + mean).clamp(0.0, 1.0)
+        return self.function(images, output_stride, **self.params)
+
+    def check(self, output_stride: str) -> None:
+        """Raise :class:`MaskInputError` if the source cannot serve ``output_stride`` (called when attached, so that
+        a mismatch shows at conversion, not at the first forward)."""
+        conversion = parse_conversion(output_stride)[0]
+        if self.function is _keypoint_source and conversion != _KEYPOINT_CONVERSION:
+            raise MaskInputError(
+                f"keypoint masks are for {_KEYPOINT_CONVERSION!r} (D2-Net, VGG-16), not {conversion!r}"
+            )
+
+    def __repr__(self) -> str:
+        name = "keypoints" if self.function is _keypoint_source else getattr(self.function, "__name__", "source")
+        text = f"{name}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+        return text if self.mean is None else f"{text}.with_normalization(mean={self.mean}, std={self.std})"
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -292,16 +376,16 @@ EDGE_DILATION = 11
 
 
 def edges(
-    images,
-    output_stride: str,
+    images=None,
+    output_stride: str | None = None,
     threshold: float | None = None,
     dilation: int = EDGE_DILATION,
     method: str = "sobel",
     *,
     block: int | None = None,
     fraction: float | None = None,
-) -> LevelMap:
-    """Edge level map from RGB images (docs/semantics.md §6).
+) -> LevelMap | MaskSource:
+    """Edge level map from RGB images (docs/semantics.md §6); without images, the :class:`MaskSource` to attach.
 
     ``method="sobel"`` (the paper's description): grayscale ``0.299R + 0.587G + 0.114B``; 3x3 Sobel gradients
     with replicated borders; magnitude ``sqrt(gx^2 + gy^2)`` divided by its per-image maximum (a constant image
@@ -324,10 +408,15 @@ def edges(
 
     Both methods compute in float64, so the threshold test does not depend on the device.
 
+    ``edges(fraction=0.3)`` (no images, no ``output_stride``) checks the parameters and returns them bound in a
+    :class:`MaskSource`, ``source(images, output_stride)``, for ``adatriton.convert(..., mask=source)``.
+
     Args:
         images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8 in ``0..255`` (tensor or numpy array). One
-            ``(H, W, 3)`` array ``img`` becomes that with ``torch.as_tensor(img).permute(2, 0, 1)[None]``.
-        output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``).
+            ``(H, W, 3)`` array ``img`` becomes that with ``torch.as_tensor(img).permute(2, 0, 1)[None]``. None:
+            return a :class:`MaskSource`.
+        output_stride: conversion name, ``"8->16"``, ``"8->32"``, ``"16->32"`` (or ``"1->8"``); required with
+            images, left out without (the source's caller passes it).
         threshold: ``sobel``: in ``[0, 1]`` (of the normalised magnitude); ``cad``: finite and ``>= 0`` (units of
             the normalised grayscale, whose differences reach about 4.5). Default 0.15 (see above); not together
             with ``fraction``.
@@ -338,7 +427,8 @@ def edges(
             one is returned (the dilation and tiles set a floor above 0 for any image with edges).
 
     Returns:
-        :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the images' device.
+        :class:`LevelMap` ``(N, ceil(H/s), ceil(W/s))`` with levels in ``{0, K}``, on the images' device; without
+        images a :class:`MaskSource`.
 
     Raises:
         MaskInputError: unknown method or output stride, threshold out of range, even dilation, bad image shape
@@ -347,15 +437,29 @@ def edges(
     """
     if method not in _EDGE_METHODS:
         raise MaskInputError(f"unknown edge method {method!r}; expected one of {_EDGE_METHODS}")
-    conversion, stride, _ = parse_conversion(output_stride)
+    if images is not None or output_stride is not None:
+        conversion, stride, _ = parse_conversion(output_stride)
     if fraction is not None and threshold is not None:
         raise MaskInputError(
             f"edges: pass threshold or fraction, not both (got threshold={threshold!r}, fraction={fraction!r})"
         )
     if fraction is not None:
         _check_fraction(fraction)
+    given_threshold = threshold
     threshold = _edge_threshold(EDGE_THRESHOLD if threshold is None else threshold, method)
     dilation = odd_size(dilation, "dilation")
+    if images is None:
+        if output_stride is not None:
+            raise MaskInputError(
+                "edges without images returns a mask source, called later as source(images, output_stride): "
+                f"leave output_stride out (got {output_stride!r}), or pass the images too"
+            )
+        # Only the arguments that differ from the defaults, so that the source's repr reads like the user's call.
+        given = {"threshold": given_threshold, "block": block, "fraction": fraction}
+        params = {k: v for k, v in given.items() if v is not None}
+        params.update({"dilation": dilation} if dilation != EDGE_DILATION else {})
+        params.update({"method": method} if method != "sobel" else {})
+        return MaskSource(edges, **params)
     x = _images(images)
     score = _sobel_score(x) if method == "sobel" else _cad_score(x)
 
@@ -458,13 +562,14 @@ def _saliency(points: Sequence, n: int, h: int, w: int) -> Tensor:
 
 
 def keypoints(
-    images,
+    images=None,
     dilations: Sequence[float] = (25, 51, 51),
     *,
     keypoints_xy: Sequence | None = None,
     max_keypoints: int = 512,
-) -> LevelMap:
-    """Keypoint level map for VGG-16 / D2-Net (``"1->8"``: finest grid = image, ``K = 3``; docs/semantics.md §6).
+) -> LevelMap | MaskSource:
+    """Keypoint level map for VGG-16 / D2-Net (``"1->8"``: finest grid = image, ``K = 3``; docs/semantics.md §6);
+    without images, the :class:`MaskSource` (SIFT keypoints) to attach to a ``"1->8"`` network.
 
     The saliency map is 1 at the (rounded) pixels of the keypoints: :func:`sift_keypoints` of the images, or
     ``keypoints_xy``. ``dilations = (d1, d2, d4)`` control the retained output strides OS1, OS2, OS4. Retaining
@@ -482,6 +587,8 @@ def keypoints(
 
     Args:
         images: ``(N, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8 (only the size is used with ``keypoints_xy``).
+            None: return a :class:`MaskSource` with ``dilations`` and ``max_keypoints`` bound (called as
+            ``source(images, "1->8")``).
         dilations: ``(d1, d2, d4)``, each 0, an odd positive int or ``math.inf``; see
             :data:`PAPER_KEYPOINT_DILATIONS` for the paper's sweep.
         keypoints_xy: per image an array ``(M, 2)`` of ``(x, y)`` pixel positions, replacing SIFT.
@@ -497,6 +604,12 @@ def keypoints(
     if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Sequence) or len(dilations) != 3:
         raise MaskInputError(f"dilations must be a triplet (d1, d2, d4), got {dilations!r}")
     dils = [_keypoint_dilation(d, i) for i, d in enumerate(dilations)]
+    if images is None:
+        if keypoints_xy is not None:
+            raise MaskInputError("keypoints_xy belongs to one batch of images: pass the images too")
+        if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, (int, np.integer)) or max_keypoints < 0:
+            raise MaskInputError(f"max_keypoints must be an int >= 0, got {max_keypoints!r}")
+        return MaskSource(_keypoint_source, dilations=tuple(dilations), max_keypoints=max_keypoints)
     x = _as_tensor(images, "images")
     if keypoints_xy is None:
         keypoints_xy = sift_keypoints(x, max_keypoints)
@@ -518,3 +631,11 @@ def keypoints(
         regions.append(region)
     levels = 3 - sum(r.long() for r in regions)
     return LevelMap(levels.to(x.device), _KEYPOINT_CONVERSION)
+
+
+def _keypoint_source(images, output_stride: str, **params) -> LevelMap:
+    """:func:`keypoints` as a :class:`MaskSource` function: the conversion must be ``"1->8"``."""
+    conversion = parse_conversion(output_stride)[0]
+    if conversion != _KEYPOINT_CONVERSION:
+        raise MaskInputError(f"keypoint masks are for {_KEYPOINT_CONVERSION!r} (D2-Net, VGG-16), not {conversion!r}")
+    return keypoints(images, **params)

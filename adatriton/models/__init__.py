@@ -5,6 +5,7 @@
 :func:`adatriton.convert`.
 """
 
+from .attach import attach_mask, attached_levels, mask_source_of
 from .checkpoints import (
     BN_PATHS,
     CheckpointError,
@@ -103,6 +104,8 @@ __all__ = [
     "UNSUPPORTED",
     "VGG16_CONFIG",
     "adaptive_bottleneck",
+    "attach_mask",
+    "attached_levels",
     "check_dense_levels",
     "convert_graph",
     "deeplabv3",
@@ -123,6 +126,7 @@ __all__ = [
     "map_module",
     "map_size",
     "map_stochastic_depth",
+    "mask_source_of",
     "on_values",
     "on_vectors",
     "parse_graph_output_stride",

@@ -16,6 +16,7 @@ from torchvision.models.resnet import Bottleneck
 
 from ..core.strides import parse_output_stride
 from ..runtime.backend import BACKENDS
+from .attach import attach_mask
 from .graph import UNSUPPORTED, AdaptiveGraphModule, GraphConversionError, convert_graph
 from .graph.converter import with_meta_parameters
 from .resnet import LAYERS, STEM, AdaptiveResNet
@@ -45,6 +46,7 @@ def convert(
     unsupported: str = "error",
     method: str = "auto",
     strict: bool = False,
+    mask=None,
 ) -> nn.Module:
     """Convert a torchvision model to run at ``output_stride``, sharing its weights.
 
@@ -80,6 +82,13 @@ def convert(
         method: ``"auto"``: bottleneck ResNets and the segmentation models on them take the ResNet path, every
             other model the ``torch.fx`` graph path (docs/semantics.md §8); ``"graph"`` forces the graph path.
         strict: raise :class:`ConversionProblem` where a :class:`ConversionWarning` would be issued.
+        mask: a mask source to attach (adaptive ``output_stride`` only), so that ``net(images)`` builds its own
+            level map: any callable ``source(images, output_stride) -> LevelMap``, e.g.
+            ``adatriton.masks.edges(fraction=0.3)`` (a :class:`~adatriton.masks.MaskSource`; add
+            ``.with_normalization()`` for ImageNet-normalised inputs), or a :class:`~adatriton.masks.LearnedMask`
+            (``"8->16"``, on the finest-grid features). A ``levels`` passed to the forward still wins. Kept outside
+            the module tree: state_dict keys do not change (:mod:`adatriton.models.attach`;
+            :func:`~adatriton.models.attach_mask` replaces or removes it later).
 
     Warns:
         ConversionWarning: (graph path; the ResNet path always converts layer2 on, and its coarsest level is the
@@ -94,7 +103,7 @@ def convert(
     Raises:
         ValueError: an unknown ``output_stride`` or ``backend`` (the message names the argument, the value given
             and the accepted ones), before the model is touched.
-        TypeError: a model of another kind.
+        TypeError: a model of another kind; a ``mask`` that is not callable.
         ConversionProblem: ``strict=True`` and the conversion would warn (see Warns).
 
     Returns:
@@ -112,6 +121,8 @@ def convert(
         >>> logits = net(images, levels)          # levels: (N, H/8, W/8) with values in {0, 1, 2}
         >>> seg = adatriton.convert(adatriton.models.segmentation.deeplabv3plus("resnet152"), "8->32").eval()
         >>> masks = seg(images, levels)["out"]    # (N, 21, H, W)
+        >>> net = adatriton.convert(torchvision.models.resnet50(), "8to32", mask=adatriton.masks.edges(fraction=0.3))
+        >>> logits = net(images)                  # images: RGB in [0, 1]; the level map from their edges
     """
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False, got {strict!r}")
@@ -128,10 +139,12 @@ def convert(
     segmentation = method == "auto" and isinstance(model, SEGMENTATION_MODELS) and _bottleneck_resnet(model.backbone)
     if resnet or segmentation:
         output_stride = parse_output_stride(output_stride)[0]  # raises naming the accepted ones; 8 -> "8"
+    if mask is not None and not callable(mask):
+        attach_mask(model, mask)  # raises the TypeError before the model is touched
     if resnet:
-        return AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling)
+        return _attached(AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling), mask)
     if segmentation:
-        return AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling)
+        return _attached(AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling), mask)
     if filter_fn is not None or downsampling != "top_left":
         raise ValueError("filter_fn and downsampling apply to bottleneck ResNets; the graph path takes neither")
     if unsupported not in UNSUPPORTED:
@@ -142,7 +155,11 @@ def convert(
         if strict:
             raise ConversionProblem(problem)
         warnings.warn(problem, ConversionWarning, stacklevel=2)
-    return net
+    return _attached(net, mask)
+
+
+def _attached(net: nn.Module, mask) -> nn.Module:
+    return net if mask is None else attach_mask(net, mask)
 
 
 def _problem(net: AdaptiveGraphModule, model: nn.Module) -> str | None:

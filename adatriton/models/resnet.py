@@ -28,6 +28,7 @@ from ..core.strides import OUTPUT_STRIDES, parse_output_stride
 from ..nn.modules import AdaptiveConv2d, conv_at, swap_modules
 from ..runtime.context import environment_snapshot
 from ..runtime.host import module_attrs
+from .attach import attached_levels
 
 __all__ = [
     "LAYERS",
@@ -301,7 +302,8 @@ class AdaptiveResNet(nn.Module):
             levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
                 optional for dense output strides (then it must be all zeros on the ``layer4`` grid). Or a callable
                 that maps the dense finest-grid features ``(N, C, Hf, Wf)`` (the input of the adaptive part) to the
-                level map, called once they are computed.
+                level map, called once they are computed. None with a mask source attached (``adatriton.convert(...,
+                mask=...)``, :func:`~adatriton.models.attach_mask`): the source's map of ``x``.
             layers: names among ``"layer1"`` .. ``"layer4"``.
 
         Returns:
@@ -321,6 +323,7 @@ class AdaptiveResNet(nn.Module):
         unknown = [name for name in layers if name not in LAYERS]
         if unknown:
             raise ValueError(f"layers must be among {list(LAYERS)}, got {unknown}")
+        levels = attached_levels(self, levels, x)  # none given: the attached mask source's (adatriton.convert(mask=))
         # A callable predicts the map from the finest-grid features (e.g. a learned mask): it runs once they exist,
         # so the stem and the dense layers are computed only once.
         predict = levels if callable(levels) else None
@@ -351,7 +354,7 @@ class AdaptiveResNet(nn.Module):
         Args:
             x: image batch ``(N, 3, H, W)``.
             levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
-                optional for dense output strides (then it must be all zeros).
+                optional for dense output strides (then it must be all zeros) and with an attached mask source.
 
         Returns:
             ``(N, C, Hf, Wf)`` for adaptive output strides, else the dense ``layer4`` output at that stride.

@@ -29,6 +29,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from ..core.levelmap import LevelMap
 from ..nn.modules import swap_modules
+from .attach import attached_levels
 from .resnet import AdaptiveResNet
 
 __all__ = [
@@ -289,10 +290,12 @@ class AdaptiveSegmentationModel(nn.Module):
             x: images ``(N, 3, H, W)``.
             levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
                 optional for dense output strides (then all zeros on the ``layer4`` grid); or a callable from the
-                finest-grid features to the map (:meth:`AdaptiveResNet.forward_backbone`).
+                finest-grid features to the map (:meth:`AdaptiveResNet.forward_backbone`); None with a mask source
+                attached (``adatriton.convert(..., mask=...)``): the source's map of ``x``.
 
         Returns:
             ``OrderedDict`` with ``"out"`` ``(N, num_classes, H, W)`` and, with an auxiliary head, ``"aux"``
             ``(N, num_classes, H, W)``: the heads' logits bilinearly upsampled to the input size.
         """
+        levels = attached_levels(self, levels, x)  # none given: the attached mask source's (adatriton.convert(mask=))
         return segmentation_heads(self.classifier, self.aux_classifier, self.backbone(x, levels), x.shape[-2:])

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ...core.levelmap import LevelMap
 from ...runtime.context import environment_snapshot
+from ..attach import attached_levels, mask_source_of
 from .converter import Converter, Plan, planning_inputs, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
@@ -114,15 +115,30 @@ class AdaptiveGraphModule(nn.Module):
             inputs: the model's inputs (an image batch ``(N, C, H, W)``).
             levels: (last positional or keyword) the level map on the finest grid ``(N, Hf, Wf)``: a
                 :class:`LevelMap`, an integer tensor, or a callable mapping the finest-grid features to one;
-                None (or an all-zero map of the output grid) for a dense output stride.
+                None (or an all-zero map of the output grid) for a dense output stride; left out (or None) with a
+                mask source attached (``adatriton.convert(..., mask=...)``): the source's map of the first input.
 
         Returns:
             What the model returns; maps that reach the output are densified to the finest grid.
         """
+        if mask_source_of(self) is not None:
+            inputs, kwargs = self._with_attached_levels(inputs, kwargs)
         if torch.compiler.is_compiling():
             return self.forward_code(self, *inputs, **kwargs)
         with environment_snapshot():  # each environment variable read once per forward, not once per conv
             return self.forward_code(self, *inputs, **kwargs)
+
+    def _with_attached_levels(self, inputs: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``(inputs, kwargs)`` with ``levels`` from the attached mask source where the call leaves it out: the
+        model's own inputs are the source graph's placeholders, ``levels`` the one past them (or the keyword)."""
+        count = sum(n.op == "placeholder" for n in self.source_graph.nodes)
+        if "levels" in kwargs:
+            return inputs, {**kwargs, "levels": attached_levels(self, kwargs["levels"], inputs[0] if inputs else None)}
+        if len(inputs) > count:
+            images = inputs[0]
+            return (*inputs[:count], attached_levels(self, inputs[count], images), *inputs[count + 1 :]), kwargs
+        images = inputs[0] if inputs else next(iter(kwargs.values()), None)
+        return inputs, {**kwargs, "levels": attached_levels(self, None, images)}
 
     def with_output_stride(self, output_stride: str | int) -> AdaptiveGraphModule:
         """The same model at another output stride, sharing every parameter (e.g. the dense ``"8"`` network that a
