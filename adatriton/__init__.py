@@ -7,7 +7,8 @@ backend selection (:func:`use_backend`, ``$ADATRITON_BACKEND``) and :func:`expla
 "Package map"), each package's ``__init__`` listing its names: :mod:`adatriton.ops` (the ops on multi-resolution
 maps), :mod:`adatriton.runtime` (settings, the per-layer ``"auto"`` dispatcher, caches), :mod:`adatriton.core`,
 :mod:`adatriton.nn`, :mod:`adatriton.masks`, :mod:`adatriton.models`, :mod:`adatriton.analysis`,
-:mod:`adatriton.eval` (HPatches, matching) and :mod:`adatriton.tools` (autotuning, calibration, training).
+:mod:`adatriton.eval` (HPatches, matching) and :mod:`adatriton.tools` (autotuning, calibration, training, the
+``python -m adatriton.run`` command); :mod:`adatriton.viz` draws level maps (:func:`adatriton.viz.overlay`).
 """
 
 import importlib
@@ -43,7 +44,7 @@ def _bind_kernels_of_this_tree() -> None:
 # Before the imports below, the first that load kernels; the submodules then come from `module.__path__`.
 _bind_kernels_of_this_tree()
 
-from . import masks
+from . import masks, viz
 from .analysis.explain import explain
 from .analysis.macs import count_macs
 from .core.layout import Layout
@@ -105,5 +106,6 @@ __all__ = [
     "resolve_backend",
     "swap_modules",
     "use_backend",
+    "viz",
 ]
 

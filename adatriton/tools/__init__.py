@@ -1,6 +1,7 @@
 """Entry points: autotuning (:mod:`adatriton.tools.autotune`), dispatcher calibration
-(:mod:`adatriton.tools.calibrate`), the shared command-line options (:mod:`adatriton.tools.cli`) and training
-(:mod:`adatriton.tools.train`); ``python -m adatriton.autotune`` and ``python -m adatriton.calibrate`` run the CLIs.
+(:mod:`adatriton.tools.calibrate`), the shared command-line options (:mod:`adatriton.tools.cli`), training
+(:mod:`adatriton.tools.train`) and a converted model over a folder of images (:mod:`adatriton.tools.run`);
+``python -m adatriton.autotune``, ``python -m adatriton.calibrate`` and ``python -m adatriton.run`` run the CLIs.
 
 The names below load their module on first use, so that importing this package stays as light as
 ``import adatriton`` (the training loop and its progress bar load only when used). The functions named like their
@@ -18,7 +19,10 @@ _SOURCES = {
     "DEFAULT_SMS": "kernel_report",
     "DTYPES": "cli",
     "DTYPE_ALIASES": "cli",
+    "IMAGE_SUFFIXES": "run",
     "MODELS": "cli",
+    "RUN_MASKS": "run",
+    "RUN_MODELS": "run",
     "SyncAdaptiveBatchNorm2d": "train",
     "SyncBatchNorm2d": "train",
     "add_dtype_argument": "cli",
@@ -39,6 +43,7 @@ _SOURCES = {
     "positive_int": "cli",
     "random_level_map": "autotune",
     "record_model": "kernel_report",
+    "run_folder": "run",
     "save_checkpoint": "train",
     "table": "calibrate",
     "tune_model": "autotune",
