@@ -1,7 +1,8 @@
 """Pictures of level maps: :func:`overlay` tints an image by the level of each location and draws the blocks.
 
-A top-level module beside the CLI entry modules (``adatriton.viz``, imported by ``import adatriton``): it reads only
-:mod:`adatriton.core` and numpy, so it draws no plotting library into the import.
+A top-level module for its public name (``adatriton.viz``, imported by ``import adatriton``) that belongs to the
+``analysis`` layer (tests/test_layers.py): it reads only :mod:`adatriton.core` and numpy, so it draws no plotting
+library into the import, and ``tools`` (``python -m adatriton.run``) may use it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ light ``import adatriton``.
 
 The layers, lowest first (the README's "Package map"): ``kernels`` (installed as ``adatriton.kernels``),
 ``runtime``, ``core``, ``ops``, ``nn``, ``masks``, ``models``, ``analysis``, ``eval``, ``tools``; above them the
-facade: ``adatriton/__init__.py`` and the CLI entry modules ``adatriton.autotune`` / ``adatriton.calibrate``. A module
+facade: ``adatriton/__init__.py`` and the CLI entry modules ``adatriton.autotune`` / ``adatriton.calibrate`` /
+``adatriton.run``. ``adatriton.viz`` (level-map pictures, on ``core`` only) sits at the top of the package for its
+public name but belongs to the ``analysis`` layer, so that ``tools`` (the run command) may draw with it. A module
 may import from its own layer (without cycles) and from lower layers; nothing inside a layer imports the facade.
 """
 
@@ -19,6 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("kernels", "runtime", "core", "ops", "nn", "masks", "models", "analysis", "eval", "tools")
 FACADE = len(LAYERS)
+#: Top-level modules that belong to a layer (by what they import and who may import them), not to the facade.
+TOP_LEVEL_IN_LAYER = {"adatriton.viz": "analysis"}
 HEAVY = ("pandas", "matplotlib", "cv2", "skimage")
 
 
@@ -38,6 +42,8 @@ FILES = _module_files()
 
 
 def _layer(module: str) -> int:
+    if module in TOP_LEVEL_IN_LAYER:
+        return LAYERS.index(TOP_LEVEL_IN_LAYER[module])
     parts = module.split(".")
     if len(parts) >= 2 and parts[1] in LAYERS:
         return LAYERS.index(parts[1])

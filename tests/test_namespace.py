@@ -1,5 +1,6 @@
 """One public namespace: each layer package lists the public names of its modules, and no top-level module only
-re-exports (``adatriton/autotune.py`` and ``adatriton/calibrate.py`` are the ``python -m`` entry points)."""
+re-exports (``adatriton/autotune.py``, ``adatriton/calibrate.py`` and ``adatriton/run.py`` are the ``python -m``
+entry points; ``adatriton/viz.py`` holds :func:`adatriton.viz.overlay` itself)."""
 
 import importlib
 import pkgutil
@@ -50,7 +51,7 @@ def test_listed_names_exist(name):
     assert [n for n in package.__all__ if not hasattr(package, n)] == []
 
 
-def test_top_level_modules_are_the_package_init_and_the_two_clis():
+def test_top_level_modules_are_the_package_init_the_three_clis_and_viz():
     top = sorted(p.name for p in Path(adatriton.__file__).parent.glob("*.py"))
-    assert top == ["__init__.py", "autotune.py", "calibrate.py"]
+    assert top == ["__init__.py", "autotune.py", "calibrate.py", "run.py", "viz.py"]
     assert [n for n in adatriton.__all__ if not hasattr(adatriton, n)] == []
