@@ -1,5 +1,6 @@
 """Fine-tuning a segmentation model with a learned mask (docs/semantics.md §6): the authors' recipe in one function,
-in one process or many (``torchrun``, DistributedDataParallel), in float32 or under autocast.
+in one process or many (``torchrun``, DistributedDataParallel), in float32 or under autocast; and the same loop for
+any converted model with a loss of the user's (``train(net, data, loss_fn=...)``).
 
 :func:`train` runs :meth:`~adatriton.models.learned.LearnedMaskModel.forward_train` (OS8 and OS16 ``layer3`` blended by
 the hard Gumbel mask) on the batches of a dataset, minimising
@@ -8,6 +9,11 @@ the hard Gumbel mask) on the batches of a dataset, minimising
 
 with SGD (momentum 0.9, weight decay 1e-4) and three learning rates (backbone 0.01, heads 0.1, mask estimator
 0.001) under the poly schedule ``lr * (1 - it / max_iters) ** 0.9``.
+
+Any other model (a converted :class:`~adatriton.models.AdaptiveResNet`, segmentation or graph-path model, or any
+``nn.Module``) trains with ``loss_fn(outputs, targets)`` on ``net(images)`` (its attached mask source builds the level
+maps: ``adatriton.convert(..., mask=...)``) or ``net(images, levels_fn(images))``, with the same SGD, schedule,
+checkpoints, resume, DDP and autocast; its parameters form one group at ``lr_backbone``.
 
 Distributed training: under ``torchrun`` (or any initialised ``torch.distributed`` process group with more than one
 process) the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (unless it already is), every
@@ -25,8 +31,9 @@ import numbers
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,9 +65,15 @@ def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) 
 
 
 def param_groups(
-    model: LearnedMaskModel, lr_backbone: float, lr_head: float, lr_mask: float
+    model: LearnedMaskModel | nn.Module, lr_backbone: float, lr_head: float, lr_mask: float
 ) -> list[dict[str, object]]:
-    """SGD parameter groups: backbone, heads (main and auxiliary), mask estimator; each with its ``initial_lr``."""
+    """SGD parameter groups, each with its ``initial_lr``: for a :class:`~adatriton.models.learned.LearnedMaskModel`
+    backbone, heads (main and auxiliary) and mask estimator; for any other model one group ``"model"`` of its
+    parameters that require gradients, at ``lr_backbone``."""
+    if not isinstance(model, LearnedMaskModel):
+        group = {"name": "model", "params": [p for p in model.parameters() if p.requires_grad], "lr": lr_backbone}
+        group["initial_lr"] = lr_backbone
+        return [group]
     seg = model.model
     heads = [p for m in (seg.classifier, seg.aux_classifier) if m is not None for p in m.parameters()]
     groups = [
@@ -264,12 +277,24 @@ class _GivenLoader:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _unwrap(model: nn.Module) -> LearnedMaskModel:
+def _unwrap(model: nn.Module, loss_fn: Callable | None, levels_fn: Callable | None) -> nn.Module:
+    """The model inside DDP; a model other than a LearnedMaskModel needs the user's loss, a LearnedMaskModel no
+    ``levels_fn`` (it predicts its own mask)."""
     inner = model.module if isinstance(model, DistributedDataParallel) else model
-    if not isinstance(inner, LearnedMaskModel):
+    what = type(model).__name__ + (f" over {type(inner).__name__}" if inner is not model else "")
+    if not isinstance(inner, nn.Module):
+        raise TypeError(f"train expects an nn.Module (or DistributedDataParallel over one), got {what}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable loss_fn(outputs, targets) -> Tensor, got {loss_fn!r}")
+    if levels_fn is not None and not callable(levels_fn):
+        raise TypeError(f"levels_fn must be a callable levels_fn(images) -> level map, got {levels_fn!r}")
+    if isinstance(inner, LearnedMaskModel):
+        if levels_fn is not None:
+            raise TypeError("a LearnedMaskModel predicts its own mask: train it without levels_fn")
+    elif loss_fn is None:
         raise TypeError(
-            f"train expects a LearnedMaskModel (or DistributedDataParallel over one), got {type(model).__name__}"
-            + (f" over {type(inner).__name__}" if inner is not model else "")
+            f"train needs loss_fn(outputs, targets) -> Tensor for a {what}; the default loss (cross-entropy plus "
+            "the mask budget) is that of a LearnedMaskModel (or DistributedDataParallel over one)"
         )
     return inner
 
@@ -351,9 +376,17 @@ def _check_hyperparameters(**values) -> None:
     _check_number("momentum", values["momentum"], 0.0, 1.0, high_open=True)
 
 
-def _check_batch(images, labels) -> None:
-    """One batch's types and shapes: float ``(N, C, H, W)`` images, integer ``(N, H, W)`` labels (a float label
-    would be truncated silently by ``.long()``)."""
+def _check_batch(images, labels, segmentation: bool = True) -> None:
+    """One batch's types and shapes: float ``(N, C, H, W)`` images, and for the learned-mask model integer
+    ``(N, H, W)`` labels (a float label would be truncated silently by ``.long()``); a user's loss takes any
+    targets."""
+    if not segmentation:
+        if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(
+                f"images must be a float batch (N, C, H, W), got {type(images).__name__}"
+                + (f" {images.dtype} of shape {tuple(images.shape)}" if isinstance(images, Tensor) else "")
+            )
+        return
     if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(
             f"the dataset must give (image, label) tensors, got ({type(images).__name__}, {type(labels).__name__})"
@@ -392,6 +425,18 @@ def _check_label_range(labels: Tensor, num_classes: int, ignore_index: int, worl
         raise ValueError(problem)
 
 
+def _user_loss(loss_fn: Callable, outputs, targets) -> Tensor:
+    """``loss_fn(outputs, targets)`` as a 0-dim tensor (a one-element one of any shape is accepted)."""
+    loss = loss_fn(outputs, targets)
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise TypeError(f"loss_fn must return a one-element Tensor (the loss), got {loss!r}")
+    return loss.reshape(())
+
+
+#: What the logged vector holds, for the message of a non-finite loss: the learned-mask model's, another model's.
+_LOGGED = {True: "loss, ce, mask_term, fraction", False: "loss"}
+
+
 def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
@@ -416,9 +461,11 @@ class _Buffers:
 
 
 def train(
-    model: LearnedMaskModel | DistributedDataParallel,
+    model: nn.Module,
     dataset,
     *,
+    loss_fn: Callable[[Any, Any], Tensor] | None = None,
+    levels_fn: Callable[[Tensor], Any] | None = None,
     epochs: int = 1,
     batch_size: int = 8,
     gamma: float = 0.5,
@@ -443,15 +490,27 @@ def train(
     amp: bool = False,
     amp_dtype: torch.dtype | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune ``model`` (segmentation network and mask estimator together) with the authors' settings.
+    """Fine-tune ``model`` (segmentation network and mask estimator together) with the authors' settings, or any
+    converted model with ``loss_fn``.
 
     Args:
-        model: a :class:`~adatriton.models.learned.LearnedMaskModel`, or ``DistributedDataParallel`` over one; trained
-            in place and left in eval mode. With an initialised process group of more than one process a plain model is
-            wrapped here (``find_unused_parameters`` when it has an auxiliary head, which the loss does not use).
+        model: a :class:`~adatriton.models.learned.LearnedMaskModel`, or with ``loss_fn`` any model (a converted
+            one: ``adatriton.convert(...)``, with a mask source attached or a ``levels_fn``), or
+            ``DistributedDataParallel`` over one; trained in place and left in eval mode. With an initialised process
+            group of more than one process a plain model is wrapped here (``find_unused_parameters`` when a
+            ``LearnedMaskModel`` has an auxiliary head, which the loss does not use; other models: not set, wrap them
+            yourself if some parameters get no gradient).
         dataset: map-style dataset of ``(image (3, H, W) float, label (H, W) long)`` pairs (or a ready
             ``DataLoader`` yielding batches ``(N, 3, H, W)``, ``(N, H, W)``; give it a ``DistributedSampler`` when
-            distributed, whose ``set_epoch`` is then called every epoch).
+            distributed, whose ``set_epoch`` is then called every epoch). With ``loss_fn``: ``(image, target)``
+            pairs, the targets whatever ``loss_fn`` takes (tensors are moved to the device).
+        loss_fn: ``loss_fn(outputs, targets) -> Tensor`` (a 0-dim loss) on the model's outputs and the batch's
+            targets. Required for a model other than a ``LearnedMaskModel``, for which it replaces the
+            cross-entropy (the mask term ``mask_weight * (fraction - gamma)^2`` is still added). None: the
+            learned-mask model's ``cross_entropy(out["out"], label, ignore_index)``.
+        levels_fn: ``levels_fn(images) -> level map`` for a model other than a ``LearnedMaskModel``: the forward
+            is ``model(images, levels_fn(images))``. None: ``model(images)`` (the attached mask source's maps, or a
+            dense model's).
         epochs: passes over the dataset (training stops earlier at ``max_iters``).
         batch_size: images per iteration and process.
         gamma: target fraction of the OS8 grid to downsample (0.5 or 0.7 in the paper).
@@ -472,7 +531,7 @@ def train(
             ``seed``, or when distributed).
         device: where to train; None keeps the model's device (under ``torchrun`` with NCCL and a CPU model:
             ``cuda:$LOCAL_RANK``).
-        ignore_index: label value excluded from the cross-entropy.
+        ignore_index: label value excluded from the (default) cross-entropy.
         progress: show a tqdm progress bar (rank 0 only).
         shuffle: reshuffle the dataset every epoch.
         seed: seed of the shuffling: epoch ``e`` is the permutation of ``seed + e`` (None: torch's global
@@ -491,10 +550,11 @@ def train(
     Returns:
         Per-iteration history (of the whole run when resumed): dicts with ``iteration``, ``loss``, ``ce``,
         ``mask_term``, ``fraction`` (averaged over the processes when distributed) and the backbone/head/mask
-        learning rates used (``lr``, ``lr_head``, ``lr_mask``).
+        learning rates used (``lr``, ``lr_head``, ``lr_mask``); for another model ``iteration``, ``loss`` and ``lr``.
 
     Raises:
-        TypeError: ``model`` is not a ``LearnedMaskModel``; a hyper-parameter of the wrong type (e.g. a float
+        TypeError: ``model`` is not a ``LearnedMaskModel`` and no ``loss_fn`` is given (or a ``LearnedMaskModel``
+            with a ``levels_fn``); a hyper-parameter of the wrong type (e.g. a float
             ``batch_size``); a batch whose labels are not integers (float labels would be truncated silently).
         ValueError: before anything runs, a hyper-parameter that is not finite or out of range (``gamma`` in
             [0, 1]; ``mask_weight``, the learning rates, ``weight_decay``, ``poly_power`` >= 0; ``momentum`` in
@@ -512,7 +572,8 @@ def train(
     """
     tqdm = require("tqdm.auto").tqdm
 
-    inner = _unwrap(model)
+    inner = _unwrap(model, loss_fn, levels_fn)
+    learned = isinstance(inner, LearnedMaskModel)
     _check_hyperparameters(
         epochs=epochs,
         batch_size=batch_size,
@@ -587,7 +648,7 @@ def train(
             device_ids=[torch.cuda.current_device() if device.index is None else device.index]
             if device.type == "cuda"
             else None,
-            find_unused_parameters=inner.model.aux_classifier is not None,
+            find_unused_parameters=learned and inner.model.aux_classifier is not None,
         )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "last.pt"
 
@@ -619,30 +680,42 @@ def train(
                     break
                 for g in optimizer.param_groups:
                     g["lr"] = poly_lr(g["initial_lr"], it, total, poly_power)
-                _check_batch(images, labels)
+                _check_batch(images, labels, learned)
                 images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True).long()
+                if learned:
+                    labels = labels.to(device, non_blocking=True).long()
+                elif isinstance(labels, Tensor):
+                    labels = labels.to(device, non_blocking=True)
                 buffers.save()
                 try:
                     with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-                        out = net(images)  # forward_train in training mode; through DDP when distributed
-                        fraction = inner.last_fraction.float()
-                        _check_label_range(labels, out["out"].shape[1], ignore_index, world)
-                        ce = F.cross_entropy(out["out"].float(), labels, ignore_index=ignore_index)
-                        mask_term = (fraction - gamma) ** 2
-                        loss = ce + mask_weight * mask_term
-                    logged = torch.stack([loss, ce, mask_term, fraction]).detach().float()
+                        if not learned:
+                            # The user's model and loss: its attached mask source (or levels_fn) makes the maps.
+                            out = net(images) if levels_fn is None else net(images, levels_fn(images))
+                            loss = _user_loss(loss_fn, out, labels)
+                        else:
+                            out = net(images)  # forward_train in training mode; through DDP when distributed
+                            fraction = inner.last_fraction.float()
+                            if loss_fn is None:
+                                _check_label_range(labels, out["out"].shape[1], ignore_index, world)
+                                ce = F.cross_entropy(out["out"].float(), labels, ignore_index=ignore_index)
+                            else:
+                                ce = _user_loss(loss_fn, out, labels)
+                            mask_term = (fraction - gamma) ** 2
+                            loss = ce + mask_weight * mask_term
+                    parts = [loss, ce, mask_term, fraction] if learned else [loss]
+                    logged = torch.stack([t.float() for t in parts]).detach()
                     if world > 1:
                         dist.all_reduce(logged)  # every process sees a non-finite loss of any, and stops with it
                         logged /= world
                     if not bool(torch.isfinite(logged).all()):
                         raise FloatingPointError(
-                            f"train: non-finite loss at iteration {it + 1} (loss, ce, mask_term, fraction = "
+                            f"train: non-finite loss at iteration {it + 1} ({_LOGGED[learned]} = "
                             f"{logged.tolist()}{', averaged over the processes' if world > 1 else ''}); stopped "
                             f"before the optimiser step and before any checkpoint of it: the model holds the "
                             f"weights and statistics of iteration {it}"
                         )
-                except (ValueError, FloatingPointError):
+                except (ValueError, TypeError, FloatingPointError):
                     buffers.restore()
                     raise
                 optimizer.zero_grad(set_to_none=True)
@@ -663,20 +736,26 @@ def train(
                     scaler.step(optimizer)
                     scaler.update()
                 it += 1
-                loss_v, ce_v, mask_v, fraction_v = logged.tolist()
                 lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-                record = {
-                    "iteration": it,
-                    "loss": loss_v,
-                    "ce": ce_v,
-                    "mask_term": mask_v,
-                    "fraction": fraction_v,
-                    "lr": lrs["backbone"],
-                    "lr_head": lrs["head"],
-                    "lr_mask": lrs["mask"],
-                }
+                if learned:
+                    loss_v, ce_v, mask_v, fraction_v = logged.tolist()
+                    record = {
+                        "iteration": it,
+                        "loss": loss_v,
+                        "ce": ce_v,
+                        "mask_term": mask_v,
+                        "fraction": fraction_v,
+                        "lr": lrs["backbone"],
+                        "lr_head": lrs["head"],
+                        "lr_mask": lrs["mask"],
+                    }
+                    postfix = {"loss": f"{loss_v:.4f}", "frac": f"{fraction_v:.3f}"}
+                else:
+                    (loss_v,) = logged.tolist()
+                    record = {"iteration": it, "loss": loss_v, "lr": lrs["model"]}
+                    postfix = {"loss": f"{loss_v:.4f}"}
                 history.append(record)
-                bar.set_postfix(loss=f"{loss_v:.4f}", frac=f"{fraction_v:.3f}", refresh=False)
+                bar.set_postfix(**postfix, refresh=False)
                 bar.update(1)
                 if ckpt_path is not None and checkpoint_every > 0 and it % checkpoint_every == 0 and it < total:
                     checkpoint(it)
