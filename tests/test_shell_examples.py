@@ -8,12 +8,17 @@ import shlex
 
 import pytest
 
-from adatriton.tools import autotune, calibrate
+from adatriton.tools import autotune, calibrate, run
 from bench.__main__ import build_parser as bench_parser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PARSERS = {"adatriton.autotune": autotune._parser, "adatriton.calibrate": calibrate._parser, "bench": bench_parser}
+PARSERS = {
+    "adatriton.autotune": autotune._parser,
+    "adatriton.calibrate": calibrate._parser,
+    "adatriton.run": run._parser,
+    "bench": bench_parser,
+}
 
 
 def _shell_lines() -> list[tuple[str, int, str]]:
@@ -59,4 +64,4 @@ def test_the_project_commands_parse():
         if getattr(args, "output_stride", None) is not None:
             assert "->" in args.output_stride  # read as the canonical name
         checked.append(module)
-    assert "adatriton.autotune" in checked
+    assert "adatriton.autotune" in checked and "adatriton.run" in checked
