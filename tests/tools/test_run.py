@@ -86,17 +86,20 @@ def test_a_segmentation_model_over_three_photographs(photos, tmp_path, capsys):
         assert float(row["time_ms"]) >= float(row["forward_ms"]) > 0
 
 
-def test_a_graph_path_model_with_weights_and_a_synthetic_mask(photos, tmp_path):
-    """``--weights`` loads the state_dict: the saved output is the converted model's on the saved map."""
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"], ids=["graph-path", "resnet-path"])
+def test_weights_are_loaded_and_the_output_is_the_converted_models(name, photos, tmp_path):
+    """``--weights`` loads the state_dict (through ``read_checkpoint`` for a graph-path model, through
+    ``load_authors_state_dict`` for a ResNet): the saved output is the converted model's on the saved map."""
     torch.manual_seed(5)
-    model = torchvision.models.resnet18(num_classes=10).eval()
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     out = tmp_path / "out"
-    argv = ["--model", "resnet18", "--num-classes", "10", "--conversion", "8:32", "--mask", "synthetic"]
+    argv = ["--model", name, "--num-classes", "10", "--conversion", "8:32", "--mask", "synthetic"]
     argv += ["--fraction", "0.5", "--weights", str(tmp_path / "weights.pt"), "--seed", "1"]
     rows = main([*argv, "--images", str(photos), "--out", str(out), "--size", "64", "--device", "cpu", "--no-progress"])
     assert len(rows) == 3 and len(_rows(out)) == 3
-    net = adatriton.convert(model, "8->32", example_input=torch.empty(1, 3, 64, 64), unsupported="densify").eval()
+    graph = {"example_input": torch.empty(1, 3, 64, 64), "unsupported": "densify"} if name == "resnet18" else {}
+    net = adatriton.convert(model, "8->32", **graph).eval()
     image = pytest.importorskip("PIL.Image")
     for row in rows:
         stem = Path(row["image"]).stem
