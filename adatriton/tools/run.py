@@ -38,12 +38,13 @@ from torch import nn
 
 from ..analysis.macs import count_macs
 from ..core.levelmap import LevelMap
+from ..masks.common import MaskInputError
 from ..masks.density import synthetic
 from ..masks.sources import IMAGENET_MEAN, IMAGENET_STD, MaskSource, edges, keypoints
 from ..models.attach import attached_levels
-from ..models.checkpoints import load_authors_state_dict, read_checkpoint
+from ..models.checkpoints import CheckpointError, load_authors_state_dict, read_checkpoint
 from ..models.convert import convert
-from ..models.graph.rules import parse_graph_output_stride
+from ..models.graph.rules import GraphConversionError, parse_graph_output_stride
 from ..runtime.backend import BACKENDS
 from ..runtime.extras import require
 from ..viz import overlay
@@ -154,7 +155,10 @@ def _load_weights(model: nn.Module, name: str, path: Path) -> None:
     state = read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"--weights {path} does not fit {name}: {err}") from err
 
 
 def _mask_source(args) -> MaskSource:
@@ -337,6 +341,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         parser.error(f"--conversion: {err}")
     if not adaptive:
         parser.error(f"--conversion {args.conversion!r} is dense: give an adaptive one such as 8to32")
-    rows = run_folder(args)
+    try:
+        rows = run_folder(args)
+    except (GraphConversionError, CheckpointError, MaskInputError) as err:
+        # What the user can fix (a model the graph path cannot convert, weights that do not fit, a mask for another
+        # conversion): the message, without a traceback.
+        raise SystemExit(f"python -m adatriton.run: {type(err).__name__}: {err}") from err
     print(_summary(args, rows))
     return rows

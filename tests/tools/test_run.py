@@ -127,6 +127,17 @@ def test_bad_arguments_are_usage_errors(photos, tmp_path, capsys):
         assert err.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_what_the_user_can_fix_is_a_message_not_a_traceback(photos, tmp_path):
+    torch.save({"no": torch.zeros(1)}, tmp_path / "other.pt")
+    cases = (
+        (["--model", "resnet18", "--weights", str(tmp_path / "other.pt")], "does not fit resnet18"),
+        (["--model", "resnet50", "--mask", "keypoints"], "keypoint masks are for '1->8'"),
+    )
+    for argv, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            main([*argv, "--images", str(photos), "--out", str(tmp_path / "out"), "--size", "32", "--no-progress"])
+
+
 @pytest.mark.subprocess
 def test_python_dash_m_adatriton_run_is_the_command():
     done = subprocess.run(
