@@ -1,0 +1,127 @@
+"""ONNX export of adaptive models: ONNX translations of the project's custom ops and of ``aten.nonzero_static``.
+
+An adaptive network exported with ``torch.onnx.export(net, (images, levels), dynamo=True)`` holds four ops that
+torch's ONNX library (onnxscript's torchlib) does not translate:
+
+- ``aten.nonzero_static`` (the layouts' element lists, sized by the element counts): ONNX ``NonZero`` (dynamic
+  length), padded with the fill value and cut to the requested size, which is ``nonzero_static`` exactly.
+- ``adatriton::gather_conv`` (the torch backend's gather-GEMM) and ``adatriton::triton_conv`` (the Triton conv with
+  its BatchNorm / residual / ReLU epilogue): one ``Gather`` of the taps' rows (the sentinel row ``E`` reads an
+  appended zero row) and one ``MatMul`` over ``k*k*Cin`` (depthwise: a multiply and a sum over the taps; other
+  groups: an ``Einsum``). Only the active elements are gathered and multiplied: nothing falls back to a dense conv.
+- ``adatriton::densify`` (the Triton densify): the reference ``Gather`` over the pixel-to-element map.
+
+The level map stays a graph input (its levels tensor; the layouts are built inside the graph from it), so one
+``.onnx`` file serves every map of its grid shape. :func:`register_onnx_translations` adds the translations to
+onnxscript's registry, which every later export reads, so the plain ``torch.onnx.export(..., dynamo=True)`` call
+works; :func:`onnx_translation_table` gives them as a ``custom_translation_table`` instead. ``onnx``, ``onnxscript``
+and ``onnxruntime`` (the ``deploy`` extra) are imported only inside these functions: ``import adatriton`` stays light.
+
+Limit: each conv's columns are gathered in one piece (``rows x k*k*Cin``), where the eager torch backend goes in
+chunks of :data:`~adatriton.ops.conv.MAX_GATHER_BYTES`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["ONNX_OPS", "onnx_translation_table", "register_onnx_translations"]
+
+# The ops translated here, by their qualified names (the schema's overload is "default").
+ONNX_OPS = ("aten::nonzero_static", "adatriton::gather_conv", "adatriton::triton_conv", "adatriton::densify")
+
+
+@functools.cache
+def _translations() -> dict[str, Callable]:
+    """The onnxscript functions, built once, on first use (onnxscript is imported here, not with the module)."""
+    from onnxscript import opset18 as op
+    from onnxscript.values import Opset, TracedOnnxFunction
+
+    # torchlib's own functions live in this domain; the exporter inlines trace-only functions into the graph.
+    domain = Opset("pkg.adatriton", 1)
+
+    def as_1d(size):
+        """A size the exporter gives as an int (static) or as a scalar INT64 value (symbolic), as a 1-D INT64."""
+        if isinstance(size, int):
+            return op.Constant(value_ints=[size])
+        return op.Reshape(op.Cast(size, to=7), op.Constant(value_ints=[-1]))  # 7: INT64
+
+    def gather_gemm(values, weight, index, groups: int):
+        """``(rows, Cout)``: the taps' rows gathered (``index == E`` reads an appended zero row), then one product."""
+        cout, cin_g, k, _ = weight.shape  # the weight is an initializer: static shape
+        cin, taps = cin_g * groups, k * k
+        zero = op.Expand(op.CastLike(op.Constant(value_float=0.0), values), op.Constant(value_ints=[1, cin]))
+        src = op.Concat(values, zero, axis=0)
+        if index is None:  # a plain 1x1 conv: every element reads itself
+            cols = op.Reshape(values, op.Constant(value_ints=[-1, 1, cin]))
+        else:
+            cols = op.Gather(src, index, axis=0)  # (rows, taps, Cin): the active elements' taps only
+        if groups == 1:
+            w = op.Reshape(op.Transpose(weight, perm=[2, 3, 1, 0]), op.Constant(value_ints=[taps * cin, cout]))
+            return op.MatMul(op.Reshape(cols, op.Constant(value_ints=[-1, taps * cin])), w)
+        if groups == cin == cout:  # depthwise: a multiply-add over the taps
+            w = op.Transpose(op.Reshape(weight, op.Constant(value_ints=[cout, taps])), perm=[1, 0])
+            return op.ReduceSum(op.Mul(cols, w), op.Constant(value_ints=[1]), keepdims=0)
+        cols = op.Reshape(cols, op.Constant(value_ints=[-1, taps, groups, cin_g]))
+        w = op.Reshape(weight, op.Constant(value_ints=[groups, cout // groups, cin_g, taps]))
+        out = op.Einsum(cols, w, equation="etgc,goct->ego")
+        return op.Reshape(out, op.Constant(value_ints=[-1, cout]))
+
+    def nonzero_static(self, size, fill_value: int = -1):
+        found = op.Transpose(op.NonZero(self), perm=[1, 0])  # (n, rank)
+        rows = as_1d(size)
+        shape = op.Concat(rows, op.Constant(value_ints=[len(self.shape)]), axis=0)
+        pad = op.Expand(op.Constant(value_int=fill_value), shape)
+        return op.Slice(op.Concat(found, pad, axis=0), op.Constant(value_ints=[0]), rows, op.Constant(value_ints=[0]))
+
+    def gather_conv(values, weight, bias, index, groups: int):
+        out = gather_gemm(values, weight, index, groups)
+        return out if bias is None else op.Add(out, bias)
+
+    def triton_conv(values, weight, bias, index, groups: int, scale, residual, relu: bool):
+        out = gather_gemm(values, weight, index, groups)  # the kernel's epilogue in its order: act(s*y + b + res)
+        if scale is not None:
+            out = op.Mul(out, op.CastLike(scale, out))
+        if bias is not None:
+            out = op.Add(out, op.CastLike(bias, out))
+        if residual is not None:
+            out = op.Add(out, residual)
+        return op.Relu(out) if relu else out
+
+    def densify(values, ids):
+        zero = op.Expand(op.CastLike(op.Constant(value_float=0.0), values), op.Constant(value_ints=[1, values.shape[1]]))
+        src = op.Concat(values, zero, axis=0)
+        return op.Transpose(op.Gather(src, ids, axis=0), perm=[0, 3, 1, 2])  # (N, C, H, W), as the kernel's view
+
+    functions = (nonzero_static, gather_conv, triton_conv, densify)
+    return {name: TracedOnnxFunction(domain, fn) for name, fn in zip(ONNX_OPS, functions)}
+
+
+def onnx_translation_table() -> dict[torch._ops.OpOverload, Callable]:
+    """The translations as ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` takes them.
+
+    Raises:
+        ImportError: ``onnxscript`` is not installed (``pip install adatriton[deploy]``).
+    """
+    table = {}
+    for name, fn in _translations().items():
+        namespace, op_name = name.split("::")
+        table[getattr(getattr(torch.ops, namespace), op_name).default] = fn
+    return table
+
+
+def register_onnx_translations() -> None:
+    """Add the translations to onnxscript's torchlib registry, from which every ``torch.onnx.export(...,
+    dynamo=True)`` builds its own: after this call the plain export of an adaptive model works. Idempotent.
+
+    Raises:
+        ImportError: ``onnxscript`` is not installed (``pip install adatriton[deploy]``).
+    """
+    from onnxscript.function_libs.torch_lib import registration
+
+    for name, fn in _translations().items():
+        if name not in registration.default_registry:
+            registration.default_registry.register(fn, name)
