@@ -393,7 +393,7 @@ def _triton_conv(
 
 @_triton_conv.register_fake
 def _(values, weight, bias, index, groups, scale, residual, relu):
-    return values.new_empty(len(values) if index is None else index.shape[0], weight.shape[0])
+    return values.new_empty(values.shape[0] if index is None else index.shape[0], weight.shape[0])  # len(): an int
 
 
 _triton_conv.register_autograd(_conv_backward, setup_context=_conv_setup_context)

@@ -1,6 +1,6 @@
 """ONNX export of adaptive models: ONNX translations of the project's custom ops and of ``aten.nonzero_static``.
 
-An adaptive network exported with ``torch.onnx.export(net, (images, levels), dynamo=True)`` holds four ops that
+An adaptive network exported with ``torch.onnx.export(net, (images, levels), dynamo=True)`` can hold five ops that
 torch's ONNX library (onnxscript's torchlib) does not translate:
 
 - ``aten.nonzero_static`` (the layouts' element lists, sized by the element counts): ONNX ``NonZero`` (dynamic
@@ -10,6 +10,8 @@ torch's ONNX library (onnxscript's torchlib) does not translate:
   appended zero row) and one ``MatMul`` over ``k*k*Cin`` (depthwise: a multiply and a sum over the taps; other
   groups: an ``Einsum``). Only the active elements are gathered and multiplied: nothing falls back to a dense conv.
 - ``adatriton::densify`` (the Triton densify): the reference ``Gather`` over the pixel-to-element map.
+- ``aten.__lshift__.Tensor`` (element sides ``1 << level`` of the graph path's pooling): ONNX ``BitShift`` on the
+  unsigned bits.
 
 The level map stays a graph input (its levels tensor; the layouts are built inside the graph from it), so one
 ``.onnx`` file serves every map of its grid shape. :func:`register_onnx_translations` adds the translations to
@@ -31,7 +33,13 @@ import torch
 __all__ = ["ONNX_OPS", "onnx_translation_table", "register_onnx_translations"]
 
 # The ops translated here, by their qualified names (the schema's overload is "default").
-ONNX_OPS = ("aten::nonzero_static", "adatriton::gather_conv", "adatriton::triton_conv", "adatriton::densify")
+ONNX_OPS = (
+    "aten::nonzero_static",
+    "aten::__lshift__.Tensor",
+    "adatriton::gather_conv",
+    "adatriton::triton_conv",
+    "adatriton::densify",
+)
 
 
 @functools.cache
@@ -77,6 +85,11 @@ def _translations() -> dict[str, Callable]:
         pad = op.Expand(op.Constant(value_int=fill_value), shape)
         return op.Slice(op.Concat(found, pad, axis=0), op.Constant(value_ints=[0]), rows, op.Constant(value_ints=[0]))
 
+    def lshift(self, other):
+        # ONNX BitShift takes unsigned ints only; the casts keep the bits (two's complement), so this is C's <<
+        shifted = op.BitShift(op.Cast(self, to=13), op.Cast(other, to=13), direction="LEFT")  # 13: UINT64
+        return op.CastLike(shifted, self)
+
     def gather_conv(values, weight, bias, index, groups: int):
         out = gather_gemm(values, weight, index, groups)
         return out if bias is None else op.Add(out, bias)
@@ -96,7 +109,7 @@ def _translations() -> dict[str, Callable]:
         src = op.Concat(values, zero, axis=0)
         return op.Transpose(op.Gather(src, ids, axis=0), perm=[0, 3, 1, 2])  # (N, C, H, W), as the kernel's view
 
-    functions = (nonzero_static, gather_conv, triton_conv, densify)
+    functions = (nonzero_static, lshift, gather_conv, triton_conv, densify)
     return {name: TracedOnnxFunction(domain, fn) for name, fn in zip(ONNX_OPS, functions)}
 
 
@@ -109,7 +122,8 @@ def onnx_translation_table() -> dict[torch._ops.OpOverload, Callable]:
     table = {}
     for name, fn in _translations().items():
         namespace, op_name = name.split("::")
-        table[getattr(getattr(torch.ops, namespace), op_name).default] = fn
+        op_name, _, overload = op_name.partition(".")
+        table[getattr(getattr(getattr(torch.ops, namespace), op_name), overload or "default")] = fn
     return table
 
 
