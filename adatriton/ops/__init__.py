@@ -28,6 +28,7 @@ from .dispatch import (
     select,
 )
 from .downsample import downsample, softpool2d
+from .onnx import ONNX_OPS, onnx_translation_table, register_onnx_translations
 from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "select",
     "EvalStats",
     "MAX_GATHER_BYTES",
+    "ONNX_OPS",
     "add",
     "autocast_conv_inputs",
     "avg_downsample",
@@ -61,7 +63,9 @@ __all__ = [
     "global_max_pool",
     "layer_norm",
     "linear",
+    "onnx_translation_table",
     "per_sample",
+    "register_onnx_translations",
     "relu",
     "softpool2d",
 ]

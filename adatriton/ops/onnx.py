@@ -48,7 +48,8 @@ def _translations() -> dict[str, Callable]:
     from onnxscript import opset18 as op
     from onnxscript.values import Opset, TracedOnnxFunction
 
-    # torchlib's own functions live in this domain; the exporter inlines trace-only functions into the graph.
+    # Trace-only functions: the exporter calls them on its graph values and inlines the ops they emit (standard ONNX
+    # ops only), so the graph needs no custom domain at run time.
     domain = Opset("pkg.adatriton", 1)
 
     def as_1d(size):
@@ -57,16 +58,19 @@ def _translations() -> dict[str, Callable]:
             return op.Constant(value_ints=[size])
         return op.Reshape(op.Cast(size, to=7), op.Constant(value_ints=[-1]))  # 7: INT64
 
+    def with_zero_row(values):
+        """``values (E, C)`` and a zero row ``E`` after them: what the sentinel index reads."""
+        zero = op.CastLike(op.Constant(value_float=0.0), values)
+        return op.Concat(values, op.Expand(zero, op.Constant(value_ints=[1, values.shape[1]])), axis=0)
+
     def gather_gemm(values, weight, index, groups: int):
         """``(rows, Cout)``: the taps' rows gathered (``index == E`` reads an appended zero row), then one product."""
         cout, cin_g, k, _ = weight.shape  # the weight is an initializer: static shape
         cin, taps = cin_g * groups, k * k
-        zero = op.Expand(op.CastLike(op.Constant(value_float=0.0), values), op.Constant(value_ints=[1, cin]))
-        src = op.Concat(values, zero, axis=0)
         if index is None:  # a plain 1x1 conv: every element reads itself
             cols = op.Reshape(values, op.Constant(value_ints=[-1, 1, cin]))
-        else:
-            cols = op.Gather(src, index, axis=0)  # (rows, taps, Cin): the active elements' taps only
+        else:  # (rows, taps, Cin): the active elements' taps only
+            cols = op.Gather(with_zero_row(values), index, axis=0)
         if groups == 1:
             w = op.Reshape(op.Transpose(weight, perm=[2, 3, 1, 0]), op.Constant(value_ints=[taps * cin, cout]))
             return op.MatMul(op.Reshape(cols, op.Constant(value_ints=[-1, taps * cin])), w)
@@ -105,9 +109,8 @@ def _translations() -> dict[str, Callable]:
         return op.Relu(out) if relu else out
 
     def densify(values, ids):
-        zero = op.Expand(op.CastLike(op.Constant(value_float=0.0), values), op.Constant(value_ints=[1, values.shape[1]]))
-        src = op.Concat(values, zero, axis=0)
-        return op.Transpose(op.Gather(src, ids, axis=0), perm=[0, 3, 1, 2])  # (N, C, H, W), as the kernel's view
+        dense = op.Gather(with_zero_row(values), ids, axis=0)  # (N, H, W, C)
+        return op.Transpose(dense, perm=[0, 3, 1, 2])  # (N, C, H, W), the op's (channels-last) output
 
     functions = (nonzero_static, lshift, gather_conv, triton_conv, densify)
     return {name: TracedOnnxFunction(domain, fn) for name, fn in zip(ONNX_OPS, functions)}
