@@ -28,7 +28,7 @@ from .dispatch import (
     select,
 )
 from .downsample import downsample, softpool2d
-from .onnx import ONNX_OPS, onnx_translation_table, register_onnx_translations
+from .onnx import ONNX_OPS, export_onnx, onnx_translation_table, register_onnx_translations
 from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "downsample",
     "element_areas",
     "eval_stats",
+    "export_onnx",
     "folded_bn",
     "gather_conv_torch",
     "global_avg_pool",

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["ONNX_OPS", "onnx_translation_table", "register_onnx_translations"]
+__all__ = ["ONNX_OPS", "export_onnx", "onnx_translation_table", "register_onnx_translations"]
 
 # The ops translated here, by their qualified names (the schema's overload is "default").
 ONNX_OPS = (
@@ -142,3 +142,22 @@ def register_onnx_translations() -> None:
     for name, fn in _translations().items():
         if name not in registration.default_registry:
             registration.default_registry.register(fn, name)
+
+
+def export_onnx(model: torch.nn.Module, args: tuple, f=None, **kwargs):
+    """``torch.onnx.export(model, args, f, dynamo=True, **kwargs)`` under ``torch.no_grad()`` (an inference export:
+    the adaptive part's BatchNorms fold into the convs), with the translations registered first.
+
+    Args:
+        model: a converted model in eval mode.
+        args: its inputs, e.g. ``(images, levels)`` with a :class:`~adatriton.core.levelmap.LevelMap` (its levels
+            tensor becomes a graph input: any map of that grid shape runs).
+        f: where to save the ``.onnx`` file, or None (``save`` it from the returned program).
+        kwargs: passed to ``torch.onnx.export``.
+
+    Returns:
+        The ``torch.onnx.ONNXProgram``.
+    """
+    register_onnx_translations()
+    with torch.no_grad():
+        return torch.onnx.export(model, args, f, dynamo=True, **kwargs)
