@@ -99,7 +99,9 @@ class TracedCounts:
 
     def __getitem__(self, stage: int) -> list:
         if self.rows is None:
-            if torch.is_grad_enabled():
+            # torch.onnx.export is an inference export whatever the grad mode: eval-mode BatchNorms run without the
+            # guard there too (adatriton.ops.batch_norm under tracing), so the plain call needs no no_grad block.
+            if torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export():
                 raise LevelMapExportError(
                     "torch.export of the adaptive part needs torch.no_grad() (an inference export): with gradients "
                     "enabled its BatchNorms run as the native op, which guards on the data-dependent element count "

@@ -182,6 +182,24 @@ def test_lshift_translation_equals_torch(tmp_path):
     assert torch.equal(torch.from_numpy(session.run(None, {a: x.numpy(), b: y.numpy()})[0]), x << y)
 
 
+def test_plain_export_call_with_gradients_enabled():
+    """The issue's call, ``torch.onnx.export(net, (images, levels), dynamo=True)``, outside ``no_grad`` (an ONNX
+    export is an inference export) once the translations are registered."""
+    register_onnx_translations()
+    net = adatriton.convert(_randomised_bn(_tiny_resnet()), "16->32").eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = _maps((4, 4), "16->32")
+    assert torch.is_grad_enabled()
+    program = torch.onnx.export(net, (x, maps[0]), dynamo=True)
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    image, levels = (i.name for i in session.get_inputs())
+    for lm in maps:
+        out = torch.from_numpy(session.run(None, {image: x.numpy(), levels: lm.levels.numpy()})[0])
+        with torch.no_grad():
+            ref = net(x, lm)
+        assert (out - ref).abs().max() <= RTOL * ref.abs().max()
+
+
 def test_translation_table_names_the_ops_and_registration_is_idempotent():
     table = onnx_translation_table()
     assert {op.name() for op in table} == set(ONNX_OPS)
