@@ -1,6 +1,7 @@
 """The Python examples of the README and of every docs/*.md page run as written.
 
-A block fenced as ```python is executed; examples that are not meant to run (GPU-only, placeholders) use a
+A block fenced as ```python is executed (skipped when it imports a missing optional extra, e.g. `deploy`);
+examples that are not meant to run (GPU-only, placeholders) use a
 ```text or plain ``` fence instead.
 """
 
@@ -8,6 +9,8 @@ import pathlib
 import re
 
 import pytest
+
+from adatriton.runtime.extras import EXTRAS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -20,8 +23,6 @@ def _blocks(path: pathlib.Path) -> list[str]:
 
 
 BLOCKS = _blocks(README)
-#: Modules of optional extras a docs example may import, by extra; without them the example is skipped.
-OPTIONAL_EXTRAS = {"onnx": "deploy", "onnxscript": "deploy", "onnxruntime": "deploy"}
 #: (page, 1-based number of the block on its page, source) for every python block of docs/*.md.
 DOC_BLOCKS = [(page, number, block) for page in DOCS for number, block in enumerate(_blocks(page), start=1)]
 
@@ -53,6 +54,6 @@ def test_docs_examples_run(page, number, block):
     try:
         _run(block, page)
     except ModuleNotFoundError as err:
-        if err.name in OPTIONAL_EXTRAS:  # e.g. the ONNX Runtime example without the deploy extra (.venv-min)
-            pytest.skip(f"needs {err.name} ({OPTIONAL_EXTRAS[err.name]} extra)")
+        if err.name in EXTRAS:  # an optional extra's module, e.g. the ONNX Runtime example in .venv-min
+            pytest.skip(f"needs {err.name} (the {EXTRAS[err.name]} extra)")
         raise

@@ -30,6 +30,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..runtime.extras import require
+
 __all__ = ["ONNX_OPS", "export_onnx", "onnx_translation_table", "register_onnx_translations"]
 
 # The ops translated here, by their qualified names (the schema's overload is "default").
@@ -45,8 +47,9 @@ ONNX_OPS = (
 @functools.cache
 def _translations() -> dict[str, Callable]:
     """The onnxscript functions, built once, on first use (onnxscript is imported here, not with the module)."""
-    from onnxscript import opset18 as op
-    from onnxscript.values import Opset, TracedOnnxFunction
+    op = require("onnxscript").opset18
+    values_module = require("onnxscript.values")
+    Opset, TracedOnnxFunction = values_module.Opset, values_module.TracedOnnxFunction  # noqa: N806 -- class names
 
     # Trace-only functions: the exporter calls them on its graph values and inlines the ops they emit (standard ONNX
     # ops only), so the graph needs no custom domain at run time.
@@ -120,7 +123,7 @@ def onnx_translation_table() -> dict[torch._ops.OpOverload, Callable]:
     """The translations as ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` takes them.
 
     Raises:
-        ImportError: ``onnxscript`` is not installed (``pip install adatriton[deploy]``).
+        ImportError: ``onnxscript`` is not installed (the ``deploy`` extra).
     """
     table = {}
     for name, fn in _translations().items():
@@ -135,10 +138,9 @@ def register_onnx_translations() -> None:
     dynamo=True)`` builds its own: after this call the plain export of an adaptive model works. Idempotent.
 
     Raises:
-        ImportError: ``onnxscript`` is not installed (``pip install adatriton[deploy]``).
+        ImportError: ``onnxscript`` is not installed (the ``deploy`` extra).
     """
-    from onnxscript.function_libs.torch_lib import registration
-
+    registration = require("onnxscript.function_libs.torch_lib.registration")
     for name, fn in _translations().items():
         if name not in registration.default_registry:
             registration.default_registry.register(fn, name)
