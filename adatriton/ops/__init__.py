@@ -28,7 +28,7 @@ from .dispatch import (
     select,
 )
 from .downsample import downsample, softpool2d
-from .onnx import ONNX_OPS, export_onnx, onnx_translation_table, register_onnx_translations
+from .onnx import ONNX_OPS, export_onnx, global_average_pools, onnx_translation_table, register_onnx_translations
 from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "export_onnx",
     "folded_bn",
     "gather_conv_torch",
+    "global_average_pools",
     "global_avg_pool",
     "global_max_pool",
     "layer_norm",

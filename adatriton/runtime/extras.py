@@ -24,6 +24,7 @@ EXTRAS = {
     "onnx": "deploy",
     "onnxscript": "deploy",
     "onnxruntime": "deploy",
+    "onnx_ir": "deploy",
 }
 
 

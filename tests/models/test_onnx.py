@@ -167,6 +167,24 @@ def test_nonzero_static_translation_pads_and_cuts_as_torch(size, tmp_path):
         assert torch.equal(torch.from_numpy(out), torch.nonzero_static(t > 0, size=size, fill_value=-7))
 
 
+class _Means(nn.Module):
+    def forward(self, x):
+        spatial = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # as a torchvision classifier pools
+        return spatial, x.mean(1, keepdim=True), x.mean((2, 3))  # the last two stay ReduceMean
+
+
+def test_global_mean_pools_become_global_average_pool_nodes(tmp_path):
+    x = torch.randn(2, 5, 6, 7, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "means.onnx"
+    export_onnx(_Means().eval(), (x,), path)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert ops.count("GlobalAveragePool") == 1 and ops.count("ReduceMean") == 2
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for out, ref in zip(outs, _Means()(x)):
+        torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-6, atol=1e-6)
+
+
 class _ShiftLeft(nn.Module):
     def forward(self, x, y):
         return x << y
