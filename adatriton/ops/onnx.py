@@ -179,6 +179,8 @@ def global_average_pools(model) -> int:
             outputs[outputs.index(node.outputs[0])] = pool.outputs[0]
             pool.outputs[0].name = node.outputs[0].name
         model.graph.remove(node, safe=True)
+        if axes.is_initializer() and not axes.uses() and not axes.is_graph_input():
+            model.graph.initializers.pop(axes.name)  # else ONNX Runtime warns about an unused initializer
         done += 1
     return done
 
