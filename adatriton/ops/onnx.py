@@ -34,7 +34,7 @@ from ..runtime.extras import require
 
 __all__ = ["ONNX_OPS", "export_onnx", "global_average_pools", "onnx_translation_table", "register_onnx_translations"]
 
-# The ops translated here, by their qualified names (the schema's overload is "default").
+# The ops translated here, by their qualified names ("namespace::name", ".overload" where it is not "default").
 ONNX_OPS = (
     "aten::nonzero_static",
     "aten::__lshift__.Tensor",

@@ -70,6 +70,7 @@ def _check(net: nn.Module, x: torch.Tensor, maps: list[LevelMap], tmp_path, dens
     export_onnx(net, (x, maps[0]), path)
     model = onnx.load(path)
     ops = [node.op_type for node in model.graph.node]
+    assert {node.domain for node in model.graph.node} == {""} and not model.functions  # standard ONNX ops only
     assert "NonZero" in ops  # the layouts are built inside the graph, from the level map input
     if dense_convs is not None:
         assert ops.count("Conv") == dense_convs, "a conv of the adaptive part was exported as a dense Conv"
