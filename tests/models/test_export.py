@@ -173,4 +173,8 @@ def test_wrap_triton_leaves_an_interpreted_kernel_untraceable():
         pass
 
     assert type(kernel).__name__ == "InterpretedFunction"
-    assert torch.library.wrap_triton(kernel) is kernel
+    try:
+        wrapped = torch.library.wrap_triton(kernel)
+    except RuntimeError:  # older torch refuses an interpreted kernel outright: not traceable either
+        return
+    assert wrapped is kernel
