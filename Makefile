@@ -27,7 +27,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,bench,masks]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,bench,masks,deploy]"
 	touch $(STAMP)
 
 env-min: $(STAMP_MIN)

@@ -1,6 +1,14 @@
 """The data: output strides and conversions, level maps, element layouts and multi-resolution maps."""
 
-from .export import TracedCounts, count_sizes, dynamic_counts, explain_export_failure, is_traced, traced_stage_counts
+from .export import (
+    TracedCounts,
+    count_sizes,
+    dynamic_counts,
+    explain_export_failure,
+    fits_int32,
+    is_traced,
+    traced_stage_counts,
+)
 from .layout import Layout, block_sums, ceil_div
 from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
 from .multires import MultiResMap, densify_values, expect_map
@@ -35,6 +43,7 @@ __all__ = [
     "dynamic_counts",
     "explain_export_failure",
     "expect_map",
+    "fits_int32",
     "is_traced",
     "num_levels_of",
     "parse_output_stride",

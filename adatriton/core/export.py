@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch._dynamo.decorators import mark_unbacked
 from torch._subclasses.fake_tensor import is_fake
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode, guard_or_true
 
 __all__ = [
     "LevelMapExportError",
@@ -23,6 +23,7 @@ __all__ = [
     "count_sizes",
     "dynamic_counts",
     "explain_export_failure",
+    "fits_int32",
     "is_traced",
     "traced_stage_counts",
 ]
@@ -98,7 +99,9 @@ class TracedCounts:
 
     def __getitem__(self, stage: int) -> list:
         if self.rows is None:
-            if torch.is_grad_enabled():
+            # torch.onnx.export is an inference export whatever the grad mode: eval-mode BatchNorms run without the
+            # guard there too (adatriton.ops.batch_norm under tracing), so the plain call needs no no_grad block.
+            if torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export():
                 raise LevelMapExportError(
                     "torch.export of the adaptive part needs torch.no_grad() (an inference export): with gradients "
                     "enabled its BatchNorms run as the native op, which guards on the data-dependent element count "
@@ -130,3 +133,20 @@ def count_sizes(counts: list[list[int]]) -> list[list[Tensor | int]]:
 def dynamic_counts(sizes: list[Tensor | int]) -> list:
     """The counts of one stage from :func:`count_sizes`: symbols while Dynamo traces, else ints."""
     return [size if isinstance(size, int) else size.shape[0] for size in sizes]
+
+
+#: Largest element count whose index tables (and the sentinel ``E``) fit int32.
+INT32_ELEMENTS = 2**31 - 1
+
+
+def fits_int32(count: int | torch.SymInt) -> bool:
+    """Whether ``count`` elements (and the sentinel index ``count``) fit int32 indices.
+
+    A traced count (an unbacked symbol of a compiled graph over dynamic maps) cannot be compared on the host: the
+    answer is yes (``guard_or_true``: no guard, one graph for every map), with the comparison handed to the graph as
+    a check (``torch._check``) where the tracer keeps it.
+    """
+    fits = count < INT32_ELEMENTS
+    if not isinstance(fits, bool):  # a symbolic comparison
+        torch._check(fits, lambda: "more elements than int32 index tables hold")
+    return guard_or_true(fits)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .export import fits_int32
+
 if TYPE_CHECKING:
     from .levelmap import LevelMap
 
@@ -212,7 +214,7 @@ class Layout:
         if key in self._kernel_tables:
             return self._kernel_tables[key]
         table = self.kernel_table(kernel, tap_spacing, downsample, compact=False)
-        if table is not None and self.num_elements < 2**31 - 1:
+        if table is not None and fits_int32(self.num_elements):
             table = table.to(torch.int32)
         self._kernel_tables[key] = table
         return table

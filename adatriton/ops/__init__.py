@@ -28,6 +28,7 @@ from .dispatch import (
     select,
 )
 from .downsample import downsample, softpool2d
+from .onnx import ONNX_OPS, export_onnx, global_average_pools, onnx_translation_table, register_onnx_translations
 from .pool import avg_downsample, element_areas, global_avg_pool, global_max_pool, layer_norm, linear, per_sample
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "select",
     "EvalStats",
     "MAX_GATHER_BYTES",
+    "ONNX_OPS",
     "add",
     "autocast_conv_inputs",
     "avg_downsample",
@@ -55,13 +57,17 @@ __all__ = [
     "downsample",
     "element_areas",
     "eval_stats",
+    "export_onnx",
     "folded_bn",
     "gather_conv_torch",
+    "global_average_pools",
     "global_avg_pool",
     "global_max_pool",
     "layer_norm",
     "linear",
+    "onnx_translation_table",
     "per_sample",
+    "register_onnx_translations",
     "relu",
     "softpool2d",
 ]

@@ -23,10 +23,10 @@ def batch_norm(x: MultiResMap, bn: nn.modules.batchnorm._BatchNorm) -> MultiResM
     """
     expect_map(x, "batch_norm")
     e, c = x.values.shape
-    stats = eval_stats(bn) if torch.compiler.is_dynamo_compiling() else None
+    stats = eval_stats(bn) if torch.compiler.is_compiling() else None
     if stats is not None:
-        # Inside a compiled graph the element count may be an unbacked size (LevelMap.layout), on which the module's
-        # forward guards (is the input empty?); the eval-mode op without that check computes the same.
+        # Inside a compiled or exported graph the element count may be an unbacked size (LevelMap.layout), on which
+        # the module's forward guards (is the input empty?); the eval-mode op without that check computes the same.
         weight, bias, mean, var, eps = stats
         out = torch.ops.aten._native_batch_norm_legit_no_training(x.values, weight, bias, mean, var, 0.0, eps)[0]
         return x.with_values(out)

@@ -393,7 +393,8 @@ def _triton_conv(
 
 @_triton_conv.register_fake
 def _(values, weight, bias, index, groups, scale, residual, relu):
-    return values.new_empty(len(values) if index is None else index.shape[0], weight.shape[0])
+    # shape[0], not len(): len() of a traced (symbolic) row count would specialise it to an int
+    return values.new_empty(values.shape[0] if index is None else index.shape[0], weight.shape[0])
 
 
 _triton_conv.register_autograd(_conv_backward, setup_context=_conv_setup_context)

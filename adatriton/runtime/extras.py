@@ -3,7 +3,8 @@ torchvision, triton and numpy.
 
 - extra ``bench``: pandas (tables of ``count_macs``, ``explain``, ``tune_model``, calibration), matplotlib (plots),
   tqdm (progress bars);
-- extra ``masks``: OpenCV (SIFT keypoints, HPatches images) and scikit-image (bundled photographs).
+- extra ``masks``: OpenCV (SIFT keypoints, HPatches images) and scikit-image (bundled photographs);
+- extra ``deploy``: onnx, onnxscript and onnxruntime (ONNX export, :mod:`adatriton.ops.onnx`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from types import ModuleType
 __all__ = ["EXTRAS", "require"]
 
 #: Top-level module -> the extra that installs it.
-EXTRAS = {"pandas": "bench", "matplotlib": "bench", "tqdm": "bench", "cv2": "masks", "skimage": "masks"}
+EXTRAS = {
+    "pandas": "bench",
+    "matplotlib": "bench",
+    "tqdm": "bench",
+    "cv2": "masks",
+    "skimage": "masks",
+    "onnx": "deploy",
+    "onnxscript": "deploy",
+    "onnxruntime": "deploy",
+    "onnx_ir": "deploy",
+}
 
 
 def require(module: str) -> ModuleType:

@@ -3,7 +3,8 @@ exports (dense output strides, with or without a level-map argument; classifiers
 and equals eager, also after ``torch.export.save`` / ``load``; what does not (the adaptive part, whose index tables
 have data-dependent sizes) raises ``LevelMapExportError`` saying which part and why.
 
-ONNX: not tested, ``onnxscript`` is not installed here (``torch.onnx.export(..., dynamo=True)`` needs it)."""
+ONNX: tests/models/test_onnx.py. The triton backend under ``torch.compile``: its conv op traces with dynamic maps;
+why it is not a ``triton_op`` (the interpreter's kernels are not traceable)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import adatriton
 from adatriton import LevelMap, LevelMapError, LevelMapExportError
+from adatriton.runtime.backend import triton_runs_on
 from tests.models.test_learned import tiny_deeplab
 
 
@@ -127,3 +129,52 @@ def test_export_levelmap_pickles_as_levels_and_k(tmp_path):
     torch.save({"levels": lm}, tmp_path / "lm.pt")
     assert torch.equal(torch.load(tmp_path / "lm.pt", weights_only=True)["levels"].levels, lm.levels)
     assert torch.equal(copy.deepcopy(lm).levels, lm.levels)
+
+
+# ---------------------------------------------------------------------------------------------------- triton backend
+def test_compiled_triton_backend_traces_the_conv_op_with_new_maps():
+    """``adatriton::triton_conv`` is a custom op with a fake implementation: ``torch.compile(fullgraph=True)`` traces a
+    triton-backend model (interpreter) without a graph break, with the element counts as unbacked sizes (a fake
+    implementation that took ``len()`` of its rows would specialise them and fail), and equals eager on new maps."""
+    if not triton_runs_on(torch.device("cpu")):
+        pytest.skip("the triton backend needs TRITON_INTERPRET=1 on the CPU")
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=8, num_classes=10).eval()
+    net = adatriton.convert(model, "8->32", backend="triton").eval()
+    x = torch.randn(1, 3, 32, 32)
+    maps = [LevelMap.random(1, 4, 4, "8->32", generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = [net(x, lm) for lm in maps]  # eager first, as a model is run before it is compiled
+        compiled = torch.compile(net, backend=counting_backend, fullgraph=True)  # a graph break raises
+        for lm, ref in zip(maps, expected):
+            torch.testing.assert_close(compiled(x, lm), ref, rtol=1e-4, atol=1e-4)
+    assert len(graphs) == 1  # the second map reuses the first map's graph
+    assert any(n.target is torch.ops.adatriton.triton_conv.default for n in graphs[0].graph.nodes)
+
+
+def test_wrap_triton_leaves_an_interpreted_kernel_untraceable():
+    """Why the Triton conv is not a ``torch.library.triton_op`` (docs/api.md, "Deployment"): under
+    ``TRITON_INTERPRET=1`` ``triton.jit`` gives an ``InterpretedFunction``, which ``wrap_triton`` hands back as is
+    (no ``triton_kernel_wrapper`` node to trace), so a ``triton_op``'s fake pass would run the interpreter on fake
+    tensors. When torch starts tracing interpreted kernels this test fails: revisit the registration then."""
+    if not triton_runs_on(torch.device("cpu")):
+        pytest.skip("needs TRITON_INTERPRET=1")
+    import triton
+
+    @triton.jit
+    def kernel(x_ptr):  # the project's kernels are defined the same way, under the same setting
+        pass
+
+    assert type(kernel).__name__ == "InterpretedFunction"
+    try:
+        wrapped = torch.library.wrap_triton(kernel)
+    except RuntimeError:  # older torch refuses an interpreted kernel outright: not traceable either
+        return
+    assert wrapped is kernel
