@@ -12,6 +12,11 @@ Shapes: a :class:`~adatriton.core.multires.MultiResMap` holds ``(E, C)`` values;
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import weakref
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +35,7 @@ __all__ = [
     "check_conv_args",
     "conv2d",
     "conv_bn_act",
+    "eager_plans",
     "folded_bn",
     "gather_conv_torch",
 ]
@@ -223,6 +229,15 @@ def _check_triton(values: Tensor) -> None:
 _CONFIGS: dict[tuple, tuple] = {}
 
 
+def _memo_key(values: Tensor, index: Tensor | None, weight: Tensor, groups: int) -> tuple:
+    """The key of :data:`_CONFIGS`: the autotune cache's bucket of the launch, and the cache directory."""
+    rows = values.shape[0] if index is None else index.shape[0]
+    return (
+        (rows - 1).bit_length(), values.shape[1], weight.shape[0], weight.shape[-1] * weight.shape[-2], groups,
+        values.dtype, index is not None, values.device, getenv(autotune.CACHE_DIR_ENV),
+    )  # fmt: skip
+
+
 def _launch_triton(
     values: Tensor,
     index: Tensor | None,
@@ -254,10 +269,7 @@ def _launch_triton(
             residual=residual, relu=relu, config=config,
         )  # fmt: skip
 
-    memo_key = (
-        (rows - 1).bit_length(), cin, cout, taps, groups, values.dtype, index is not None, values.device,
-        getenv(autotune.CACHE_DIR_ENV),
-    )  # fmt: skip
+    memo_key = _memo_key(values, index, weight, groups)
     config = None if autotune.is_tuning() else _CONFIGS.get(memo_key)
     if config is None:
         config = autotune.select_config(
@@ -474,6 +486,203 @@ def _conv_values(
     return _conv_torch_fused(x, weight, scale, shift, residual, relu, index, groups, grad)
 
 
+# ---------------------------------------------------------------------------------------------------- eager plans
+# An eager inference conv on the triton backend, called again with the same objects (the module's weight, bias and
+# BatchNorm, an input on the same layout: every conv of a forward with a reused level map), is the earlier call with
+# other values. Its plan holds what the checks, the dispatcher and the config lookup decided, and the kernel's
+# remembered launch (conv_kernels.BoundLaunch); a call that matches it launches at once (_replay), after checking
+# everything those decisions read: identities, the shapes, strides, dtypes and devices of the tensors, grad mode,
+# autocast, the requested backend, the tuning settings and the config memo. Anything else takes the full path, whose
+# checks raise for bad input as before: no input that the full path refuses matches a plan. The plans of a layout
+# live as long as the layout (its level map's tables); nothing derived from a tensor's data is kept.
+
+
+class _EagerConv:
+    """The remembered decisions of one eager triton :func:`conv_bn_act` call (see the comment above)."""
+
+    __slots__ = (
+        "weight", "bias", "bn", "values_meta", "weight_meta", "bias_meta", "residual_meta", "bn_dtypes", "device",
+        "device_type", "index", "memo_key", "config", "cache_dir", "bound",
+    )  # fmt: skip
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+#: id(layout) -> (weak reference to the layout, {call key: plan}).
+_EAGER: dict[int, tuple[weakref.ref, dict[tuple, _EagerConv]]] = {}
+#: Plans per layout at most (distinct convs applied to one layout); beyond, that layout's plans are dropped.
+MAX_EAGER_PLANS = 1024
+_eager_enabled = True
+
+
+@contextlib.contextmanager
+def eager_plans(enabled: bool) -> Iterator[None]:
+    """Whether :func:`conv_bn_act` replays remembered eager plans inside the block (default: on), process-wide: a
+    switch to measure or rule them out (``python -m bench host`` times both). Off, every call takes the full path
+    (whose launch :mod:`adatriton.kernels.conv` may still remember)."""
+    global _eager_enabled
+    before, _eager_enabled = _eager_enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _eager_enabled = before
+
+
+def _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend) -> tuple:
+    return id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend
+
+
+def _forget_layout(key: int, ref: weakref.ref) -> None:
+    entry = _EAGER.get(key)
+    if entry is not None and entry[0] is ref:
+        del _EAGER[key]
+
+
+def _replay(
+    x: MultiResMap,
+    weight: Tensor,
+    bias: Tensor | None,
+    bn: nn.Module | None,
+    relu: bool,
+    residual: MultiResMap | None,
+    tap_spacing: int,
+    groups: int,
+    downsample: bool,
+    backend: str | None,
+) -> MultiResMap | None:
+    """:func:`conv_bn_act`'s result through a remembered plan, or None where there is none or it does not hold."""
+    # exact types: a bool or float spacing is an error on the full path (equal keys would hide it)
+    if not _eager_enabled or not isinstance(x, MultiResMap) or type(tap_spacing) is not int or type(groups) is not int:
+        return None
+    layout = x.layout
+    entry = _EAGER.get(id(layout))
+    if entry is None or entry[0]() is not layout:
+        return None
+    plan = entry[1].get(_eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend))
+    # the ids in the key are checked against the objects: an id can be reused once its object is gone
+    if (
+        plan is None
+        or plan.weight() is not weight
+        or (bias is not None and plan.bias() is not bias)
+        or (bn is not None and plan.bn() is not bn)
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled(plan.device_type)
+    ):
+        return None
+    values = x.values
+    if (values.shape, values.stride(), values.dtype, values.device) != plan.values_meta:
+        return None
+    if (weight.shape, weight.stride(), weight.dtype, weight.device) != plan.weight_meta:
+        return None
+    if bias is not None and (bias.shape, bias.stride(), bias.dtype, bias.device) != plan.bias_meta:
+        return None
+    out_layout = layout.next() if downsample else layout
+    res = None
+    if residual is not None:
+        if not isinstance(residual, MultiResMap) or residual.layout is not out_layout:
+            return None
+        res = residual.values
+        if (res.shape, res.stride(), res.dtype) != plan.residual_meta:
+            return None
+    stats = None
+    if bn is not None:
+        stats = eval_stats(bn)
+        if stats is None:
+            return None
+        bn_w, bn_b, mean, var, _ = stats
+        if (None if bn_w is None else bn_w.dtype, None if bn_b is None else bn_b.dtype, mean.dtype, var.dtype) != (
+            plan.bn_dtypes
+        ):
+            return None
+    if torch.is_grad_enabled() and _needs_grad(values, weight, bias, *(stats[:2] if stats else ()), res):
+        return None
+    if dispatch.fixed_backend(weight, backend) != "triton":
+        return None
+    # triton_runs_on(device) for the two device types a plan is made on, without its slower device.type reads
+    if plan.device_type == "cpu" and getenv("TRITON_INTERPRET", "0") in ("", "0"):
+        return None
+    if autotune.is_tuning() or getenv(autotune.CACHE_DIR_ENV) != plan.cache_dir:
+        return None
+    if _CONFIGS.get(plan.memo_key) is not plan.config:
+        return None
+    out = plan.bound.launch(values, plan.index, weight, None, bias, stats, res)
+    return None if out is None else MultiResMap(out, out_layout)
+
+
+def _remember_eager(
+    x: MultiResMap,
+    weight: Tensor,
+    bias: Tensor | None,
+    bn: nn.Module | None,
+    stats: EvalStats | None,
+    relu: bool,
+    residual: MultiResMap | None,
+    tap_spacing: int,
+    groups: int,
+    downsample: bool,
+    backend: str | None,
+) -> None:
+    """After a fused eager launch on the triton backend (the full path of :func:`conv_bn_act`, its checks passed):
+    remember its plan, where it can be replayed (a forced backend, contiguous values, no autocast, no tuning, a
+    launch the kernel remembered)."""
+    values = x.values
+    device = values.device
+    res = None if residual is None else residual.values
+    if (
+        not _eager_enabled
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled(device.type)
+        or autotune.is_tuning()
+        or dispatch.fixed_backend(weight, backend) != "triton"
+        or not values.is_contiguous()
+        or (res is not None and not res.is_contiguous())
+    ):
+        return
+    index = x.layout.kernel_table(weight.shape[-1], tap_spacing, downsample)
+    memo_key = _memo_key(values, index, weight, groups)
+    config = _CONFIGS.get(memo_key)
+    if config is None:
+        return
+    bound = conv_kernels.launch_plan(
+        values, index, weight, taps=weight.shape[-1] * weight.shape[-2], groups=groups, shift=bias, bn=stats,
+        residual=res, relu=relu, config=config,
+    )  # fmt: skip
+    if bound is None:
+        return
+    bn_dtypes = None
+    if stats is not None:
+        bn_w, bn_b, mean, var, _ = stats
+        bn_dtypes = (None if bn_w is None else bn_w.dtype, None if bn_b is None else bn_b.dtype, mean.dtype, var.dtype)
+    plan = _EagerConv(
+        weight=weakref.ref(weight),
+        bias=None if bias is None else weakref.ref(bias),
+        bn=None if bn is None else weakref.ref(bn),
+        values_meta=(values.shape, values.stride(), values.dtype, device),
+        weight_meta=(weight.shape, weight.stride(), weight.dtype, weight.device),
+        bias_meta=None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device),
+        residual_meta=None if res is None else (res.shape, res.stride(), res.dtype),
+        bn_dtypes=bn_dtypes,
+        device=device,
+        device_type=device.type,
+        index=index,
+        memo_key=memo_key,
+        config=config,
+        cache_dir=memo_key[-1],
+        bound=bound,
+    )
+    layout = x.layout
+    key = id(layout)
+    entry = _EAGER.get(key)
+    if entry is None or entry[0]() is not layout:
+        entry = _EAGER[key] = (weakref.ref(layout, functools.partial(_forget_layout, key)), {})
+    plans = entry[1]
+    if len(plans) >= MAX_EAGER_PLANS:
+        plans.clear()
+    plans[_eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)] = plan
+
+
 def conv_bn_act(
     x: MultiResMap,
     weight: Tensor,
@@ -500,6 +709,9 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
+    replayed = _replay(x, weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)
+    if replayed is not None:
+        return replayed
     expect_map(x, "conv_bn_act")
     if residual is not None:
         expect_map(residual, "conv_bn_act", "residual")
@@ -516,4 +728,6 @@ def conv_bn_act(
     if residual is not None and not residual.layout.same_as(out_layout):
         raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
     out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, relu)
+    if name == "triton":
+        _remember_eager(x, weight, bias, bn, stats, relu, residual, tap_spacing, groups, downsample, backend)
     return MultiResMap(out, out_layout)

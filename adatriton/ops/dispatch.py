@@ -46,6 +46,7 @@ __all__ = [
     "CUDA_CROSSOVER",
     "Signature",
     "choose",
+    "fixed_backend",
     "force",
     "forced",
     "recording",
@@ -215,6 +216,16 @@ def _density(layout: Layout, downsample: bool) -> tuple[int, float]:
     lm = layout.levelmap
     elements = layout.next().num_elements if downsample else layout.num_elements
     return elements, elements / max(1, lm.batch * lm.height * lm.width)
+
+
+def fixed_backend(weight: Tensor, backend: str | None) -> str | None:
+    """What :func:`select` returns for a conv of ``weight`` called with ``backend`` without looking at the layer or
+    its map: the forced or requested backend when it is not ``"auto"`` and no :func:`recording` is active; else None
+    (``select`` would look). The check of an eager plan (:mod:`adatriton.ops.conv`) that the choice still holds."""
+    name = getattr(weight, _FORCED_ATTR, None)
+    if name is None:
+        name = requested_backend(backend)[0]
+    return None if name == "auto" or _recorders.top() is not None else name
 
 
 def select(x: MultiResMap, weight: Tensor, tap_spacing: int, groups: int, downsample: bool, backend: str | None) -> str:
