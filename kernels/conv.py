@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import math
-import operator
 import os
 from collections.abc import Callable, Iterator
 
@@ -1084,7 +1082,6 @@ def _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, r
 _PLANS: dict[tuple, BoundLaunch] = {}
 #: Remembered plans at most (distinct conv shapes): a model has a few hundred; beyond, the oldest is dropped.
 MAX_PLANS = 4096
-_data_ptr = Tensor.data_ptr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1132,8 +1129,16 @@ class BoundLaunch:
             out if shift is None else shift, out if bn_w is None else bn_w, out if bn_b is None else bn_b, mean, var,
             out if residual is None else residual, out,
         )  # fmt: skip
-        if self.all_aligned:  # the usual case: one OR of the pointers instead of a tuple of 11 flags
-            if functools.reduce(operator.or_, map(_data_ptr, tensors)) & 15:
+        if self.all_aligned:
+            # The usual case: one OR of the pointers instead of a tuple of 11 flags, each distinct tensor once (the
+            # output stands in for every absent one).
+            bits = values.data_ptr() | weight.data_ptr() | out.data_ptr()
+            for t in (index, scale, shift, bn_w, bn_b, residual):
+                if t is not None:
+                    bits |= t.data_ptr()
+            if bn is not None:
+                bits |= mean.data_ptr() | var.data_ptr()
+            if bits & 15:
                 return None
         elif tuple(t.data_ptr() % 16 == 0 for t in tensors) != self.aligned:
             return None

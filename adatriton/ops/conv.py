@@ -534,6 +534,22 @@ def _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample
     return id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend
 
 
+def _stats_of(bn: nn.Module) -> EvalStats | None:
+    """:func:`~adatriton.ops.batchnorm.eval_stats` read straight from the module's tables where its tensors sit in
+    the usual ones (nn.Module keeps a name in at most one table, so they are what ``eval_stats`` reads); else
+    ``eval_stats`` itself."""
+    if bn.training:
+        return None
+    params, buffers = bn._parameters, bn._buffers
+    try:
+        weight, bias, mean, var = params["weight"], params["bias"], buffers["running_mean"], buffers["running_var"]
+    except KeyError:
+        return eval_stats(bn)
+    if mean is None or var is None:
+        return None
+    return weight, bias, mean, var, bn.eps
+
+
 def _forget_layout(key: int, ref: weakref.ref) -> None:
     entry = _EAGER.get(key)
     if entry is not None and entry[0] is ref:
@@ -588,7 +604,7 @@ def _replay(
             return None
     stats = None
     if bn is not None:
-        stats = eval_stats(bn)
+        stats = _stats_of(bn)
         if stats is None:
             return None
         bn_w, bn_b, mean, var, _ = stats
@@ -608,7 +624,7 @@ def _replay(
     if _CONFIGS.get(plan.memo_key) is not plan.config:
         return None
     out = plan.bound.launch(values, plan.index, weight, None, bias, stats, res)
-    return None if out is None else MultiResMap(out, out_layout)
+    return None if out is None else MultiResMap.prechecked(out, out_layout)
 
 
 def _remember_eager(
