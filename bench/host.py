@@ -31,9 +31,11 @@ Per row (one per conversion and scenario):
 - ``time_median_ms`` (mean, min, max): host time of the adaptive part, stubs included: the CPU time of the thread
   that issues the work (``time.thread_time``), over ``--iters`` forwards (no counting then; the scenarios' forwards
   interleaved). CPU time, not wall time, because on a shared machine the wall time mostly measures the waits for
-  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It includes ``conv_elements`` and Triton's
-  launch path (a note gives, for the reused map, the figure with ``conv_elements`` stubbed, timed in the same run),
-  and the CPU execution of the ops that are not stubbed: negligible with a reused map (the BatchNorm folding works
+  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It includes the launch path of every conv:
+  with a reused map its eager plan (``adatriton.ops.conv``) hands the launch straight to Triton's launcher, and a
+  note gives the figure with :func:`adatriton.ops.eager_plans` off (every conv through the checks, the dispatcher,
+  ``conv_elements`` and its remembered launch), timed in the same run; and the CPU execution of the ops that are
+  not stubbed: negligible with a reused map (the BatchNorm folding works
   on per-channel vectors), but with a new map it includes computing the map's
   index tables on the CPU (``bookkeeping_ms`` times that work alone, in wall time), device work on a GPU;
 - ``bookkeeping_ms``: building the level map and every index table once, timed apart (as in ``table2``).

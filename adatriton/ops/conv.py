@@ -510,8 +510,8 @@ class _EagerConv:
             setattr(self, name, value)
 
 
-#: id(layout) -> (weak reference to the layout, {call key: plan}).
-_EAGER: dict[int, tuple[weakref.ref, dict[tuple, _EagerConv]]] = {}
+#: id(layout) -> (weak reference to the layout, {call key: plan, or None for a call seen once}).
+_EAGER: dict[int, tuple[weakref.ref, dict[tuple, _EagerConv | None]]] = {}
 #: Plans per layout at most (distinct convs applied to one layout); beyond, that layout's plans are dropped.
 MAX_EAGER_PLANS = 1024
 _eager_enabled = True
@@ -642,13 +642,27 @@ def _remember_eager(
 ) -> None:
     """After a fused eager launch on the triton backend (the full path of :func:`conv_bn_act`, its checks passed):
     remember its plan, where it can be replayed (a forced backend, contiguous values, no autocast, no tuning, a
-    launch the kernel remembered)."""
+    launch the kernel remembered). A call is planned the second time it is seen: the layouts of a map used once
+    (a new map per forward) then cost a dictionary entry per conv, not a plan."""
+    if not _eager_enabled:
+        return
+    layout = x.layout
+    key = id(layout)
+    entry = _EAGER.get(key)
+    if entry is None or entry[0]() is not layout:
+        entry = _EAGER[key] = (weakref.ref(layout, functools.partial(_forget_layout, key)), {})
+    plans = entry[1]
+    call = _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)
+    if call not in plans:
+        if len(plans) >= MAX_EAGER_PLANS:
+            plans.clear()
+        plans[call] = None
+        return
     values = x.values
     device = values.device
     res = None if residual is None else residual.values
     if (
-        not _eager_enabled
-        or torch.compiler.is_compiling()
+        torch.compiler.is_compiling()
         or torch.is_autocast_enabled(device.type)
         or autotune.is_tuning()
         or dispatch.fixed_backend(weight, backend) != "triton"
@@ -656,7 +670,7 @@ def _remember_eager(
         or (res is not None and not res.is_contiguous())
     ):
         return
-    index = x.layout.kernel_table(weight.shape[-1], tap_spacing, downsample)
+    index = layout.kernel_table(weight.shape[-1], tap_spacing, downsample)
     memo_key = _memo_key(values, index, weight, groups)
     config = _CONFIGS.get(memo_key)
     if config is None:
@@ -671,7 +685,7 @@ def _remember_eager(
     if stats is not None:
         bn_w, bn_b, mean, var, _ = stats
         bn_dtypes = (None if bn_w is None else bn_w.dtype, None if bn_b is None else bn_b.dtype, mean.dtype, var.dtype)
-    plan = _EagerConv(
+    plans[call] = _EagerConv(
         weight=weakref.ref(weight),
         bias=None if bias is None else weakref.ref(bias),
         bn=None if bn is None else weakref.ref(bn),
@@ -688,15 +702,6 @@ def _remember_eager(
         cache_dir=memo_key[-1],
         bound=bound,
     )
-    layout = x.layout
-    key = id(layout)
-    entry = _EAGER.get(key)
-    if entry is None or entry[0]() is not layout:
-        entry = _EAGER[key] = (weakref.ref(layout, functools.partial(_forget_layout, key)), {})
-    plans = entry[1]
-    if len(plans) >= MAX_EAGER_PLANS:
-        plans.clear()
-    plans[_eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)] = plan
 
 
 def conv_bn_act(
