@@ -1102,8 +1102,8 @@ class BoundLaunch:
     cout: int
     out_dtype: torch.dtype
     copy_weight: bool
-    ints: tuple  # rows ... sw_x: every int argument, fixed by the key
-    constexprs: tuple  # their values in the kernel's parameter order
+    tail: tuple  # the launch's last arguments: every int argument (rows ... sw_x, fixed by the key), then the
+    # constexprs' values in the kernel's parameter order
     aligned: tuple[bool, ...]  # 16-byte alignment of the 11 tensor arguments at the first launch
     all_aligned: bool  # all of them
 
@@ -1146,7 +1146,7 @@ class BoundLaunch:
         # JITFunction.run's launch call; no hook reads the launch metadata
         kernel.run(
             self.grid, 1, 1, active.get_current_stream(device), kernel.function, kernel.packed_metadata,
-            None, enter, leave, *tensors[:9], float(eps), *tensors[9:], *self.ints, *self.constexprs,
+            None, enter, leave, *tensors[:9], float(eps), *tensors[9:], *self.tail,
         )  # fmt: skip
         return out
 
@@ -1166,8 +1166,7 @@ def _remember(key: tuple, kernel, args: tuple, constexprs: dict, grid: int, copy
         cout=out.shape[1],
         out_dtype=out.dtype,
         copy_weight=copy_weight,
-        ints=args[12:],
-        constexprs=tuple(constexprs[name] for name in _CONSTEXPR_ORDER),
+        tail=(*args[12:], *(constexprs[name] for name in _CONSTEXPR_ORDER)),
         aligned=aligned,
         all_aligned=all(aligned),
     )

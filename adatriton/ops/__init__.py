@@ -26,6 +26,8 @@ from .dispatch import (
     fixed_backend,
     force,
     forced,
+    forced_backend,
+    is_recording,
     recording,
     select,
 )
@@ -41,6 +43,8 @@ __all__ = [
     "fixed_backend",
     "force",
     "forced",
+    "forced_backend",
+    "is_recording",
     "recording",
     "select",
     "EvalStats",

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from ..core.multires import MultiResMap, expect_map
 from ..kernels import conv as conv_kernels
 from ..runtime import autotune
-from ..runtime.backend import TRITON_DTYPES, triton_runs_on
-from ..runtime.context import getenv
+from ..runtime.backend import TRITON_DTYPES, requested_backend, triton_runs_on
+from ..runtime.context import getenv, same_settings, settings_token
 from . import dispatch
 from .batchnorm import EvalStats, bn_add_act, eval_stats
 
@@ -550,6 +550,40 @@ def _stats_of(bn: nn.Module) -> EvalStats | None:
     return weight, bias, mean, var, bn.eps
 
 
+class _Settings:
+    """What the eager plans' checks read from the scoped settings and the environment, under one
+    :func:`~adatriton.runtime.context.settings_token` (see :func:`_current_settings`)."""
+
+    __slots__ = ("token", "recording", "interpreter", "tuning", "cache_dir", "requested")
+
+    def __init__(self, token: tuple | None):
+        self.token = token
+        self.recording = dispatch.is_recording()
+        # triton_runs_on for the CPU, the only other device type a plan is made on
+        self.interpreter = getenv("TRITON_INTERPRET", "0") not in ("", "0")
+        self.tuning = autotune.is_tuning()
+        self.cache_dir = getenv(autotune.CACHE_DIR_ENV)
+        self.requested: dict[str | None, str] = {}  # backend argument -> requested_backend(argument)[0]
+
+
+#: The settings of the last replay made under a settings token (inside a forward's environment snapshot).
+_settings: list[_Settings | None] = [None]
+
+
+def _current_settings() -> _Settings:
+    """The settings now: read again unless the scoped settings and the environment snapshot are the very objects
+    they were read under (:func:`~adatriton.runtime.context.same_settings`): once per forward of a model (its
+    snapshot), not once per conv. Shared by threads: another context's stacks are other objects."""
+    token = settings_token()
+    last = _settings[0]
+    if last is not None and same_settings(token, last.token):
+        return last
+    settings = _Settings(token)
+    if token is not None:
+        _settings[0] = settings
+    return settings
+
+
 def _forget_layout(key: int, ref: weakref.ref) -> None:
     entry = _EAGER.get(key)
     if entry is not None and entry[0] is ref:
@@ -576,7 +610,10 @@ def _replay(
     entry = _EAGER.get(id(layout))
     if entry is None or entry[0]() is not layout:
         return None
-    plan = entry[1].get(_eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend))
+    # (_eager_key's tuple, built here: a call less on every conv)
+    plan = entry[1].get(
+        (id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend)
+    )
     # the ids in the key are checked against the objects: an id can be reused once its object is gone
     if (
         plan is None
@@ -614,14 +651,18 @@ def _replay(
             return None
     if torch.is_grad_enabled() and _needs_grad(values, weight, bias, *(stats[:2] if stats else ()), res):
         return None
-    if dispatch.fixed_backend(weight, backend) != "triton":
+    settings = _current_settings()
+    # dispatch.fixed_backend(weight, backend) == "triton", from the settings read once per forward
+    name = dispatch.forced_backend(weight)
+    if name is None:
+        name = settings.requested.get(backend)
+        if name is None:
+            name = settings.requested[backend] = requested_backend(backend)[0]
+    if name != "triton" or settings.recording:
         return None
-    # triton_runs_on(device) for the two device types a plan is made on, without its slower device.type reads
-    if plan.device_type == "cpu" and getenv("TRITON_INTERPRET", "0") in ("", "0"):
+    if (plan.device_type == "cpu" and not settings.interpreter) or settings.tuning:
         return None
-    if autotune.is_tuning() or getenv(autotune.CACHE_DIR_ENV) != plan.cache_dir:
-        return None
-    if _CONFIGS.get(plan.memo_key) is not plan.config:
+    if settings.cache_dir != plan.cache_dir or _CONFIGS.get(plan.memo_key) is not plan.config:
         return None
     out = plan.bound.launch(values, plan.index, weight, None, bias, stats, res)
     return None if out is None else MultiResMap.prechecked(out, out_layout)

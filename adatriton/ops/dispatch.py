@@ -49,6 +49,8 @@ __all__ = [
     "fixed_backend",
     "force",
     "forced",
+    "forced_backend",
+    "is_recording",
     "recording",
     "select",
 ]
@@ -218,14 +220,24 @@ def _density(layout: Layout, downsample: bool) -> tuple[int, float]:
     return elements, elements / max(1, lm.batch * lm.height * lm.width)
 
 
+def forced_backend(weight: Tensor) -> str | None:
+    """The backend :func:`force` set for the conv of ``weight``, or None."""
+    return getattr(weight, _FORCED_ATTR, None)
+
+
+def is_recording() -> bool:
+    """Whether a :func:`recording` block is active in this thread (:func:`select` then records every choice)."""
+    return _recorders.top() is not None
+
+
 def fixed_backend(weight: Tensor, backend: str | None) -> str | None:
     """What :func:`select` returns for a conv of ``weight`` called with ``backend`` without looking at the layer or
     its map: the forced or requested backend when it is not ``"auto"`` and no :func:`recording` is active; else None
     (``select`` would look). The check of an eager plan (:mod:`adatriton.ops.conv`) that the choice still holds."""
-    name = getattr(weight, _FORCED_ATTR, None)
+    name = forced_backend(weight)
     if name is None:
         name = requested_backend(backend)[0]
-    return None if name == "auto" or _recorders.top() is not None else name
+    return None if name == "auto" or is_recording() else name
 
 
 def select(x: MultiResMap, weight: Tensor, tap_spacing: int, groups: int, downsample: bool, backend: str | None) -> str:

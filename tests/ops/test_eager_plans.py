@@ -18,6 +18,7 @@ from adatriton.kernels import conv as kconv
 from adatriton.ops import conv as oconv
 from adatriton.ops import dispatch
 from adatriton.runtime import autotune
+from adatriton.runtime.context import environment_snapshot, same_settings, settings_token
 
 #: Position of the first kernel argument in a launcher call (grid x3, stream, function, metadata, launch metadata,
 #: 2 hooks), then values at 0, the output at 11.
@@ -265,3 +266,49 @@ def test_fixed_backend_is_what_select_returns_without_looking():
         assert dispatch.fixed_backend(weight, "triton") == "torch" == dispatch.select(x, weight, 1, 1, False, "triton")
     with dispatch.recording():
         assert dispatch.fixed_backend(weight, "triton") is None
+
+
+def test_the_settings_are_read_once_per_snapshot_and_again_when_one_changes(counted, monkeypatch):
+    launches, calls = counted
+    x, weight, bn = _case()
+    reads = [0]
+    is_tuning = autotune.is_tuning
+
+    def counted_is_tuning():
+        reads[0] += 1
+        return is_tuning()
+
+    monkeypatch.setattr(autotune, "is_tuning", counted_is_tuning)
+
+    def call():
+        return adatriton.ops.conv_bn_act(x, weight, None, bn, True)  # the backend from use_backend
+
+    with torch.no_grad(), environment_snapshot(), adatriton.use_backend("triton"):
+        for _ in range(3):
+            call()  # seen, planned, replayed
+        assert calls[0] == 2 and len(launches) == 3
+        before = reads[0]
+        for _ in range(3):
+            call()
+        assert calls[0] == 2 and len(launches) == 6 and reads[0] == before  # replayed, nothing read again
+        with adatriton.use_backend("torch"):
+            assert call().layout is x.layout and len(launches) == 6  # read again: the torch backend
+        call()
+        assert calls[0] == 2 and len(launches) == 7 and reads[0] > before  # read again, replayed
+        with dispatch.recording() as records:
+            call()
+        assert len(records) == 1 and calls[0] == 3
+
+
+def test_settings_tokens_change_with_every_block_and_come_back_after_it():
+    assert settings_token() is None  # outside a snapshot the environment is read each time
+    with environment_snapshot():
+        first = settings_token()
+        assert same_settings(first, settings_token())
+        with adatriton.use_backend("dense"):
+            inner = settings_token()
+            assert not same_settings(first, inner)
+        assert same_settings(first, settings_token())
+        with environment_snapshot():
+            assert not same_settings(first, settings_token())
+    assert not same_settings(first, None) and not same_settings(None, None)
