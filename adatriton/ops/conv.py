@@ -501,8 +501,8 @@ class _EagerConv:
     """The remembered decisions of one eager triton :func:`conv_bn_act` call (see the comment above)."""
 
     __slots__ = (
-        "weight", "bias", "bn", "values_meta", "weight_meta", "bias_meta", "residual_meta", "bn_dtypes", "device",
-        "device_type", "index", "memo_key", "config", "cache_dir", "bound",
+        "weight", "bias", "bn", "values_shape", "values_stride", "dtype", "device", "weight_shape", "weight_stride",
+        "bias_meta", "residual_meta", "bn_dtypes", "device_type", "index", "memo_key", "config", "cache_dir", "bound",
     )  # fmt: skip
 
     def __init__(self, **fields):
@@ -624,10 +624,14 @@ def _replay(
         or torch.is_autocast_enabled(plan.device_type)
     ):
         return None
-    values = x.values
-    if (values.shape, values.stride(), values.dtype, values.device) != plan.values_meta:
+    # what check_conv_args and conv_elements' checks read of the values and the weight (one dtype and device for
+    # both: the full path refuses others)
+    values, dtype, device = x.values, plan.dtype, plan.device
+    if values.stride() != plan.values_stride or values.shape != plan.values_shape or values.dtype is not dtype:
         return None
-    if (weight.shape, weight.stride(), weight.dtype, weight.device) != plan.weight_meta:
+    if weight.stride() != plan.weight_stride or weight.shape != plan.weight_shape or weight.dtype is not dtype:
+        return None
+    if values.device != device or weight.device != device:
         return None
     if bias is not None and (bias.shape, bias.stride(), bias.dtype, bias.device) != plan.bias_meta:
         return None
@@ -730,12 +734,15 @@ def _remember_eager(
         weight=weakref.ref(weight),
         bias=None if bias is None else weakref.ref(bias),
         bn=None if bn is None else weakref.ref(bn),
-        values_meta=(values.shape, values.stride(), values.dtype, device),
-        weight_meta=(weight.shape, weight.stride(), weight.dtype, weight.device),
+        values_shape=values.shape,
+        values_stride=values.stride(),
+        dtype=values.dtype,
+        device=device,
+        weight_shape=weight.shape,
+        weight_stride=weight.stride(),
         bias_meta=None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device),
         residual_meta=None if res is None else (res.shape, res.stride(), res.dtype),
         bn_dtypes=bn_dtypes,
-        device=device,
         device_type=device.type,
         index=index,
         memo_key=memo_key,
