@@ -603,8 +603,11 @@ def _replay(
     backend: str | None,
 ) -> MultiResMap | None:
     """:func:`conv_bn_act`'s result through a remembered plan, or None where there is none or it does not hold."""
-    # exact types: a bool or float spacing is an error on the full path (equal keys would hide it)
-    if not _eager_enabled or not isinstance(x, MultiResMap) or type(tap_spacing) is not int or type(groups) is not int:
+    # Not while compiling: traced code takes the custom op, and Dynamo would trace this lookup. Exact types: a bool
+    # or float spacing is an error on the full path (equal keys would hide it).
+    if not _eager_enabled or torch.compiler.is_compiling():
+        return None
+    if not isinstance(x, MultiResMap) or type(tap_spacing) is not int or type(groups) is not int:
         return None
     layout = x.layout
     entry = _EAGER.get(id(layout))
@@ -620,7 +623,6 @@ def _replay(
         or plan.weight() is not weight
         or (bias is not None and plan.bias() is not bias)
         or (bn is not None and plan.bn() is not bn)
-        or torch.compiler.is_compiling()
         or torch.is_autocast_enabled(plan.device_type)
     ):
         return None
@@ -689,7 +691,7 @@ def _remember_eager(
     remember its plan, where it can be replayed (a forced backend, contiguous values, no autocast, no tuning, a
     launch the kernel remembered). A call is planned the second time it is seen: the layouts of a map used once
     (a new map per forward) then cost a dictionary entry per conv, not a plan."""
-    if not _eager_enabled:
+    if not _eager_enabled or torch.compiler.is_compiling():
         return
     layout = x.layout
     key = id(layout)
@@ -707,8 +709,7 @@ def _remember_eager(
     device = values.device
     res = None if residual is None else residual.values
     if (
-        torch.compiler.is_compiling()
-        or torch.is_autocast_enabled(device.type)
+        torch.is_autocast_enabled(device.type)
         or autotune.is_tuning()
         or dispatch.fixed_backend(weight, backend) != "triton"
         or not values.is_contiguous()
