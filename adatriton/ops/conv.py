@@ -530,6 +530,12 @@ def eager_plans(enabled: bool) -> Iterator[None]:
         _eager_enabled = before
 
 
+def _plain_call(relu, tap_spacing, groups, downsample) -> bool:
+    """Whether the call's flags have the exact types a plan is keyed on: a bool or float spacing is an error on the
+    full path that an equal key would hide, and an unhashable flag must reach the full path, not the key."""
+    return type(tap_spacing) is int and type(groups) is int and type(relu) is bool and type(downsample) is bool
+
+
 def _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend) -> tuple:
     return id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend
 
@@ -603,11 +609,10 @@ def _replay(
     backend: str | None,
 ) -> MultiResMap | None:
     """:func:`conv_bn_act`'s result through a remembered plan, or None where there is none or it does not hold."""
-    # Not while compiling: traced code takes the custom op, and Dynamo would trace this lookup. Exact types: a bool
-    # or float spacing is an error on the full path (equal keys would hide it).
-    if not _eager_enabled or torch.compiler.is_compiling():
+    # Not while compiling: traced code takes the custom op, and Dynamo would trace this lookup.
+    if not _eager_enabled or torch.compiler.is_compiling() or not _plain_call(relu, tap_spacing, groups, downsample):
         return None
-    if not isinstance(x, MultiResMap) or type(tap_spacing) is not int or type(groups) is not int:
+    if not isinstance(x, MultiResMap) or (backend is not None and type(backend) is not str):
         return None
     layout = x.layout
     entry = _EAGER.get(id(layout))
@@ -691,7 +696,9 @@ def _remember_eager(
     remember its plan, where it can be replayed (a forced backend, contiguous values, no autocast, no tuning, a
     launch the kernel remembered). A call is planned the second time it is seen: the layouts of a map used once
     (a new map per forward) then cost a dictionary entry per conv, not a plan."""
-    if not _eager_enabled or torch.compiler.is_compiling():
+    if not _eager_enabled or torch.compiler.is_compiling() or not _plain_call(relu, tap_spacing, groups, downsample):
+        return
+    if backend is not None and type(backend) is not str:
         return
     layout = x.layout
     key = id(layout)

@@ -312,3 +312,15 @@ def test_settings_tokens_change_with_every_block_and_come_back_after_it():
         with environment_snapshot():
             assert not same_settings(first, settings_token())
     assert not same_settings(first, None) and not same_settings(None, None)
+
+
+def test_flags_of_other_types_always_take_the_full_path(counted):
+    """An int ReLU flag and a list for downsample work on the full path as before (an unhashable flag never reaches
+    a plan's key)."""
+    launches, calls = counted
+    x, weight, bn = _case()
+    with torch.no_grad():
+        outs = [
+            adatriton.ops.conv_bn_act(x, weight, None, bn, 1, downsample=[True], backend="triton") for _ in range(3)
+        ]
+    assert calls[0] == 3 and len(launches) == 3 and all(o.layout is x.layout.next() for o in outs)
