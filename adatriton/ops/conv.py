@@ -227,6 +227,9 @@ def _check_triton(values: Tensor) -> None:
 
 # Launch configs by shape bucket while tuning is off (see _launch_triton).
 _CONFIGS: dict[tuple, tuple] = {}
+#: Writes to _CONFIGS so far (it is only ever written in _launch_triton): an eager plan made after the last one
+#: holds the config the memo gives without looking it up again.
+_configs_written = [0]
 
 
 def _memo_key(values: Tensor, index: Tensor | None, weight: Tensor, groups: int) -> tuple:
@@ -284,6 +287,7 @@ def _launch_triton(
             launch=launch,
         )
         _CONFIGS[memo_key] = config
+        _configs_written[0] += 1
     return launch(config)
 
 
@@ -502,7 +506,8 @@ class _EagerConv:
 
     __slots__ = (
         "weight", "bias", "bn", "values_shape", "values_stride", "dtype", "device", "weight_shape", "weight_stride",
-        "bias_meta", "residual_meta", "bn_dtypes", "device_type", "index", "memo_key", "config", "cache_dir", "bound",
+        "bias_meta", "residual_meta", "bn_dtypes", "device_type", "index", "memo_key", "config", "configs_written",
+        "cache_dir", "bound",
     )  # fmt: skip
 
     def __init__(self, **fields):
@@ -656,9 +661,12 @@ def _replay(
         if stats is None:
             return None
         bn_w, bn_b, mean, var, _ = stats
-        if (None if bn_w is None else bn_w.dtype, None if bn_b is None else bn_b.dtype, mean.dtype, var.dtype) != (
-            plan.bn_dtypes
-        ):
+        w_dtype, b_dtype, mean_dtype, var_dtype = plan.bn_dtypes
+        if mean.dtype is not mean_dtype or var.dtype is not var_dtype:
+            return None
+        if (None if bn_w is None else bn_w.dtype) is not w_dtype:
+            return None
+        if (None if bn_b is None else bn_b.dtype) is not b_dtype:
             return None
     if torch.is_grad_enabled() and _needs_grad(values, weight, bias, *(stats[:2] if stats else ()), res):
         return None
@@ -673,7 +681,9 @@ def _replay(
         return None
     if (plan.device_type == "cpu" and not settings.interpreter) or settings.tuning:
         return None
-    if settings.cache_dir != plan.cache_dir or _CONFIGS.get(plan.memo_key) is not plan.config:
+    if settings.cache_dir != plan.cache_dir:
+        return None
+    if _configs_written[0] != plan.configs_written and _CONFIGS.get(plan.memo_key) is not plan.config:
         return None
     out = plan.bound.launch(values, plan.index, weight, None, bias, stats, res)
     return None if out is None else MultiResMap.prechecked(out, out_layout)
@@ -725,6 +735,7 @@ def _remember_eager(
         return
     index = layout.kernel_table(weight.shape[-1], tap_spacing, downsample)
     memo_key = _memo_key(values, index, weight, groups)
+    configs_written = _configs_written[0]
     config = _CONFIGS.get(memo_key)
     if config is None:
         return
@@ -755,6 +766,7 @@ def _remember_eager(
         index=index,
         memo_key=memo_key,
         config=config,
+        configs_written=configs_written,
         cache_dir=memo_key[-1],
         bound=bound,
     )

@@ -324,3 +324,25 @@ def test_flags_of_other_types_always_take_the_full_path(counted):
             adatriton.ops.conv_bn_act(x, weight, None, bn, 1, downsample=[True], backend="triton") for _ in range(3)
         ]
     assert calls[0] == 3 and len(launches) == 3 and all(o.layout is x.layout.next() for o in outs)
+
+
+def test_a_config_chosen_after_the_plan_is_launched_instead_of_the_planned_one(counted, monkeypatch):
+    launches, calls = counted
+    x, weight, bn = _case()
+
+    def call():
+        return adatriton.ops.conv_bn_act(x, weight, None, bn, True, backend="triton")
+
+    with torch.no_grad():
+        for _ in range(3):
+            call()  # seen, planned, replayed
+        tuned = kconv.ConvConfig(32, 32, 16, 2, 4)
+        monkeypatch.setattr(autotune, "select_config", lambda **kwargs: tuned)
+        with autotune.tuning():
+            call()  # tuning: the full path, whose choice the config memo now holds
+        assert calls[0] == 3
+        call()  # the memo changed: the full path, with the tuned config (planned again)
+        call()  # replayed
+    assert calls[0] == 4 and len(launches) == 6
+    _same_launch(launches[4], launches[5], {ARGS: x.values, ARGS + 11: launches[5][ARGS + 11]})
+    assert launches[5][-6:] != launches[2][-6:]  # the constexprs (BLOCK_M ... PERSISTENT) of another config
