@@ -31,9 +31,11 @@ Per row (one per conversion and scenario):
 - ``time_median_ms`` (mean, min, max): host time of the adaptive part, stubs included: the CPU time of the thread
   that issues the work (``time.thread_time``), over ``--iters`` forwards (no counting then; the scenarios' forwards
   interleaved). CPU time, not wall time, because on a shared machine the wall time mostly measures the waits for
-  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It includes ``conv_elements`` and Triton's
-  launch path (a note gives, for the reused map, the figure with ``conv_elements`` stubbed, timed in the same run),
-  and the CPU execution of the ops that are not stubbed: negligible with a reused map (the BatchNorm folding works
+  a core (it is in the notes). ``host_us_per_conv`` = median / convs. It includes the launch path of every conv:
+  with a reused map its eager plan (``adatriton.ops.conv``) hands the launch straight to Triton's launcher, and a
+  note gives the figure with :func:`adatriton.ops.eager_plans` off (every conv through the checks, the dispatcher,
+  ``conv_elements`` and its remembered launch), timed in the same run; and the CPU execution of the ops that are
+  not stubbed: negligible with a reused map (the BatchNorm folding works
   on per-channel vectors), but with a new map it includes computing the map's
   index tables on the CPU (``bookkeeping_ms`` times that work alone, in wall time), device work on a GPU;
 - ``bookkeeping_ms``: building the level map and every index table once, timed apart (as in ``table2``).
@@ -69,6 +71,7 @@ from torch.utils._pytree import tree_flatten
 import adatriton
 from adatriton import masks
 from adatriton.core.strides import num_levels_of
+from adatriton.ops.conv import eager_plans
 
 from ._measure import measure, peak_memory_mb, reset_peak_memory
 from ._networks import level_fractions, prepare_levelmap
@@ -590,25 +593,25 @@ def _time_scenarios(
 ):
     """``iters`` timed forwards per scenario, interleaved (one of each in turn), so that the load of a shared
     machine weighs on every scenario alike; fills each :class:`_Measured`'s times and peak memory. The third entry
-    of a scenario is :func:`stubbed_launches`'s ``launcher``: the scenarios of one value are interleaved, one value
-    after the other (patching the launchers walks every module, which would disturb the next timed forward)."""
+    of a scenario says whether ``adatriton.ops.conv``'s eager plans are on (:func:`adatriton.ops.conv.eager_plans`,
+    switched outside the measured part)."""
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
-    for mode in sorted({launcher for _, _, launcher in scenarios.values()}, reverse=True):
-        group = [(make_levels, measured) for make_levels, measured, launcher in scenarios.values() if launcher == mode]
-        with stubbed_launches(launcher=mode):
-            for _ in range(iters):
-                for make_levels, measured in group:
+    with stubbed_launches(launcher=True):
+        for _ in range(iters):
+            for make_levels, measured, eager in scenarios.values():
+                with eager_plans(eager):
                     cpu_ms, wall_ms = _forward(net, x, make_levels, _Window())
-                    measured.times_ms.append(cpu_ms)
-                    measured.wall_ms.append(wall_ms)
+                measured.times_ms.append(cpu_ms)
+                measured.wall_ms.append(wall_ms)
     peak = peak_memory_mb(cpu)
     for _, measured, _ in scenarios.values():
         measured.peak_mb = peak
 
 
-#: Internal scenario: the reused map with ``conv_elements`` itself stubbed (the figure without the launcher).
-STUBBED_CONV = "reused_map/conv_elements stubbed"
+#: Internal scenario: the reused map with the eager plans off, every conv through the checks, the dispatcher and
+#: ``conv_elements``' remembered launch (the launch path before the eager plans), timed in the same run.
+EAGER_OFF = "reused_map/eager plans off"
 
 
 def _us_per_conv(m: _Measured) -> float:
@@ -665,21 +668,22 @@ def run(ctx: Context) -> list[Row]:
                         bar.update()
                         continue
                     prepared_scenarios[scenario] = (make_levels, measured, True)
-                if "reused_map" in prepared_scenarios:  # the figure without the launcher, timed alongside
+                if "reused_map" in prepared_scenarios:  # the figure without the eager plans, timed alongside
                     make_levels, measured, _ = prepared_scenarios["reused_map"]
                     without = _Measured([], [], measured.counts, measured.convs, measured.dispatch, math.nan)
-                    prepared_scenarios[STUBBED_CONV] = (make_levels, without, False)
+                    prepared_scenarios[EAGER_OFF] = (make_levels, without, False)
                 _time_scenarios(net, x, prepared_scenarios, o.iters)
-                without = prepared_scenarios.pop(STUBBED_CONV, None)
+                without = prepared_scenarios.pop(EAGER_OFF, None)
                 for scenario, (_, m, _) in prepared_scenarios.items():
                     rows.append(_row(ctx, m, conversion, scenario, fraction, fr, count, bookkeeping))
                     bar.update()
                 if without is not None:
-                    m, stub = prepared_scenarios["reused_map"][1], without[1]
+                    m, off = prepared_scenarios["reused_map"][1], without[1]
                     ctx.note(
-                        f"{MODEL} {conversion} reused_map: {_us_per_conv(m):.1f} µs/conv with conv_elements and "
-                        f"Triton's launcher (driver launch a no-op), {_us_per_conv(stub):.1f} µs/conv with "
-                        "conv_elements stubbed (the figure before the launcher was included), same run"
+                        f"{MODEL} {conversion} reused_map: {_us_per_conv(m):.1f} µs/conv with the eager plans "
+                        f"(remembered conv_bn_act calls), {_us_per_conv(off):.1f} µs/conv without them (every conv "
+                        "through the checks, the dispatcher and conv_elements' remembered launch: the path before "
+                        "them), same run; both with conv_elements and Triton's launcher (driver launch a no-op)"
                     )
     return rows
 

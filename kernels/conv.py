@@ -40,6 +40,7 @@ from triton.runtime.jit import JITFunction
 
 __all__ = [
     "CONV_KERNEL",
+    "BoundLaunch",
     "FMA_DEFAULT",
     "ConvConfig",
     "LaunchRecord",
@@ -57,6 +58,7 @@ __all__ = [
     "device_sms",
     "epilogue_parts",
     "dot_precision",
+    "launch_plan",
     "needs_int64_offsets",
     "pack_weight",
     "pipeline_buffers",
@@ -886,10 +888,12 @@ def conv_elements(
     Returns:
         ``(M, Cout)`` tensor.
     """
-    if not _recorders:
+    # Only a JITFunction remembers launches: the interpreter's kernel (and a patched one) never skips a check, so
+    # its key is not even computed.
+    if not _recorders and isinstance(_conv_elements_kernel, JITFunction):
         key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config)
         plan = _PLANS.get(key)
-        if plan is not None and plan.jit is _conv_elements_kernel:
+        if plan is not None:
             out = plan.launch(values, index, weight, scale, shift, bn, residual)
             if out is not None:
                 return out
@@ -1041,7 +1045,7 @@ def conv_elements(
     as_passed = all(
         a is b for a, b in ((args[1], caller[0]), (args[3], caller[1]), (args[4], caller[2])) if b is not None
     )
-    if key is not None and as_passed and isinstance(_conv_elements_kernel, JITFunction) and _launchable(kernel):
+    if key is not None and as_passed and _launchable(kernel):
         _remember(key, kernel, args, constexprs, grid[0], weight is not source)
     return out
 
@@ -1075,13 +1079,21 @@ def _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, r
     )  # fmt: skip
 
 
-_PLANS: dict[tuple, _BoundLaunch] = {}
+_PLANS: dict[tuple, BoundLaunch] = {}
 #: Remembered plans at most (distinct conv shapes): a model has a few hundred; beyond, the oldest is dropped.
 MAX_PLANS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
-class _BoundLaunch:
+class BoundLaunch:
+    """A remembered launch of :func:`conv_elements` (see the comment above): everything but the data pointers.
+
+    Made by :func:`conv_elements` after a launch through Triton's ``JITFunction.run``; :func:`launch_plan` finds the
+    one for given arguments, so that a caller that keeps it (``adatriton.ops.conv``'s eager plans) launches without
+    even the key lookup. Call :meth:`launch` only with tensors of the shapes, strides, dtypes and device of the
+    arguments the plan was made for (:func:`launch_plan`'s).
+    """
+
     jit: object  # the kernel object the plan was made with: a patched one (tests, tools) never replays this
     kernel: object
     device: int
@@ -1090,17 +1102,22 @@ class _BoundLaunch:
     cout: int
     out_dtype: torch.dtype
     copy_weight: bool
-    ints: tuple  # rows ... sw_x: every int argument, fixed by the key
-    constexprs: tuple  # their values in the kernel's parameter order
+    tail: tuple  # the launch's last arguments: every int argument (rows ... sw_x, fixed by the key), then the
+    # constexprs' values in the kernel's parameter order
     aligned: tuple[bool, ...]  # 16-byte alignment of the 11 tensor arguments at the first launch
+    all_aligned: bool  # all of them
 
     def launch(self, values, index, weight, scale, shift, bn, residual) -> Tensor | None:
-        """The launch, or None when Triton would specialise differently (alignment, device, launch hooks)."""
+        """The launch, or None when Triton would specialise differently (alignment, device, launch hooks), the
+        kernel object was replaced, or launches are being recorded (:func:`record_launches`)."""
+        if _recorders or self.jit is not _conv_elements_kernel:
+            return None
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
         # a hook (a function, or a non-empty HookChain in Triton >= 3.7) wants JITFunction.run's launch metadata
         if getattr(enter, "calls", enter) or getattr(leave, "calls", leave):
             return None
-        device = driver.active.get_current_device()
+        active = driver.active
+        device = active.get_current_device()
         if device != self.device:
             return None
         if self.copy_weight:
@@ -1112,23 +1129,35 @@ class _BoundLaunch:
             out if shift is None else shift, out if bn_w is None else bn_w, out if bn_b is None else bn_b, mean, var,
             out if residual is None else residual, out,
         )  # fmt: skip
-        if tuple(t.data_ptr() % 16 == 0 for t in tensors) != self.aligned:
+        if self.all_aligned:
+            # The usual case: one OR of the pointers instead of a tuple of 11 flags, each distinct tensor once (the
+            # output stands in for every absent one).
+            bits = values.data_ptr() | weight.data_ptr() | out.data_ptr()
+            for t in (index, scale, shift, bn_w, bn_b, residual):
+                if t is not None:
+                    bits |= t.data_ptr()
+            if bn is not None:
+                bits |= mean.data_ptr() | var.data_ptr()
+            if bits & 15:
+                return None
+        elif tuple(t.data_ptr() % 16 == 0 for t in tensors) != self.aligned:
             return None
         kernel = self.kernel
         # JITFunction.run's launch call; no hook reads the launch metadata
         kernel.run(
-            self.grid, 1, 1, driver.active.get_current_stream(device), kernel.function, kernel.packed_metadata,
-            None, enter, leave, *tensors[:9], float(eps), *tensors[9:], *self.ints, *self.constexprs,
+            self.grid, 1, 1, active.get_current_stream(device), kernel.function, kernel.packed_metadata,
+            None, enter, leave, *tensors[:9], float(eps), *tensors[9:], *self.tail,
         )  # fmt: skip
         return out
 
 
 def _remember(key: tuple, kernel, args: tuple, constexprs: dict, grid: int, copy_weight: bool) -> None:
     tensors = args[:9] + args[10:12]
+    aligned = tuple(t.data_ptr() % 16 == 0 for t in tensors)
     out = args[11]
     if len(_PLANS) >= MAX_PLANS:
         del _PLANS[next(iter(_PLANS))]
-    _PLANS[key] = _BoundLaunch(
+    _PLANS[key] = BoundLaunch(
         jit=_conv_elements_kernel,
         kernel=kernel,
         device=driver.active.get_current_device(),
@@ -1137,10 +1166,36 @@ def _remember(key: tuple, kernel, args: tuple, constexprs: dict, grid: int, copy
         cout=out.shape[1],
         out_dtype=out.dtype,
         copy_weight=copy_weight,
-        ints=args[12:],
-        constexprs=tuple(constexprs[name] for name in _CONSTEXPR_ORDER),
-        aligned=tuple(t.data_ptr() % 16 == 0 for t in tensors),
+        tail=(*args[12:], *(constexprs[name] for name in _CONSTEXPR_ORDER)),
+        aligned=aligned,
+        all_aligned=all(aligned),
     )
+
+
+def launch_plan(
+    values: Tensor,
+    index: Tensor | None,
+    weight: Tensor,
+    *,
+    taps: int,
+    groups: int = 1,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    bn: tuple | None = None,
+    residual: Tensor | None = None,
+    relu: bool = False,
+    out_dtype: torch.dtype | None = None,
+    config: ConvConfig | None = None,
+) -> BoundLaunch | None:
+    """The remembered launch of :func:`conv_elements` with these arguments (as its own), or None: none remembered
+    (no launch of these shapes yet, the interpreter, a patched kernel, a launch that copied an index, scale or
+    shift), or launches are being recorded. Its :meth:`BoundLaunch.launch` then stands for ``conv_elements`` with
+    tensors of the same shapes, strides, dtypes and device (it returns None where it cannot)."""
+    if _recorders or not isinstance(_conv_elements_kernel, JITFunction):
+        return None
+    key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config)
+    plan = _PLANS.get(key)
+    return plan if plan is not None and plan.jit is _conv_elements_kernel else None
 
 
 def clear_launch_plans() -> None:

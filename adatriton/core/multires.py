@@ -111,6 +111,16 @@ class MultiResMap:
         self.values, self.layout = values, layout
 
     @classmethod
+    def prechecked(cls, values: Tensor, layout: Layout) -> MultiResMap:
+        """``MultiResMap(values, layout)`` without the constructor's checks, for ``values`` made to fit ``layout``
+        (``(E, C)`` rows on its device) by code whose inputs passed them: a replayed conv's output
+        (:mod:`adatriton.ops.conv`), allocated with the sizes of a call that was checked. The checks cost a tenth
+        of a replayed conv's host time."""
+        new = object.__new__(cls)
+        new.values, new.layout = values, layout
+        return new
+
+    @classmethod
     def from_dense(cls, x: Tensor, levels: LevelMap) -> MultiResMap:
         """Enter the adaptive part: a dense ``(N, C, Hf, Wf)`` map, every pixel a level-0 element (stage 0).
 

@@ -107,7 +107,11 @@ class AdaptiveConv2d(nn.Conv2d):
             ``(E', Cout)`` map: on ``x``'s layout, or on the next stage's with ``downsample``.
         """
         stride, dilation = self._multires_geometry()
-        weight, bias = module_attrs(self, "weight", "bias")
+        params = self._parameters
+        if "weight" in params and "bias" in params:  # module_attrs' first case, without its generality (~1.5 µs)
+            weight, bias = params["weight"], params["bias"]
+        else:
+            weight, bias = module_attrs(self, "weight", "bias")
         return ops.conv_bn_act(
             x,
             weight,

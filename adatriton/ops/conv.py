@@ -12,6 +12,11 @@ Shapes: a :class:`~adatriton.core.multires.MultiResMap` holds ``(E, C)`` values;
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import weakref
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,8 +24,8 @@ from torch import Tensor, nn
 from ..core.multires import MultiResMap, expect_map
 from ..kernels import conv as conv_kernels
 from ..runtime import autotune
-from ..runtime.backend import TRITON_DTYPES, triton_runs_on
-from ..runtime.context import getenv
+from ..runtime.backend import TRITON_DTYPES, requested_backend, triton_runs_on
+from ..runtime.context import getenv, same_settings, settings_token
 from . import dispatch
 from .batchnorm import EvalStats, bn_add_act, eval_stats
 
@@ -30,6 +35,7 @@ __all__ = [
     "check_conv_args",
     "conv2d",
     "conv_bn_act",
+    "eager_plans",
     "folded_bn",
     "gather_conv_torch",
 ]
@@ -221,6 +227,18 @@ def _check_triton(values: Tensor) -> None:
 
 # Launch configs by shape bucket while tuning is off (see _launch_triton).
 _CONFIGS: dict[tuple, tuple] = {}
+#: Writes to _CONFIGS so far (it is only ever written in _launch_triton): an eager plan made after the last one
+#: holds the config the memo gives without looking it up again.
+_configs_written = [0]
+
+
+def _memo_key(values: Tensor, index: Tensor | None, weight: Tensor, groups: int) -> tuple:
+    """The key of :data:`_CONFIGS`: the autotune cache's bucket of the launch, and the cache directory."""
+    rows = values.shape[0] if index is None else index.shape[0]
+    return (
+        (rows - 1).bit_length(), values.shape[1], weight.shape[0], weight.shape[-1] * weight.shape[-2], groups,
+        values.dtype, index is not None, values.device, getenv(autotune.CACHE_DIR_ENV),
+    )  # fmt: skip
 
 
 def _launch_triton(
@@ -254,10 +272,7 @@ def _launch_triton(
             residual=residual, relu=relu, config=config,
         )  # fmt: skip
 
-    memo_key = (
-        (rows - 1).bit_length(), cin, cout, taps, groups, values.dtype, index is not None, values.device,
-        getenv(autotune.CACHE_DIR_ENV),
-    )  # fmt: skip
+    memo_key = _memo_key(values, index, weight, groups)
     config = None if autotune.is_tuning() else _CONFIGS.get(memo_key)
     if config is None:
         config = autotune.select_config(
@@ -272,6 +287,7 @@ def _launch_triton(
             launch=launch,
         )
         _CONFIGS[memo_key] = config
+        _configs_written[0] += 1
     return launch(config)
 
 
@@ -475,6 +491,288 @@ def _conv_values(
     return _conv_torch_fused(x, weight, scale, shift, residual, relu, index, groups, grad)
 
 
+# ---------------------------------------------------------------------------------------------------- eager plans
+# An eager inference conv on the triton backend, called again with the same objects (the module's weight, bias and
+# BatchNorm, an input on the same layout: every conv of a forward with a reused level map), is the earlier call with
+# other values. Its plan holds what the checks, the dispatcher and the config lookup decided, and the kernel's
+# remembered launch (conv_kernels.BoundLaunch); a call that matches it launches at once (_replay), after checking
+# everything those decisions read: identities, the shapes, strides, dtypes and devices of the tensors, grad mode,
+# autocast, the requested backend, the tuning settings and the config memo. Anything else takes the full path, whose
+# checks raise for bad input as before: no input that the full path refuses matches a plan. The plans of a layout
+# live as long as the layout (its level map's tables); nothing derived from a tensor's data is kept.
+
+
+class _EagerConv:
+    """The remembered decisions of one eager triton :func:`conv_bn_act` call (see the comment above)."""
+
+    __slots__ = (
+        "weight", "bias", "bn", "values_shape", "values_stride", "dtype", "device", "weight_shape", "weight_stride",
+        "bias_meta", "residual_meta", "bn_dtypes", "device_type", "index", "memo_key", "config", "configs_written",
+        "cache_dir", "bound",
+    )  # fmt: skip
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+#: id(layout) -> (weak reference to the layout, {call key: plan, or None for a call seen once}).
+_EAGER: dict[int, tuple[weakref.ref, dict[tuple, _EagerConv | None]]] = {}
+#: Plans per layout at most (distinct convs applied to one layout); beyond, that layout's plans are dropped.
+MAX_EAGER_PLANS = 1024
+_eager_enabled = True
+
+
+@contextlib.contextmanager
+def eager_plans(enabled: bool) -> Iterator[None]:
+    """Whether :func:`conv_bn_act` replays remembered eager plans inside the block (default: on), process-wide: a
+    switch to measure or rule them out (``python -m bench host`` times both). Off, every call takes the full path
+    (whose launch :mod:`adatriton.kernels.conv` may still remember)."""
+    global _eager_enabled
+    before, _eager_enabled = _eager_enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _eager_enabled = before
+
+
+def _plain_call(relu, tap_spacing, groups, downsample) -> bool:
+    """Whether the call's flags have the exact types a plan is keyed on: a bool or float spacing is an error on the
+    full path that an equal key would hide, and an unhashable flag must reach the full path, not the key."""
+    return type(tap_spacing) is int and type(groups) is int and type(relu) is bool and type(downsample) is bool
+
+
+def _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend) -> tuple:
+    return id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend
+
+
+def _stats_of(bn: nn.Module) -> EvalStats | None:
+    """:func:`~adatriton.ops.batchnorm.eval_stats` read straight from the module's tables where its tensors sit in
+    the usual ones (nn.Module keeps a name in at most one table, so they are what ``eval_stats`` reads); else
+    ``eval_stats`` itself."""
+    if bn.training:
+        return None
+    params, buffers = bn._parameters, bn._buffers
+    try:
+        weight, bias, mean, var = params["weight"], params["bias"], buffers["running_mean"], buffers["running_var"]
+    except KeyError:
+        return eval_stats(bn)
+    if mean is None or var is None:
+        return None
+    return weight, bias, mean, var, bn.eps
+
+
+class _Settings:
+    """What the eager plans' checks read from the scoped settings and the environment, under one
+    :func:`~adatriton.runtime.context.settings_token` (see :func:`_current_settings`)."""
+
+    __slots__ = ("token", "recording", "interpreter", "tuning", "cache_dir", "requested")
+
+    def __init__(self, token: tuple | None):
+        self.token = token
+        self.recording = dispatch.is_recording()
+        # triton_runs_on for the CPU, the only other device type a plan is made on
+        self.interpreter = getenv("TRITON_INTERPRET", "0") not in ("", "0")
+        self.tuning = autotune.is_tuning()
+        self.cache_dir = getenv(autotune.CACHE_DIR_ENV)
+        self.requested: dict[str | None, str] = {}  # backend argument -> requested_backend(argument)[0]
+
+
+#: The settings of the last replay made under a settings token (inside a forward's environment snapshot).
+_settings: list[_Settings | None] = [None]
+
+
+def _current_settings() -> _Settings:
+    """The settings now: read again unless the scoped settings and the environment snapshot are the very objects
+    they were read under (:func:`~adatriton.runtime.context.same_settings`): once per forward of a model (its
+    snapshot), not once per conv. Shared by threads: another context's stacks are other objects."""
+    token = settings_token()
+    last = _settings[0]
+    if last is not None and same_settings(token, last.token):
+        return last
+    settings = _Settings(token)
+    if token is not None:
+        _settings[0] = settings
+    return settings
+
+
+def _forget_layout(key: int, ref: weakref.ref) -> None:
+    entry = _EAGER.get(key)
+    if entry is not None and entry[0] is ref:
+        del _EAGER[key]
+
+
+def _replay(
+    x: MultiResMap,
+    weight: Tensor,
+    bias: Tensor | None,
+    bn: nn.Module | None,
+    relu: bool,
+    residual: MultiResMap | None,
+    tap_spacing: int,
+    groups: int,
+    downsample: bool,
+    backend: str | None,
+) -> MultiResMap | None:
+    """:func:`conv_bn_act`'s result through a remembered plan, or None where there is none or it does not hold."""
+    # Not while compiling: traced code takes the custom op, and Dynamo would trace this lookup.
+    if not _eager_enabled or torch.compiler.is_compiling() or not _plain_call(relu, tap_spacing, groups, downsample):
+        return None
+    if not isinstance(x, MultiResMap) or (backend is not None and type(backend) is not str):
+        return None
+    layout = x.layout
+    entry = _EAGER.get(id(layout))
+    if entry is None or entry[0]() is not layout:
+        return None
+    # (_eager_key's tuple, built here: a call less on every conv)
+    plan = entry[1].get(
+        (id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend)
+    )
+    # the ids in the key are checked against the objects: an id can be reused once its object is gone
+    if (
+        plan is None
+        or plan.weight() is not weight
+        or (bias is not None and plan.bias() is not bias)
+        or (bn is not None and plan.bn() is not bn)
+        or torch.is_autocast_enabled(plan.device_type)
+    ):
+        return None
+    # what check_conv_args and conv_elements' checks read of the values and the weight (one dtype and device for
+    # both: the full path refuses others)
+    values, dtype, device = x.values, plan.dtype, plan.device
+    if values.stride() != plan.values_stride or values.shape != plan.values_shape or values.dtype is not dtype:
+        return None
+    if weight.stride() != plan.weight_stride or weight.shape != plan.weight_shape or weight.dtype is not dtype:
+        return None
+    if values.device != device or weight.device != device:
+        return None
+    if bias is not None and (bias.shape, bias.stride(), bias.dtype, bias.device) != plan.bias_meta:
+        return None
+    out_layout = layout.next() if downsample else layout
+    res = None
+    if residual is not None:
+        if not isinstance(residual, MultiResMap) or residual.layout is not out_layout:
+            return None
+        res = residual.values
+        if (res.shape, res.stride(), res.dtype) != plan.residual_meta:
+            return None
+    stats = None
+    if bn is not None:
+        stats = _stats_of(bn)
+        if stats is None:
+            return None
+        bn_w, bn_b, mean, var, _ = stats
+        w_dtype, b_dtype, mean_dtype, var_dtype = plan.bn_dtypes
+        if mean.dtype is not mean_dtype or var.dtype is not var_dtype:
+            return None
+        if (None if bn_w is None else bn_w.dtype) is not w_dtype:
+            return None
+        if (None if bn_b is None else bn_b.dtype) is not b_dtype:
+            return None
+    if torch.is_grad_enabled() and _needs_grad(values, weight, bias, *(stats[:2] if stats else ()), res):
+        return None
+    settings = _current_settings()
+    # dispatch.fixed_backend(weight, backend) == "triton", from the settings read once per forward
+    name = dispatch.forced_backend(weight)
+    if name is None:
+        name = settings.requested.get(backend)
+        if name is None:
+            name = settings.requested[backend] = requested_backend(backend)[0]
+    if name != "triton" or settings.recording:
+        return None
+    if (plan.device_type == "cpu" and not settings.interpreter) or settings.tuning:
+        return None
+    if settings.cache_dir != plan.cache_dir:
+        return None
+    if _configs_written[0] != plan.configs_written and _CONFIGS.get(plan.memo_key) is not plan.config:
+        return None
+    out = plan.bound.launch(values, plan.index, weight, None, bias, stats, res)
+    return None if out is None else MultiResMap.prechecked(out, out_layout)
+
+
+def _remember_eager(
+    x: MultiResMap,
+    weight: Tensor,
+    bias: Tensor | None,
+    bn: nn.Module | None,
+    stats: EvalStats | None,
+    relu: bool,
+    residual: MultiResMap | None,
+    tap_spacing: int,
+    groups: int,
+    downsample: bool,
+    backend: str | None,
+) -> None:
+    """After a fused eager launch on the triton backend (the full path of :func:`conv_bn_act`, its checks passed):
+    remember its plan, where it can be replayed (a forced backend, contiguous values, no autocast, no tuning, a
+    launch the kernel remembered). A call is planned the second time it is seen: the layouts of a map used once
+    (a new map per forward) then cost a dictionary entry per conv, not a plan."""
+    if not _eager_enabled or torch.compiler.is_compiling() or not _plain_call(relu, tap_spacing, groups, downsample):
+        return
+    if backend is not None and type(backend) is not str:
+        return
+    layout = x.layout
+    key = id(layout)
+    entry = _EAGER.get(key)
+    if entry is None or entry[0]() is not layout:
+        entry = _EAGER[key] = (weakref.ref(layout, functools.partial(_forget_layout, key)), {})
+    plans = entry[1]
+    call = _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)
+    if call not in plans:
+        if len(plans) >= MAX_EAGER_PLANS:
+            plans.clear()
+        plans[call] = None
+        return
+    values = x.values
+    device = values.device
+    res = None if residual is None else residual.values
+    if (
+        torch.is_autocast_enabled(device.type)
+        or autotune.is_tuning()
+        or dispatch.fixed_backend(weight, backend) != "triton"
+        or not values.is_contiguous()
+        or (res is not None and not res.is_contiguous())
+    ):
+        return
+    index = layout.kernel_table(weight.shape[-1], tap_spacing, downsample)
+    memo_key = _memo_key(values, index, weight, groups)
+    configs_written = _configs_written[0]
+    config = _CONFIGS.get(memo_key)
+    if config is None:
+        return
+    bound = conv_kernels.launch_plan(
+        values, index, weight, taps=weight.shape[-1] * weight.shape[-2], groups=groups, shift=bias, bn=stats,
+        residual=res, relu=relu, config=config,
+    )  # fmt: skip
+    if bound is None:
+        return
+    bn_dtypes = None
+    if stats is not None:
+        bn_w, bn_b, mean, var, _ = stats
+        bn_dtypes = (None if bn_w is None else bn_w.dtype, None if bn_b is None else bn_b.dtype, mean.dtype, var.dtype)
+    plans[call] = _EagerConv(
+        weight=weakref.ref(weight),
+        bias=None if bias is None else weakref.ref(bias),
+        bn=None if bn is None else weakref.ref(bn),
+        values_shape=values.shape,
+        values_stride=values.stride(),
+        dtype=values.dtype,
+        device=device,
+        weight_shape=weight.shape,
+        weight_stride=weight.stride(),
+        bias_meta=None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.device),
+        residual_meta=None if res is None else (res.shape, res.stride(), res.dtype),
+        bn_dtypes=bn_dtypes,
+        device_type=device.type,
+        index=index,
+        memo_key=memo_key,
+        config=config,
+        configs_written=configs_written,
+        cache_dir=memo_key[-1],
+        bound=bound,
+    )
+
+
 def conv_bn_act(
     x: MultiResMap,
     weight: Tensor,
@@ -501,6 +799,9 @@ def conv_bn_act(
         relu: apply ReLU last.
         residual: map on the output layout added after the BatchNorm.
     """
+    replayed = _replay(x, weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)
+    if replayed is not None:
+        return replayed
     expect_map(x, "conv_bn_act")
     if residual is not None:
         expect_map(residual, "conv_bn_act", "residual")
@@ -517,4 +818,6 @@ def conv_bn_act(
     if residual is not None and not residual.layout.same_as(out_layout):
         raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
     out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, relu)
+    if name == "triton":
+        _remember_eager(x, weight, bias, bn, stats, relu, residual, tap_spacing, groups, downsample, backend)
     return MultiResMap(out, out_layout)

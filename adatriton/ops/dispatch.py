@@ -46,8 +46,11 @@ __all__ = [
     "CUDA_CROSSOVER",
     "Signature",
     "choose",
+    "fixed_backend",
     "force",
     "forced",
+    "forced_backend",
+    "is_recording",
     "recording",
     "select",
 ]
@@ -215,6 +218,26 @@ def _density(layout: Layout, downsample: bool) -> tuple[int, float]:
     lm = layout.levelmap
     elements = layout.next().num_elements if downsample else layout.num_elements
     return elements, elements / max(1, lm.batch * lm.height * lm.width)
+
+
+def forced_backend(weight: Tensor) -> str | None:
+    """The backend :func:`force` set for the conv of ``weight``, or None."""
+    return getattr(weight, _FORCED_ATTR, None)
+
+
+def is_recording() -> bool:
+    """Whether a :func:`recording` block is active in this thread (:func:`select` then records every choice)."""
+    return _recorders.top() is not None
+
+
+def fixed_backend(weight: Tensor, backend: str | None) -> str | None:
+    """What :func:`select` returns for a conv of ``weight`` called with ``backend`` without looking at the layer or
+    its map: the forced or requested backend when it is not ``"auto"`` and no :func:`recording` is active; else None
+    (``select`` would look). The check of an eager plan (:mod:`adatriton.ops.conv`) that the choice still holds."""
+    name = forced_backend(weight)
+    if name is None:
+        name = requested_backend(backend)[0]
+    return None if name == "auto" or is_recording() else name
 
 
 def select(x: MultiResMap, weight: Tensor, tap_spacing: int, groups: int, downsample: bool, backend: str | None) -> str:

@@ -21,7 +21,7 @@ from .calibration import (
     load_calibration,
     save_calibration,
 )
-from .context import ScopedStack, environment_snapshot, getenv
+from .context import ScopedStack, environment_snapshot, getenv, same_settings, settings_token
 from .extras import EXTRAS, require
 from .files import (
     CACHE_DIR_ENV,
@@ -65,6 +65,8 @@ __all__ = [
     "file_lock",
     "get_cache",
     "getenv",
+    "same_settings",
+    "settings_token",
     "host_reads",
     "is_tuning",
     "load_calibration",

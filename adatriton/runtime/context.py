@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import operator
 import os
 import threading
 from collections.abc import Iterator
@@ -19,9 +20,13 @@ from typing import Generic, TypeVar
 
 import torch
 
-__all__ = ["ScopedStack", "environment_snapshot", "getenv"]
+__all__ = ["ScopedStack", "environment_snapshot", "getenv", "same_settings", "settings_token"]
 
 T = TypeVar("T")
+
+
+#: Every ScopedStack, in the order they were made (what settings_token reads).
+_stacks: list[ScopedStack] = []
 
 
 class ScopedStack(Generic[T]):
@@ -35,6 +40,7 @@ class ScopedStack(Generic[T]):
         self._var: contextvars.ContextVar[tuple[T, ...]] = contextvars.ContextVar(name, default=())
         # The same stack for traced code (see the module docstring), set by push on entry and exit.
         self._traced = threading.local()
+        _stacks.append(self)
 
     def _stack(self) -> tuple[T, ...]:
         if torch.compiler.is_compiling():
@@ -79,6 +85,28 @@ def getenv(name: str, default: str | None = None) -> str | None:
     env = _environments.top()
     value = os.environ.get(name) if env is None else env[name]
     return default if value is None else value
+
+
+def settings_token() -> tuple | None:
+    """Every :class:`ScopedStack`'s stack as it is now in this context, or None while compiling or outside every
+    :func:`environment_snapshot`.
+
+    A push stores a new tuple and leaving its block restores the one before, so while each element of the token is
+    the same object as in an earlier one (:func:`same_settings`), every scoped setting is as it was then, and so is
+    every environment variable that was read through :func:`getenv` then (the snapshot keeps what it read): a caller
+    may keep what it derived from them for as long (``adatriton.ops.conv``'s eager plans, once per forward instead of
+    once per conv).
+    """
+    if torch.compiler.is_compiling():
+        return None
+    token = tuple([stack._var.get() for stack in _stacks])
+    return token if _environments._var.get() else None
+
+
+def same_settings(token: tuple | None, other: tuple | None) -> bool:
+    """Whether two :func:`settings_token` values stand for the same settings: both made inside a snapshot, and each
+    of their stacks the same object."""
+    return token is not None and other is not None and len(token) == len(other) and all(map(operator.is_, token, other))
 
 
 @contextlib.contextmanager
