@@ -63,6 +63,12 @@ MARKED_BY_ID = {
         "nn/test_modules.py::test_count_macs_of_softpool_and_deformable_networks",
         "nn/test_modules.py::test_make_deformable_adds_zero_offsets_to_the_last_block",
         "ops/test_ops.py::test_conv_is_differentiable",
+        "models/test_convert_warnings.py::test_a_coarsest_level_dearer_than_the_original_warns_with_the_multiply_adds",
+        "models/test_d2net.py::test_backends_agree[triton]",
+        # torch.onnx.export (dynamo) and torch.compile of whole networks: 15-70 s each.
+        "models/test_onnx.py::test_onnx_runtime_equals_eager_tiny",
+        "models/test_onnx.py::test_plain_export_call_with_gradients_enabled",
+        "models/test_export.py::test_compiled_triton_backend_traces_the_conv_op_with_new_maps",
     ),
 }
 
