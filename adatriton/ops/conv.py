@@ -22,7 +22,7 @@ from ..runtime import autotune
 from ..runtime.backend import TRITON_DTYPES, triton_runs_on
 from ..runtime.context import getenv
 from . import dispatch
-from .batchnorm import EvalStats, bn_add_act, eval_stats
+from .batchnorm import ACTIVATIONS, EvalStats, activation_name, bn_add_act, eval_stats
 
 __all__ = [
     "MAX_GATHER_BYTES",
@@ -151,13 +151,20 @@ def folded_bn(
     return scale, shift
 
 
-def _fused_gemm_epilogue(out: Tensor, shift: Tensor | None, residual: Tensor | None, relu: bool) -> Tensor:
-    """``act(out + shift + residual)`` in place on a GEMM output (one pass each for the add and the ReLU)."""
+def _fused_gemm_epilogue(out: Tensor, shift: Tensor | None, residual: Tensor | None, act: int) -> Tensor:
+    """``act(out + shift + residual)`` in place on a GEMM output (one pass each for the add and the activation).
+
+    ``act`` is the activation's code (its index in :data:`adatriton.kernels.conv.ACTIVATIONS`, 0: none); the
+    activation is torch's own function, in place, so the result is that of applying it after the op."""
     if shift is not None:
         out.add_(shift)
     if residual is not None:
         out.add_(residual)
-    return out.relu_() if relu else out
+    if act == 0:
+        return out
+    if act == 1:
+        return out.relu_()
+    return ACTIVATIONS[conv_kernels.ACTIVATIONS[act]](out, inplace=True)
 
 
 def _conv_torch_fused(
@@ -166,16 +173,16 @@ def _conv_torch_fused(
     scale: Tensor | None,
     shift: Tensor | None,
     residual: Tensor | None,
-    relu: bool,
+    act: int,
     index: Tensor | None,
     groups: int,
     grad: bool,
 ) -> Tensor:
-    """The torch backend's eval-mode conv-BN(-add)-ReLU: BatchNorm's scale folded into the GEMM weight, its shift
-    into the GEMM's bias, residual add and ReLU in place on the GEMM output.
+    """The torch backend's eval-mode conv-BN(-add)-act: BatchNorm's scale folded into the GEMM weight, its shift
+    into the GEMM's bias, residual add and activation (code ``act``) in place on the GEMM output.
 
     ``index`` is the tap table, the strided 1x1's source rows ``(M, 1)``, or None for a plain 1x1. With ``grad``
-    (a gradient flows: no scale, residual or ReLU here) the gather-GEMM is the custom op with its backward.
+    (a gradient flows: no scale, residual or activation here) the gather-GEMM is the custom op with its backward.
     """
     dtype = x.dtype
     if scale is not None:
@@ -185,14 +192,14 @@ def _conv_torch_fused(
     gather = _gather_conv if grad or torch.compiler.is_compiling() else gather_conv_torch
     if groups > 1:  # grouped convs: the reference einsum, then the epilogue
         rows = torch.arange(len(x.values), device=x.device)[:, None] if index is None else index
-        return _fused_gemm_epilogue(gather(x.values, weight, bias, rows, groups), None, residual, relu)
+        return _fused_gemm_epilogue(gather(x.values, weight, bias, rows, groups), None, residual, act)
     cout = weight.shape[0]
     if index is None or index.shape[1] == 1:  # 1x1: a GEMM over the (surviving) elements
         values = x.values if index is None else x.values.index_select(0, index[:, 0])
         w = weight.reshape(cout, -1).t()
         out = values @ w if bias is None else torch.addmm(bias, values, w)
-        return _fused_gemm_epilogue(out, None, residual, relu)
-    return _fused_gemm_epilogue(gather(x.values, weight, bias, index, 1), None, residual, relu)
+        return _fused_gemm_epilogue(out, None, residual, act)
+    return _fused_gemm_epilogue(gather(x.values, weight, bias, index, 1), None, residual, act)
 
 
 def _conv_dense(
@@ -231,7 +238,7 @@ def _launch_triton(
     scale: Tensor | None = None,
     shift: Tensor | None = None,
     residual: Tensor | None = None,
-    relu: bool = False,
+    act: int = 0,
     bn: EvalStats | None = None,
 ) -> Tensor:
     """One fused kernel launch with the autotuned (or default) config for this bucket of shapes.
@@ -251,7 +258,7 @@ def _launch_triton(
     def launch(config):
         return conv_kernels.conv_elements(
             values, index, weight, taps=taps, groups=groups, scale=scale, shift=shift, bn=bn,
-            residual=residual, relu=relu, config=config,
+            residual=residual, act=act, config=config,
         )  # fmt: skip
 
     memo_key = (
@@ -355,14 +362,14 @@ def _conv_setup_context(ctx, inputs, output):
     values, weight, bias, index, groups = inputs[:5]
     ctx.save_for_backward(values, weight, bias, index)
     ctx.groups, ctx.num_inputs = groups, len(inputs)
-    # triton_conv's epilogue (scale, residual, relu): conv_bn_act fuses only when no gradient is needed
+    # triton_conv's epilogue (scale, residual, activation): conv_bn_act fuses only when no gradient is needed
     ctx.epilogue = len(inputs) > 5 and (inputs[5] is not None or inputs[6] is not None or inputs[7])
 
 
 def _conv_backward(ctx, grad):
     values, weight, bias, index = ctx.saved_tensors
     if ctx.epilogue:
-        raise RuntimeError("the fused Triton conv (BatchNorm / residual / ReLU epilogue) has no backward")
+        raise RuntimeError("the fused Triton conv (BatchNorm / residual / activation epilogue) has no backward")
     if index is None:  # a plain 1x1 conv on the Triton path: every element reads itself
         index = torch.arange(len(values), device=values.device)[:, None]
     index = index.long()  # the Triton path's tables are int32
@@ -385,14 +392,15 @@ def _triton_conv(
     groups: int,
     scale: Tensor | None,
     residual: Tensor | None,
-    relu: bool,
+    act: int,
 ) -> Tensor:
-    """The fused Triton conv: ``act(scale * conv(values) + bias + residual)``, one launch (``bias`` is the shift)."""
-    return _launch_triton(values, index, weight, groups, scale, bias, residual, relu)
+    """The fused Triton conv: ``act(scale * conv(values) + bias + residual)``, one launch (``bias`` is the shift;
+    ``act`` the activation's code, :data:`adatriton.kernels.conv.ACTIVATIONS`)."""
+    return _launch_triton(values, index, weight, groups, scale, bias, residual, act)
 
 
 @_triton_conv.register_fake
-def _(values, weight, bias, index, groups, scale, residual, relu):
+def _(values, weight, bias, index, groups, scale, residual, act):
     return values.new_empty(len(values) if index is None else index.shape[0], weight.shape[0])
 
 
@@ -447,12 +455,13 @@ def _conv_values(
     grad: bool,
     stats: EvalStats | None = None,
     residual: Tensor | None = None,
-    relu: bool = False,
+    act: int = 0,
 ) -> Tensor:
-    """The conv's output values on the backend ``name``, with the epilogue ``act(bn(.) + residual)`` fused in.
+    """The conv's output values on the backend ``name``, with the epilogue ``act(bn(.) + residual)`` fused in
+    (``act``: the activation's code, :data:`adatriton.kernels.conv.ACTIVATIONS`).
 
     The one place that branches on the backend. With ``grad`` (a gradient flows) there is no epilogue (``stats``,
-    ``residual`` and ``relu`` are left out) and every path is differentiable.
+    ``residual`` and ``act`` are left out) and every path is differentiable.
     """
     k = weight.shape[-1]
     if name == "triton":
@@ -462,16 +471,16 @@ def _conv_values(
         residual = None if residual is None else residual.contiguous()
         if grad or torch.compiler.is_compiling():  # one opaque op with a backward; the fold is a few graph ops
             scale, shift = (None, bias) if stats is None else folded_bn(stats, bias)
-            return _triton_conv(values, weight, shift, index, groups, scale, residual, relu)
+            return _triton_conv(values, weight, shift, index, groups, scale, residual, act)
         # eager inference: one launch without the custom op's dispatch, BatchNorm applied from its own tensors
-        return _launch_triton(values, index, weight, groups, None, bias, residual, relu, stats)
+        return _launch_triton(values, index, weight, groups, None, bias, residual, act, stats)
     scale, shift = (None, bias) if stats is None else folded_bn(stats, bias, x.dtype)
     if name == "dense" and k > 1:  # a 1x1 conv never reads neighbours: the GEMM below on every backend
         w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
         out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)
-        return _fused_gemm_epilogue(out, None, residual, relu)
+        return _fused_gemm_epilogue(out, None, residual, act)
     index = x.layout.kernel_table(k, tap_spacing, downsample, compact=False)
-    return _conv_torch_fused(x, weight, scale, shift, residual, relu, index, groups, grad)
+    return _conv_torch_fused(x, weight, scale, shift, residual, act, index, groups, grad)
 
 
 def conv_bn_act(
@@ -485,26 +494,35 @@ def conv_bn_act(
     groups: int = 1,
     downsample: bool = False,
     backend: str | None = None,
+    activation: str | None = None,
 ) -> MultiResMap:
-    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU; :func:`conv2d` is this op without them.
+    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU, or a MobileNet / EfficientNet conv-BN-act;
+    :func:`conv2d` is this op without them.
 
     In eval mode with no gradient needed the epilogue is fused: on the triton backend one kernel launch (bias and
-    BatchNorm as a per-channel scale and shift, the residual add, ReLU and the cast in the epilogue); on the torch
-    and dense backends BatchNorm's scale goes into the GEMM / conv weight and its shift into the bias, and the
-    residual add and ReLU run in place on the output. Otherwise (training, or any of the tensors needs a gradient,
-    BatchNorm's affine parameters included) the ops run one after the other. Same result either way.
+    BatchNorm as a per-channel scale and shift, the residual add, the activation and the cast in the epilogue); on
+    the torch and dense backends BatchNorm's scale goes into the GEMM / conv weight and its shift into the bias, and
+    the residual add and the activation run in place on the output. Otherwise (training, or any of the tensors needs
+    a gradient, BatchNorm's affine parameters included) the ops run one after the other. Same result either way:
+    the activation is ``F.relu`` / ``F.relu6`` / ``F.hardswish`` / ``F.silu`` applied last (on the triton backend
+    computed in float32 before the cast, as the rest of the epilogue).
 
     Args:
         x, weight, bias, tap_spacing, groups, downsample, backend: as in :func:`conv2d`.
         bn: BatchNorm applied to the conv output, or None.
-        relu: apply ReLU last.
+        relu: apply ReLU last: the spelling of ``activation="relu"`` (both may be given if they agree).
         residual: map on the output layout added after the BatchNorm.
+        activation: the activation applied last: None, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``.
+
+    Raises:
+        ValueError: an unknown ``activation``, or ``relu=True`` with another one (besides :func:`conv2d`'s).
     """
     expect_map(x, "conv_bn_act")
     if residual is not None:
         expect_map(residual, "conv_bn_act", "residual")
     x, weight, bias = autocast_conv_inputs(x, weight, bias)
     check_conv_args(x, weight, bias, groups, tap_spacing, "conv_bn_act")
+    activation = activation_name(activation, relu)
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
     out_layout = x.layout.next() if downsample else x.layout
     stats = None if bn is None else eval_stats(bn)
@@ -512,8 +530,9 @@ def conv_bn_act(
     res = None if residual is None else residual.values
     if (bn is not None and stats is None) or _needs_grad(x.values, weight, bias, *bn_affine, res):
         out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, grad=True)
-        return bn_add_act(MultiResMap(out, out_layout), bn, relu, residual)
+        return bn_add_act(MultiResMap(out, out_layout), bn, residual=residual, activation=activation)
     if residual is not None and not residual.layout.same_as(out_layout):
         raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
-    out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, relu)
+    act = conv_kernels.ACTIVATIONS.index(activation)
+    out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, act)
     return MultiResMap(out, out_layout)
