@@ -1,0 +1,78 @@
+"""Forward hooks for modules that a converted network runs without calling them.
+
+A converted network runs a module on a multi-resolution map through its own code (a fused conv-BN-act call, a
+bottleneck on a map, the graph converter's ops), not through ``module(x)``, so ``nn.Module.__call__`` and with it
+the module's hooks would not run. Every runner calls such a module through :func:`call_with_hooks` instead, which
+runs its hooks as ``__call__`` does, and asks :func:`has_hooks` before taking a fused path that never shows a
+module's own output (a conv's output before its BatchNorm): a module with hooks runs unfused, so its hooks see
+what it really takes and returns.
+
+What a hook receives: a module that runs on a map gets the :class:`~adatriton.core.multires.MultiResMap` (its
+values ``(E, C)`` and layout) as input and output; a module that runs densely gets tensors, as in the original
+network. Backward hooks (``register_full_backward_hook``) are not run on modules called this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+__all__ = ["call_with_hooks", "has_hooks"]
+
+
+def has_hooks(*modules: nn.Module | None) -> bool:
+    """Whether calling any of ``modules`` (None entries are skipped) would run a forward or forward-pre hook: its
+    own, or a global one (``torch.nn.modules.module.register_module_forward_hook`` and ``..._pre_hook``).
+
+    A few attribute reads per module: cheap enough to ask on every call of a fused op.
+    """
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    for m in modules:
+        if m is not None and (m._forward_hooks or m._forward_pre_hooks):
+            return True
+    return False
+
+
+def call_with_hooks(module: nn.Module, impl: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``impl(*args, **kwargs)`` as the forward of ``module``: its forward-pre hooks, then ``impl``, then its forward
+    hooks, global ones first, with ``nn.Module.__call__``'s semantics: a pre-hook's return value (not None)
+    replaces the positional inputs (a single value becomes a 1-tuple; a ``with_kwargs`` pre-hook returns
+    ``(args, kwargs)``), and a forward hook's return value replaces the output.
+
+    Without hooks this is ``impl(*args, **kwargs)`` after a few attribute reads.
+
+    Raises:
+        RuntimeError: a ``with_kwargs`` pre-hook returns something other than None or ``(args, kwargs)``.
+    """
+    pre, post = module._forward_pre_hooks, module._forward_hooks
+    global_pre, global_post = torch_module._global_forward_pre_hooks, torch_module._global_forward_hooks
+    if not (pre or post or global_pre or global_post):
+        return impl(*args, **kwargs)
+    for hook_id, hook in (*global_pre.items(), *pre.items()):
+        if hook_id in module._forward_pre_hooks_with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"forward pre-hook must return None or a tuple of (new_args, new_kwargs), but got {result}."
+                    )
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    output = impl(*args, **kwargs)
+    with_kwargs = module._forward_hooks_with_kwargs
+    global_with_kwargs = torch_module._global_forward_hooks_with_kwargs
+    for hook_id, hook in (*global_post.items(), *post.items()):
+        if hook_id in with_kwargs or hook_id in global_with_kwargs:
+            result = hook(module, args, kwargs, output)
+        else:
+            result = hook(module, args, output)
+        if result is not None:
+            output = result
+    return output
