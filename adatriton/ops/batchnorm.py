@@ -38,7 +38,8 @@ def batch_norm(x: MultiResMap, bn: nn.modules.batchnorm._BatchNorm) -> MultiResM
     """Apply a BatchNorm module per element; in training mode statistics are over elements, each counting once.
 
     The module's own forward runs (running-stat updates, momentum, ``num_batches_tracked``), on the values
-    viewed as ``(E, C, 1, 1)``.
+    viewed as ``(E, C, 1, 1)``; its hooks do not (a converted network runs them with the map:
+    :func:`adatriton.nn.hooks.call_with_hooks`).
     """
     expect_map(x, "batch_norm")
     e, c = x.values.shape
@@ -49,7 +50,8 @@ def batch_norm(x: MultiResMap, bn: nn.modules.batchnorm._BatchNorm) -> MultiResM
         weight, bias, mean, var, eps = stats
         out = torch.ops.aten._native_batch_norm_legit_no_training(x.values, weight, bias, mean, var, 0.0, eps)[0]
         return x.with_values(out)
-    return x.with_values(bn(x.values.reshape(e, c, 1, 1)).reshape(e, c))
+    # forward, not __call__: the module's hooks are the caller's to run, with the map (adatriton.nn.hooks)
+    return x.with_values(bn.forward(x.values.reshape(e, c, 1, 1)).reshape(e, c))
 
 
 def relu(x: MultiResMap) -> MultiResMap:

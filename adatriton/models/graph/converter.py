@@ -4,6 +4,7 @@ stride, and writes the converted graph node by node (docs/semantics.md §8; the 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import warnings
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d, conv_at
+from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d
+from .fusion import fuse_conv_groups
 from .mapops import (
     check_dense_levels,
     enter,
@@ -25,14 +27,18 @@ from .mapops import (
     map_batch_norm,
     map_cat,
     map_conv,
+    map_conv_at,
+    map_conv_bn_act,
     map_densify,
     map_downsample,
     map_global_pool,
+    map_identity,
     map_module,
     map_size,
     map_stochastic_depth,
     on_values,
     on_vectors,
+    with_module_hooks,
 )
 from .rules import (
     BINARY_FUNCTIONS,
@@ -132,6 +138,7 @@ class Plan:
     graph: fx.Graph
     nodes: list[NodePlan] = field(default_factory=list)
     entry: str | None = None  # the traced node whose output is the finest grid
+    fused: int = 0  # conv groups fused into one map_conv_bn_act call (adatriton.models.graph.fusion)
 
 
 class Converter:
@@ -325,6 +332,9 @@ class Converter:
             if too_small is None:
                 raise
             raise too_small from err
+        maps = {v.node for v in self.values.values() if v.kind == "map" and isinstance(v.node, fx.Node)}
+        maps |= {entered.node for _, entered in self.entered.values()}
+        plan.fused = fuse_conv_groups(self.g, self.root, maps, plan.nodes)
         if self.smoothed:
             warnings.warn(
                 f"decoder upsampling (node {'; node '.join(self.smoothed)}) reads features that the converted network "
@@ -521,12 +531,40 @@ class Converter:
         if maps:
             out = self.on_map(node, args, kwargs)
             if not isinstance(out, str):
-                return out
+                return self.with_hooks(node, args, out)
             reason = out
             args, kwargs = fx.node.map_aggregate(
                 (args, kwargs), lambda a: self.densify(a) if isinstance(a, _Value) and a.kind == "map" else a
             )
-        return self.dense(node, args, kwargs, reason)
+        return self.with_hooks(node, args, self.dense(node, args, kwargs, reason))
+
+    # Ops that stand for a module call and run its hooks themselves (mapops); anything else written for a module
+    # call gets with_module_hooks (see with_hooks).
+    _RUNS_HOOKS = (map_conv, map_batch_norm, map_module, map_stochastic_depth, map_conv_at, map_conv_bn_act)
+
+    def with_hooks(self, node: fx.Node, args: tuple, out: _Value) -> _Value:
+        """``out`` written for the traced node such that, for a module call, the module's forward and forward-pre
+        hooks run when the converted network runs (on maps they see the maps): a module still called as a module
+        runs them itself, as do the module ops of :mod:`~adatriton.models.graph.mapops`; another op written for it
+        (a pool that became a downsampling step or a global pool) becomes its :func:`with_module_hooks` wrapper,
+        and a module that became the identity a hooked :func:`map_identity`."""
+        if node.op != "call_module" or not isinstance(out, _Value):
+            return out
+        new = out.node
+        if isinstance(new, fx.Node) and new.name == node.name:  # written for this node
+            if new.op == "call_module" or new.target in self._RUNS_HOOKS:
+                return out
+            if new.op == "call_function" and new.args and isinstance(args[0], _Value) and new.args[0] is args[0].node:
+                with self.g.inserting_before(new):  # the module's get_attr comes before its use
+                    module = self.module_node(node)
+                new.target = with_module_hooks(new.target)
+                new.args = (module, *new.args)
+                return out
+        x = args[0] if args and isinstance(args[0], _Value) else None
+        if x is None or x.node is not new:  # not an identity of its input: nothing stands for the call
+            return out
+        hooked = self.call(with_module_hooks(map_identity), (self.module_node(node), x), name=node.name)
+        return dataclasses.replace(out, node=hooked)
 
     # ------------------------------------------------------------------ dense nodes
     def dense(self, node: fx.Node, args: tuple, kwargs: dict, densified: str = "") -> _Value:
@@ -574,7 +612,7 @@ class Converter:
             dilation = pair(module.dilation)[0] * t // r
             record("dense-dilated", kernel=k[0], tap_spacing=dilation)
             conv = _Value(self.module_node(node), "other", module)
-            return self.emit(node, "call_function", conv_at, (conv, x, 1, dilation), {})
+            return self.emit(node, "call_function", map_conv_at, (conv, x, 1, dilation), {})
         strided = pool.stride == (2, 2) and t >= self.a
         if not strided and (r == t or pool.kernel == (1, 1)):
             record("dense")
