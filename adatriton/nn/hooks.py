@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-__all__ = ["call_with_hooks", "has_hooks"]
+__all__ = ["call_with_hooks", "has_hooks", "run_forward_hooks", "run_forward_pre_hooks"]
 
 
 def has_hooks(*modules: nn.Module | None) -> bool:
@@ -37,22 +37,18 @@ def has_hooks(*modules: nn.Module | None) -> bool:
     return False
 
 
-def call_with_hooks(module: nn.Module, impl: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``impl(*args, **kwargs)`` as the forward of ``module``: its forward-pre hooks, then ``impl``, then its forward
-    hooks, global ones first, with ``nn.Module.__call__``'s semantics: a pre-hook's return value (not None)
-    replaces the positional inputs (a single value becomes a 1-tuple; a ``with_kwargs`` pre-hook returns
-    ``(args, kwargs)``), and a forward hook's return value replaces the output.
+def run_forward_pre_hooks(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``module``'s forward-pre hooks (global ones first) on ``(args, kwargs)``, as ``nn.Module.__call__`` runs
+    them: a return value that is not None replaces the positional inputs (a single value becomes a 1-tuple; a
+    ``with_kwargs`` hook returns ``(args, kwargs)``).
 
-    Without hooks this is ``impl(*args, **kwargs)`` after a few attribute reads.
+    Returns:
+        The inputs the module's forward gets.
 
     Raises:
         RuntimeError: a ``with_kwargs`` pre-hook returns something other than None or ``(args, kwargs)``.
     """
-    pre, post = module._forward_pre_hooks, module._forward_hooks
-    global_pre, global_post = torch_module._global_forward_pre_hooks, torch_module._global_forward_hooks
-    if not (pre or post or global_pre or global_post):
-        return impl(*args, **kwargs)
-    for hook_id, hook in (*global_pre.items(), *pre.items()):
+    for hook_id, hook in (*torch_module._global_forward_pre_hooks.items(), *module._forward_pre_hooks.items()):
         if hook_id in module._forward_pre_hooks_with_kwargs:
             result = hook(module, args, kwargs)
             if result is not None:
@@ -65,10 +61,19 @@ def call_with_hooks(module: nn.Module, impl: Callable[..., Any], *args: Any, **k
             result = hook(module, args)
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
-    output = impl(*args, **kwargs)
+    return args, kwargs
+
+
+def run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """``module``'s forward hooks (global ones first) on its inputs and ``output``, as ``nn.Module.__call__`` runs
+    them: a return value that is not None replaces the output.
+
+    Returns:
+        The module's output.
+    """
     with_kwargs = module._forward_hooks_with_kwargs
     global_with_kwargs = torch_module._global_forward_hooks_with_kwargs
-    for hook_id, hook in (*global_post.items(), *post.items()):
+    for hook_id, hook in (*torch_module._global_forward_hooks.items(), *module._forward_hooks.items()):
         if hook_id in with_kwargs or hook_id in global_with_kwargs:
             result = hook(module, args, kwargs, output)
         else:
@@ -76,3 +81,18 @@ def call_with_hooks(module: nn.Module, impl: Callable[..., Any], *args: Any, **k
         if result is not None:
             output = result
     return output
+
+
+def call_with_hooks(module: nn.Module, impl: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``impl(*args, **kwargs)`` as the forward of ``module``: :func:`run_forward_pre_hooks`, then ``impl`` on the
+    inputs they give, then :func:`run_forward_hooks`, with ``nn.Module.__call__``'s semantics.
+
+    Without hooks this is ``impl(*args, **kwargs)`` after a few attribute reads.
+
+    Raises:
+        RuntimeError: a ``with_kwargs`` pre-hook returns something other than None or ``(args, kwargs)``.
+    """
+    if not has_hooks(module):
+        return impl(*args, **kwargs)
+    args, kwargs = run_forward_pre_hooks(module, args, kwargs)
+    return run_forward_hooks(module, args, kwargs, impl(*args, **kwargs))

@@ -36,6 +36,8 @@ from .mapops import (
     map_module,
     map_size,
     map_stochastic_depth,
+    module_enter,
+    module_exit,
     on_values,
     on_vectors,
     with_module_hooks,
@@ -133,6 +135,54 @@ class _Value:
     original: bool = False  # dense / other: the very value of the original network (its meta is the original's)
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """The traced forward of a container module: its nodes run from ``first`` to ``last`` (whose value is its only
+    output), reading one value from outside, ``input``; ``parents``: the enclosing such scopes, innermost first."""
+
+    path: str
+    input: fx.Node
+    first: fx.Node
+    last: fx.Node
+    parents: tuple[str, ...]
+
+
+def _module_stack(node: fx.Node) -> list[str]:
+    """The paths of the modules whose forward the node was traced in, outermost first (fx's ``nn_module_stack``),
+    without the node's own module."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    return [p for p in paths if p and not (node.op == "call_module" and p == node.target)]
+
+
+def container_scopes(graph: fx.Graph) -> dict[str, _Scope]:
+    """The container modules whose hooks the converted forward runs: those whose traced nodes are contiguous, read
+    one value from outside (besides parameters) and give one value to the rest, their last node's (the forward of
+    a block or a ``Sequential`` on one tensor). Others (several inputs or outputs) are not hooked."""
+    order = [n for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    members: dict[str, list[fx.Node]] = {}
+    for n in order:
+        for path in _module_stack(n):
+            members.setdefault(path, []).append(n)
+    position = {n: i for i, n in enumerate(order)}
+    found: dict[str, tuple[fx.Node, fx.Node, fx.Node]] = {}
+    for path, nodes in members.items():
+        first, last = nodes[0], nodes[-1]
+        if position[last] - position[first] + 1 != len(nodes):
+            continue
+        inside = set(nodes)
+        outside_inputs = {i for n in nodes for i in n.all_input_nodes if i not in inside and i.op != "get_attr"}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        if len(outside_inputs) == 1 and outputs == [last]:
+            found[path] = (next(iter(outside_inputs)), first, last)
+    scopes = {}
+    for path, (inp, first, last) in found.items():
+        stack = _module_stack(first)
+        parents = tuple(p for p in reversed(stack[: stack.index(path)]) if p in found)
+        scopes[path] = _Scope(path, inp, first, last, parents)
+    return scopes
+
+
 @dataclass
 class Plan:
     graph: fx.Graph
@@ -169,6 +219,14 @@ class Converter:
         # id(value) -> (value, its map / dense form); holding the value keeps its id from being reused
         self.entered: dict[int, tuple[_Value, _Value]] = {}
         self.densified: dict[int, tuple[_Value, _Value]] = {}
+        # Container modules whose hooks run (module_enter / module_exit around their traced nodes): by path, the
+        # scopes starting and ending at a node, each node's scopes (innermost first), and per entered scope its
+        # input node, the input value its body reads and the module's get_attr node.
+        self.scopes: dict[str, _Scope] = {}
+        self.scope_starts: dict[fx.Node, list[str]] = {}
+        self.scope_ends: dict[fx.Node, list[str]] = {}
+        self.node_scopes: dict[fx.Node, tuple[str, ...]] = {}
+        self.scope_inputs: dict[str, tuple[fx.Node, _Value, fx.Node]] = {}
 
     # ------------------------------------------------------------------ strides
     def stride_of(self, value: Any) -> tuple[int | None, bool]:
@@ -270,7 +328,9 @@ class Converter:
         n, _, h, w = v.meta.shape
         if self.lm_node is None:
             self.finest = (n, h, w)
-            self.plan.entry = next((k.name for k, val in self.values.items() if val is v), None)
+            self.plan.entry = next((k.name for k, val in self.values.items() if val is v), None) or next(
+                (node.name for node, val, _ in self.scope_inputs.values() if val is v), None
+            )
             self.lm_node = self.call(level_map, (self.levels_node, v, self.k), name="levelmap")
         elif (n, h, w) != self.finest:
             raise GraphConversionError(
@@ -349,6 +409,7 @@ class Converter:
     def write(self) -> Plan:
         """:meth:`run` without the check of the example input's size."""
         self.orig = self.run_original()
+        self.plan_scopes()
         placeholders = [n for n in self.source.nodes if n.op == "placeholder"]
         if len(placeholders) != len(self.inputs):
             raise GraphConversionError(
@@ -374,8 +435,50 @@ class Converter:
                 self.finish()
                 self.g.output(self.nodes_of(out))
             else:
+                for path in self.scope_starts.get(node, ()):
+                    self.enter_scope(path)
                 self.values[node] = self.convert(node)
+                for path in self.scope_ends.get(node, ()):
+                    self.exit_scope(path, node)
         return self.plan
+
+    # ------------------------------------------------------------------ container modules' hooks
+    def plan_scopes(self) -> None:
+        self.scopes = container_scopes(self.source)
+        for path, sc in self.scopes.items():  # outer scopes first (the dict follows the first nodes' stacks)
+            self.scope_starts.setdefault(sc.first, []).append(path)
+            self.scope_ends.setdefault(sc.last, []).insert(0, path)
+        for node in self.source.nodes:
+            self.node_scopes[node] = tuple(p for p in reversed(_module_stack(node)) if p in self.scopes)
+
+    def value_of(self, n: fx.Node, scopes: Sequence[str]) -> Any:
+        """The value of source node ``n`` as read inside ``scopes`` (innermost first): a scope's input as its body
+        reads it (after the module's pre-hooks), else the node's value."""
+        for path in scopes:
+            entry = self.scope_inputs.get(path)
+            if entry is not None and entry[0] is n:
+                return entry[1]
+        return self.values[n]
+
+    def enter_scope(self, path: str) -> None:
+        """The start of a container module's forward: its pre-hooks on its input (:func:`module_enter`)."""
+        sc = self.scopes[path]
+        v = self.value_of(sc.input, sc.parents)
+        if not isinstance(v, _Value) or not isinstance(v.node, fx.Node):
+            return
+        module = self.g.create_node("get_attr", path, name=f"{path.replace('.', '_')}_container")
+        new = self.call(module_enter, (module, v), name=f"{path.replace('.', '_')}_enter")
+        self.scope_inputs[path] = (sc.input, dataclasses.replace(v, node=new), module)
+
+    def exit_scope(self, path: str, node: fx.Node) -> None:
+        """The end of a container module's forward: its hooks on its input and output (:func:`module_exit`)."""
+        entry = self.scope_inputs.get(path)
+        out = self.values[node]
+        if entry is None or not isinstance(out, _Value) or not isinstance(out.node, fx.Node):
+            return
+        _, x, module = entry
+        new = self.call(module_exit, (module, x, out), name=f"{path.replace('.', '_')}_exit")
+        self.values[node] = dataclasses.replace(out, node=new)
 
     # ------------------------------------------------------------------ a too small example input
     def resized(self, side: int) -> list:
@@ -508,8 +611,9 @@ class Converter:
         )
 
     def convert(self, node: fx.Node) -> _Value:
-        args = fx.node.map_arg(node.args, lambda n: self.values[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        scopes = self.node_scopes.get(node, ())
+        args = fx.node.map_arg(node.args, lambda n: self.value_of(n, scopes))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.value_of(n, scopes))
         ins: list[_Value] = []
         fx.node.map_aggregate((args, kwargs), lambda a: ins.append(a) if isinstance(a, _Value) else None)
         maps = [v for v in ins if v.kind == "map"]

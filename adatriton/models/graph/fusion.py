@@ -5,9 +5,11 @@ value only feeds an eval-able BatchNorm (:func:`~adatriton.models.graph.mapops.m
 residual add of another map on the same layout (either operand order) and optionally an activation the conv
 epilogue has (ReLU, ReLU6, Hardswish, SiLU: modules or functions, in place or not), each value used only by the
 next, becomes one :func:`~adatriton.models.graph.mapops.map_conv_bn_act` node. A conv followed by an activation
-without BatchNorm fuses too. The fused op computes the same function: in eval mode one fused
-:func:`adatriton.ops.conv_bn_act` (BatchNorm folded, epilogue fused), in train mode or with gradients the ops one
-after the other, and with hooks on one of the modules unfused (:mod:`adatriton.nn.hooks`).
+without BatchNorm fuses too; the end of a container module's forward right after the BatchNorm
+(:func:`~adatriton.models.graph.mapops.module_exit`, where its forward hooks run) is taken in. The fused op
+computes the same function: in eval mode one fused :func:`adatriton.ops.conv_bn_act` (BatchNorm folded, epilogue
+fused), in train mode or with gradients the ops one after the other, and with hooks on one of the modules
+unfused (:mod:`adatriton.nn.hooks`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...nn.modules import DeformableConv2d
-from .mapops import map_batch_norm, map_conv, map_conv_bn_act, map_module
+from .mapops import map_batch_norm, map_conv, map_conv_bn_act, map_module, module_exit
 from .rules import NodePlan, fetch
 
 __all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "fuse_conv_groups"]
@@ -105,6 +107,11 @@ def fuse_conv_groups(graph: fx.Graph, root: nn.Module, maps: set[fx.Node], recor
             bn, last = nxt.args[0], nxt
             group.append(nxt)
             nxt = _only_user(last)
+        exits = []  # containers whose forward ends with the BatchNorm (a block's conv Sequential, before the add)
+        while bn is not None and nxt is not None and nxt.target is module_exit and nxt.args[2] is last:
+            exits.append((nxt.args[0], nxt.args[1]))
+            group.append(nxt)
+            last, nxt = nxt, _only_user(nxt)
         if bn is not None and nxt is not None:
             other = _residual(nxt, last, maps)
             if other is not None:
@@ -122,14 +129,14 @@ def fuse_conv_groups(graph: fx.Graph, root: nn.Module, maps: set[fx.Node], recor
         with graph.inserting_before(last):
             new = graph.call_function(
                 map_conv_bn_act,
-                (conv.args[0], bn, act, x, residual, spacing, step, backend, activation),
+                (conv.args[0], bn, act, x, residual, spacing, step, backend, activation, tuple(exits)),
                 name=f"{conv.name}_fused",
             )
         last.replace_all_uses_with(new)
         for node in reversed(group):
             graph.erase_node(node)
         fused += 1
-        parts = [n.name for n in group[1:]]
+        parts = [n.name for n in group[1:] if n.target is not module_exit]
         i = by_name.get(conv.name)
         if i is not None:
             records[i] = dataclasses.replace(records[i], note=f"fused: {', '.join(parts)}")

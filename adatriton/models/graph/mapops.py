@@ -25,7 +25,7 @@ from torchvision.ops import StochasticDepth
 from ... import ops as AF
 from ...core.levelmap import LevelMap, LevelMapError
 from ...core.multires import MultiResMap
-from ...nn.hooks import call_with_hooks, has_hooks
+from ...nn.hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
 from ...nn.modules import conv_at
 from ...ops.batchnorm import ACTIVATIONS
 from .rules import TO_LAST
@@ -41,6 +41,8 @@ __all__ = [
     "map_conv_bn_act",
     "map_densify",
     "map_downsample",
+    "module_enter",
+    "module_exit",
     "map_global_pool",
     "map_identity",
     "map_module",
@@ -133,6 +135,22 @@ def map_module(module: nn.Module, x: MultiResMap) -> MultiResMap:
     return _module_values(module, x)
 
 
+def module_enter(module: nn.Module, x: Any) -> Any:
+    """Where the traced forward of a container module (a block, a ``Sequential``, ...) starts: its forward-pre hooks
+    on its input ``x`` (a map or a tensor); returns the input its body gets."""
+    if not has_hooks(module):
+        return x
+    return run_forward_pre_hooks(module, (x,), {})[0][0]
+
+
+def module_exit(module: nn.Module, x: Any, out: Any) -> Any:
+    """Where the traced forward of a container module ends: its forward hooks on its input ``x`` (what
+    :func:`module_enter` returned) and output ``out``; returns the output."""
+    if not has_hooks(module):
+        return out
+    return run_forward_hooks(module, (x,), {}, out)
+
+
 def map_conv_bn_act(
     conv: nn.Conv2d,
     bn: nn.BatchNorm2d | None,
@@ -143,19 +161,24 @@ def map_conv_bn_act(
     downsample: bool,
     backend: str | None,
     activation: str | None,
+    exits: Sequence[tuple[nn.Module, Any]] = (),
 ) -> MultiResMap:
     """``act(bn(conv(x)) + residual)``: a conv with its BatchNorm, residual add and activation (the converter's
     fusion, each part optional) as one :func:`adatriton.ops.conv_bn_act` call, whose eval-mode epilogue is fused
     (train mode or gradients: the ops one after the other, as unfused).
 
-    ``act`` is the activation's module (None for a functional one), ``activation`` its name. Where ``conv``,
-    ``bn`` or ``act`` has hooks, the group runs unfused, each module through its own op with its hooks, so that
-    they see that module's own input and output.
+    ``act`` is the activation's module (None for a functional one), ``activation`` its name. ``exits``: the
+    ``(module, input)`` of the container modules whose forward ends with the BatchNorm (before the add: a
+    MobileNet block's ``conv`` Sequential), innermost first. Where one of these modules has hooks, the group
+    runs unfused, each module through its own op with its hooks, so that they see that module's own input and
+    output.
     """
-    if has_hooks(conv, bn, act):
+    if has_hooks(conv, bn, act, *(m for m, _ in exits)):
         out = map_conv(conv, x, tap_spacing, downsample, backend)
         if bn is not None:
             out = map_batch_norm(bn, out)
+        for module, module_input in exits:
+            out = module_exit(module, module_input, out)
         if residual is not None:
             out = out + residual
         if act is not None:
