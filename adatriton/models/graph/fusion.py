@@ -92,6 +92,7 @@ def fuse_conv_groups(graph: fx.Graph, root: nn.Module, maps: set[fx.Node], recor
         The number of fused groups.
     """
     by_name = {r.node: i for i, r in enumerate(records)}
+    position = {n: i for i, n in enumerate(graph.nodes)}
     fused = 0
     for conv in list(graph.nodes):
         if conv.op != "call_function" or conv.target is not map_conv:
@@ -114,7 +115,9 @@ def fuse_conv_groups(graph: fx.Graph, root: nn.Module, maps: set[fx.Node], recor
             last, nxt = nxt, _only_user(nxt)
         if bn is not None and nxt is not None:
             other = _residual(nxt, last, maps)
-            if other is not None:
+            # Only a residual computed before the conv: the fused op then runs where the conv ran, and the convs
+            # keep their order (a projection shortcut computed after the main branch's last conv takes the add).
+            if other is not None and position[other] < position[conv]:
                 residual, last = other, nxt
                 group.append(nxt)
                 nxt = _only_user(last)
@@ -125,13 +128,19 @@ def fuse_conv_groups(graph: fx.Graph, root: nn.Module, maps: set[fx.Node], recor
                 group.append(nxt)
         if len(group) == 1:
             continue
-        _, x, spacing, step, backend = conv.args
-        with graph.inserting_before(last):
+        module, x, spacing, step, backend = conv.args
+        for attr in (bn, act, *(m for m, _ in exits)):  # the modules' get_attr nodes written after the conv
+            if attr is not None and position[attr] > position[conv]:
+                conv.prepend(attr)
+        with graph.inserting_before(conv):
             new = graph.call_function(
                 map_conv_bn_act,
-                (conv.args[0], bn, act, x, residual, spacing, step, backend, activation, tuple(exits)),
+                (module, bn, act, x, residual, spacing, step, backend, activation, tuple(exits)),
                 name=f"{conv.name}_fused",
             )
+        position[new] = position[conv]
+        if last in maps:
+            maps.add(new)
         last.replace_all_uses_with(new)
         for node in reversed(group):
             graph.erase_node(node)
