@@ -394,6 +394,7 @@ class Converter:
             raise too_small from err
         maps = {v.node for v in self.values.values() if v.kind == "map" and isinstance(v.node, fx.Node)}
         maps |= {entered.node for _, entered in self.entered.values()}
+        maps |= {v.node for _, v, _ in self.scope_inputs.values() if v.kind == "map"}
         plan.fused = fuse_conv_groups(self.g, self.root, maps, plan.nodes)
         if self.smoothed:
             warnings.warn(
