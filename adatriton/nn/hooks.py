@@ -22,6 +22,11 @@ from torch.nn.modules import module as torch_module
 
 __all__ = ["call_with_hooks", "has_hooks", "run_forward_hooks", "run_forward_pre_hooks"]
 
+# torch's global hook dicts, read on every check: registering and removing a global hook changes these very dicts
+# (in place), so holding them saves two module attribute lookups per check.
+_GLOBAL_PRE = torch_module._global_forward_pre_hooks
+_GLOBAL_POST = torch_module._global_forward_hooks
+
 
 def has_hooks(*modules: nn.Module | None) -> bool:
     """Whether calling any of ``modules`` (None entries are skipped) would run a forward or forward-pre hook: its
@@ -29,7 +34,7 @@ def has_hooks(*modules: nn.Module | None) -> bool:
 
     A few attribute reads per module: cheap enough to ask on every call of a fused op.
     """
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+    if _GLOBAL_POST or _GLOBAL_PRE:
         return True
     for m in modules:
         if m is not None and (m._forward_hooks or m._forward_pre_hooks):
@@ -48,7 +53,7 @@ def run_forward_pre_hooks(module: nn.Module, args: tuple, kwargs: dict) -> tuple
     Raises:
         RuntimeError: a ``with_kwargs`` pre-hook returns something other than None or ``(args, kwargs)``.
     """
-    for hook_id, hook in (*torch_module._global_forward_pre_hooks.items(), *module._forward_pre_hooks.items()):
+    for hook_id, hook in (*_GLOBAL_PRE.items(), *module._forward_pre_hooks.items()):
         if hook_id in module._forward_pre_hooks_with_kwargs:
             result = hook(module, args, kwargs)
             if result is not None:
@@ -73,7 +78,7 @@ def run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output: Any)
     """
     with_kwargs = module._forward_hooks_with_kwargs
     global_with_kwargs = torch_module._global_forward_hooks_with_kwargs
-    for hook_id, hook in (*torch_module._global_forward_hooks.items(), *module._forward_hooks.items()):
+    for hook_id, hook in (*_GLOBAL_POST.items(), *module._forward_hooks.items()):
         if hook_id in with_kwargs or hook_id in global_with_kwargs:
             result = hook(module, args, kwargs, output)
         else:
@@ -92,7 +97,7 @@ def call_with_hooks(module: nn.Module, impl: Callable[..., Any], *args: Any, **k
     Raises:
         RuntimeError: a ``with_kwargs`` pre-hook returns something other than None or ``(args, kwargs)``.
     """
-    if not has_hooks(module):
+    if not (_GLOBAL_POST or _GLOBAL_PRE or module._forward_hooks or module._forward_pre_hooks):
         return impl(*args, **kwargs)
     args, kwargs = run_forward_pre_hooks(module, args, kwargs)
     return run_forward_hooks(module, args, kwargs, impl(*args, **kwargs))
