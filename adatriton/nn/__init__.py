@@ -3,7 +3,7 @@ as a CUDA graph: :func:`cuda_graph`; module hooks for the modules a converted ne
 :func:`call_with_hooks`, :func:`has_hooks`."""
 
 from .graphs import GraphedForward, StaleGraphError, cuda_graph
-from .hooks import call_with_hooks, has_hooks
+from .hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
 from .modules import (
     ADAPTIVE_MODULES,
     AdaptiveBatchNorm2d,
@@ -30,5 +30,7 @@ __all__ = [
     "cuda_graph",
     "has_hooks",
     "make_deformable",
+    "run_forward_hooks",
+    "run_forward_pre_hooks",
     "swap_modules",
 ]

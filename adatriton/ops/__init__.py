@@ -4,7 +4,7 @@ Importing this package registers the conv custom ops ``adatriton::gather_conv``,
 and ``adatriton::triton_conv``; ``adatriton::densify`` is registered by :mod:`adatriton.core.multires`.
 """
 
-from .batchnorm import EvalStats, add, batch_norm, bn_add_act, eval_stats, relu
+from .batchnorm import ACTIVATIONS, EvalStats, activation_name, add, batch_norm, bn_add_act, eval_stats, relu
 from .conv import (
     MAX_GATHER_BYTES,
     autocast_conv_inputs,
@@ -40,8 +40,10 @@ __all__ = [
     "forced",
     "recording",
     "select",
+    "ACTIVATIONS",
     "EvalStats",
     "MAX_GATHER_BYTES",
+    "activation_name",
     "add",
     "autocast_conv_inputs",
     "avg_downsample",
