@@ -4,8 +4,8 @@ One program computes a tile of ``BLOCK_M`` output elements x ``BLOCK_N`` output 
 over (tap, input-channel block): for tap ``t`` it loads the ``BLOCK_M`` source rows ``index[m, t]`` (the element
 that tap reads, from the layout's tap table; ``>= num_rows`` reads zero) straight from the ``(E, Cin)`` values,
 so no im2col buffer and no gathered copy is ever written. ``tl.dot`` accumulates in fp32. The epilogue applies
-a per-channel scale and shift (bias and eval-mode BatchNorm folded), a residual add, ReLU and the cast to the
-output dtype, so a bottleneck's conv-BN(-add)-ReLU is one launch.
+a per-channel scale and shift (bias and eval-mode BatchNorm folded), a residual add, an activation (ReLU, ReLU6,
+hardswish or SiLU) and the cast to the output dtype, so a bottleneck's conv-BN(-add)-ReLU is one launch.
 
 The tile's whole tap table is read once, before the reduction loop, as a ``(BLOCK_M, taps)`` tile of row offsets
 (already multiplied by the row stride, 32-bit unless ``E * stride`` reaches 2^31); the loop picks one column per
@@ -39,6 +39,7 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 __all__ = [
+    "ACTIVATIONS",
     "CONV_KERNEL",
     "BoundLaunch",
     "FMA_DEFAULT",
@@ -67,6 +68,8 @@ __all__ = [
     "record_launches",
 ]
 
+#: The epilogue's activations: :func:`conv_elements`'s ``act`` (the kernel's ``ACT``) is the index of the name here.
+ACTIVATIONS = (None, "relu", "relu6", "hardswish", "silu")
 #: Row offsets ``E_in * row_stride`` from this value on need 64-bit address math in the reduction loop.
 INT32_OFFSET_LIMIT = 2**31
 #: cudaDevAttrMaxSharedMemoryPerBlockOptin per compute capability (bytes): A100 163 KB, sm_86/89/120 99 KB,
@@ -413,6 +416,21 @@ def dot_precision(dtype: torch.dtype, on_gpu: bool | None = None) -> str:
 
 
 @triton.jit
+def _activation(acc, ACT: tl.constexpr):
+    """The activation of code ``ACT`` (the index of its name in :data:`ACTIVATIONS`) on a float32 tile, written as
+    torch defines it so that the fused epilogue matches ``F.relu6`` / ``F.hardswish`` / ``F.silu`` applied after."""
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACT == 2:
+        acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+    elif ACT == 3:
+        acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
+    elif ACT == 4:
+        acc = acc * tl.sigmoid(acc)
+    return acc
+
+
+@triton.jit
 def _epilogue(
     acc,
     offs_m,
@@ -437,11 +455,11 @@ def _epilogue(
     HAS_BN_W: tl.constexpr,
     HAS_BN_B: tl.constexpr,
     HAS_RES: tl.constexpr,
-    RELU: tl.constexpr,
+    ACT: tl.constexpr,
     WIDTH: tl.constexpr,
 ):
-    """Scale and shift (or the conv bias and an eval-mode BatchNorm from its own parameters), residual, ReLU, cast
-    and store of ``WIDTH`` output channels from ``n0`` on."""
+    """Scale and shift (or the conv bias and an eval-mode BatchNorm from its own parameters), residual, activation,
+    cast and store of ``WIDTH`` output channels from ``n0`` on."""
     offs_n = n0 + tl.arange(0, WIDTH)
     n_ok = offs_n < cout_g
     chan = group * cout_g + offs_n
@@ -469,8 +487,7 @@ def _epilogue(
     rows64 = offs_m.to(tl.int64)[:, None]  # once per tile: int64 costs nothing here, and M * stride may pass 2^31
     if HAS_RES:
         acc = acc + tl.load(res_ptr + rows64 * stride_res + chan[None, :], mask=out_mask, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    acc = _activation(acc, ACT)
     tl.store(out_ptr + rows64 * stride_out + chan[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -514,7 +531,7 @@ def _conv_tile(
     HAS_BN_W: tl.constexpr,
     HAS_BN_B: tl.constexpr,
     HAS_RES: tl.constexpr,
-    RELU: tl.constexpr,
+    ACT: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -638,17 +655,17 @@ def _conv_tile(
     if SPLIT_N == 1:
         _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
                   res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
-                  HAS_RES, RELU, BLOCK_N)  # fmt: skip
+                  HAS_RES, ACT, BLOCK_N)  # fmt: skip
     else:
         # The epilogue in N parts (as EPILOGUE_SUBTILE in Triton's persistent matmul): the residual and the
         # per-channel vectors of one part sit next to the accumulator, not those of the whole tile, which spilled.
         lo, hi = _halves(acc, BLOCK_M, BLOCK_N)
         _epilogue_parts(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
                         res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W,
-                        HAS_BN_B, HAS_RES, RELU, BLOCK_M, BLOCK_N // 2, SPLIT_N // 2)  # fmt: skip
+                        HAS_BN_B, HAS_RES, ACT, BLOCK_M, BLOCK_N // 2, SPLIT_N // 2)  # fmt: skip
         _epilogue_parts(hi, offs_m, m_ok, n0 + BLOCK_N // 2, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr,
                         var_ptr, eps, res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN,
-                        HAS_BN_W, HAS_BN_B, HAS_RES, RELU, BLOCK_M, BLOCK_N // 2, SPLIT_N // 2)  # fmt: skip
+                        HAS_BN_W, HAS_BN_B, HAS_RES, ACT, BLOCK_M, BLOCK_N // 2, SPLIT_N // 2)  # fmt: skip
 
 
 @triton.jit
@@ -661,22 +678,22 @@ def _halves(x, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
 def _epilogue_parts(
     acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps, res_ptr, out_ptr,
     cout_g, stride_res, stride_out, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_BN: tl.constexpr,
-    HAS_BN_W: tl.constexpr, HAS_BN_B: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    HAS_BN_W: tl.constexpr, HAS_BN_B: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
 ):  # fmt: skip
     """:func:`_epilogue` of a ``(BLOCK_M, WIDTH)`` tile in ``PARTS`` (1 or 2) parts along N."""
     if PARTS == 1:
         _epilogue(acc, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
                   res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
-                  HAS_RES, RELU, WIDTH)  # fmt: skip
+                  HAS_RES, ACT, WIDTH)  # fmt: skip
     else:
         lo, hi = _halves(acc, BLOCK_M, WIDTH)
         _epilogue(lo, offs_m, m_ok, n0, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
                   res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B,
-                  HAS_RES, RELU, WIDTH // 2)  # fmt: skip
+                  HAS_RES, ACT, WIDTH // 2)  # fmt: skip
         _epilogue(hi, offs_m, m_ok, n0 + WIDTH // 2, group, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr,
                   eps, res_ptr, out_ptr, cout_g, stride_res, stride_out, HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W,
-                  HAS_BN_B, HAS_RES, RELU, WIDTH // 2)  # fmt: skip
+                  HAS_BN_B, HAS_RES, ACT, WIDTH // 2)  # fmt: skip
 
 
 @triton.jit
@@ -719,7 +736,7 @@ def _conv_elements_kernel(
     HAS_BN_W: tl.constexpr,
     HAS_BN_B: tl.constexpr,
     HAS_RES: tl.constexpr,
-    RELU: tl.constexpr,
+    ACT: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -738,13 +755,13 @@ def _conv_elements_kernel(
             _conv_tile(tile, x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr, eps,
                        res_ptr, out_ptr, rows, num_src, cin_g, cout_g, stride_x, stride_res, stride_out, sw_g, sw_n,
                        sw_c, sw_y, sw_x, TAPS, KSIZE, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K, ROW_ALIGN, HAS_SCALE,
-                       HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N,
+                       HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, ACT, UPCAST, DOT_PRECISION, BLOCK_M, BLOCK_N,
                        BLOCK_K, SPLIT_N)  # fmt: skip
     else:
         _conv_tile(tl.program_id(0), x_ptr, index_ptr, w_ptr, scale_ptr, shift_ptr, bnw_ptr, bnb_ptr, mean_ptr,
                    var_ptr, eps, res_ptr, out_ptr, rows, num_src, cin_g, cout_g, stride_x, stride_res, stride_out,
                    sw_g, sw_n, sw_c, sw_y, sw_x, TAPS, KSIZE, TAPS_P2, GATHER, INT64_OFFSETS, EVEN_K, ROW_ALIGN,
-                   HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, RELU, UPCAST, DOT_PRECISION, BLOCK_M,
+                   HAS_SCALE, HAS_SHIFT, HAS_BN, HAS_BN_W, HAS_BN_B, HAS_RES, ACT, UPCAST, DOT_PRECISION, BLOCK_M,
                    BLOCK_N, BLOCK_K, SPLIT_N)  # fmt: skip
 
 
@@ -858,7 +875,7 @@ def conv_elements(
     shift: Tensor | None = None,
     bn: tuple | None = None,
     residual: Tensor | None = None,
-    relu: bool = False,
+    act: int = 0,
     out_dtype: torch.dtype | None = None,
     config: ConvConfig | None = None,
 ) -> Tensor:
@@ -881,7 +898,8 @@ def conv_elements(
         bn: ``(weight, bias, running_mean, running_var, eps)`` of an eval-mode BatchNorm applied in the epilogue
             from its own tensors (``weight`` / ``bias`` may be None), or None.
         residual: optional ``(M, Cout)`` tensor added before the activation.
-        relu: apply ReLU last.
+        act: the activation applied last, by its code: the index of its name in :data:`ACTIVATIONS` (0 none, 1 relu,
+            2 relu6, 3 hardswish, 4 silu).
         out_dtype: output dtype (default: the input's).
         config: tile config; default :func:`default_config` for the device's architecture.
 
@@ -891,7 +909,7 @@ def conv_elements(
     # Only a JITFunction remembers launches: the interpreter's kernel (and a patched one) never skips a check, so
     # its key is not even computed.
     if not _recorders and isinstance(_conv_elements_kernel, JITFunction):
-        key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config)
+        key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, act, out_dtype, config)
         plan = _PLANS.get(key)
         if plan is not None:
             out = plan.launch(values, index, weight, scale, shift, bn, residual)
@@ -1000,7 +1018,7 @@ def conv_elements(
         HAS_BN_W=bn_w is not None,
         HAS_BN_B=bn_b is not None,
         HAS_RES=residual is not None,
-        RELU=relu,
+        ACT=act,
         UPCAST=not on_gpu and values.dtype == torch.bfloat16 and interpreting(),
         DOT_PRECISION=dot_precision(dtype, on_gpu=recorder is not None or None),
         BLOCK_M=block_m,
@@ -1070,12 +1088,12 @@ def _meta(t: Tensor | None) -> tuple | None:
     return None if t is None else (t.shape, t.stride(), t.dtype)
 
 
-def _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config) -> tuple:
+def _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, act, out_dtype, config) -> tuple:
     """Everything but the data pointers and eps that :func:`conv_elements`'s launch depends on."""
     bn_meta = None if bn is None else tuple(_meta(t) for t in bn[:4])
     return (
         values.shape, values.stride(), values.dtype, values.device, _meta(index), weight.shape, weight.stride(),
-        weight.dtype, taps, groups, _meta(scale), _meta(shift), bn_meta, _meta(residual), relu, out_dtype, config,
+        weight.dtype, taps, groups, _meta(scale), _meta(shift), bn_meta, _meta(residual), act, out_dtype, config,
     )  # fmt: skip
 
 
@@ -1183,7 +1201,7 @@ def launch_plan(
     shift: Tensor | None = None,
     bn: tuple | None = None,
     residual: Tensor | None = None,
-    relu: bool = False,
+    act: int = 0,
     out_dtype: torch.dtype | None = None,
     config: ConvConfig | None = None,
 ) -> BoundLaunch | None:
@@ -1193,7 +1211,7 @@ def launch_plan(
     tensors of the same shapes, strides, dtypes and device (it returns None where it cannot)."""
     if _recorders or not isinstance(_conv_elements_kernel, JITFunction):
         return None
-    key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, relu, out_dtype, config)
+    key = _plan_key(values, index, weight, taps, groups, scale, shift, bn, residual, act, out_dtype, config)
     plan = _PLANS.get(key)
     return plan if plan is not None and plan.jit is _conv_elements_kernel else None
 

@@ -55,6 +55,7 @@ from .. import ops as AF
 from ..core.levelmap import LevelMap, LevelMapError
 from ..core.multires import MultiResMap
 from ..core.strides import parse_output_stride
+from ..nn.hooks import call_with_hooks, has_hooks
 
 __all__ = [
     "ADAPTIVE_STRIDE",
@@ -342,24 +343,44 @@ class D2Net(nn.Module):
             raise D2NetInputError("features_dense needs a dense output stride ('1', '2', '4' or '8')")
         self._check_images(x)
         kept = int(math.log2(self.stride))  # pools 1..kept run, the later ones are removed
-        for op in self.ops:
-            m = self.features[op.index]
-            if op.kind == "conv":
-                d = 1 << (op.pools_before - min(op.pools_before, kept))
-                k = m.kernel_size[0]
-                x = F.conv2d(x, m.weight, m.bias, padding=d * (k // 2), dilation=d, groups=m.groups)
-                if op.bn is not None:
-                    x = self.features[op.bn](x)
-                if op.relu:
-                    x = F.relu(x)
-            elif op.kind == "pool":
-                if op.pools_before < kept:
-                    x = F.max_pool2d(x, 2, 2, ceil_mode=True)  # docs/semantics.md §4: see the module docstring
-            elif op.kind == "relu":
-                x = F.relu(x)
-            else:
-                x = m(x)
+
+        def trunk(x: Tensor) -> Tensor:
+            # Every trunk module (and the trunk) through call_with_hooks: its hooks run although the conv runs
+            # at its own dilation here and a removed pool is the identity.
+            for op in self.ops:
+                m = self.features[op.index]
+                if op.kind == "conv":
+                    d = 1 << (op.pools_before - min(op.pools_before, kept))
+                    pad = d * (m.kernel_size[0] // 2)
+                    x = call_with_hooks(
+                        m,
+                        lambda v, m=m, d=d, pad=pad: F.conv2d(
+                            v, m.weight, m.bias, padding=pad, dilation=d, groups=m.groups
+                        ),
+                        x,
+                    )
+                    if op.bn is not None:
+                        x = self.features[op.bn](x)
+                    if op.relu:
+                        x = call_with_hooks(self.features[self._relu_index(op)], F.relu, x)
+                elif op.kind == "pool":
+                    if op.pools_before < kept:  # docs/semantics.md §4: see the module docstring
+                        x = call_with_hooks(m, lambda v: F.max_pool2d(v, 2, 2, ceil_mode=True), x)
+                    else:
+                        x = call_with_hooks(m, lambda v: v, x)
+                elif op.kind == "relu":
+                    x = call_with_hooks(m, F.relu, x)
+                else:
+                    x = m(x)
+            return x
+
+        x = call_with_hooks(self.features, trunk, x)
         return F.relu(x) if self.use_relu else x
+
+    @staticmethod
+    def _relu_index(op: _Op) -> int:
+        """The trunk index of the ReLU a conv op absorbed (right after the conv, or after its BatchNorm)."""
+        return (op.index if op.bn is None else op.bn) + 1
 
     def features_multires(self, x: Tensor, levels: LevelMap | Tensor) -> MultiResMap:
         """The adaptive trunk: conv4_3 features as a :class:`MultiResMap` at stage 3 of ``levels``.
@@ -373,27 +394,46 @@ class D2Net(nn.Module):
             raise D2NetInputError(f"features_multires needs output_stride '1->8', this net is {self.output_stride!r}")
         self._check_images(x)
         lm = self.levelmap(levels, x)
-        y = MultiResMap.from_dense(x.contiguous(), lm)
-        for op in self.ops:
-            m = self.features[op.index]
-            if op.kind == "conv":
-                bn = self.features[op.bn] if op.bn is not None else None
-                y = AF.conv_bn_act(
-                    y,
-                    m.weight,
-                    m.bias,
-                    bn=bn,
-                    relu=op.relu,
-                    tap_spacing=1 << op.pools_before,
-                    groups=m.groups,
-                    backend=self.backend,
-                )
-            elif op.kind == "pool":
-                y = AF.downsample(y, "max")
-            elif op.kind == "relu":
-                y = y.relu()
-            else:
-                y = AF.batch_norm(y, m)
+
+        def trunk(y: MultiResMap) -> MultiResMap:
+            # Every trunk module (and the trunk) through call_with_hooks, on maps; a conv-BN-ReLU with a hook on
+            # one of its modules runs unfused, so that the hook sees that module's own output.
+            for op in self.ops:
+                m = self.features[op.index]
+                if op.kind == "conv":
+                    bn = self.features[op.bn] if op.bn is not None else None
+                    relu = self.features[self._relu_index(op)] if op.relu else None
+                    spacing = 1 << op.pools_before
+                    if not has_hooks(m, bn, relu):
+                        y = AF.conv_bn_act(
+                            y,
+                            m.weight,
+                            m.bias,
+                            bn=bn,
+                            relu=op.relu,
+                            tap_spacing=spacing,
+                            groups=m.groups,
+                            backend=self.backend,
+                        )
+                        continue
+                    y = call_with_hooks(
+                        m,
+                        lambda v, m=m, s=spacing: AF.conv2d(v, m.weight, m.bias, s, m.groups, backend=self.backend),
+                        y,
+                    )
+                    if bn is not None:
+                        y = call_with_hooks(bn, lambda v, bn=bn: AF.batch_norm(v, bn), y)
+                    if relu is not None:
+                        y = call_with_hooks(relu, MultiResMap.relu, y)
+                elif op.kind == "pool":
+                    y = call_with_hooks(m, lambda v: AF.downsample(v, "max"), y)
+                elif op.kind == "relu":
+                    y = call_with_hooks(m, MultiResMap.relu, y)
+                else:
+                    y = call_with_hooks(m, lambda v, m=m: AF.batch_norm(v, m), y)
+            return y
+
+        y = call_with_hooks(self.features, trunk, MultiResMap.from_dense(x.contiguous(), lm))
         return y.relu() if self.use_relu else y
 
     def features_map(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor:

@@ -12,6 +12,7 @@ that torchvision's segmentation models use as ``model.backbone`` (same child nam
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .. import ops as AF
 from ..core.levelmap import LevelMap, LevelMapError
 from ..core.multires import MultiResMap
 from ..core.strides import OUTPUT_STRIDES, parse_output_stride
+from ..nn.hooks import call_with_hooks, has_hooks
 from ..nn.modules import AdaptiveConv2d, conv_at, swap_modules
 from ..runtime.context import environment_snapshot
 from ..runtime.host import module_attrs
@@ -115,11 +117,17 @@ def shortcut_parts(block: Bottleneck) -> tuple[nn.Conv2d, nn.Module] | None:
     return conv, norm
 
 
+def _conv_at_hooked(conv: nn.Conv2d, x: Tensor, stride: int, dilation: int) -> Tensor:
+    """:func:`~adatriton.nn.modules.conv_at` as a call of ``conv`` (its hooks run)."""
+    return call_with_hooks(conv, lambda v: conv_at(conv, v, stride, dilation), x)
+
+
 def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
-    """A torchvision bottleneck with the plan's stride, dilation and subsampling instead of its own."""
-    soft = plan.stride == 2 and plan.pool == "softpool"  # conv2 at stride 1, then SoftPool where it subsampled
+    """A torchvision bottleneck with the plan's stride, dilation and subsampling instead of its own (every module
+    of the block called so that its hooks run, on tensors)."""
+    stride, soft = plan.stride, plan.stride == 2 and plan.pool == "softpool"  # soft: conv2 at stride 1, SoftPool
     out = block.relu(block.bn1(block.conv1(x)))
-    out = conv_at(block.conv2, out, 1 if soft else plan.stride, plan.dilation)
+    out = _conv_at_hooked(block.conv2, out, 1 if soft else stride, plan.dilation)
     out = block.relu(block.bn2(AF.softpool2d(out) if soft else out))
     out = block.bn3(block.conv3(out))
     shortcut = shortcut_parts(block)
@@ -127,8 +135,34 @@ def dense_bottleneck(block: Bottleneck, x: Tensor, plan: BlockPlan) -> Tensor:
         identity = x
     else:  # SoftPool first, as the subsampling a strided 1x1 conv performs comes first
         conv, norm = shortcut
-        identity = norm(conv_at(conv, AF.softpool2d(x), 1, 1) if soft else conv_at(conv, x, plan.stride, 1))
+
+        def run_shortcut(v: Tensor) -> Tensor:
+            return norm(_conv_at_hooked(conv, AF.softpool2d(v), 1, 1) if soft else _conv_at_hooked(conv, v, stride, 1))
+
+        identity = call_with_hooks(block.downsample, run_shortcut, x)
     return block.relu(out + identity)
+
+
+def _conv_bn_relu(
+    conv: AdaptiveConv2d,
+    bn: nn.Module | None,
+    relu: nn.Module | None,
+    x: MultiResMap,
+    backend: str | None,
+    residual: MultiResMap | None = None,
+    **geometry,
+) -> MultiResMap:
+    """``relu(bn(conv(x)) + residual)`` on a map (``relu`` / ``bn`` None: left out): one fused
+    :meth:`~adatriton.nn.modules.AdaptiveConv2d.multires` call, or, where one of the modules has hooks, the three
+    modules one after the other, each called with its hooks on its own input and output maps."""
+    if not has_hooks(conv, bn, relu):
+        return conv.multires(x, bn=bn, relu=relu is not None, residual=residual, backend=backend, **geometry)
+    out = call_with_hooks(conv, lambda v: conv.multires(v, backend=backend, **geometry), x)
+    if bn is not None:
+        out = call_with_hooks(bn, lambda v: AF.batch_norm(v, bn), out)
+    if residual is not None:
+        out = out + residual
+    return out if relu is None else call_with_hooks(relu, MultiResMap.relu, out)
 
 
 # A bottleneck's convs and norms, in the order adaptive_bottleneck reads them.
@@ -143,28 +177,36 @@ def adaptive_bottleneck(block: Bottleneck, x: MultiResMap, plan: BlockPlan, back
 
     With SoftPool (``plan.pool``) a downsampling conv2 runs at every pre-step element, then the step SoftPools
     its output before the BatchNorm; the shortcut SoftPools its input before the 1x1 conv.
+
+    A module with hooks (or a global hook) makes its conv-BN(-add)-ReLU run unfused, so that the hooks see its
+    own maps (:mod:`adatriton.nn.hooks`).
     """
     step, soft = plan.downsample_step, plan.downsample_step and plan.pool == "softpool"
-    conv1, bn1, conv2, bn2, conv3, bn3 = module_attrs(block, *_CONV_BN_NAMES)
-    out = conv1.multires(x, downsample=False, bn=bn1, relu=True, backend=backend)
+    conv1, bn1, conv2, bn2, conv3, bn3, relu = module_attrs(block, *_CONV_BN_NAMES, "relu")
+    out = _conv_bn_relu(conv1, bn1, relu, x, backend, downsample=False)
     if soft:
-        out = conv2.multires(out, tap_spacing=plan.dilation, downsample=False, backend=backend)
-        out = AF.downsample(out, "softpool")
-        out = AF.bn_add_act(out, bn2, relu=True)
+        spacing = plan.dilation
+        run_conv2 = functools.partial(conv2.multires, tap_spacing=spacing, downsample=False, backend=backend)
+        out = call_with_hooks(conv2, run_conv2, out)
+        out = AF.downsample(out, "softpool")  # before the BatchNorm: the dense network SoftPools conv2's output
+        out = call_with_hooks(relu, MultiResMap.relu, call_with_hooks(bn2, lambda v: AF.batch_norm(v, bn2), out))
     else:
-        out = conv2.multires(out, tap_spacing=plan.dilation, downsample=step, bn=bn2, relu=True, backend=backend)
+        out = _conv_bn_relu(conv2, bn2, relu, out, backend, tap_spacing=plan.dilation, downsample=step)
     shortcut = shortcut_parts(block)
     if shortcut is None:
         if step:
             raise NotImplementedError("a downsampling bottleneck without a shortcut conv is not a torchvision ResNet")
         identity = x
-    elif soft:
+    else:
         conv, norm = shortcut
-        identity = conv.multires(AF.downsample(x, "softpool"), downsample=False, bn=norm, backend=backend)
-    else:  # the strided shortcut: subsample then 1x1, one pass
-        conv, norm = shortcut
-        identity = conv.multires(x, downsample=step, bn=norm, backend=backend)
-    return conv3.multires(out, downsample=False, bn=bn3, relu=True, residual=identity, backend=backend)
+
+        def run_shortcut(v: MultiResMap) -> MultiResMap:
+            # SoftPool before the 1x1 conv; else the strided shortcut: subsample then 1x1, one pass
+            v = AF.downsample(v, "softpool") if soft else v
+            return _conv_bn_relu(conv, norm, None, v, backend, downsample=step and not soft)
+
+        identity = call_with_hooks(block.downsample, run_shortcut, x)
+    return _conv_bn_relu(conv3, bn3, relu, out, backend, residual=identity, downsample=False)
 
 
 def _check_swapped(layers: dict[str, nn.Module], plans: list[list[BlockPlan]]) -> None:
@@ -329,22 +371,33 @@ class AdaptiveResNet(nn.Module):
         predict = levels if callable(levels) else None
         lm = None if predict is not None else self._level_map(levels, x)
         x = self.stem(x)
-        mr, outputs = None, {}
+        outputs = {}
+
+        def run_layer(value: Tensor | MultiResMap, blocks: nn.Sequential, plans: Sequence[BlockPlan]):
+            # Each block (and layer) through call_with_hooks: its hooks get the block's input and output, tensors
+            # in the dense part and maps in the adaptive one (the first adaptive block's input is the entered map).
+            nonlocal lm
+            for block, plan in zip(blocks, plans):
+                if not plan.adaptive:
+                    value = call_with_hooks(block, lambda v, b=block, p=plan: dense_bottleneck(b, v, p), value)
+                    continue
+                if not isinstance(value, MultiResMap):
+                    if predict is not None:
+                        lm = self._level_map(predict(value), value)
+                    value = MultiResMap.from_dense(value, lm)
+                value = call_with_hooks(
+                    block, lambda v, b=block, p=plan: adaptive_bottleneck(b, v, p, self.backend), value
+                )
+            return value
+
         # Every layer runs even when the last ones are not requested: the level map is checked against the
         # finest grid (adaptive) or the layer4 grid (dense) only once those exist.
         for name, plans in zip(LAYERS, self.plans):
-            for block, plan in zip(getattr(self, name), plans):
-                if not plan.adaptive:
-                    x = dense_bottleneck(block, x, plan)
-                    continue
-                if mr is None:
-                    if predict is not None:
-                        lm = self._level_map(predict(x), x)
-                    mr = MultiResMap.from_dense(x, lm)
-                mr = adaptive_bottleneck(block, mr, plan, self.backend)
+            blocks = getattr(self, name)
+            x = call_with_hooks(blocks, lambda v, b=blocks, p=plans: run_layer(v, b, p), x)
             if name in layers:
-                outputs[name] = x if mr is None else mr.densify(backend=self.backend)
-        if mr is None and lm is not None:
+                outputs[name] = x.densify(backend=self.backend) if isinstance(x, MultiResMap) else x
+        if not isinstance(x, MultiResMap) and lm is not None:
             lm.check_matches(x.shape[0], x.shape[2], x.shape[3], x.device, what="dense output")
         return {name: outputs[name] for name in layers}
 

@@ -1,7 +1,9 @@
 """Drop-in modules: torch layers that also run on multi-resolution maps, and :func:`swap_modules`; a converted model
-as a CUDA graph: :func:`cuda_graph`."""
+as a CUDA graph: :func:`cuda_graph`; module hooks for the modules a converted network runs on maps:
+:func:`call_with_hooks`, :func:`has_hooks`."""
 
 from .graphs import GraphedForward, StaleGraphError, cuda_graph
+from .hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
 from .modules import (
     ADAPTIVE_MODULES,
     AdaptiveBatchNorm2d,
@@ -23,8 +25,12 @@ __all__ = [
     "DeformableConv2d",
     "GraphedForward",
     "StaleGraphError",
+    "call_with_hooks",
     "conv_at",
     "cuda_graph",
+    "has_hooks",
     "make_deformable",
+    "run_forward_hooks",
+    "run_forward_pre_hooks",
     "swap_modules",
 ]

@@ -4,7 +4,7 @@ Importing this package registers the conv custom ops ``adatriton::gather_conv``,
 and ``adatriton::triton_conv``; ``adatriton::densify`` is registered by :mod:`adatriton.core.multires`.
 """
 
-from .batchnorm import EvalStats, add, batch_norm, bn_add_act, eval_stats, relu
+from .batchnorm import ACTIVATIONS, EvalStats, activation_name, add, batch_norm, bn_add_act, eval_stats, relu
 from .conv import (
     MAX_GATHER_BYTES,
     autocast_conv_inputs,
@@ -48,9 +48,11 @@ __all__ = [
     "is_recording",
     "recording",
     "select",
+    "ACTIVATIONS",
     "EvalStats",
     "MAX_GATHER_BYTES",
     "ONNX_OPS",
+    "activation_name",
     "add",
     "autocast_conv_inputs",
     "avg_downsample",

@@ -27,7 +27,7 @@ from ..runtime import autotune
 from ..runtime.backend import TRITON_DTYPES, requested_backend, triton_runs_on
 from ..runtime.context import getenv, same_settings, settings_token
 from . import dispatch
-from .batchnorm import EvalStats, bn_add_act, eval_stats
+from .batchnorm import ACTIVATIONS, EvalStats, activation_name, bn_add_act, eval_stats
 
 __all__ = [
     "MAX_GATHER_BYTES",
@@ -157,13 +157,20 @@ def folded_bn(
     return scale, shift
 
 
-def _fused_gemm_epilogue(out: Tensor, shift: Tensor | None, residual: Tensor | None, relu: bool) -> Tensor:
-    """``act(out + shift + residual)`` in place on a GEMM output (one pass each for the add and the ReLU)."""
+def _fused_gemm_epilogue(out: Tensor, shift: Tensor | None, residual: Tensor | None, act: int) -> Tensor:
+    """``act(out + shift + residual)`` in place on a GEMM output (one pass each for the add and the activation).
+
+    ``act`` is the activation's code (its index in :data:`adatriton.kernels.conv.ACTIVATIONS`, 0: none); the
+    activation is torch's own function, in place, so the result is that of applying it after the op."""
     if shift is not None:
         out.add_(shift)
     if residual is not None:
         out.add_(residual)
-    return out.relu_() if relu else out
+    if act == 0:
+        return out
+    if act == 1:
+        return out.relu_()
+    return ACTIVATIONS[conv_kernels.ACTIVATIONS[act]](out, inplace=True)
 
 
 def _conv_torch_fused(
@@ -172,16 +179,16 @@ def _conv_torch_fused(
     scale: Tensor | None,
     shift: Tensor | None,
     residual: Tensor | None,
-    relu: bool,
+    act: int,
     index: Tensor | None,
     groups: int,
     grad: bool,
 ) -> Tensor:
-    """The torch backend's eval-mode conv-BN(-add)-ReLU: BatchNorm's scale folded into the GEMM weight, its shift
-    into the GEMM's bias, residual add and ReLU in place on the GEMM output.
+    """The torch backend's eval-mode conv-BN(-add)-act: BatchNorm's scale folded into the GEMM weight, its shift
+    into the GEMM's bias, residual add and activation (code ``act``) in place on the GEMM output.
 
     ``index`` is the tap table, the strided 1x1's source rows ``(M, 1)``, or None for a plain 1x1. With ``grad``
-    (a gradient flows: no scale, residual or ReLU here) the gather-GEMM is the custom op with its backward.
+    (a gradient flows: no scale, residual or activation here) the gather-GEMM is the custom op with its backward.
     """
     dtype = x.dtype
     if scale is not None:
@@ -191,14 +198,14 @@ def _conv_torch_fused(
     gather = _gather_conv if grad or torch.compiler.is_compiling() else gather_conv_torch
     if groups > 1:  # grouped convs: the reference einsum, then the epilogue
         rows = torch.arange(len(x.values), device=x.device)[:, None] if index is None else index
-        return _fused_gemm_epilogue(gather(x.values, weight, bias, rows, groups), None, residual, relu)
+        return _fused_gemm_epilogue(gather(x.values, weight, bias, rows, groups), None, residual, act)
     cout = weight.shape[0]
     if index is None or index.shape[1] == 1:  # 1x1: a GEMM over the (surviving) elements
         values = x.values if index is None else x.values.index_select(0, index[:, 0])
         w = weight.reshape(cout, -1).t()
         out = values @ w if bias is None else torch.addmm(bias, values, w)
-        return _fused_gemm_epilogue(out, None, residual, relu)
-    return _fused_gemm_epilogue(gather(x.values, weight, bias, index, 1), None, residual, relu)
+        return _fused_gemm_epilogue(out, None, residual, act)
+    return _fused_gemm_epilogue(gather(x.values, weight, bias, index, 1), None, residual, act)
 
 
 def _conv_dense(
@@ -249,7 +256,7 @@ def _launch_triton(
     scale: Tensor | None = None,
     shift: Tensor | None = None,
     residual: Tensor | None = None,
-    relu: bool = False,
+    act: int = 0,
     bn: EvalStats | None = None,
 ) -> Tensor:
     """One fused kernel launch with the autotuned (or default) config for this bucket of shapes.
@@ -269,7 +276,7 @@ def _launch_triton(
     def launch(config):
         return conv_kernels.conv_elements(
             values, index, weight, taps=taps, groups=groups, scale=scale, shift=shift, bn=bn,
-            residual=residual, relu=relu, config=config,
+            residual=residual, act=act, config=config,
         )  # fmt: skip
 
     memo_key = _memo_key(values, index, weight, groups)
@@ -371,14 +378,14 @@ def _conv_setup_context(ctx, inputs, output):
     values, weight, bias, index, groups = inputs[:5]
     ctx.save_for_backward(values, weight, bias, index)
     ctx.groups, ctx.num_inputs = groups, len(inputs)
-    # triton_conv's epilogue (scale, residual, relu): conv_bn_act fuses only when no gradient is needed
+    # triton_conv's epilogue (scale, residual, activation): conv_bn_act fuses only when no gradient is needed
     ctx.epilogue = len(inputs) > 5 and (inputs[5] is not None or inputs[6] is not None or inputs[7])
 
 
 def _conv_backward(ctx, grad):
     values, weight, bias, index = ctx.saved_tensors
     if ctx.epilogue:
-        raise RuntimeError("the fused Triton conv (BatchNorm / residual / ReLU epilogue) has no backward")
+        raise RuntimeError("the fused Triton conv (BatchNorm / residual / activation epilogue) has no backward")
     if index is None:  # a plain 1x1 conv on the Triton path: every element reads itself
         index = torch.arange(len(values), device=values.device)[:, None]
     index = index.long()  # the Triton path's tables are int32
@@ -401,14 +408,15 @@ def _triton_conv(
     groups: int,
     scale: Tensor | None,
     residual: Tensor | None,
-    relu: bool,
+    act: int,
 ) -> Tensor:
-    """The fused Triton conv: ``act(scale * conv(values) + bias + residual)``, one launch (``bias`` is the shift)."""
-    return _launch_triton(values, index, weight, groups, scale, bias, residual, relu)
+    """The fused Triton conv: ``act(scale * conv(values) + bias + residual)``, one launch (``bias`` is the shift;
+    ``act`` the activation's code, :data:`adatriton.kernels.conv.ACTIVATIONS`)."""
+    return _launch_triton(values, index, weight, groups, scale, bias, residual, act)
 
 
 @_triton_conv.register_fake
-def _(values, weight, bias, index, groups, scale, residual, relu):
+def _(values, weight, bias, index, groups, scale, residual, act):
     # shape[0], not len(): len() of a traced (symbolic) row count would specialise it to an int
     return values.new_empty(values.shape[0] if index is None else index.shape[0], weight.shape[0])
 
@@ -464,12 +472,13 @@ def _conv_values(
     grad: bool,
     stats: EvalStats | None = None,
     residual: Tensor | None = None,
-    relu: bool = False,
+    act: int = 0,
 ) -> Tensor:
-    """The conv's output values on the backend ``name``, with the epilogue ``act(bn(.) + residual)`` fused in.
+    """The conv's output values on the backend ``name``, with the epilogue ``act(bn(.) + residual)`` fused in
+    (``act``: the activation's code, :data:`adatriton.kernels.conv.ACTIVATIONS`).
 
     The one place that branches on the backend. With ``grad`` (a gradient flows) there is no epilogue (``stats``,
-    ``residual`` and ``relu`` are left out) and every path is differentiable.
+    ``residual`` and ``act`` are left out) and every path is differentiable.
     """
     k = weight.shape[-1]
     if name == "triton":
@@ -479,16 +488,16 @@ def _conv_values(
         residual = None if residual is None else residual.contiguous()
         if grad or torch.compiler.is_compiling():  # one opaque op with a backward; the fold is a few graph ops
             scale, shift = (None, bias) if stats is None else folded_bn(stats, bias)
-            return _triton_conv(values, weight, shift, index, groups, scale, residual, relu)
+            return _triton_conv(values, weight, shift, index, groups, scale, residual, act)
         # eager inference: one launch without the custom op's dispatch, BatchNorm applied from its own tensors
-        return _launch_triton(values, index, weight, groups, None, bias, residual, relu, stats)
+        return _launch_triton(values, index, weight, groups, None, bias, residual, act, stats)
     scale, shift = (None, bias) if stats is None else folded_bn(stats, bias, x.dtype)
     if name == "dense" and k > 1:  # a 1x1 conv never reads neighbours: the GEMM below on every backend
         w = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
         out = _conv_dense(x, w, None if shift is None else shift.to(x.dtype), tap_spacing, groups, downsample)
-        return _fused_gemm_epilogue(out, None, residual, relu)
+        return _fused_gemm_epilogue(out, None, residual, act)
     index = x.layout.kernel_table(k, tap_spacing, downsample, compact=False)
-    return _conv_torch_fused(x, weight, scale, shift, residual, relu, index, groups, grad)
+    return _conv_torch_fused(x, weight, scale, shift, residual, act, index, groups, grad)
 
 
 # ---------------------------------------------------------------------------------------------------- eager plans
@@ -536,14 +545,20 @@ def eager_plans(enabled: bool) -> Iterator[None]:
         _eager_enabled = before
 
 
-def _plain_call(relu, tap_spacing, groups, downsample) -> bool:
+def _plain_call(relu, activation, tap_spacing, groups, downsample) -> bool:
     """Whether the call's flags have the exact types a plan is keyed on: a bool or float spacing is an error on the
     full path that an equal key would hide, and an unhashable flag must reach the full path, not the key."""
-    return type(tap_spacing) is int and type(groups) is int and type(relu) is bool and type(downsample) is bool
+    return (
+        type(tap_spacing) is int
+        and type(groups) is int
+        and type(relu) is bool
+        and type(downsample) is bool
+        and (activation is None or type(activation) is str)
+    )
 
 
-def _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend) -> tuple:
-    return id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend
+def _eager_key(weight, bias, bn, relu, activation, residual, tap_spacing, groups, downsample, backend) -> tuple:
+    return id(weight), id(bias), id(bn), relu, activation, residual is None, tap_spacing, groups, downsample, backend
 
 
 def _stats_of(bn: nn.Module) -> EvalStats | None:
@@ -608,6 +623,7 @@ def _replay(
     bias: Tensor | None,
     bn: nn.Module | None,
     relu: bool,
+    activation: str | None,
     residual: MultiResMap | None,
     tap_spacing: int,
     groups: int,
@@ -616,7 +632,9 @@ def _replay(
 ) -> MultiResMap | None:
     """:func:`conv_bn_act`'s result through a remembered plan, or None where there is none or it does not hold."""
     # Not while compiling: traced code takes the custom op, and Dynamo would trace this lookup.
-    if not _eager_enabled or torch.compiler.is_compiling() or not _plain_call(relu, tap_spacing, groups, downsample):
+    if not _eager_enabled or torch.compiler.is_compiling():
+        return None
+    if not _plain_call(relu, activation, tap_spacing, groups, downsample):
         return None
     if not isinstance(x, MultiResMap) or (backend is not None and type(backend) is not str):
         return None
@@ -626,7 +644,7 @@ def _replay(
         return None
     # (_eager_key's tuple, built here: a call less on every conv)
     plan = entry[1].get(
-        (id(weight), id(bias), id(bn), relu, residual is None, tap_spacing, groups, downsample, backend)
+        (id(weight), id(bias), id(bn), relu, activation, residual is None, tap_spacing, groups, downsample, backend)
     )
     # the ids in the key are checked against the objects: an id can be reused once its object is gone
     if (
@@ -697,6 +715,8 @@ def _remember_eager(
     bn: nn.Module | None,
     stats: EvalStats | None,
     relu: bool,
+    activation: str | None,
+    act: int,
     residual: MultiResMap | None,
     tap_spacing: int,
     groups: int,
@@ -707,7 +727,9 @@ def _remember_eager(
     remember its plan, where it can be replayed (a forced backend, contiguous values, no autocast, no tuning, a
     launch the kernel remembered). A call is planned the second time it is seen: the layouts of a map used once
     (a new map per forward) then cost a dictionary entry per conv, not a plan."""
-    if not _eager_enabled or torch.compiler.is_compiling() or not _plain_call(relu, tap_spacing, groups, downsample):
+    if not _eager_enabled or torch.compiler.is_compiling():
+        return
+    if not _plain_call(relu, activation, tap_spacing, groups, downsample):
         return
     if backend is not None and type(backend) is not str:
         return
@@ -717,7 +739,8 @@ def _remember_eager(
     if entry is None or entry[0]() is not layout:
         entry = _EAGER[key] = (weakref.ref(layout, functools.partial(_forget_layout, key)), {})
     plans = entry[1]
-    call = _eager_key(weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)
+    # keyed on the call's own relu / activation (the full path validated them), launched with their code ``act``
+    call = _eager_key(weight, bias, bn, relu, activation, residual, tap_spacing, groups, downsample, backend)
     if call not in plans:
         if len(plans) >= MAX_EAGER_PLANS:
             plans.clear()
@@ -742,7 +765,7 @@ def _remember_eager(
         return
     bound = conv_kernels.launch_plan(
         values, index, weight, taps=weight.shape[-1] * weight.shape[-2], groups=groups, shift=bias, bn=stats,
-        residual=res, relu=relu, config=config,
+        residual=res, act=act, config=config,
     )  # fmt: skip
     if bound is None:
         return
@@ -784,22 +807,30 @@ def conv_bn_act(
     groups: int = 1,
     downsample: bool = False,
     backend: str | None = None,
+    activation: str | None = None,
 ) -> MultiResMap:
-    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU; :func:`conv2d` is this op without them.
+    """``act(bn(conv2d(x)) + residual)``: a ResNet conv-BN(-add)-ReLU, or a MobileNet / EfficientNet conv-BN-act;
+    :func:`conv2d` is this op without them.
 
     In eval mode with no gradient needed the epilogue is fused: on the triton backend one kernel launch (bias and
-    BatchNorm as a per-channel scale and shift, the residual add, ReLU and the cast in the epilogue); on the torch
-    and dense backends BatchNorm's scale goes into the GEMM / conv weight and its shift into the bias, and the
-    residual add and ReLU run in place on the output. Otherwise (training, or any of the tensors needs a gradient,
-    BatchNorm's affine parameters included) the ops run one after the other. Same result either way.
+    BatchNorm as a per-channel scale and shift, the residual add, the activation and the cast in the epilogue); on
+    the torch and dense backends BatchNorm's scale goes into the GEMM / conv weight and its shift into the bias, and
+    the residual add and the activation run in place on the output. Otherwise (training, or any of the tensors needs
+    a gradient, BatchNorm's affine parameters included) the ops run one after the other. Same result either way:
+    the activation is ``F.relu`` / ``F.relu6`` / ``F.hardswish`` / ``F.silu`` applied last (on the triton backend
+    computed in float32 before the cast, as the rest of the epilogue).
 
     Args:
         x, weight, bias, tap_spacing, groups, downsample, backend: as in :func:`conv2d`.
         bn: BatchNorm applied to the conv output, or None.
-        relu: apply ReLU last.
+        relu: apply ReLU last: the spelling of ``activation="relu"`` (both may be given if they agree).
         residual: map on the output layout added after the BatchNorm.
+        activation: the activation applied last: None, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``.
+
+    Raises:
+        ValueError: an unknown ``activation``, or ``relu=True`` with another one (besides :func:`conv2d`'s).
     """
-    replayed = _replay(x, weight, bias, bn, relu, residual, tap_spacing, groups, downsample, backend)
+    replayed = _replay(x, weight, bias, bn, relu, activation, residual, tap_spacing, groups, downsample, backend)
     if replayed is not None:
         return replayed
     expect_map(x, "conv_bn_act")
@@ -807,6 +838,7 @@ def conv_bn_act(
         expect_map(residual, "conv_bn_act", "residual")
     x, weight, bias = autocast_conv_inputs(x, weight, bias)
     check_conv_args(x, weight, bias, groups, tap_spacing, "conv_bn_act")
+    name_of_act = activation_name(activation, relu)
     name = dispatch.select(x, weight, tap_spacing, groups, downsample, backend)
     out_layout = x.layout.next() if downsample else x.layout
     stats = None if bn is None else eval_stats(bn)
@@ -814,10 +846,14 @@ def conv_bn_act(
     res = None if residual is None else residual.values
     if (bn is not None and stats is None) or _needs_grad(x.values, weight, bias, *bn_affine, res):
         out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, grad=True)
-        return bn_add_act(MultiResMap(out, out_layout), bn, relu, residual)
+        return bn_add_act(MultiResMap(out, out_layout), bn, residual=residual, activation=name_of_act)
     if residual is not None and not residual.layout.same_as(out_layout):
         raise ValueError(f"residual has layout {residual.layout}, the conv output {out_layout}")
-    out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, relu)
+    act = conv_kernels.ACTIVATIONS.index(name_of_act)
+    out = _conv_values(x, weight, bias, tap_spacing, groups, downsample, name, False, stats, res, act)
     if name == "triton":
-        _remember_eager(x, weight, bias, bn, stats, relu, residual, tap_spacing, groups, downsample, backend)
+        # keyed on the call's own (relu, activation) spelling, as _replay sees it
+        _remember_eager(
+            x, weight, bias, bn, stats, relu, activation, act, residual, tap_spacing, groups, downsample, backend
+        )
     return MultiResMap(out, out_layout)

@@ -414,7 +414,9 @@ def _row(name: str, record, facts: dict, arch: int, sms: int) -> dict:
     waits = facts.get("loop_wait_groups") or []
     loop = facts.get("loop") or {}
     spills = (facts.get("spill_stores") or 0) + (facts.get("spill_loads") or 0)
-    flags = [f for f in ("HAS_SHIFT", "HAS_SCALE", "HAS_BN", "HAS_RES", "RELU") if c.get(f)]
+    flags = [f for f in ("HAS_SHIFT", "HAS_SCALE", "HAS_BN", "HAS_RES") if c.get(f)]
+    if c.get("ACT"):
+        flags.append(conv.ACTIVATIONS[c["ACT"]].upper())
     # the module's weight strides, then (n, c, y, x) as the kernel reads them (a launcher copy may differ)
     strides = "x".join(map(str, record.weight_stride)) + " read " + "x".join(map(str, record.read_stride[1:]))
     return {

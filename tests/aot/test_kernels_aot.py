@@ -118,7 +118,7 @@ ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
 # What conv_elements passes for 256-channel values: 16-aligned rows, 32-bit offsets, channels a multiple of BLOCK_K.
 _CONV_ALIGNED = dict(INT64_OFFSETS=False, EVEN_K=True, ROW_ALIGN=16, UPCAST=False, groups=1)
 # The eager bottleneck conv: conv bias and eval BatchNorm applied in the epilogue from the module's own tensors.
-_CONV_FUSED = dict(TAPS=9, KSIZE=3, TAPS_P2=16, GATHER=True, HAS_SCALE=False, HAS_SHIFT=True, HAS_RES=True, RELU=True)
+_CONV_FUSED = dict(TAPS=9, KSIZE=3, TAPS_P2=16, GATHER=True, HAS_SCALE=False, HAS_SHIFT=True, HAS_RES=True, ACT=1)
 _CONV_FUSED.update(HAS_BN=True, HAS_BN_W=True, HAS_BN_B=True, sw_c=1, **_CONV_ALIGNED)
 
 
@@ -154,6 +154,8 @@ KERNELS = (
             Spec("ieee", {**_CONV_FUSED, "DOT_PRECISION": "ieee"}, every_config=False, dtypes=("fp32",)),
             # channel counts that are no multiple of 8 (e.g. 3): element-wise loads (cp.async only for 4-byte fp32).
             Spec("unaligned", {**_CONV_FUSED, "EVEN_K": False, "ROW_ALIGN": 1}, every_config=False, aligned_ints=False),
+            # the SiLU epilogue (EfficientNet's conv-BN-SiLU; the other activations are cheaper element-wise ops).
+            Spec("silu", {**_CONV_FUSED, "ACT": 4}, every_config=False, dtypes=("fp16",)),
         ),
         configs=conv.conv_configs,
         launch=lambda c, cap, dt: (c.meta(cap, ELEMENT_SIZE[dt]), c[4], c[3]),
@@ -298,7 +300,8 @@ def _module_cases() -> list[Case]:
                         cases[key] = dataclasses.replace(case, id=case.id.replace("-nchw-", "-nchw+cl-"))
                     continue
                 kind = "3x3" if r.taps == 9 else "shortcut" if c["GATHER"] else "1x1"
-                flags = "".join(f for f, on in (("bn", c["HAS_BN"]), ("res", c["HAS_RES"]), ("relu", c["RELU"])) if on)
+                act = (conv.ACTIVATIONS[c["ACT"]], c["ACT"])
+                flags = "".join(f for f, on in (("bn", c["HAS_BN"]), ("res", c["HAS_RES"]), act) if on)
                 bm, bn, bk = r.config[:3]
                 nbytes = conv.pipeline_shared_bytes(r.config, 2, cap)
                 pipeline = (((bm, bk), (bk, bn)), conv.pipeline_buffers(r.config, cap), nbytes)

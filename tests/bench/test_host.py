@@ -98,7 +98,7 @@ def test_stubs_return_the_launchers_shapes_and_are_removed_after():
     index = torch.zeros(7, 9, dtype=torch.int64)
     with stubbed_launches() as calls:
         assert conv.conv_elements is not launcher
-        out = conv.conv_elements(values, index, packed, taps=9, groups=2, relu=True)
+        out = conv.conv_elements(values, index, packed, taps=9, groups=2, act=1)
         assert out.shape == (7, 12) and out.dtype == values.dtype
         assert conv.conv_elements(values.half(), None, packed.half(), taps=1, out_dtype=torch.float32).shape == (10, 12)
         dense = densify.densify_elements(values, torch.zeros(2, 3, 5, dtype=torch.int64))

@@ -111,7 +111,7 @@ def test_int32_and_int64_tap_tables_give_the_same_result(spy):
     values, weight, index, scale, shift, residual = _problem(40, 30, 32, 20, torch.float32)
     index[3, 4] = 2**40  # an int64 "outside" entry far beyond int32: still reads zero
     config = ConvConfig(32, 32, 16, 3, 4)
-    epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True, config=config)
+    epilogue = dict(scale=scale, shift=shift, residual=residual, act=1, config=config)
     wide = _run(values, weight, index, **epilogue)
     small = index.clone()
     small[3, 4] = 31  # outside too, in int32 range
@@ -186,7 +186,7 @@ def test_every_config_computes_the_fused_conv(spy, config, dtype):
     block_m, block_n = config[:2]
     rows = 2 * block_m + 5 if config.persistent else block_m + 5
     values, weight, index, scale, shift, residual = _problem(rows, 70, 20, block_n // 2 + 8, dtype, seed=block_n)
-    epilogue = dict(scale=scale, shift=shift, residual=residual, relu=True)
+    epilogue = dict(scale=scale, shift=shift, residual=residual, act=1)
     got = _run(values, weight, index.int(), **epilogue, config=config)
     (grid, kw), tiles = spy.launches[-1], -(-rows // block_m)
     parts = conv.epilogue_parts(block_n, conv.device_arch(values.device), values.element_size())
@@ -319,13 +319,13 @@ def test_weight_layouts_compute_the_same(dtype):
     """NCHW (torchvision's), channels-last and packed weights give bit-identical outputs, 3x3 and 1x1; on a GPU
     target the kernel reads an NCHW 3x3 weight with contiguous input channels (a channels-last copy)."""
     values, weight, index, scale, shift, residual = _problem(37, 29, 24, 20, dtype)
-    epilogue = dict(scale=scale.to(DEVICE), shift=shift.to(DEVICE), residual=residual.to(DEVICE), relu=True)
+    epilogue = dict(scale=scale.to(DEVICE), shift=shift.to(DEVICE), residual=residual.to(DEVICE), act=1)
     nchw = weight.to(DEVICE)
     cl = nchw.contiguous(memory_format=torch.channels_last)
     got = _own_weight_run(values, nchw, index, **epilogue)
     assert torch.equal(got, _own_weight_run(values, cl, index, **epilogue))
-    assert torch.equal(got, _run(values, weight, index, **{k: v.cpu() for k, v in epilogue.items() if k != "relu"},
-                                 relu=True))  # fmt: skip
+    assert torch.equal(got, _run(values, weight, index, **{k: v.cpu() for k, v in epilogue.items() if k != "act"},
+                                 act=1))  # fmt: skip
     _close(got, _reference(values, index, weight, 1, scale, shift, residual, True), dtype, 9 * 24)
     w1 = weight[:, :, :1, :1].contiguous().to(DEVICE)
     one = _own_weight_run(values, w1, None)
@@ -363,14 +363,14 @@ def test_record_launches_records_instead_of_running():
     values, weight, index, *_ = _problem(300, 40, 32, 32, torch.float16)
     w = weight.contiguous(memory_format=torch.channels_last)
     with conv.record_launches(90, 132) as rec:
-        out = _own_weight_run(values, w, index.int(), relu=True)
+        out = _own_weight_run(values, w, index.int(), act=1)
     assert not out.any()
     (r,) = rec.launches
     assert r.config == conv.default_config(300, 32, 32, arch=90, dtype=torch.float16, sms=132)
     assert r.tiles == r.grid == -(-300 // r.config[0])
     sig, consts = dict(r.signature), dict(r.constexprs)
     assert sig["x_ptr"] == "*fp16" and sig["index_ptr"] == "*i32" and sig["sw_c"] == "constexpr"
-    assert consts["sw_c"] == 1 and consts["RELU"] and consts["DOT_PRECISION"] == "ieee" and not consts["UPCAST"]
+    assert consts["sw_c"] == 1 and consts["ACT"] == 1 and consts["DOT_PRECISION"] == "ieee" and not consts["UPCAST"]
     assert "cin_g" in r.aligned and "rows" not in r.aligned  # 32 is 16-divisible, 300 is not
 
 
@@ -379,10 +379,23 @@ def test_tap_counts_of_both_row_paths(taps):
     """The tap columns selected in the loop (up to 9 taps; 1 is the strided shortcut) and the tap tile picked with
     tl.gather (more taps), with a channel count that is no multiple of the K block (two K blocks per tap)."""
     values, weight, index, scale, shift, residual = _problem(23, 19, 20, 12, torch.float16, seed=5, taps=taps)
-    got = _run(
-        values, weight, index.int(), shift=shift, residual=residual, relu=True, config=ConvConfig(32, 32, 16, 3, 4)
-    )
+    got = _run(values, weight, index.int(), shift=shift, residual=residual, act=1, config=ConvConfig(32, 32, 16, 3, 4))
     _close(got, _reference(values, index, weight, 1, None, shift, residual, True), torch.float16, taps * 20)
+
+
+@pytest.mark.parametrize("act", [2, 3, 4], ids=["relu6", "hardswish", "silu"])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_epilogue_activations_match_torch(act, dtype):
+    """ACT 2-4: the epilogue's ReLU6, hardswish and SiLU equal torch's functions applied to the float64 reference
+    (outputs from about -10 to 10, so both clamps of ReLU6 and hardswish are reached)."""
+    values, weight, index, scale, shift, residual = _problem(29, 23, 12, 10, dtype, seed=act)
+    epilogue = dict(scale=scale * 8, shift=shift * 2, residual=residual, config=ConvConfig(32, 32, 16, 3, 4))
+    got = _run(values, weight, index.int(), act=act, **epilogue)
+    before = _reference(values, index, weight, 1, scale * 8, shift * 2, residual)
+    assert before.max() > 6 and before.min() < -3
+    expected = {2: F.relu6, 3: F.hardswish, 4: F.silu}[act](before)
+    assert conv.ACTIVATIONS[act] == {2: "relu6", 3: "hardswish", 4: "silu"}[act]
+    _close(got, expected, dtype, 9 * 12)
 
 
 def test_default_config_is_sm_aware():

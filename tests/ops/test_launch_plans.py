@@ -41,7 +41,7 @@ def test_a_repeated_launch_replays_the_full_paths_arguments(launcher, layout):
     bn = (torch.rand(24), torch.rand(24), torch.rand(24), torch.rand(24) + 1, 1e-5)
     residual = torch.randn(50, 24)
     second = values.clone()
-    outs = [conv.conv_elements(v, index, weight, taps=9, bn=bn, residual=residual, relu=True) for v in (values, second)]
+    outs = [conv.conv_elements(v, index, weight, taps=9, bn=bn, residual=residual, act=1) for v in (values, second)]
     assert full[0] == 1 and len(launches) == 2
     # positions after grid x3, stream, function, metadata, launch metadata, 2 hooks: values 0, out 11
     _same_launch(launches[0], launches[1], {9: second, 9 + 11: outs[1]})

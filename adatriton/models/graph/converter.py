@@ -4,6 +4,7 @@ stride, and writes the converted graph node by node (docs/semantics.md §8; the 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import warnings
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d, conv_at
+from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d
+from .fusion import fuse_conv_groups
 from .mapops import (
     check_dense_levels,
     enter,
@@ -25,14 +27,20 @@ from .mapops import (
     map_batch_norm,
     map_cat,
     map_conv,
+    map_conv_at,
+    map_conv_bn_act,
     map_densify,
     map_downsample,
     map_global_pool,
+    map_identity,
     map_module,
     map_size,
     map_stochastic_depth,
+    module_enter,
+    module_exit,
     on_values,
     on_vectors,
+    with_module_hooks,
 )
 from .rules import (
     BINARY_FUNCTIONS,
@@ -127,11 +135,60 @@ class _Value:
     original: bool = False  # dense / other: the very value of the original network (its meta is the original's)
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """The traced forward of a container module: its nodes run from ``first`` to ``last`` (whose value is its only
+    output), reading one value from outside, ``input``; ``parents``: the enclosing such scopes, innermost first."""
+
+    path: str
+    input: fx.Node
+    first: fx.Node
+    last: fx.Node
+    parents: tuple[str, ...]
+
+
+def _module_stack(node: fx.Node) -> list[str]:
+    """The paths of the modules whose forward the node was traced in, outermost first (fx's ``nn_module_stack``),
+    without the node's own module."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    return [p for p in paths if p and not (node.op == "call_module" and p == node.target)]
+
+
+def container_scopes(graph: fx.Graph) -> dict[str, _Scope]:
+    """The container modules whose hooks the converted forward runs: those whose traced nodes are contiguous, read
+    one value from outside (besides parameters) and give one value to the rest, their last node's (the forward of
+    a block or a ``Sequential`` on one tensor). Others (several inputs or outputs) are not hooked."""
+    order = [n for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    members: dict[str, list[fx.Node]] = {}
+    for n in order:
+        for path in _module_stack(n):
+            members.setdefault(path, []).append(n)
+    position = {n: i for i, n in enumerate(order)}
+    found: dict[str, tuple[fx.Node, fx.Node, fx.Node]] = {}
+    for path, nodes in members.items():
+        first, last = nodes[0], nodes[-1]
+        if position[last] - position[first] + 1 != len(nodes):
+            continue
+        inside = set(nodes)
+        outside_inputs = {i for n in nodes for i in n.all_input_nodes if i not in inside and i.op != "get_attr"}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        if len(outside_inputs) == 1 and outputs == [last]:
+            found[path] = (next(iter(outside_inputs)), first, last)
+    scopes = {}
+    for path, (inp, first, last) in found.items():
+        stack = _module_stack(first)
+        parents = tuple(p for p in reversed(stack[: stack.index(path)]) if p in found)
+        scopes[path] = _Scope(path, inp, first, last, parents)
+    return scopes
+
+
 @dataclass
 class Plan:
     graph: fx.Graph
     nodes: list[NodePlan] = field(default_factory=list)
     entry: str | None = None  # the traced node whose output is the finest grid
+    fused: int = 0  # conv groups fused into one map_conv_bn_act call (adatriton.models.graph.fusion)
 
 
 class Converter:
@@ -162,6 +219,14 @@ class Converter:
         # id(value) -> (value, its map / dense form); holding the value keeps its id from being reused
         self.entered: dict[int, tuple[_Value, _Value]] = {}
         self.densified: dict[int, tuple[_Value, _Value]] = {}
+        # Container modules whose hooks run (module_enter / module_exit around their traced nodes): by path, the
+        # scopes starting and ending at a node, each node's scopes (innermost first), and per entered scope its
+        # input node, the input value its body reads and the module's get_attr node.
+        self.scopes: dict[str, _Scope] = {}
+        self.scope_starts: dict[fx.Node, list[str]] = {}
+        self.scope_ends: dict[fx.Node, list[str]] = {}
+        self.node_scopes: dict[fx.Node, tuple[str, ...]] = {}
+        self.scope_inputs: dict[str, tuple[fx.Node, _Value, fx.Node]] = {}
 
     # ------------------------------------------------------------------ strides
     def stride_of(self, value: Any) -> tuple[int | None, bool]:
@@ -263,7 +328,9 @@ class Converter:
         n, _, h, w = v.meta.shape
         if self.lm_node is None:
             self.finest = (n, h, w)
-            self.plan.entry = next((k.name for k, val in self.values.items() if val is v), None)
+            self.plan.entry = next((k.name for k, val in self.values.items() if val is v), None) or next(
+                (node.name for node, val, _ in self.scope_inputs.values() if val is v), None
+            )
             self.lm_node = self.call(level_map, (self.levels_node, v, self.k), name="levelmap")
         elif (n, h, w) != self.finest:
             raise GraphConversionError(
@@ -325,6 +392,10 @@ class Converter:
             if too_small is None:
                 raise
             raise too_small from err
+        maps = {v.node for v in self.values.values() if v.kind == "map" and isinstance(v.node, fx.Node)}
+        maps |= {entered.node for _, entered in self.entered.values()}
+        maps |= {v.node for _, v, _ in self.scope_inputs.values() if v.kind == "map"}
+        plan.fused = fuse_conv_groups(self.g, self.root, maps, plan.nodes)
         if self.smoothed:
             warnings.warn(
                 f"decoder upsampling (node {'; node '.join(self.smoothed)}) reads features that the converted network "
@@ -339,6 +410,7 @@ class Converter:
     def write(self) -> Plan:
         """:meth:`run` without the check of the example input's size."""
         self.orig = self.run_original()
+        self.plan_scopes()
         placeholders = [n for n in self.source.nodes if n.op == "placeholder"]
         if len(placeholders) != len(self.inputs):
             raise GraphConversionError(
@@ -364,8 +436,50 @@ class Converter:
                 self.finish()
                 self.g.output(self.nodes_of(out))
             else:
+                for path in self.scope_starts.get(node, ()):
+                    self.enter_scope(path)
                 self.values[node] = self.convert(node)
+                for path in self.scope_ends.get(node, ()):
+                    self.exit_scope(path, node)
         return self.plan
+
+    # ------------------------------------------------------------------ container modules' hooks
+    def plan_scopes(self) -> None:
+        self.scopes = container_scopes(self.source)
+        for path, sc in self.scopes.items():  # outer scopes first (the dict follows the first nodes' stacks)
+            self.scope_starts.setdefault(sc.first, []).append(path)
+            self.scope_ends.setdefault(sc.last, []).insert(0, path)
+        for node in self.source.nodes:
+            self.node_scopes[node] = tuple(p for p in reversed(_module_stack(node)) if p in self.scopes)
+
+    def value_of(self, n: fx.Node, scopes: Sequence[str]) -> Any:
+        """The value of source node ``n`` as read inside ``scopes`` (innermost first): a scope's input as its body
+        reads it (after the module's pre-hooks), else the node's value."""
+        for path in scopes:
+            entry = self.scope_inputs.get(path)
+            if entry is not None and entry[0] is n:
+                return entry[1]
+        return self.values[n]
+
+    def enter_scope(self, path: str) -> None:
+        """The start of a container module's forward: its pre-hooks on its input (:func:`module_enter`)."""
+        sc = self.scopes[path]
+        v = self.value_of(sc.input, sc.parents)
+        if not isinstance(v, _Value) or not isinstance(v.node, fx.Node):
+            return
+        module = self.g.create_node("get_attr", path, name=f"{path.replace('.', '_')}_container")
+        new = self.call(module_enter, (module, v), name=f"{path.replace('.', '_')}_enter")
+        self.scope_inputs[path] = (sc.input, dataclasses.replace(v, node=new), module)
+
+    def exit_scope(self, path: str, node: fx.Node) -> None:
+        """The end of a container module's forward: its hooks on its input and output (:func:`module_exit`)."""
+        entry = self.scope_inputs.get(path)
+        out = self.values[node]
+        if entry is None or not isinstance(out, _Value) or not isinstance(out.node, fx.Node):
+            return
+        _, x, module = entry
+        new = self.call(module_exit, (module, x, out), name=f"{path.replace('.', '_')}_exit")
+        self.values[node] = dataclasses.replace(out, node=new)
 
     # ------------------------------------------------------------------ a too small example input
     def resized(self, side: int) -> list:
@@ -498,8 +612,9 @@ class Converter:
         )
 
     def convert(self, node: fx.Node) -> _Value:
-        args = fx.node.map_arg(node.args, lambda n: self.values[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        scopes = self.node_scopes.get(node, ())
+        args = fx.node.map_arg(node.args, lambda n: self.value_of(n, scopes))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.value_of(n, scopes))
         ins: list[_Value] = []
         fx.node.map_aggregate((args, kwargs), lambda a: ins.append(a) if isinstance(a, _Value) else None)
         maps = [v for v in ins if v.kind == "map"]
@@ -521,12 +636,40 @@ class Converter:
         if maps:
             out = self.on_map(node, args, kwargs)
             if not isinstance(out, str):
-                return out
+                return self.with_hooks(node, args, out)
             reason = out
             args, kwargs = fx.node.map_aggregate(
                 (args, kwargs), lambda a: self.densify(a) if isinstance(a, _Value) and a.kind == "map" else a
             )
-        return self.dense(node, args, kwargs, reason)
+        return self.with_hooks(node, args, self.dense(node, args, kwargs, reason))
+
+    # Ops that stand for a module call and run its hooks themselves (mapops); anything else written for a module
+    # call gets with_module_hooks (see with_hooks).
+    _RUNS_HOOKS = (map_conv, map_batch_norm, map_module, map_stochastic_depth, map_conv_at, map_conv_bn_act)
+
+    def with_hooks(self, node: fx.Node, args: tuple, out: _Value) -> _Value:
+        """``out`` written for the traced node such that, for a module call, the module's forward and forward-pre
+        hooks run when the converted network runs (on maps they see the maps): a module still called as a module
+        runs them itself, as do the module ops of :mod:`~adatriton.models.graph.mapops`; another op written for it
+        (a pool that became a downsampling step or a global pool) becomes its :func:`with_module_hooks` wrapper,
+        and a module that became the identity a hooked :func:`map_identity`."""
+        if node.op != "call_module" or not isinstance(out, _Value):
+            return out
+        new = out.node
+        if isinstance(new, fx.Node) and new.name == node.name:  # written for this node
+            if new.op == "call_module" or new.target in self._RUNS_HOOKS:
+                return out
+            if new.op == "call_function" and new.args and isinstance(args[0], _Value) and new.args[0] is args[0].node:
+                with self.g.inserting_before(new):  # the module's get_attr comes before its use
+                    module = self.module_node(node)
+                new.target = with_module_hooks(new.target)
+                new.args = (module, *new.args)
+                return out
+        x = args[0] if args and isinstance(args[0], _Value) else None
+        if x is None or x.node is not new:  # not an identity of its input: nothing stands for the call
+            return out
+        hooked = self.call(with_module_hooks(map_identity), (self.module_node(node), x), name=node.name)
+        return dataclasses.replace(out, node=hooked)
 
     # ------------------------------------------------------------------ dense nodes
     def dense(self, node: fx.Node, args: tuple, kwargs: dict, densified: str = "") -> _Value:
@@ -574,7 +717,7 @@ class Converter:
             dilation = pair(module.dilation)[0] * t // r
             record("dense-dilated", kernel=k[0], tap_spacing=dilation)
             conv = _Value(self.module_node(node), "other", module)
-            return self.emit(node, "call_function", conv_at, (conv, x, 1, dilation), {})
+            return self.emit(node, "call_function", map_conv_at, (conv, x, 1, dilation), {})
         strided = pool.stride == (2, 2) and t >= self.a
         if not strided and (r == t or pool.kernel == (1, 1)):
             record("dense")

@@ -1,7 +1,13 @@
 """Ops on maps that the converted module's generated forward calls (docs/semantics.md §8).
 
 fx writes every non-node argument as a Python literal, so functions are never arguments: :func:`on_values` /
-:func:`on_vectors` make one named wrapper per function instead.
+:func:`on_vectors` / :func:`with_module_hooks` make one named wrapper per function instead.
+
+Module hooks: an op that stands for a call of one of the model's modules (a conv, BatchNorm or activation on a
+map, a pool that became a downsampling step or the identity, a conv at another dilation) runs that module's
+forward and forward-pre hooks around it (:func:`adatriton.nn.hooks.call_with_hooks`): on maps they receive the
+:class:`~adatriton.core.multires.MultiResMap`, on dense values tensors. :func:`map_conv_bn_act`, the fusion of a
+conv with its BatchNorm, residual add and activation, runs unfused while one of its modules has hooks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from torchvision.ops import StochasticDepth
 from ... import ops as AF
 from ...core.levelmap import LevelMap, LevelMapError
 from ...core.multires import MultiResMap
+from ...nn.hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
+from ...nn.modules import conv_at
+from ...ops.batchnorm import ACTIVATIONS
 from .rules import TO_LAST
 
 __all__ = [
@@ -28,14 +37,20 @@ __all__ = [
     "map_batch_norm",
     "map_cat",
     "map_conv",
+    "map_conv_at",
+    "map_conv_bn_act",
     "map_densify",
     "map_downsample",
+    "module_enter",
+    "module_exit",
     "map_global_pool",
+    "map_identity",
     "map_module",
     "map_size",
     "map_stochastic_depth",
     "on_values",
     "on_vectors",
+    "with_module_hooks",
 ]
 
 
@@ -83,23 +98,132 @@ def enter(x: Tensor, levels: LevelMap) -> MultiResMap:
 
 def map_conv(module: nn.Conv2d, x: MultiResMap, tap_spacing: int, downsample: bool, backend: str | None) -> MultiResMap:
     """``module`` (an ``nn.Conv2d``) on a map: docs/semantics.md §3 with the given tap spacing, through the
-    dispatcher; with ``downsample`` it performs the next step and computes only the survivors."""
+    dispatcher; with ``downsample`` it performs the next step and computes only the survivors. Runs the module's
+    hooks."""
+
+    if has_hooks(module):
+        return call_with_hooks(module, lambda v: _conv(module, v, tap_spacing, downsample, backend), x)
+    return _conv(module, x, tap_spacing, downsample, backend)
+
+
+def _conv(module: nn.Conv2d, x: MultiResMap, tap_spacing: int, downsample: bool, backend: str | None) -> MultiResMap:
     return AF.conv2d(x, module.weight, module.bias, tap_spacing, module.groups, downsample, backend)
 
 
 def map_batch_norm(module: nn.BatchNorm2d, x: MultiResMap) -> MultiResMap:
-    """BatchNorm per element (train mode: statistics over the elements, each counting once)."""
+    """BatchNorm per element (train mode: statistics over the elements, each counting once). Runs the module's
+    hooks."""
+    if has_hooks(module):
+        return call_with_hooks(module, lambda v: AF.batch_norm(v, module), x)
     return AF.batch_norm(x, module)
 
 
+def _module_values(module: nn.Module, x: MultiResMap) -> MultiResMap:
+    values = x.values.clone() if getattr(module, "inplace", False) else x.values
+    return x.with_values(module.forward(values))  # forward: the hooks run once, around the map (map_module)
+
+
 def map_module(module: nn.Module, x: MultiResMap) -> MultiResMap:
-    """A per-element module (activation, dropout, channel LayerNorm / Linear) on every element's vector.
+    """A per-element module (activation, dropout, channel LayerNorm / Linear) on every element's vector. Runs the
+    module's hooks (on the maps).
 
     An ``inplace`` module works on a copy of the values: map values may be shared by several maps (an identity
     step), which an in-place update would change behind their backs.
     """
-    values = x.values.clone() if getattr(module, "inplace", False) else x.values
-    return x.with_values(module(values))
+    if has_hooks(module):
+        return call_with_hooks(module, lambda v: _module_values(module, v), x)
+    return _module_values(module, x)
+
+
+def module_enter(module: nn.Module, x: Any) -> Any:
+    """Where the traced forward of a container module (a block, a ``Sequential``, ...) starts: its forward-pre hooks
+    on its input ``x`` (a map or a tensor); returns the input its body gets."""
+    if not has_hooks(module):
+        return x
+    return run_forward_pre_hooks(module, (x,), {})[0][0]
+
+
+def module_exit(module: nn.Module, x: Any, out: Any) -> Any:
+    """Where the traced forward of a container module ends: its forward hooks on its input ``x`` (what
+    :func:`module_enter` returned) and output ``out``; returns the output."""
+    if not has_hooks(module):
+        return out
+    return run_forward_hooks(module, (x,), {}, out)
+
+
+def map_conv_bn_act(
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d | None,
+    act: nn.Module | None,
+    x: MultiResMap,
+    residual: MultiResMap | None,
+    tap_spacing: int,
+    downsample: bool,
+    backend: str | None,
+    activation: str | None,
+    exits: Sequence[tuple[nn.Module, Any]] = (),
+) -> MultiResMap:
+    """``act(bn(conv(x)) + residual)``: a conv with its BatchNorm, residual add and activation (the converter's
+    fusion, each part optional) as one :func:`adatriton.ops.conv_bn_act` call, whose eval-mode epilogue is fused
+    (train mode or gradients: the ops one after the other, as unfused).
+
+    ``act`` is the activation's module (None for a functional one), ``activation`` its name. ``exits``: the
+    ``(module, input)`` of the container modules whose forward ends with the BatchNorm (before the add: a
+    MobileNet block's ``conv`` Sequential), innermost first. Where one of these modules has hooks, the group
+    runs unfused, each module through its own op with its hooks, so that they see that module's own input and
+    output.
+    """
+    if has_hooks(conv, bn, act, *(m for m, _ in exits)):
+        out = map_conv(conv, x, tap_spacing, downsample, backend)
+        if bn is not None:
+            out = map_batch_norm(bn, out)
+        for module, module_input in exits:
+            out = module_exit(module, module_input, out)
+        if residual is not None:
+            out = out + residual
+        if act is not None:
+            return map_module(act, out)
+        return out if activation is None else out.with_values(ACTIVATIONS[activation](out.values))
+    return AF.conv_bn_act(
+        x,
+        conv.weight,
+        conv.bias,
+        bn,
+        residual=residual,
+        tap_spacing=tap_spacing,
+        groups=conv.groups,
+        downsample=downsample,
+        backend=backend,
+        activation=activation,
+    )
+
+
+def map_conv_at(module: nn.Conv2d, x: Tensor, stride: int, dilation: int) -> Tensor:
+    """A dense conv at another stride and dilation than its own (:func:`~adatriton.nn.modules.conv_at`), running
+    the module's hooks."""
+    return call_with_hooks(module, lambda v: conv_at(module, v, stride, dilation), x)
+
+
+def map_identity(x: Any) -> Any:
+    """A module that the conversion turned into the identity (``nn.Identity``, a 1x1 pool, a stride-2 pool past the
+    coarsest level or of the dense dilated network), called through :func:`with_module_hooks` so that its hooks
+    run."""
+    return x
+
+
+@functools.cache
+def with_module_hooks(fn: Callable) -> Callable:
+    """``fn(x, *rest)`` standing for a call of a module on ``x``: a wrapper ``apply(module, x, *rest, **kwargs)``
+    that runs the module's hooks around it (their input is ``(x,)``), one per ``fn`` (named
+    ``with_module_hooks_<fn>`` in the generated code)."""
+
+    def apply(module: nn.Module, x: Any, *rest, **kwargs):
+        if not has_hooks(module):
+            return fn(x, *rest, **kwargs)
+        return call_with_hooks(module, lambda v: fn(v, *rest, **kwargs), x)
+
+    apply.__name__ = apply.__qualname__ = _wrapper_name("with_module_hooks", fn)
+    return apply
 
 
 def map_downsample(x: MultiResMap, variant: str) -> MultiResMap:
@@ -139,7 +263,14 @@ def map_size(x: MultiResMap, channels_last: bool, dim: int | None = None) -> tor
 
 def map_stochastic_depth(module: StochasticDepth, x: MultiResMap) -> MultiResMap:
     """torchvision's ``StochasticDepth`` on a map: identity in eval mode; in training every sample (``"row"``)
-    or the whole batch (``"batch"``) is dropped with probability ``p``, the rest scaled by ``1 / (1 - p)``."""
+    or the whole batch (``"batch"``) is dropped with probability ``p``, the rest scaled by ``1 / (1 - p)``. Runs the
+    module's hooks."""
+    if has_hooks(module):
+        return call_with_hooks(module, lambda v: _stochastic_depth(module, v), x)
+    return _stochastic_depth(module, x)
+
+
+def _stochastic_depth(module: StochasticDepth, x: MultiResMap) -> MultiResMap:
     if not module.training or module.p == 0.0:
         return x
     survival = 1.0 - module.p
@@ -182,6 +313,7 @@ def on_values(fn: Callable) -> Callable:
         return first.with_values(fn(*args, **kwargs))
 
     apply.__name__ = apply.__qualname__ = _wrapper_name("on_values", fn)
+    apply.__wrapped__ = fn  # what the converter's fusion pass reads back
     return apply
 
 

@@ -169,8 +169,9 @@ class AdaptiveGraphModule(nn.Module):
         return [p for p in self.plan if p.op == "conv" and p.on_map]
 
     def conversion_summary(self, limit: int = 10) -> str:
-        """What the conversion did, in a few lines: the layers converted to run on the multi-resolution map, those
-        run densely at another stride or dilation, those densified (each with why) and how many were left alone.
+        """What the conversion did, in a few lines: the layers converted to run on the multi-resolution map, the convs
+        fused with their BatchNorm, residual add and activation (:mod:`~adatriton.models.graph.fusion`), those run
+        densely at another stride or dilation, those densified (each with why) and how many were left alone.
 
         :func:`adatriton.convert` prints it in a :class:`~adatriton.models.convert.ConversionWarning` when a
         conversion does nothing or costs more than the original.
@@ -182,6 +183,7 @@ class AdaptiveGraphModule(nn.Module):
             The summary, one line per group.
         """
         convs = self.adaptive_convs()
+        fused = [p for p in self.plan if p.op == "conv" and p.note.startswith("fused: ")]
         on_map = [p for p in self.plan if p.on_map and p.op != "conv"]
         strided = [p for p in self.plan if p.op in ("dense-dilated", "dense-identity")]
         densified = [p for p in self.plan if p.op == "densify"]
@@ -194,6 +196,8 @@ class AdaptiveGraphModule(nn.Module):
         lines = [
             f"conversion {self.output_stride!r} (unsupported={self.unsupported!r}) of {len(self.plan)} traced nodes:",
             f"  converted: {len(convs)} adaptive convs{names(convs)}; {len(on_map)} other nodes on the map",
+            f"  fused (conv with its BatchNorm / residual add / activation, one conv_bn_act call): {len(fused)}"
+            + names(fused),
             f"  dense at another stride or dilation: {len(strided)}{names(strided)}",
             f"  densified (run densely on the densified map): {len(densified)}",
         ]
