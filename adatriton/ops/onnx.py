@@ -101,7 +101,7 @@ def _translations() -> dict[str, Callable]:
         out = gather_gemm(values, weight, index, groups)
         return out if bias is None else op.Add(out, bias)
 
-    def triton_conv(values, weight, bias, index, groups: int, scale, residual, relu: bool):
+    def triton_conv(values, weight, bias, index, groups: int, scale, residual, act: int):
         out = gather_gemm(values, weight, index, groups)  # the kernel's epilogue in its order: act(s*y + b + res)
         if scale is not None:
             out = op.Mul(out, op.CastLike(scale, out))
@@ -109,7 +109,17 @@ def _translations() -> dict[str, Callable]:
             out = op.Add(out, op.CastLike(bias, out))
         if residual is not None:
             out = op.Add(out, residual)
-        return op.Relu(out) if relu else out
+        if act == 1:  # the kernel's activation codes: kernels.conv.ACTIVATIONS
+            return op.Relu(out)
+        if act == 2:
+            return op.Clip(
+                out, op.CastLike(op.Constant(value_float=0.0), out), op.CastLike(op.Constant(value_float=6.0), out)
+            )
+        if act == 3:
+            return op.HardSwish(out)
+        if act == 4:
+            return op.Mul(out, op.Sigmoid(out))
+        return out
 
     def densify(values, ids):
         dense = op.Gather(with_zero_row(values), ids, axis=0)  # (N, H, W, C)
