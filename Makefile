@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 # The lower-bound pins (constraints-min.txt: torch 2.11, torchvision 0.26, triton 3.6) in a second environment.
 VENV_MIN ?= .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
-# What depends on the torch / Triton version: the kernels and ops (the interpreter), compile and export, the scoped
-# settings under torch.compile and the GPU check's dry run.
-MIN_TESTS ?= tests/ops tests/nn/test_compile.py tests/models/test_export.py tests/runtime/test_context.py \
-	tests/bench/test_gpu_check.py
+# What depends on the torch / Triton version: the kernels and ops (the interpreter), compile and export, the CUDA-graph
+# path, converted ResNets against the dense simulation, the scoped settings under torch.compile and the GPU check's
+# dry run.
+MIN_TESTS ?= tests/ops tests/nn/test_compile.py tests/nn/test_cuda_graph.py tests/models/test_export.py \
+	tests/models/test_resnet.py tests/runtime/test_context.py tests/bench/test_gpu_check.py
 RESULTS ?= results
 BENCH_ARGS ?=
 
