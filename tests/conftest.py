@@ -143,6 +143,17 @@ def _own_cache_dir(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): small or
+    float64 convs (ATen's per-group loop for grouped ones) gain little from a second thread, and on a shared 2-core
+    machine its spinning barriers slow them down by up to an order of magnitude."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

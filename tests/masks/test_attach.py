@@ -17,13 +17,7 @@ from adatriton.masks import IMAGENET_MEAN, IMAGENET_STD, LearnedMask, MaskInputE
 from adatriton.models import attach_mask, mask_source_of
 from tests.models.test_learned import randomise_bn, tiny_deeplab
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int = 2, size: int = 64) -> torch.Tensor:

@@ -22,13 +22,7 @@ from adatriton import LevelMap, LevelMapError, LevelMapExportError
 from adatriton.runtime.backend import triton_runs_on
 from tests.models.test_learned import tiny_deeplab
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_resnet() -> ResNet:

@@ -143,12 +143,7 @@ def _randomised(model: nn.Module, seed: int) -> nn.Module:
     return model.eval().to(DT)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny float64 convs: threads only wait for each other on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @settings(

@@ -64,14 +64,7 @@ def fixed_logits(monkeypatch, mask: torch.Tensor) -> None:
     monkeypatch.setattr(LearnedMask, "forward", forward)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small convs on two shared cores: a second intra-op thread gains little alone and, when other processes
-    # compete for the cores, its spinning barriers slow these tests down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

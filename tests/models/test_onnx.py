@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
 
 import adatriton
 from adatriton import LevelMap
 from adatriton.ops import ONNX_OPS, export_onnx, onnx_translation_table, register_onnx_translations
-from tests.models.test_learned import tiny_deeplab
+from tests.models.test_export import tiny_resnet
+from tests.models.test_learned import randomise_bn, tiny_deeplab
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -23,28 +23,7 @@ pytest.importorskip("onnxscript")
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tiny_resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16, num_classes=10).eval()
-
-
-def _randomised_bn(model: nn.Module) -> nn.Module:
-    """Eval-mode BatchNorms that are not the identity (random weights' fresh statistics would be)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _maps(grid: tuple[int, int], conversion: str) -> list[LevelMap]:
@@ -94,7 +73,7 @@ def _check(net: nn.Module, x: torch.Tensor, maps: list[LevelMap], tmp_path, dens
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])  # interpreted: slow
 @pytest.mark.parametrize("conversion,grid", [("8->32", (8, 8)), ("16->32", (4, 4))])
 def test_onnx_runtime_equals_eager_tiny_resnet(conversion, grid, backend, tmp_path):
-    model = _randomised_bn(_tiny_resnet())
+    model = randomise_bn(tiny_resnet()).eval()
     net = adatriton.convert(model, conversion, backend=backend).eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     _check(net, x, _maps(grid, conversion), tmp_path, _dense_prefix_convs(model, conversion))
@@ -102,7 +81,7 @@ def test_onnx_runtime_equals_eager_tiny_resnet(conversion, grid, backend, tmp_pa
 
 def test_onnx_runtime_equals_eager_tiny_deeplab(tmp_path):
     torch.manual_seed(0)
-    net = adatriton.convert(_randomised_bn(tiny_deeplab()), "8->32").eval()
+    net = adatriton.convert(randomise_bn(tiny_deeplab()).eval(), "8->32").eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     _check(net, x, _maps((8, 8), "8->32"), tmp_path)
 
@@ -111,7 +90,7 @@ def test_onnx_runtime_equals_eager_tiny_deeplab(tmp_path):
 def test_onnx_runtime_equals_eager_zoo_resnet18_graph_path(tmp_path):
     """A zoo model through the graph converter (BasicBlocks): standalone per-element BatchNorms, element areas."""
     torch.manual_seed(0)
-    model = _randomised_bn(torchvision.models.resnet18())
+    model = randomise_bn(torchvision.models.resnet18()).eval()
     net = adatriton.convert(model, "8->32", method="graph").eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     _check(net, x, _maps((8, 8), "8->32"), tmp_path, _dense_prefix_convs(model, "8->32"))
@@ -121,7 +100,7 @@ def test_onnx_runtime_equals_eager_zoo_resnet18_graph_path(tmp_path):
 def test_onnx_runtime_equals_eager_zoo_mobilenet_v2_graph_path(tmp_path):
     """Depthwise convs (a multiply and a sum over the taps) and ReLU6 on the elements."""
     torch.manual_seed(0)
-    net = adatriton.convert(_randomised_bn(torchvision.models.mobilenet_v2()), "8->32", method="graph").eval()
+    net = adatriton.convert(randomise_bn(torchvision.models.mobilenet_v2()).eval(), "8->32", method="graph").eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     _check(net, x, _maps((8, 8), "8->32"), tmp_path)
 
@@ -130,7 +109,7 @@ def test_onnx_runtime_equals_eager_zoo_mobilenet_v2_graph_path(tmp_path):
 @pytest.mark.parametrize("conversion,grid", [("8->32", (16, 16)), ("16->32", (8, 8))])
 def test_onnx_runtime_equals_eager_resnet50(conversion, grid, tmp_path):
     torch.manual_seed(0)
-    model = _randomised_bn(torchvision.models.resnet50())
+    model = randomise_bn(torchvision.models.resnet50()).eval()
     net = adatriton.convert(model, conversion).eval()
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     _check(net, x, _maps(grid, conversion), tmp_path, _dense_prefix_convs(model, conversion))
@@ -140,7 +119,7 @@ def test_onnx_runtime_equals_eager_resnet50(conversion, grid, tmp_path):
 def test_onnx_runtime_equals_eager_deeplabv3_resnet50(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False)
-    net = adatriton.convert(_randomised_bn(model), "8->32").eval()
+    net = adatriton.convert(randomise_bn(model).eval(), "8->32").eval()
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     _check(net, x, _maps((16, 16), "8->32"), tmp_path)
 
@@ -205,7 +184,7 @@ def test_plain_export_call_with_gradients_enabled():
     """The issue's call, ``torch.onnx.export(net, (images, levels), dynamo=True)``, outside ``no_grad`` (an ONNX
     export is an inference export) once the translations are registered."""
     register_onnx_translations()
-    net = adatriton.convert(_randomised_bn(_tiny_resnet()), "16->32").eval()
+    net = adatriton.convert(randomise_bn(tiny_resnet()).eval(), "16->32").eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     maps = _maps((4, 4), "16->32")
     assert torch.is_grad_enabled()

@@ -35,14 +35,7 @@ ODD = (45, 61)  # finest grid 6x8 (VGG's floor-mode pools: 5x7), not a multiple 
 ALIGNED = (64, 96)  # a multiple of 32: the strided networks' grids are exact
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Float64 grouped convs fall back to ATen's per-group loop; with two OpenMP threads on a shared 2-core machine
-    the threads mostly wait for each other (seconds per depthwise conv instead of milliseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vgg16_bn() -> nn.Module:

@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

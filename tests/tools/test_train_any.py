@@ -19,13 +19,7 @@ from adatriton.tools.train import train
 from tests.models.test_learned import randomise_bn
 from tests.tools.test_train_ddp import MID, STEPS, _model, _recording_saves, _state_vector
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 6, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
