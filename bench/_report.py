@@ -26,6 +26,7 @@ __all__ = [
     "NOISY_SPREAD",
     "NOISY_VERDICT",
     "REALISED_MIN_SAVING",
+    "closing_sections",
     "merge_csv",
     "noise",
     "plot",
@@ -310,12 +311,19 @@ def summary(
             }
         )
         out += [_markdown(shown), ""]
-    compass = _compass(t)
-    if compass:
-        out += ["## Targets", "", *compass, ""]
+    out += closing_sections(_compass(t), notes)
+    return "\n".join(out)
+
+
+def closing_sections(targets: Sequence[str], notes: Sequence[str]) -> list[str]:
+    """The markdown lines that end every suite's summary: "Targets" (lines given whole) and "Notes (last run)"
+    (one bullet per note), each left out when empty."""
+    out = []
+    if targets:
+        out += ["## Targets", "", *targets, ""]
     if notes:
         out += ["## Notes (last run)", "", *[f"- {n}" for n in notes], ""]
-    return "\n".join(out)
+    return out
 
 
 def _compass(t: pd.DataFrame) -> list[str]:

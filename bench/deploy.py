@@ -198,7 +198,7 @@ def run(ctx: Context) -> list[Row]:
 def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), references=()) -> str:
     """Per runtime: dense OS8 and adaptive times (thread CPU time, median and min–max), t/OS8 beside MA/OS8, and the
     target on ONNX Runtime's ratio (no verdict where a timing is noisy, :func:`bench._report.verdict`)."""
-    from ._report import verdict
+    from ._report import closing_sections, verdict
 
     out = [
         f"# `{suite}` benchmark summary",
@@ -241,10 +241,7 @@ def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), referen
                     f"{TARGET} x MA/OS8 = {TARGET * ma_ratio:.3f}: {verdict(t_ratio, TARGET * ma_ratio, *timings)}"
                 )
         out.append("")
-    if targets:
-        out += ["## Targets", "", *targets, ""]
-    if notes:
-        out += ["## Notes (last run)", "", *[f"- {n}" for n in notes], ""]
+    out += closing_sections(targets, notes)
     return "\n".join(out)
 
 

@@ -748,7 +748,7 @@ def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), referen
     syncs per forward, host time per forward and per conv with min–max), then the issue's targets
     (:data:`TARGETS`; no timing verdict where :func:`bench._report.noise` says noisy) and the notes of the last
     run."""
-    from ._report import noise
+    from ._report import closing_sections, noise
 
     out = [
         f"# `{suite}` benchmark summary",
@@ -804,10 +804,7 @@ def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), referen
                     f"{_verdict(r['syncs_per_forward'] <= TARGETS['syncs_per_map'])}"
                 )
         out.append("")
-    if targets:
-        out += ["## Targets", "", *targets, ""]
-    if notes:
-        out += ["## Notes (last run)", "", *[f"- {n}" for n in notes], ""]
+    out += closing_sections(targets, notes)
     return "\n".join(out)
 
 
