@@ -19,6 +19,7 @@ from adatriton.ops import conv as oconv
 from adatriton.ops import dispatch
 from adatriton.runtime import autotune
 from adatriton.runtime.context import environment_snapshot, same_settings, settings_token
+from tests.ops.test_launch_plans import same_launch
 
 #: Position of the first kernel argument in a launcher call (grid x3, stream, function, metadata, launch metadata,
 #: 2 hooks), then values at 0, the output at 11.
@@ -38,18 +39,6 @@ def counted(launcher, monkeypatch):
 
     monkeypatch.setattr(kconv, "conv_elements", conv_elements)
     return launches, calls
-
-
-def _same_launch(first: tuple, second: tuple, fresh: dict[int, torch.Tensor]) -> None:
-    """``second`` is ``first`` with the tensors at the positions in ``fresh`` replaced by those (the others equal)."""
-    assert len(first) == len(second)
-    for i, (a, b) in enumerate(zip(first, second)):
-        if isinstance(a, torch.Tensor):
-            assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype), i
-            if i in fresh:
-                assert b is fresh[i], i
-        else:
-            assert a == b, i
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -89,7 +78,7 @@ def test_a_repeated_call_replays_the_full_paths_launch(counted, k, downsample, r
     # seen, planned (both through the full path), replayed
     assert calls[0] == 2 and len(launches) == 3
     assert outs[2].layout is out_layout and outs[2].values.shape == (out_layout.num_elements, 24)
-    _same_launch(launches[0], launches[2], {ARGS: x2.values, ARGS + 11: outs[2].values})
+    same_launch(launches[0], launches[2], {ARGS: x2.values, ARGS + 11: outs[2].values})
 
 
 def test_without_eager_plans_every_call_takes_the_full_path(counted):
@@ -344,5 +333,5 @@ def test_a_config_chosen_after_the_plan_is_launched_instead_of_the_planned_one(c
         call()  # the memo changed: the full path, with the tuned config (planned again)
         call()  # replayed
     assert calls[0] == 4 and len(launches) == 6
-    _same_launch(launches[4], launches[5], {ARGS: x.values, ARGS + 11: launches[5][ARGS + 11]})
+    same_launch(launches[4], launches[5], {ARGS: x.values, ARGS + 11: launches[5][ARGS + 11]})
     assert launches[5][-6:] != launches[2][-6:]  # the constexprs (BLOCK_M ... PERSISTENT) of another config

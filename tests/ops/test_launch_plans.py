@@ -11,7 +11,7 @@ import torch
 from adatriton.kernels import conv
 
 
-def _same_launch(first: tuple, second: tuple, fresh: dict[int, torch.Tensor]) -> None:
+def same_launch(first: tuple, second: tuple, fresh: dict[int, torch.Tensor]) -> None:
     """``second`` is ``first`` with the tensors at the positions in ``fresh`` replaced by those (the others equal)."""
     assert len(first) == len(second)
     for i, (a, b) in enumerate(zip(first, second)):
@@ -44,7 +44,7 @@ def test_a_repeated_launch_replays_the_full_paths_arguments(launcher, layout):
     outs = [conv.conv_elements(v, index, weight, taps=9, bn=bn, residual=residual, act=1) for v in (values, second)]
     assert full[0] == 1 and len(launches) == 2
     # positions after grid x3, stream, function, metadata, launch metadata, 2 hooks: values 0, out 11
-    _same_launch(launches[0], launches[1], {9: second, 9 + 11: outs[1]})
+    same_launch(launches[0], launches[1], {9: second, 9 + 11: outs[1]})
     if layout == "nchw":  # the channels-last copy is made at every launch, never kept
         assert launches[1][9 + 2] is not launches[0][9 + 2]
         assert launches[1][9 + 2].is_contiguous(memory_format=torch.channels_last)
@@ -57,7 +57,7 @@ def test_plain_1x1_and_scale_shift(launcher):
     for _ in range(3):
         conv.conv_elements(values, None, weight, taps=1, scale=scale, shift=shift)
     assert full[0] == 1 and len(launches) == 3
-    _same_launch(launches[0], launches[2], {9: values})
+    same_launch(launches[0], launches[2], {9: values})
 
 
 def test_what_changes_the_specialisation_takes_the_full_path(launcher):
