@@ -347,19 +347,17 @@ def _graph(model: AdaptiveGraphModule, x: Tensor, levels) -> tuple[list[dict], t
 
 def _adaptive_level_map(net: nn.Module, levels) -> LevelMap:
     """The level map an adaptive network (``output_stride``, ``finest_stride``, ``num_levels``) is counted on."""
-    if levels is None:
-        raise ValueError(
-            f"output_stride {net.output_stride!r} is adaptive: count_macs needs its level map (LevelMap or integer "
-            f"tensor (N, Hf, Wf) on the OS{net.finest_stride} grid)"
-        )
     if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
         raise TypeError("count_macs needs the level map itself, not a callable that predicts it")
-    lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), net.num_levels)
-    if lm.num_levels != net.num_levels:
-        raise LevelMapError(
-            f"level map has K={lm.num_levels} but output_stride {net.output_stride!r} needs K={net.num_levels}"
-        )
-    return lm
+    if isinstance(levels, Tensor):
+        levels = _values(levels).cpu()
+    return LevelMap.checked(
+        levels,
+        net.num_levels,
+        f"output_stride {net.output_stride!r}",
+        call="count_macs(model, x, levels)",
+        grid=f"the OS{net.finest_stride} grid",
+    )
 
 
 def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
@@ -367,7 +365,8 @@ def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ..
     ``"1->8"`` trunk is adaptive, the pools merge elements without computing any."""
     lm = None
     if net.adaptive and levels is not None:
-        lm = levels if isinstance(levels, LevelMap) else LevelMap(_values(levels).cpu(), NUM_POOLS)
+        values = _values(levels).cpu() if isinstance(levels, Tensor) else levels
+        lm = LevelMap.checked(values, NUM_POOLS, "the '1->8' trunk", call="count_macs(model, x, levels)")
         if lm.shape != (x.shape[0], x.shape[-2], x.shape[-1]):
             raise LevelMapError(f"level map has shape {lm.shape} but the images are {tuple(x.shape)}")
     count = d2net_macs(net, size=tuple(x.shape[-2:]), levels=lm, batch=x.shape[0])
@@ -545,12 +544,10 @@ def d2net_macs(
         ``ceil(H / r) * ceil(W / r)`` pixels per image, ``r`` = 2 to the pools it runs after (dense).
     """
     if net.adaptive:
-        if levels is None:
-            raise D2NetInputError("counting the '1->8' trunk's MAs needs its level map")
-        if isinstance(levels, Tensor):
-            levels = LevelMap(levels, NUM_POOLS)
-        if not isinstance(levels, LevelMap) or levels.num_levels != NUM_POOLS:
-            raise LevelMapError(f"the D2-Net trunk is '1->8' (K = {NUM_POOLS}); got {levels!r}")
+        levels = LevelMap.checked(
+            levels, NUM_POOLS, "the '1->8' trunk", call="d2net_macs(net, size, levels)", grid="the image grid",
+            missing=D2NetInputError,
+        )  # fmt: skip
         if size is not None and tuple(size) != (levels.height, levels.width):
             raise D2NetInputError(f"size {tuple(size)} differs from the level map's {levels.shape[1:]}")
         batch = levels.batch

@@ -249,6 +249,54 @@ class LevelMap:
             return self
         return LevelMap(self._levels.to(device), self.num_levels)
 
+    @classmethod
+    def checked(
+        cls,
+        levels: LevelMap | Tensor | None,
+        num_levels: int,
+        needs: str,
+        *,
+        call: str = "forward(x, levels)",
+        grid: str = "the finest grid",
+        device: torch.device | str | None = None,
+        what: str = "input",
+        missing: type[ValueError] = ValueError,
+    ) -> LevelMap:
+        """The one check of the level map an adaptive network is called with, shared by every model path and the
+        multiply-add counter: present, a LevelMap or an integer tensor ``(N, Hf, Wf)`` (validated by the
+        constructor), with the network's ``K``, and on ``device`` when one is given. Shape checks stay with the
+        caller (:meth:`check_matches`), which knows the grid.
+
+        Args:
+            levels: the map as the user passed it.
+            num_levels: ``K`` of the network.
+            needs: what needs the map, for the messages, e.g. ``"output_stride '8->32'"``.
+            call: the call that takes the map, e.g. ``"forward(x, levels)"``.
+            grid: the grid the map lives on, e.g. ``"the OS8 grid"``.
+            device: the device the map must be on, or None for any.
+            what: what sets that device, for the message.
+            missing: the error for a missing map (a ``ValueError``; a model may name its own input error).
+
+        Returns:
+            ``levels`` itself if it is a LevelMap, else a new LevelMap of it.
+
+        Raises:
+            missing: ``levels`` is None.
+            LevelMapDtypeError: not a LevelMap or an integer tensor.
+            LevelMapError: another ``K``, another device, or a tensor that breaks docs/semantics.md §1.
+        """
+        if levels is None:
+            raise missing(
+                f"{needs} is adaptive (K = {num_levels}): {call} needs a level map (LevelMap or integer tensor "
+                f"(N, Hf, Wf) on {grid})"
+            )
+        lm = levels if isinstance(levels, LevelMap) else cls(levels, num_levels)
+        if lm.num_levels != num_levels:
+            raise LevelMapError(f"level map has K={lm.num_levels} levels but {needs} needs K={num_levels}")
+        if device is not None and lm.device != torch.device(device):
+            raise LevelMapError(f"level map is on {lm.device} but the {what} is on {device}")
+        return lm
+
     def check_matches(self, batch: int, height: int, width: int, device: torch.device, what: str = "features") -> None:
         """Raise :class:`LevelMapError` unless the map fits ``what`` of batch/size/device given."""
         if self.shape != (batch, height, width):

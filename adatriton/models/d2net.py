@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops as AF
-from ..core.levelmap import LevelMap, LevelMapError
+from ..core.levelmap import LevelMap
 from ..core.multires import MultiResMap
 from ..core.strides import parse_output_stride
 from ..nn.hooks import call_with_hooks, has_hooks
@@ -321,18 +321,20 @@ class D2Net(nn.Module):
         if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
             raise D2NetInputError(f"images must not be empty, got shape {tuple(x.shape)}")
 
-    def levelmap(self, levels: LevelMap | Tensor, x: Tensor) -> LevelMap:
-        """The validated ``"1->8"`` level map for images ``x`` (a LevelMap with K = 3 or an integer tensor)."""
+    def levelmap(self, levels: LevelMap | Tensor | None, x: Tensor) -> LevelMap:
+        """The validated ``"1->8"`` level map for images ``x`` (a LevelMap with K = 3 or an integer tensor, moved
+        to the images' device)."""
         n, _, h, w = x.shape
         if isinstance(levels, Tensor):
-            levels = LevelMap(levels.to(x.device), NUM_POOLS)
-        if not isinstance(levels, LevelMap):
-            raise D2NetInputError(f"levels must be a LevelMap or an integer tensor (N, H, W), got {type(levels)}")
-        if levels.num_levels != NUM_POOLS:
-            raise LevelMapError(
-                f"the D2-Net trunk is '1->8' (K = {NUM_POOLS}), but the level map has K = {levels.num_levels}"
-            )
-        levels = levels.to(x.device)
+            levels = levels.to(x.device)
+        levels = LevelMap.checked(
+            levels,
+            NUM_POOLS,
+            "the '1->8' trunk",
+            call="each call (forward, features_map, describe)",
+            grid="the image grid",
+            missing=D2NetInputError,
+        ).to(x.device)
         levels.check_matches(n, h, w, x.device, what="images")
         return levels
 
@@ -442,8 +444,6 @@ class D2Net(nn.Module):
         The adaptive trunk returns its features densified on the image grid ``(N, C, H, W)``.
         """
         if self.adaptive:
-            if levels is None:
-                raise D2NetInputError("the '1->8' trunk needs a level map: forward(x, levels)")
             return self.features_multires(x, levels).densify()
         if levels is not None:
             raise D2NetInputError(f"a dense trunk (output stride {self.output_stride}) takes no level map")
@@ -461,8 +461,6 @@ class D2Net(nn.Module):
             feature vector stays zero.
         """
         if self.adaptive:
-            if levels is None:
-                raise D2NetInputError("the '1->8' trunk needs a level map: forward(x, levels)")
             y = self.features_multires(x, levels)
             return y.map(lambda v: F.normalize(v, dim=1)).densify()
         return F.normalize(self.features_map(x, levels), dim=1)
@@ -480,8 +478,6 @@ class D2Net(nn.Module):
             rounded pixel.
         """
         if self.adaptive:
-            if levels is None:
-                raise D2NetInputError("the '1->8' trunk needs a level map: describe(x, keypoints_xy, levels)")
             y = self.features_multires(x, levels)
             return _sample_multires(y, keypoints_xy, x.shape[2], x.shape[3])
         return sample_descriptors(self.features_map(x, levels), keypoints_xy, self.stride, x.shape[2:])

@@ -23,7 +23,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from .. import ops as AF
-from ..core.levelmap import LevelMap, LevelMapError
+from ..core.levelmap import LevelMap
 from ..core.multires import MultiResMap
 from ..core.strides import OUTPUT_STRIDES, parse_output_stride
 from ..nn.hooks import call_with_hooks, has_hooks
@@ -311,25 +311,15 @@ class AdaptiveResNet(nn.Module):
         return x
 
     def _level_map(self, levels: LevelMap | Tensor | None, x: Tensor) -> LevelMap | None:
-        if levels is None:
-            if self.adaptive:
-                raise ValueError(
-                    f"output_stride {self.output_stride!r} is adaptive: forward(x, levels) needs a level map "
-                    f"(LevelMap or integer tensor (N, Hf, Wf) on the OS{self.finest_stride} grid)"
-                )
+        if levels is None and not self.adaptive:
             return None
-        if isinstance(levels, LevelMap):
-            if levels.num_levels != self.num_levels:
-                raise LevelMapError(
-                    f"level map has K={levels.num_levels} levels but output_stride {self.output_stride!r} needs "
-                    f"K={self.num_levels}"
-                )
-            lm = levels
-        else:
-            lm = LevelMap(levels, self.num_levels)
-        if lm.device != x.device:
-            raise LevelMapError(f"level map is on {lm.device} but the input is on {x.device}")
-        return lm
+        return LevelMap.checked(
+            levels,
+            self.num_levels,
+            f"output_stride {self.output_stride!r}",
+            grid=f"the OS{self.finest_stride} grid",
+            device=x.device,
+        )
 
     def forward_backbone(
         self, x: Tensor, levels: LevelMap | Tensor | None = None, layers: Sequence[str] = ("layer3", "layer4")

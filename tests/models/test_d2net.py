@@ -242,7 +242,7 @@ def test_macs_errors():
     net = small_net()
     with pytest.raises(D2NetInputError, match="level map"):
         d2net_macs(net, (8, 8))
-    with pytest.raises(LevelMapError, match="K = 3"):
+    with pytest.raises(LevelMapError, match="K=2 levels but the '1->8' trunk needs K=3"):
         d2net_macs(net, levels=LevelMap.uniform(1, 8, 8, 0, "8->32"))
     with pytest.raises(D2NetInputError, match="no level map"):
         d2net_macs(net.with_output_stride("1"), (8, 8), levels=LevelMap.uniform(1, 8, 8, 0, "1->8"))
@@ -305,7 +305,7 @@ def test_input_errors():
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
     with pytest.raises(D2NetInputError, match="needs a level map"):
         net(x)
-    with pytest.raises(LevelMapError, match="K = 2"):
+    with pytest.raises(LevelMapError, match="K=2 levels but the '1->8' trunk needs K=3"):
         net(x, LevelMap.uniform(1, 16, 16, 0, "8->32"))
     with pytest.raises(LevelMapError, match="shape"):
         net(x, LevelMap.uniform(1, 16, 8, 0, "1->8"))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from ... import ops as AF
-from ...core.levelmap import LevelMap, LevelMapError
+from ...core.levelmap import LevelMap
 from ...core.multires import MultiResMap
 from ...nn.hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
 from ...nn.modules import conv_at
@@ -63,19 +63,12 @@ def level_map(levels: Any, features: Tensor, num_levels: int) -> LevelMap:
         features: ``(N, C, Hf, Wf)`` dense features at the finest output stride.
         num_levels: ``K`` of the conversion.
     """
-    if levels is None:
-        raise ValueError(
-            f"this converted model is adaptive (K = {num_levels}): forward(..., levels) needs a level map (LevelMap "
-            f"or integer tensor (N, Hf, Wf) on the finest grid, here {tuple(features.shape[:1] + features.shape[2:])})"
-        )
     if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
         levels = levels(features)
-    lm = levels if isinstance(levels, LevelMap) else LevelMap(levels, num_levels)
-    if lm.num_levels != num_levels:
-        raise LevelMapError(f"level map has K={lm.num_levels} levels but this conversion needs K={num_levels}")
-    if lm.device != features.device:
-        raise LevelMapError(f"level map is on {lm.device} but the input is on {features.device}")
-    return lm
+    grid = f"the finest grid, here {tuple(features.shape[:1] + features.shape[2:])}"
+    return LevelMap.checked(
+        levels, num_levels, "this conversion", call="forward(..., levels)", grid=grid, device=features.device
+    )
 
 
 def check_dense_levels(levels: Any, features: Tensor | None) -> None:
