@@ -279,8 +279,13 @@ SM_LADDERS = {
 #: 128x128 tile per loop iteration for 213 instead of 168 SASS instructions (3x3), 25% fewer L2 bytes per MAC,
 #: 244 registers and 147 KB of shared memory, no spills (adatriton.tools.kernel_report).
 WIDE_SM90 = ConvConfig(128, 256, 64, 3, 8)
-#: Unknown GPUs (before sm_80) and the interpreter: the moderate tile of the first kernel (~120 registers).
+#: Unknown GPUs (before sm_80): the moderate tile of the first kernel (~120 registers).
 GENERIC_DEFAULT = ConvConfig(64, 64, 32, 3, 4)
+#: The interpreter (``TRITON_INTERPRET=1``, no architecture): registers, shared memory, warps and stages do not exist
+#: there, and a launch costs Python per tile operation (cProfile: most of it in ``triton.language``'s type checks),
+#: so the largest tile of the ladders: 128x128x64 issues 8x fewer tile operations than 64x64x32 for a large conv. Every
+#: config of :func:`conv_configs` is still computed in the interpreter by the kernel tests.
+INTERPRETER_DEFAULT = ConvConfig(128, 128, 64, 3, 4)
 #: fp32 without TF32 on a GPU (FMA dots, no tensor cores: the operands of each product sit in registers too): the
 #: architecture tiles above spilled 8-16 bytes at 255 registers; 128x64x32 takes 190 on sm_80, 128 on sm_90.
 FMA_DEFAULT = ConvConfig(128, 64, 32, 3, 8)
@@ -320,8 +325,8 @@ def default_config(
         rows, cin, cout: output elements, input and output channels per group.
         arch: compute capability as an int (:func:`device_arch`): sm_90 and sm_100 get 128x128x64 with 3 stages
             and 8 warps, sm_80 and sm_87 128x128x32 with 4 stages and 8 warps, the 99 KB-shared-memory GPUs
-            (sm_86, sm_89, sm_120) the same with 3 stages; None (the interpreter), older GPUs and channel counts
-            that are no multiple of 16 64x64x32, 3 stages, 4 warps.
+            (sm_86, sm_89, sm_120) the same with 3 stages; older GPUs and channel counts that are no multiple of
+            16 64x64x32, 3 stages, 4 warps; None (the interpreter) :data:`INTERPRETER_DEFAULT`, 128x128x64.
         dtype: the values' dtype; float32 without TF32 (``torch.backends.cudnn.allow_tf32`` off) on a GPU gets
             :data:`FMA_DEFAULT`, 128x64x32 with 3 stages and 8 warps.
         sms: the GPU's SM count (:func:`device_sms`), or None. Given, the tile is SM-aware: on sm_90
@@ -337,7 +342,10 @@ def default_config(
     # Channels that are no multiple of 16 defeat vectorised loads (Triton only knows 16-divisible sizes): 128x128
     # tiles then sat at 255 registers and spilled 52-68 bytes on sm_80 and sm_90; 64x64x32 needs 145-176.
     aligned = cin % 16 == 0 and cout % 16 == 0
-    base = DEFAULT_CONFIGS[family] if family is not None and aligned else GENERIC_DEFAULT
+    if arch is None:
+        base = INTERPRETER_DEFAULT
+    else:
+        base = DEFAULT_CONFIGS[family] if family is not None and aligned else GENERIC_DEFAULT
     if family is not None and aligned and dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         base = FMA_DEFAULT
     elif family is not None and aligned and sms:

@@ -277,19 +277,19 @@ def test_default_config_per_architecture(arch):
         (64, 64, 32, 3, 4),
     )
     expected = {75: generic, 80: sm80, 86: small_smem, 89: small_smem, 90: sm90, 100: sm90, 120: small_smem}
-    expected[None] = generic
+    expected[None] = interpreter = tuple(conv.INTERPRETER_DEFAULT)
     assert big == expected[arch] and isinstance(big, ConvConfig)
     assert conv.default_config(20, 16, 32, arch=arch) == (32, 32, 16, big[3], 4)  # shrunk, 4 warps
     assert conv.default_config(300, 64, 64, arch=arch)[:3] == (big[0], 64, min(big[2], 64))
     # channels that are no multiple of 16: the moderate tile everywhere (128x128 spilled there)
-    assert conv.default_config(1 << 16, 250, 256, arch=arch) == generic
+    assert conv.default_config(1 << 16, 250, 256, arch=arch) == (interpreter if arch is None else generic)
     assert conv.default_config(20, 3, 24, arch=arch) == (32, 32, 16, 3, 4)
     if arch in conv.SHARED_OPTIN:  # the default fits the GPU for every dtype (fp32 is the largest)
         assert conv.config_problems(big, element_size=4, arch=arch) == []
     # fp32 without TF32 (FMA dots) on a GPU: its own tile, which does not spill; with TF32 the architecture's
     with torch.backends.cudnn.flags(allow_tf32=False):
         fma = conv.default_config(1 << 16, 256, 256, arch=arch, dtype=torch.float32)
-        assert fma == (generic if arch is None or arch < 80 else conv.FMA_DEFAULT)
+        assert fma == (interpreter if arch is None else generic if arch < 80 else conv.FMA_DEFAULT)
         assert conv.default_config(1 << 16, 256, 256, arch=arch, dtype=torch.float16) == big
     with torch.backends.cudnn.flags(allow_tf32=True):
         assert conv.default_config(1 << 16, 256, 256, arch=arch, dtype=torch.float32) == big
