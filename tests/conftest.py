@@ -12,6 +12,23 @@ import torch  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, each worker's torch (and the processes it starts: inductor's compile workers, the
+    subprocess tests) gets its share of the cores instead of all of them: 2 workers x 2 intra-op threads on 2 cores
+    oversubscribe, and ATen's spinning barriers then wait for a core that the other worker holds."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
+
+
+_share_the_cores_between_workers()
+
 #: Markers applied here by test id prefix (path relative to tests/, then ``::name``), so that the files of the tests
 #: need not change: ``aot``: the ahead-of-time compiles; ``subprocess``: tests that start other Python processes (a
 #: fresh interpreter, spawned DDP workers); ``slow``: the tests of the ``make test-fast`` paths that take longest under
