@@ -11,7 +11,7 @@ suite is one module ``bench/<name>.py`` that defines
 ``SUITE = Suite(name, description, run, full, quick)`` with ``run(ctx: Context) -> list[Row]``; see :mod:`bench._suite`.
 """
 
-from ._schema import COLUMNS, KEY, Row
+from ._schema import COLUMNS, HOST_COLUMNS, KEY, Row
 from ._suite import Context, Options, Suite, load_suite, suite_names
 
-__all__ = ["COLUMNS", "KEY", "Context", "Options", "Row", "Suite", "load_suite", "suite_names"]
+__all__ = ["COLUMNS", "HOST_COLUMNS", "KEY", "Context", "Options", "Row", "Suite", "load_suite", "suite_names"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-__all__ = ["COLUMNS", "KEY", "Row"]
+__all__ = ["COLUMNS", "HOST_COLUMNS", "KEY", "Row"]
 
 
 @dataclass
@@ -56,6 +56,9 @@ class Row:
         syncs_per_forward: host-device synchronisations per forward (``host`` suite; NaN where not counted).
         host_us_per_conv: host time (CPU time of the issuing thread) of the adaptive part per adaptive conv,
             microseconds, launches stubbed (``host`` suite; NaN where not measured).
+        host_us_per_conv_low, host_us_per_conv_high: the 95% confidence interval of that median
+            (:func:`bench._measure.median_interval`, per conv; ``host`` suite, NaN elsewhere or with fewer than 6
+            timed forwards).
     """
 
     suite: str
@@ -99,10 +102,20 @@ class Row:
     launches_per_forward: float = math.nan
     syncs_per_forward: float = math.nan
     host_us_per_conv: float = math.nan
+    host_us_per_conv_low: float = math.nan
+    host_us_per_conv_high: float = math.nan
 
 
 #: Column order of every CSV.
 COLUMNS = tuple(f.name for f in fields(Row))
+#: The ``host`` suite's own columns: NaN in every other suite's rows.
+HOST_COLUMNS = (
+    "launches_per_forward",
+    "syncs_per_forward",
+    "host_us_per_conv",
+    "host_us_per_conv_low",
+    "host_us_per_conv_high",
+)
 
 #: The columns that identify a measurement: a re-run replaces the row with the same key.
 KEY = (

@@ -11,7 +11,7 @@ import torch
 
 # `bench` is a top-level folder (installed as a package too): importable because tests/ is a package whose parent,
 # the repository root, pytest puts on sys.path.
-from bench import COLUMNS, KEY, Context, Options, Row, load_suite, suite_names
+from bench import COLUMNS, HOST_COLUMNS, KEY, Context, Options, Row, load_suite, suite_names
 from bench.__main__ import build_parser, main, resolve
 from bench._report import (
     CPU_MA_SLACK,
@@ -29,7 +29,7 @@ from bench._report import (
 
 TINY = ["--quick", "--no-progress", "--warmup", "0", "--iters", "1"]
 #: Columns only the host suite fills (NaN / 0 / empty elsewhere).
-HOST_ONLY = ["launches_per_forward", "syncs_per_forward", "host_us_per_conv"]
+HOST_ONLY = list(HOST_COLUMNS)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

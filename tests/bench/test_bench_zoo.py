@@ -4,7 +4,7 @@ OS32 ratios and a plot. Nothing here asserts a timing."""
 import pytest
 import torch
 
-from bench import Context, Options
+from bench import HOST_COLUMNS, Context, Options
 from bench._report import read_csv, write_reports
 from bench.zoo import SUITE, run
 
@@ -32,7 +32,7 @@ def test_zoo_rows_summary_and_plot(tmp_path, one_thread):
     ctx = Context("zoo", Options(quick=True, out=tmp_path).merged(SUITE.quick, given))
     report = write_reports(run(ctx), "zoo", tmp_path, ctx.notes, SUITE.references)
     table = read_csv(report["csv"])
-    host_only = ["launches_per_forward", "syncs_per_forward", "host_us_per_conv"]  # the host suite's columns
+    host_only = list(HOST_COLUMNS)
     assert not table.drop(columns=host_only).isna().any().any() and table[host_only].isna().all().all()
     strides = {m: list(group["output_stride"]) for m, group in table.groupby("model", sort=False)}
     assert strides == {

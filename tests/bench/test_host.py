@@ -2,16 +2,28 @@
 launch stubs (shapes, patched everywhere, restored), and one tiny run through the CLI. Nothing here asserts a timing
 or today's op counts (the host-path rewrite changes those); only what must hold before and after."""
 
+import math
+import statistics
 import sys
 import types
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import adatriton
 from bench.__main__ import main
+from bench._measure import median_interval
 from bench._report import read_csv
-from bench.host import SCENARIOS, OpCounter, patch_references, restore_references, stubbed_launches
+from bench.host import (
+    SCENARIOS,
+    OpCounter,
+    host_time_verdict,
+    patch_references,
+    restore_references,
+    stubbed_launches,
+)
 
 
 def _count(fn):
@@ -140,3 +152,38 @@ def test_host_suite_through_the_cli(tmp_path):
     # (the spread may be named too on a loaded machine: "(2 timed calls < 5, max/min 1.32 > 1.25)")
     assert timing and all(": noisy: rerun on an idle machine (2 timed calls < 5" in line for line in timing)
     assert adatriton.kernels.conv.conv_elements.__name__ == "conv_elements"  # the stubs are gone
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.1, 100.0, allow_nan=False), min_size=1, max_size=80))
+def test_median_interval_holds_the_median_between_two_timed_calls(times):
+    low, high = median_interval(times)
+    if len(times) < 6:  # 1 - 2 / 2**5 < 0.95: no two order statistics reach 95%
+        assert math.isnan(low) and math.isnan(high)
+        return
+    assert low in times and high in times and low <= statistics.median(times) <= high
+    # symmetric order statistics: no more calls strictly below low than at or below high's mirror
+    ordered = sorted(times)
+    assert sum(t < low for t in times) == sum(t > high for t in times) or len(set(ordered)) < len(ordered)
+
+
+def test_median_interval_order_statistics():
+    calls = [float(i) for i in range(1, 41)]
+    assert median_interval(calls) == (14.0, 27.0)  # 40 forwards: the 14th smallest and the 14th largest
+    assert median_interval(calls[:6]) == (1.0, 6.0)  # 6 forwards: min and max cover the median with 96.9%
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "verdict"),
+    [
+        (17.0, 19.0, "met (95% interval of the median 17.0–19.0 µs)"),
+        (26.0, 30.0, "not met (95% interval of the median 26.0–30.0 µs)"),
+        (23.0, 27.0, "noisy: rerun on an idle machine (95% interval of the median 23.0–27.0 µs holds 25)"),
+    ],
+    ids=["below", "above", "straddles"],
+)
+def testhost_time_verdict_reads_the_median_interval(low, high, verdict):
+    row = {"host_us_per_conv": (low + high) / 2, "host_us_per_conv_low": low, "host_us_per_conv_high": high}
+    # a spread that max/min would call noisy: the interval decides, not the slowest forward
+    row.update(time_min_ms=1.0, time_max_ms=2.5, iters=40)
+    assert host_time_verdict(row) == verdict
