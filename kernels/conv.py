@@ -283,8 +283,9 @@ WIDE_SM90 = ConvConfig(128, 256, 64, 3, 8)
 GENERIC_DEFAULT = ConvConfig(64, 64, 32, 3, 4)
 #: The interpreter (``TRITON_INTERPRET=1``, no architecture): registers, shared memory, warps and stages do not exist
 #: there, and a launch costs Python per tile operation (cProfile: most of it in ``triton.language``'s type checks),
-#: so the largest tile of the ladders: 128x128x64 issues 8x fewer tile operations than 64x64x32 for a large conv. Every
-#: config of :func:`conv_configs` is still computed in the interpreter by the kernel tests.
+#: so a large tile: 128x128x64 issues 8x fewer tile operations than 64x64x32 for a large conv (4x fewer programs,
+#: each with half the reduction steps). Every config of :func:`conv_configs` is still computed in the interpreter by
+#: the kernel tests.
 INTERPRETER_DEFAULT = ConvConfig(128, 128, 64, 3, 4)
 #: fp32 without TF32 on a GPU (FMA dots, no tensor cores: the operands of each product sit in registers too): the
 #: architecture tiles above spilled 8-16 bytes at 255 registers; 128x64x32 takes 190 on sm_80, 128 on sm_90.
