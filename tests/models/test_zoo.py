@@ -23,9 +23,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models import segmentation as tvseg
+from torchvision.models._utils import IntermediateLayerGetter
 
 import adatriton
 from adatriton import LevelMap, LevelMapError
+from adatriton.core.strides import num_levels_of
 from adatriton.models.graph import AdaptiveGraphModule, GraphConversionError
 from adatriton.runtime.backend import triton_runs_on
 from tests.reference.graph_simulation import dilated_network, simulate
@@ -174,19 +176,39 @@ def test_dense_backend_equals_the_simulation(name):
         _assert_close(net(x, lm), simulate(_model(name), x, lm.levels, 8, 2))
 
 
-def test_resnext_graph_path_equals_the_resnet_path():
-    """Two implementations of the same rules: the hand-written bottleneck path and the graph rewrite."""
+@pytest.mark.parametrize("conversion", ["8->32", "8->16", "16->32", "8", "16"])
+def test_resnext_graph_path_equals_the_resnet_path(conversion):
+    """Two implementations of the same rules, at every conversion of the ResNet path (issue 22's first step towards
+    one conversion path): the hand-written bottleneck path and the graph rewrite, float64, per-sample mixed maps on
+    an odd-sized grid (40x56: OS8 5x7, OS16 3x4)."""
     model = _model("resnext50_32x4d")
     x = _input((40, 56), seed=3)
-    lm = LevelMap.random(2, 5, 7, 2, generator=torch.Generator().manual_seed(6))
+    finest = int(conversion.split("->")[0])
+    k = num_levels_of(conversion) if "->" in conversion else 0
+    grid = (-(-40 // finest), -(-56 // finest))
+    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(6)) if k else None
+    args = (x,) if lm is None else (x, lm)
     with torch.no_grad():
-        graph = _net("resnext50_32x4d", "8->32")(x, lm)
+        graph = _net("resnext50_32x4d", conversion)(*args)
         swapped = copy.deepcopy(model)
-        resnet = adatriton.convert(swapped, "8->32")  # the ResNet path swaps the layers in place
+        resnet = adatriton.convert(swapped, conversion)  # the ResNet path swaps the layers in place
         assert type(resnet).__name__ == "AdaptiveResNet"
-        _assert_close(graph, resnet(x, lm))
+        _assert_close(graph, resnet(*args))
         # A model with adatriton's drop-in layers traces as well (they are leaves).
-        _assert_close(adatriton.convert(swapped, "8->32", method="graph")(x, lm), graph)
+        _assert_close(adatriton.convert(swapped, conversion, method="graph")(*args), graph)
+
+
+def test_intermediate_layer_getter_graph_path_equals_the_resnet_path():
+    """Both paths return the getter's dict, the adaptive layers densified on the finest grid."""
+    getter = IntermediateLayerGetter(_model("resnext50_32x4d"), {"layer2": "c3", "layer4": "c5"})
+    x = _input((40, 56), seed=4)
+    lm = LevelMap.random(2, 5, 7, 2, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        graph = adatriton.convert(copy.deepcopy(getter), "8->32", method="graph")(x, lm)
+        resnet = adatriton.convert(copy.deepcopy(getter), "8->32")(x, lm)
+    assert list(graph) == list(resnet) == ["c3", "c5"]
+    for name in resnet:
+        _assert_close(graph[name], resnet[name])
 
 
 def test_dense_output_strides_equal_torchvision_dilation():
