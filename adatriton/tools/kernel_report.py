@@ -223,6 +223,7 @@ def compile_kernel(
     cap: int,
     num_warps: int,
     num_stages: int | None,
+    sass: bool = True,
 ) -> dict:
     """Compile a ``@triton.jit`` kernel for ``sm_<cap>`` ahead of time and return the facts about it.
 
@@ -236,6 +237,8 @@ def compile_kernel(
         aligned: parameters specialised as 16-divisible.
         cap: compute capability (80, 90).
         num_warps, num_stages: compile options (``num_stages`` None: Triton's default).
+        sass: disassemble the cubin for :func:`loop_stats` (``cuobjdump -sass``: about a third of a compile's
+            time for the conv kernel, more than half for densify); False leaves ``"loop"`` None.
 
     Returns:
         A dict: compile time, sizes, shared memory, registers, spills, MMA instructions, cp.async, the shared
@@ -280,7 +283,7 @@ def compile_kernel(
             regs, regs_source = usage.get("REG"), "cuobjdump"
         else:
             regs, regs_source = ptxas.get("regs"), f"ptxas -v log ({usage_source})"
-        sass = _cuobjdump(cubin, "-sass")[0] if cubin else None
+        disassembly = _cuobjdump(cubin, "-sass")[0] if cubin and sass else None
         return {
             "compile_s": round(seconds, 2),
             "ptx_bytes": len(ptx),
@@ -299,7 +302,7 @@ def compile_kernel(
             "cp_async": "cp.async" in ptx,
             "smem_allocs": smem_allocs(k.asm.get("ttgir", "")),
             "loop_wait_groups": loop_wait_groups(ptx),
-            "loop": None if sass is None else loop_stats(sass),
+            "loop": None if disassembly is None else loop_stats(disassembly),
         }
     except BaseException:  # noqa: B036 -- a compiler error must come back as text
         return {"error": traceback.format_exc()}
