@@ -182,7 +182,7 @@ def test_median_interval_order_statistics():
     ],
     ids=["below", "above", "straddles"],
 )
-def testhost_time_verdict_reads_the_median_interval(low, high, verdict):
+def test_host_time_verdict_reads_the_median_interval(low, high, verdict):
     row = {"host_us_per_conv": (low + high) / 2, "host_us_per_conv_low": low, "host_us_per_conv_high": high}
     # a spread that max/min would call noisy: the interval decides, not the slowest forward
     row.update(time_min_ms=1.0, time_max_ms=2.5, iters=40)
