@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -135,8 +136,11 @@ def convert(
         raise ValueError(f"convert: unknown backend {backend!r}; backend must be one of {list(BACKENDS)} or None")
     if method not in ("auto", "graph"):
         raise ValueError(f"method must be 'auto' or 'graph', got {method!r}")
+    resnets = _bottleneck_resnet(model) or (
+        isinstance(model, SEGMENTATION_MODELS) and _bottleneck_resnet(model.backbone)
+    )
     resnet = method == "auto" and _bottleneck_resnet(model)
-    segmentation = method == "auto" and isinstance(model, SEGMENTATION_MODELS) and _bottleneck_resnet(model.backbone)
+    segmentation = method == "auto" and resnets and not resnet
     if resnet or segmentation:
         output_stride = parse_output_stride(output_stride)[0]  # raises naming the accepted ones; 8 -> "8"
     if mask is not None and not callable(mask):
@@ -149,13 +153,63 @@ def convert(
         raise ValueError("filter_fn and downsampling apply to bottleneck ResNets; the graph path takes neither")
     if unsupported not in UNSUPPORTED:
         raise ValueError(f"unsupported must be one of {UNSUPPORTED}, got {unsupported!r}")
-    net = convert_graph(model, output_stride, example_input, backend, unsupported)
-    problem = _problem(net, model)
+    source, heads = graph_source(model) if resnets else (model, ())
+    net = convert_graph(source, output_stride, example_input, backend, unsupported, heads=heads)
+    problem = None if resnets else _problem(net, model)  # the ResNet family's conversions are the paper's
     if problem is not None:
         if strict:
             raise ConversionProblem(problem)
         warnings.warn(problem, ConversionWarning, stacklevel=2)
     return _attached(net, mask)
+
+
+def graph_source(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
+    """What the graph path converts for a bottleneck ResNet, the ``IntermediateLayerGetter`` over one, or a
+    segmentation model on one: the model with torchvision's strides, and the heads that run as built.
+
+    The graph path places its adaptive steps at the stride-2 layers. A dilated backbone (a segmentation model's, or
+    ``replace_stride_with_dilation``) has none past OS8, so its ``layer2`` .. ``layer4`` get the strides of the
+    strided network back: each first bottleneck's ``conv2`` and shortcut conv stride 2, every ``conv2`` dilation 1
+    (the weights do not depend on it; the conversion dilates where its finest stride needs it). Only the changed
+    convs and the modules above them are new objects (shallow copies): every parameter, buffer and hook is the
+    model's, and the model itself is not modified.
+
+    The heads (``classifier``, ``aux_classifier``) were built for the dilated network: they run as built on the
+    densified finest-grid features (docs/semantics.md §7).
+    """
+    prefix = "backbone." if isinstance(model, SEGMENTATION_MODELS) else ""
+    resnet = model.get_submodule(prefix.rstrip("."))
+    changes: dict[str, dict[str, tuple[int, int]]] = {}
+    for name in LAYERS[1:]:
+        for index, block in enumerate(getattr(resnet, name)):
+            stride = (2, 2) if index == 0 else (1, 1)
+            if (block.conv2.stride, block.conv2.dilation, block.conv2.padding) != (stride, (1, 1), (1, 1)):
+                changes[f"{prefix}{name}.{index}.conv2"] = {"stride": stride, "dilation": (1, 1), "padding": (1, 1)}
+            if block.downsample is not None and block.downsample[0].stride != stride:
+                changes[f"{prefix}{name}.{index}.downsample.0"] = {"stride": stride}
+    heads = tuple(h for h in ("classifier", "aux_classifier") if prefix and getattr(model, h, None) is not None)
+    return _copied_along(model, changes), heads
+
+
+def _copied_along(root: nn.Module, changes: dict[str, dict]) -> nn.Module:
+    """``root`` with the attributes ``changes`` gives per module path set on shallow copies of those modules and of
+    the modules above them; every other module, and every parameter and buffer, is shared. No change: ``root``."""
+    copies: dict[str, nn.Module] = {}
+
+    def copy_of(path: str) -> nn.Module:
+        if path not in copies:
+            original = root.get_submodule(path)
+            copies[path] = module = copy.copy(original)
+            module._modules = dict(original._modules)  # its own children table: a copied child replaces one here
+            if path:
+                parent, _, name = path.rpartition(".")
+                copy_of(parent)._modules[name] = module
+        return copies[path]
+
+    for path, attributes in changes.items():
+        for name, value in attributes.items():
+            setattr(copy_of(path), name, value)
+    return copies.get("", root)
 
 
 def _attached(net: nn.Module, mask) -> nn.Module:

@@ -198,6 +198,23 @@ def test_resnext_graph_path_equals_the_resnet_path(conversion):
         _assert_close(adatriton.convert(swapped, conversion, method="graph")(*args), graph)
 
 
+@pytest.mark.parametrize("conversion", ["8->32", "16->32", "8"])
+def test_dilated_resnet_graph_path_equals_the_resnet_path(conversion):
+    """A ResNet built dilated (``replace_stride_with_dilation``) has no stride-2 layer past OS8: the graph path
+    converts it with torchvision's strides back (``graph_source``), as the ResNet path ignores its dilation, and
+    leaves the model as it was."""
+    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval().to(DT)
+    x = _input((40, 56), seed=8)
+    k = num_levels_of(conversion) if "->" in conversion else 0
+    finest = int(conversion.split("->")[0])
+    grid = (-(-40 // finest), -(-56 // finest))
+    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(9)) if k else None
+    with torch.no_grad():
+        graph = adatriton.convert(model, conversion, method="graph")(x, lm)
+        assert model.layer4[0].conv2.stride == (1, 1) and model.layer4[1].conv2.dilation == (4, 4)
+        _assert_close(graph, adatriton.convert(copy.deepcopy(model), conversion)(x, lm))
+
+
 def test_intermediate_layer_getter_graph_path_equals_the_resnet_path():
     """Both paths return the getter's dict, the adaptive layers densified on the finest grid."""
     getter = IntermediateLayerGetter(_model("resnext50_32x4d"), {"layer2": "c3", "layer4": "c5"})

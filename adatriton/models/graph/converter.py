@@ -73,20 +73,31 @@ __all__ = ["Converter", "Plan", "planning_inputs", "trace", "with_meta_parameter
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with more leaves: torchvision's ``StochasticDepth``, so that its ``training`` flag is read
     when the converted model runs rather than frozen at tracing; adatriton's drop-in modules (a model that
-    ``convert`` swapped for the ResNet path), whose forward branches on the input type; and ``leaf_modules``."""
+    ``convert`` swapped for the ResNet path), whose forward branches on the input type; ``leaf_modules``; and the
+    modules at the paths ``heads``."""
 
-    def __init__(self, leaf_modules: Sequence[type[nn.Module]] = ()):
+    def __init__(self, leaf_modules: Sequence[type[nn.Module]] = (), heads: Sequence[str] = ()):
         super().__init__()
         self.leaf_types = (StochasticDepth, *ADAPTIVE_MODULES.values(), DeformableConv2d, *leaf_modules)
+        self.heads = frozenset(heads)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+        return (
+            isinstance(m, self.leaf_types)
+            or module_qualified_name in self.heads
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
 
-def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.Graph:
+def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = (), heads: Sequence[str] = ()) -> fx.Graph:
     """The model's symbolically traced graph (targets are module paths in ``model``)."""
+    for path in heads:
+        try:
+            model.get_submodule(path)
+        except AttributeError as err:
+            raise GraphConversionError(f"head {path!r} is not a module of {type(model).__name__}") from err
     try:
-        return _Tracer(leaf_modules).trace(model)
+        return _Tracer(leaf_modules, heads).trace(model)
     except Exception as err:  # noqa: BLE001 -- fx raises many types (TraceError, TypeError, ...) for untraceable code
         raise GraphConversionError(
             f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {err}. Data-dependent Python "
@@ -195,9 +206,16 @@ class Converter:
     """Writes the converted graph of ``graph`` (see the module docstring); runs under meta parameters."""
 
     def __init__(
-        self, root: nn.Module, graph: fx.Graph, finest: int, num_levels: int, unsupported: str, inputs: Sequence
+        self,
+        root: nn.Module,
+        graph: fx.Graph,
+        finest: int,
+        num_levels: int,
+        unsupported: str,
+        inputs: Sequence,
+        heads: Sequence[str] = (),
     ):
-        self.root, self.source = root, graph
+        self.root, self.source, self.heads = root, graph, frozenset(heads)
         self.a, self.k, self.b = finest, num_levels, finest << num_levels
         self.unsupported = unsupported
         self.inputs = list(inputs)
@@ -356,7 +374,7 @@ class Converter:
         if self.k == 0 and self.checked:
             return []
         if t_out is None or t_out <= self.a:
-            return []
+            return self.entering_early(node, ins)
         spatial = [v for v in ins if v.kind == "dense" and v.t is not None]
         at_finest = [v for v in spatial if v.t == self.a and self.res(v) == self.a]
         jumped = [v for v in spatial if v.t < self.a and self.res(v) == v.t]
@@ -376,6 +394,35 @@ class Converter:
                 node, f"the stride goes from OS{jumped[0].t} to OS{t_out} in one layer, past the finest OS{self.a}", fix
             )
         return at_finest
+
+    def entering_early(self, node: fx.Node, ins: list[_Value]) -> list[_Value]:
+        """Dense finest-grid inputs of a conv that stays at OS ``a`` but shares its block with a layer that takes the
+        same value past ``a`` (a bottleneck's ``conv1`` beside its strided shortcut): the conv runs on the map, as
+        the block's other branch does, so that the whole block is on the map (its conv-BN-ReLU one fused launch,
+        not three dense ops) and the value enters once. A stage-0 map holds every finest-grid pixel, so the conv
+        computes what the dense one does."""
+        module = fetch(self.root, node.target) if node.op == "call_module" else None
+        if self.k == 0 or not isinstance(module, nn.Conv2d):
+            return []
+        stack = _module_stack(node)
+        if not stack:
+            return []
+        scopes = self.node_scopes.get(node, ())
+        early = []
+        for source in node.all_input_nodes:
+            v = self.value_of(source, scopes)
+            if not any(v is i for i in ins) or v.kind != "dense" or v.t != self.a or self.res(v) != self.a:
+                continue
+            jumps = [
+                u
+                for u in source.users
+                if u is not node
+                and (self.stride_of(self.orig.get(u))[0] or 0) > self.a
+                and stack[-1] in _module_stack(u)
+            ]
+            if jumps:
+                early.append(v)
+        return early
 
     # ------------------------------------------------------------------ the pass
     def run(self) -> Plan:
@@ -494,7 +541,7 @@ class Converter:
         """The output stride of every node of the original graph on the example inputs with the image resized to
         ``side x side`` (None: as given), or None where the model fails on them."""
         inputs = self.inputs if side is None else self.resized(side)
-        other = Converter(self.root, self.source, self.a, self.k, self.unsupported, inputs)
+        other = Converter(self.root, self.source, self.a, self.k, self.unsupported, inputs, self.heads)
         try:
             env = other.run_original()
         except GraphConversionError:
@@ -504,7 +551,7 @@ class Converter:
     def converts_at(self, side: int) -> bool:
         """The graph converts with the image of the example inputs resized to ``side x side``."""
         try:
-            Converter(self.root, self.source, self.a, self.k, self.unsupported, self.resized(side)).write()
+            Converter(self.root, self.source, self.a, self.k, self.unsupported, self.resized(side), self.heads).write()
         except Exception:  # noqa: BLE001 -- at this size the conversion fails, whatever the reason
             return False
         return True
@@ -690,6 +737,12 @@ class Converter:
             self.record(node, op, **info)
 
         module = fetch(self.root, node.target) if node.op == "call_module" else None
+        if node.op == "call_module" and node.target in self.heads:
+            # Built for the finest grid (a segmentation head of the dilated network): as is, on the densified maps,
+            # and its output is at the output stride it is computed at.
+            record("dense")
+            out = self.emit(node, node.op, node.target, args, kwargs)
+            return dataclasses.replace(out, t=self.res(out))
         x = args[0] if args and isinstance(args[0], _Value) else None
         pool = pool_geometry(module if module is not None else node.target, args[1:], kwargs)
         up = upsampling(module if module is not None else node.target, args[1:], kwargs)
@@ -820,6 +873,8 @@ class Converter:
 
     def module_on_map(self, node: fx.Node, m: nn.Module, args: tuple, kwargs: dict) -> _Value | str:
         x = self.first_map(args)
+        if node.target in self.heads:
+            return "a head: runs as built on the densified finest grid"
         if x is None or len(args) != 1 or kwargs:
             return "a module with a map that is not its only input"
         mod = _Value(self.module_node(node), "other", m)

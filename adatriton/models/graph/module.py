@@ -41,6 +41,10 @@ class AdaptiveGraphModule(nn.Module):
             naming its node; ``"densify"``: it runs densely, as it is, on the densified map.
         leaf_modules: module classes to keep as single calls while tracing (their forward is not traced; on a map
             they are ops without a rule, so the map is densified before them).
+        heads: paths of modules that run as they are built, on the densified finest-grid features, as single calls:
+            the heads of a segmentation model built for the dilated network at the finest stride (their convs keep
+            their own dilation, and their outputs are at the finest stride). :func:`adatriton.convert` passes the
+            heads of the segmentation models it knows.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -63,6 +67,7 @@ class AdaptiveGraphModule(nn.Module):
         backend: str | None = None,
         unsupported: str = "error",
         leaf_modules: Sequence[type[nn.Module]] = (),
+        heads: Sequence[str] = (),
         *,
         source_graph: fx.Graph | None = None,
     ):
@@ -72,13 +77,14 @@ class AdaptiveGraphModule(nn.Module):
         check_options(unsupported)
         self.output_stride, self.finest_stride, self.num_levels = parse_graph_output_stride(output_stride)
         self.backend, self.unsupported, self.leaf_modules = backend, unsupported, tuple(leaf_modules)
-        self.source_graph = trace(model, self.leaf_modules) if source_graph is None else source_graph
+        self.heads = tuple(heads)
+        self.source_graph = trace(model, self.leaf_modules, self.heads) if source_graph is None else source_graph
         inputs = planning_inputs(model, example_input)
         self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
 
         def plan_on_meta(root: nn.Module, meta_inputs: list) -> Plan:
             converter = Converter(
-                root, self.source_graph, self.finest_stride, self.num_levels, unsupported, meta_inputs
+                root, self.source_graph, self.finest_stride, self.num_levels, unsupported, meta_inputs, self.heads
             )
             return converter.run()
 
@@ -150,6 +156,7 @@ class AdaptiveGraphModule(nn.Module):
             self.backend,
             self.unsupported,
             self.leaf_modules,
+            self.heads,
             source_graph=self.source_graph,
         )
 
@@ -214,7 +221,9 @@ class AdaptiveGraphModule(nn.Module):
         shapes = [torch.empty(tuple(x.shape), device="meta") if isinstance(x, Tensor) else x for x in inputs]
 
         def run(root: nn.Module, meta_inputs: list) -> tuple[int, int, int]:
-            converter = Converter(root, self.source_graph, self.finest_stride, 0, self.unsupported, meta_inputs)
+            converter = Converter(
+                root, self.source_graph, self.finest_stride, 0, self.unsupported, meta_inputs, self.heads
+            )
             env = converter.run_original()
             node = next(n for n in env if n.name == self.entry)
             n, _, h, w = env[node].shape
@@ -248,6 +257,7 @@ def convert_graph(
     backend: str | None = None,
     unsupported: str = "error",
     leaf_modules: Sequence[type[nn.Module]] = (),
+    heads: Sequence[str] = (),
 ) -> AdaptiveGraphModule:
     """Convert any traceable CNN (docs/semantics.md §8); see :class:`AdaptiveGraphModule` for the arguments.
 
@@ -258,4 +268,4 @@ def convert_graph(
         >>> logits = net(images, levels)          # levels: (N, ceil(H/8), ceil(W/8)) in {0, 1, 2}
         >>> print(net.code)                       # the generated forward
     """
-    return AdaptiveGraphModule(model, output_stride, example_input, backend, unsupported, leaf_modules)
+    return AdaptiveGraphModule(model, output_stride, example_input, backend, unsupported, leaf_modules, heads)
