@@ -67,6 +67,7 @@ import torchvision
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torchvision.models._utils import IntermediateLayerGetter
 
 import adatriton
 from adatriton import masks
@@ -93,8 +94,12 @@ __all__ = [
     "sync_reason",
 ]
 
-#: ``reused_map``: a prepared level map passed to every forward; ``new_map``: a fresh map tensor per forward.
-SCENARIOS = ("reused_map", "new_map")
+#: ``reused_map``: a prepared level map passed to every forward; ``new_map``: a fresh map tensor per forward;
+#: ``graph_reused_map``: the prepared map through the graph path (:data:`GRAPH`), timed beside the ResNet path.
+SCENARIOS = ("reused_map", "new_map", "graph_reused_map")
+#: The scenario that runs the ``torch.fx`` graph conversion of the same model (``convert(..., method="graph")`` of
+#: the ``IntermediateLayerGetter`` returning ``layer4``: the same adaptive part, ending with the same densify).
+GRAPH = "graph_reused_map"
 MODEL = "resnet101"
 #: The issues' targets for the host path (reused map): device ops <= ``ops_per_conv`` x convs + ``ops_constant``,
 #: ``syncs`` syncs per forward, at most ``host_us_per_conv`` (issue 20: Triton's launcher included); a new map:
@@ -552,10 +557,11 @@ class _Measured:
     peak_mb: float
 
 
-def _forward(net, x: torch.Tensor, make_levels: Callable[[], object], window: _Window) -> tuple[float, float]:
-    """One forward; returns the adaptive part's ``(CPU, wall)`` milliseconds."""
+def _forward(run, x: torch.Tensor, make_levels: Callable[[], object], window: _Window) -> tuple[float, float]:
+    """One forward, ``run(x, levels)`` (the backbone to its densified ``layer4``); returns the adaptive part's
+    ``(CPU, wall)`` milliseconds."""
     levels = make_levels()  # outside the window: a new map's tensor is the caller's
-    net.forward_features(x, window.levels(levels))
+    run(x, window.levels(levels))
     return window.close()
 
 
@@ -563,14 +569,14 @@ def _count_dense_part(net, x: torch.Tensor, make_levels: Callable[[], object]) -
     """Device ops of one forward outside the adaptive part (stem, dense layers), counted while computing it."""
     counter = OpCounter()
     with stubbed_launches(counter), counter.watch():
-        _forward(net, x, make_levels, _Window(counter))
+        _forward(net.forward_features, x, make_levels, _Window(counter))
     return counter.outside.total_ops
 
 
-def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], warmup: int) -> _Measured:
-    """Warm-up forwards (the first one recorded: which backend ran each conv) and one counted forward; the times
-    come later (:func:`_time_scenarios`)."""
-    forward = functools.partial(_forward, net, x, make_levels)
+def _prepare_scenario(run, x: torch.Tensor, make_levels: Callable[[], object], warmup: int) -> _Measured:
+    """Warm-up forwards of ``run(x, levels)`` (the first one recorded: which backend ran each conv) and one counted
+    forward; the times come later (:func:`_time_scenarios`)."""
+    forward = functools.partial(_forward, run, x, make_levels)
     with stubbed_launches(launcher=True) as calls, adatriton.ops.dispatch.recording() as records:
         forward(_Window())
     convs = len(records)
@@ -590,23 +596,24 @@ def _prepare_scenario(net, x: torch.Tensor, make_levels: Callable[[], object], w
 
 
 def _time_scenarios(
-    net, x: torch.Tensor, scenarios: Mapping[str, tuple[Callable[[], object], _Measured, bool]], iters: int
+    x: torch.Tensor, scenarios: Mapping[str, tuple[Callable, Callable[[], object], _Measured, bool]], iters: int
 ):
     """``iters`` timed forwards per scenario, interleaved (one of each in turn), so that the load of a shared
-    machine weighs on every scenario alike; fills each :class:`_Measured`'s times and peak memory. The third entry
-    of a scenario says whether ``adatriton.ops.conv``'s eager plans are on (:func:`adatriton.ops.conv.eager_plans`,
-    switched outside the measured part)."""
+    machine weighs on every scenario alike; fills each :class:`_Measured`'s times and peak memory. A scenario is
+    ``(run, make_levels, measured, eager)``: ``run(x, levels)`` the forward, and whether
+    ``adatriton.ops.conv``'s eager plans are on (:func:`adatriton.ops.conv.eager_plans`, switched outside the
+    measured part)."""
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
     with stubbed_launches(launcher=True):
         for _ in range(iters):
-            for make_levels, measured, eager in scenarios.values():
+            for run, make_levels, measured, eager in scenarios.values():
                 with eager_plans(eager):
-                    cpu_ms, wall_ms = _forward(net, x, make_levels, _Window())
+                    cpu_ms, wall_ms = _forward(run, x, make_levels, _Window())
                 measured.times_ms.append(cpu_ms)
                 measured.wall_ms.append(wall_ms)
     peak = peak_memory_mb(cpu)
-    for _, measured, _ in scenarios.values():
+    for _, _, measured, _ in scenarios.values():
         measured.peak_mb = peak
 
 
@@ -648,38 +655,43 @@ def run(ctx: Context) -> list[Row]:
         for conversion in o.conversions:
             k = num_levels_of(conversion)
             net = adatriton.convert(model, conversion, backend="triton").eval()
+            getter = IntermediateLayerGetter(model, {"layer4": "out"})
+            graph = adatriton.convert(getter, conversion, backend="triton", method="graph", example_input=x_meta)
+            graph.eval()
+            runs = {"reused_map": net.forward_features, "new_map": net.forward_features}
+            runs[GRAPH] = lambda images, lv, graph=graph: graph(images, lv)["out"]
             lm_cpu = masks.synthetic(o.batch, h, w, conversion, fraction, kind="blobs", seed=o.seed)
             levels = lm_cpu.levels.to(device)
             build = functools.partial(prepare_levelmap, levels, k, net)
             bookkeeping = measure(build, device, min(o.warmup, 1), max(3, min(o.iters, 5))).median
             count = adatriton.count_macs(net, x_meta, lm_cpu)
             fr = lm_cpu.fractions().tolist()
-            prepared = build()
+            prepared = graph.build_tables(build())  # the same tables: the graph's convs ask for the same ones
             with memoized_dense_part(net):
                 dense_ops = _count_dense_part(net, x, lambda lm=prepared: lm)
                 ctx.note(f"{MODEL} {conversion}: the dense part (stem, dense layers) issues {dense_ops} device ops")
                 prepared_scenarios = {}
                 for scenario in SCENARIOS:
-                    make_levels = (lambda lm=prepared: lm) if scenario == "reused_map" else levels.clone
+                    make_levels = levels.clone if scenario == "new_map" else (lambda lm=prepared: lm)
                     try:
-                        measured = _prepare_scenario(net, x, make_levels, o.warmup)
+                        measured = _prepare_scenario(runs[scenario], x, make_levels, o.warmup)
                     except Exception as err:  # noqa: BLE001 -- one failed measurement must not lose the others
                         first = str(err).splitlines()[0] if str(err) else ""
                         ctx.note(f"{MODEL} {conversion} {scenario}: failed: {type(err).__name__}: {first}")
                         bar.update()
                         continue
-                    prepared_scenarios[scenario] = (make_levels, measured, True)
+                    prepared_scenarios[scenario] = (runs[scenario], make_levels, measured, True)
                 if "reused_map" in prepared_scenarios:  # the figure without the eager plans, timed alongside
-                    make_levels, measured, _ = prepared_scenarios["reused_map"]
+                    run, make_levels, measured, _ = prepared_scenarios["reused_map"]
                     without = _Measured([], [], measured.counts, measured.convs, measured.dispatch, math.nan)
-                    prepared_scenarios[EAGER_OFF] = (make_levels, without, False)
-                _time_scenarios(net, x, prepared_scenarios, o.iters)
+                    prepared_scenarios[EAGER_OFF] = (run, make_levels, without, False)
+                _time_scenarios(x, prepared_scenarios, o.iters)
                 without = prepared_scenarios.pop(EAGER_OFF, None)
-                for scenario, (_, m, _) in prepared_scenarios.items():
+                for scenario, (_, _, m, _) in prepared_scenarios.items():
                     rows.append(_row(ctx, m, conversion, scenario, fraction, fr, count, bookkeeping))
                     bar.update()
                 if without is not None:
-                    m, off = prepared_scenarios["reused_map"][1], without[1]
+                    m, off = prepared_scenarios["reused_map"][2], without[2]
                     ctx.note(
                         f"{MODEL} {conversion} reused_map: {_us_per_conv(m):.1f} µs/conv with the eager plans "
                         f"(remembered conv_bn_act calls), {_us_per_conv(off):.1f} µs/conv without them (every conv "

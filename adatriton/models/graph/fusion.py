@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ...nn.modules import DeformableConv2d
+from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d
 from .mapops import map_batch_norm, map_conv, map_conv_bn_act, map_module, module_exit
 from .rules import NodePlan, fetch
 
@@ -46,6 +46,7 @@ ACTIVATION_FUNCTIONS: dict[Callable, str] = {
     F.silu: "silu",
 }
 _ADDS = (operator.add, torch.add, torch.Tensor.add)
+_DROP_IN_BASES = {drop_in: base for base, drop_in in ADAPTIVE_MODULES.items()}
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -64,7 +65,8 @@ def _activation(root: nn.Module, node: fx.Node, x: fx.Node) -> tuple[str, fx.Nod
         return None
     if node.target is map_module and node.args[1] is x and not node.kwargs:
         module = fetch(root, node.args[0].target)
-        name = next((n for cls, n in ACTIVATION_MODULES if type(module) is cls), None)
+        kind = _DROP_IN_BASES.get(type(module), type(module))  # adatriton's drop-in ReLU is a ReLU
+        name = next((n for cls, n in ACTIVATION_MODULES if kind is cls), None)
         return None if name is None else (name, node.args[0])
     fn = _wrapped(node)
     name = ACTIVATION_FUNCTIONS.get(fn)

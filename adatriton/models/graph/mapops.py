@@ -166,7 +166,7 @@ def map_conv_bn_act(
     runs unfused, each module through its own op with its hooks, so that they see that module's own input and
     output.
     """
-    if has_hooks(conv, bn, act, *(m for m, _ in exits)):
+    if has_hooks(conv, bn, act) or (exits and has_hooks(*(m for m, _ in exits))):
         out = map_conv(conv, x, tap_spacing, downsample, backend)
         if bn is not None:
             out = map_batch_norm(bn, out)
@@ -177,17 +177,14 @@ def map_conv_bn_act(
         if act is not None:
             return map_module(act, out)
         return out if activation is None else out.with_values(ACTIVATIONS[activation](out.values))
+    params = conv._parameters
+    if "weight" in params and "bias" in params:  # the usual tables, read directly: ~1 µs of a ~16 µs eager conv
+        weight, bias = params["weight"], params["bias"]
+    else:
+        weight, bias = conv.weight, conv.bias
+    relu = activation == "relu"  # the spelling the eager plans are keyed on first, as the ResNet path's
     return AF.conv_bn_act(
-        x,
-        conv.weight,
-        conv.bias,
-        bn,
-        residual=residual,
-        tap_spacing=tap_spacing,
-        groups=conv.groups,
-        downsample=downsample,
-        backend=backend,
-        activation=activation,
+        x, weight, bias, bn, relu, residual, tap_spacing, conv.groups, downsample, backend, None if relu else activation
     )
 
 
