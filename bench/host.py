@@ -11,12 +11,16 @@ usual; everything below is measured over the **adaptive part** only: from the mo
 exist (the level map is handed to the network through ``forward_features``'s callable ``levels``) to the densified
 ``layer4`` output: level map and its checks, ``from_dense``, the adaptive bottlenecks, densify.
 
-Per conversion, two scenarios (column ``scenario``):
+Per conversion, three scenarios (column ``scenario``):
 
 - ``reused_map``: one :class:`~adatriton.LevelMap` whose index tables are built before (the steady state of a
   fixed map);
 - ``new_map``: a fresh level-map tensor per forward (a copy made outside the measured part), so the map, its
-  layouts and tap tables are built inside every forward: the per-image / learned-mask case.
+  layouts and tap tables are built inside every forward: the per-image / learned-mask case;
+- ``graph_reused_map``: the prepared map through the graph path (``convert(..., method="graph")`` of the
+  ``IntermediateLayerGetter`` returning ``layer4``), interleaved with the others; its dense part runs in full
+  (outside the window), and the summary compares it with ``reused_map`` (issue 22: the same device ops, host µs per
+  conv within :data:`GRAPH_HOST_RATIO`).
 
 Per row (one per conversion and scenario):
 
@@ -80,6 +84,8 @@ from ._schema import Row
 from ._suite import Context, Suite
 
 __all__ = [
+    "GRAPH",
+    "GRAPH_HOST_RATIO",
     "SCENARIOS",
     "SUITE",
     "TARGETS",
@@ -105,6 +111,8 @@ MODEL = "resnet101"
 #: ``syncs`` syncs per forward, at most ``host_us_per_conv`` (issue 20: Triton's launcher included); a new map:
 #: ``syncs_per_map``.
 TARGETS = {"ops_per_conv": 1.2, "ops_constant": 16, "syncs": 0, "host_us_per_conv": 25.0, "syncs_per_map": 1}
+#: Issue 22: the graph path's host µs per conv at most this times the ResNet path's, in the same run.
+GRAPH_HOST_RATIO = 1.1
 
 #: ATen ops that never launch a kernel: views and metadata (their outputs alias an input, or they change a view).
 VIEW_OPS = frozenset(
@@ -838,9 +846,26 @@ def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), referen
                     f"{label}: syncs {r['syncs_per_forward']:.0f} <= {TARGETS['syncs_per_map']} per map: "
                     f"{_verdict(r['syncs_per_forward'] <= TARGETS['syncs_per_map'])}"
                 )
+            elif r["scenario"] == GRAPH and (group["scenario"] == "reused_map").any():
+                targets += _graph_targets(label, r, group[group["scenario"] == "reused_map"].iloc[0])
         out.append("")
     out += closing_sections(targets, notes)
     return "\n".join(out)
+
+
+def _graph_targets(label: str, graph, resnet) -> list[str]:
+    """Issue 22's targets of the graph path against the ResNet path in the same run: the same device ops per
+    forward, no sync, host µs per conv at most :data:`GRAPH_HOST_RATIO` times the ResNet path's (their medians)."""
+    ratio = graph["host_us_per_conv"] / resnet["host_us_per_conv"]
+    ops, resnet_ops = graph["launches_per_forward"], resnet["launches_per_forward"]
+    return [
+        f"{label}: device ops {ops:.0f} == the ResNet path's {resnet_ops:.0f}: {_verdict(ops == resnet_ops)}",
+        f"{label}: syncs {graph['syncs_per_forward']:.0f} <= {TARGETS['syncs']}: "
+        f"{_verdict(graph['syncs_per_forward'] <= TARGETS['syncs'])}",
+        f"{label}: host {graph['host_us_per_conv']:.1f} µs/conv against the ResNet path's "
+        f"{resnet['host_us_per_conv']:.1f}, ratio {ratio:.2f} <= {GRAPH_HOST_RATIO}: "
+        f"{_verdict(ratio <= GRAPH_HOST_RATIO)}",
+    ]
 
 
 SUITE = Suite(

@@ -87,3 +87,22 @@ def test_train_mode_and_gradients_stay_exact():
     expected.square().sum().backward()
     for (name, a), b in zip(net.named_parameters(), other.parameters()):
         assert torch.equal(a.grad, b.grad), name
+
+
+def test_a_model_with_drop_in_layers_fuses_as_the_original():
+    """A ResNet that ``convert`` swapped to adatriton's drop-in layers (the ResNet path does it in place) fuses every
+    conv with its BatchNorm, add and ReLU on the graph path too: one conv_bn_act call per adaptive conv, a block's
+    conv1 included (it enters the map beside its strided shortcut), and the same outputs as the original model's
+    graph conversion."""
+    x = torch.randn(2, 3, 40, 56, dtype=torch.float64)
+    model, net, lm = _convert("resnet50", x)
+    swapped = copy.deepcopy(model)
+    adatriton.convert(swapped, "8->32")  # swaps its layers in place
+    assert type(swapped.layer3[0].relu).__name__ == "AdaptiveReLU"
+    again = adatriton.convert(swapped, "8->32", example_input=x, method="graph", backend="torch")
+    for converted in (net, again):
+        convs = converted.adaptive_convs()
+        assert convs[0].target == "layer3.0.conv1" and len(convs) == 3 * 9 + 2
+        assert all(p.note.startswith("fused: ") for p in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, lm), net(x, lm), rtol=0, atol=0)
