@@ -108,3 +108,8 @@ def test_a_densify_note_says_its_reason_once():
     net = adatriton.convert(model, "8->32", unsupported="densify")
     (densified,) = [p for p in net.plan if p.op == "densify"]
     assert densified.note == "as is: padding_mode 'reflect' is not 'zeros'"
+
+
+def test_a_head_that_is_not_a_module_is_refused_by_name():
+    with pytest.raises(adatriton.models.GraphConversionError, match="head 'decoder' is not a module of ResNet"):
+        adatriton.models.convert_graph(torchvision.models.resnet18(), "8->32", heads=("decoder",))
