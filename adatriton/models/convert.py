@@ -18,8 +18,9 @@ from torchvision.models.resnet import Bottleneck
 from ..core.strides import parse_output_stride
 from ..runtime.backend import BACKENDS
 from .attach import attach_mask
-from .graph import UNSUPPORTED, AdaptiveGraphModule, GraphConversionError, convert_graph
+from .graph import AdaptiveGraphModule, GraphConversionError, convert_graph
 from .graph.converter import with_meta_parameters
+from .graph.rules import check_options
 from .resnet import LAYERS, STEM, AdaptiveResNet
 from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
 
@@ -76,7 +77,8 @@ def convert(
             swapped (a TypeError says which one is not).
         downsampling: ``"top_left"`` (docs/semantics.md §3: the strided network's subsampling) or ``"softpool"``: every
             2x2 merge from OS8 on (layer3, layer4; adaptive steps and dense strides alike) is a SoftPool, so a uniform
-            level map equals the dense network that SoftPools at those strides.
+            level map equals the dense network that SoftPools at those strides. The graph path applies it to every
+            stride-2 conv whose input is at OS8 or coarser.
         example_input, unsupported: the graph path's (:class:`~adatriton.models.graph.AdaptiveGraphModule`): an
             input of the model's shape to plan on (default ``(1, C, 512, 512)``), and what to do with a layer the
             rules cannot express (``"error"`` or ``"densify"``).
@@ -149,12 +151,13 @@ def convert(
         return _attached(AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling), mask)
     if segmentation:
         return _attached(AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling), mask)
-    if filter_fn is not None or downsampling != "top_left":
-        raise ValueError("filter_fn and downsampling apply to bottleneck ResNets; the graph path takes neither")
-    if unsupported not in UNSUPPORTED:
-        raise ValueError(f"unsupported must be one of {UNSUPPORTED}, got {unsupported!r}")
+    if filter_fn is not None:
+        raise ValueError("filter_fn applies to the ResNet path (it swaps layers in place); the graph path takes none")
+    check_options(unsupported, downsampling)
     source, heads = graph_source(model) if resnets else (model, ())
-    net = convert_graph(source, output_stride, example_input, backend, unsupported, heads=heads)
+    net = convert_graph(
+        source, output_stride, example_input, backend, unsupported, heads=heads, downsampling=downsampling
+    )
     problem = None if resnets else _problem(net, model)  # the ResNet family's conversions are the paper's
     if problem is not None:
         if strict:

@@ -31,6 +31,7 @@ from ..nn.modules import AdaptiveConv2d, conv_at, swap_modules
 from ..runtime.context import environment_snapshot
 from ..runtime.host import module_attrs
 from .attach import attached_levels
+from .graph.rules import DOWNSAMPLING, SOFTPOOL_FROM_STRIDE
 
 __all__ = [
     "LAYERS",
@@ -68,13 +69,6 @@ class BlockPlan:
     pool: str = "top_left"
 
 
-#: Downsampling operators of ``convert(..., downsampling=)``.
-DOWNSAMPLING = ("top_left", "softpool")
-#: SoftPool replaces the subsamplings that leave this output stride (layer3, layer4): exactly the steps an
-#: adaptive conversion can make adaptive, so that every ``L == v`` map equals a dense SoftPool network.
-_SOFTPOOL_FROM_STRIDE = 8
-
-
 def plan_resnet(
     num_blocks: list[int], finest_stride: int, num_levels: int, downsampling: str = "top_left"
 ) -> list[list[BlockPlan]]:
@@ -89,7 +83,7 @@ def plan_resnet(
     plans, stride_so_far, dilation, steps_left = [], 4, 1, num_levels
     for li, blocks in enumerate(num_blocks):
         nominal = 1 if li == 0 else 2
-        pool = downsampling if nominal == 2 and stride_so_far >= _SOFTPOOL_FROM_STRIDE else "top_left"
+        pool = downsampling if nominal == 2 and stride_so_far >= SOFTPOOL_FROM_STRIDE else "top_left"
         if stride_so_far * nominal <= finest_stride:  # still above the finest grid: the ordinary strided layer
             stride_so_far *= nominal
             plans.append([BlockPlan(False, nominal if b == 0 else 1, 1, False, pool) for b in range(blocks)])

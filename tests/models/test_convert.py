@@ -45,3 +45,11 @@ def test_an_unknown_backend_is_refused_at_once(backend):
 @pytest.mark.parametrize("backend", [None, "torch", "dense", "triton", "auto"])
 def test_every_known_backend_is_accepted(resnet50, backend):
     assert adatriton.convert(resnet50, "8->32", backend=backend).backend == backend
+
+
+def test_the_graph_path_refuses_filter_fn_and_an_unknown_downsampling():
+    model = torchvision.models.mobilenet_v2()
+    with pytest.raises(ValueError, match="filter_fn applies to the ResNet path"):
+        adatriton.convert(model, "8->32", filter_fn=lambda module, fqn: True)
+    with pytest.raises(ValueError, match=r"downsampling must be one of \('top_left', 'softpool'\), got 'avg'"):
+        adatriton.convert(model, "8->32", downsampling="avg")

@@ -214,6 +214,14 @@ def test_graph_path_equals_the_resnet_path(seg):
             err = (got[key] - expected[key]).abs().max().item()
             assert err <= 1e-12 * expected[key].abs().max().item(), f"{conversion} {key}: {err:.3g}"
     assert strides == [(m.stride, m.dilation, m.padding) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # SoftPool merges (layer3 and layer4): the same on both paths
+    lm = LevelMap.random(n, *_finest((h, w), 8), 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = adatriton.convert(model, "8->32", method="graph", downsampling="softpool")(seg.x, lm)
+        expected = adatriton.convert(copy.deepcopy(model), "8->32", downsampling="softpool")(seg.x, lm)
+    for key in expected:
+        err = (got[key] - expected[key]).abs().max().item()
+        assert err <= 1e-12 * expected[key].abs().max().item(), f"softpool {key}: {err:.3g}"
 
 
 def test_adaptive_strides_need_levels(seg):

@@ -215,6 +215,27 @@ def test_dilated_resnet_graph_path_equals_the_resnet_path(conversion):
         _assert_close(graph, adatriton.convert(copy.deepcopy(model), conversion)(x, lm))
 
 
+@pytest.mark.parametrize("conversion", ["8->32", "8->16", "16->32", "32"])
+def test_softpool_graph_path_equals_the_resnet_path(conversion):
+    """``downsampling="softpool"`` on the graph path: every stride-2 conv from OS8 on merges by SoftPool (a conv2
+    before the merge, a shortcut after it), adaptive steps and dense strides alike, as the ResNet path does."""
+    model = _model("resnext50_32x4d")
+    x = _input((40, 56), seed=10)
+    k = num_levels_of(conversion) if "->" in conversion else 0
+    finest = int(conversion.split("->")[0])
+    grid = (-(-40 // finest), -(-56 // finest))
+    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(11)) if k else None
+    with torch.no_grad():
+        graph = adatriton.convert(model, conversion, method="graph", downsampling="softpool")
+        soft = graph(x, lm)
+        _assert_close(soft, adatriton.convert(copy.deepcopy(model), conversion, downsampling="softpool")(x, lm))
+        top_left = adatriton.convert(model, conversion, method="graph")(x, lm)
+    assert (soft - top_left).abs().max() > 1e-3 * soft.abs().max()
+    # layer3's and layer4's conv2 and shortcut, where they subsample (8->16: layer4 is dilated, it does not)
+    merges = sum(line.split("=")[0].strip().endswith("_softpool") for line in graph.code.splitlines())
+    assert merges == {"8->32": 4, "8->16": 2, "16->32": 4, "32": 4}[conversion], graph.code
+
+
 def test_intermediate_layer_getter_graph_path_equals_the_resnet_path():
     """Both paths return the getter's dict, the adaptive layers densified on the finest grid."""
     getter = IntermediateLayerGetter(_model("resnext50_32x4d"), {"layer2": "c3", "layer4": "c5"})

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d
+from ...ops import softpool2d
 from .fusion import fuse_conv_groups
 from .mapops import (
     check_dense_levels,
@@ -50,6 +51,7 @@ from .rules import (
     POINTWISE_FUNCTIONS,
     POINTWISE_METHODS,
     POINTWISE_MODULES,
+    SOFTPOOL_FROM_STRIDE,
     TO_FIRST,
     TO_LAST,
     GraphConversionError,
@@ -214,8 +216,10 @@ class Converter:
         unsupported: str,
         inputs: Sequence,
         heads: Sequence[str] = (),
+        downsampling: str = "top_left",
     ):
         self.root, self.source, self.heads = root, graph, frozenset(heads)
+        self.downsampling = downsampling
         self.a, self.k, self.b = finest, num_levels, finest << num_levels
         self.unsupported = unsupported
         self.inputs = list(inputs)
@@ -537,11 +541,17 @@ class Converter:
         inputs[at] = torch.empty(n, c, side, side, dtype=inputs[at].dtype, device="meta")
         return inputs
 
+    def on_inputs(self, inputs: Sequence) -> Converter:
+        """A converter with this one's options for other example inputs."""
+        return Converter(
+            self.root, self.source, self.a, self.k, self.unsupported, inputs, self.heads, self.downsampling
+        )
+
     def strides_at(self, side: int | None) -> dict[str, int | None] | None:
         """The output stride of every node of the original graph on the example inputs with the image resized to
         ``side x side`` (None: as given), or None where the model fails on them."""
         inputs = self.inputs if side is None else self.resized(side)
-        other = Converter(self.root, self.source, self.a, self.k, self.unsupported, inputs, self.heads)
+        other = self.on_inputs(inputs)
         try:
             env = other.run_original()
         except GraphConversionError:
@@ -551,7 +561,7 @@ class Converter:
     def converts_at(self, side: int) -> bool:
         """The graph converts with the image of the example inputs resized to ``side x side``."""
         try:
-            Converter(self.root, self.source, self.a, self.k, self.unsupported, self.resized(side), self.heads).write()
+            self.on_inputs(self.resized(side)).write()
         except Exception:  # noqa: BLE001 -- at this size the conversion fails, whatever the reason
             return False
         return True
@@ -757,6 +767,8 @@ class Converter:
         self.check_grid(node, module, pool, x)
         if isinstance(module, nn.Conv2d):
             stride = pair(module.stride)
+            if stride == (2, 2) and t < self.a and self.softpools(t):  # the dense part's subsampling, by SoftPool
+                return self.dense_softpool(node, module, x, record)
             strided = stride is not None and stride[0] == 2 and t >= self.a
             k = pair(module.kernel_size)
             if not strided and (r == t or k == (1, 1)):
@@ -782,6 +794,21 @@ class Converter:
         self.problem(node, self.pool_problem(pool))
         record("dense", note=f"as is: {self.pool_problem(pool)}")
         return self.emit(node, node.op, node.target, args, kwargs)
+
+    def dense_softpool(self, node: fx.Node, module: nn.Conv2d, x: _Value, record) -> _Value:
+        """A stride-2 conv of the dense part with ``downsampling="softpool"``: at stride 1 with its own dilation, a
+        1x1 conv after ``softpool2d`` and a larger one before it (:meth:`softpool_step`'s order)."""
+        why = conv_problem(module)
+        if why:
+            self.problem(node, why)
+        record("dense", note="stride 2 as SoftPool and a stride-1 conv")
+        conv = _Value(self.module_node(node), "other", module)
+        dilation = pair(module.dilation)[0]
+        if pair(module.kernel_size) == (1, 1):
+            pooled = self.emit(node, "call_function", softpool2d, (x,), {}, name=f"{node.name}_softpool")
+            return self.emit(node, "call_function", map_conv_at, (conv, pooled, 1, dilation), {})
+        out = self.emit(node, "call_function", map_conv_at, (conv, x, 1, dilation), {})
+        return self.emit(node, "call_function", softpool2d, (out,), {}, name=f"{node.name}_softpool")
 
     def upsample(self, node: fx.Node, x: _Value, up: dict | None, args: tuple, kwargs: dict, record) -> _Value:
         """A decoder's upsampling (or transposed conv) of a dense value (docs/semantics.md §8, "Decoders").
@@ -913,9 +940,33 @@ class Converter:
         spacing = dilation * x.t // self.a
         step = stride == 2 and x.t < self.b
         self.check_stage(node, x, step)
+        if step and self.softpools(x.t):
+            return self.softpool_step(node, x, mod, k, spacing)
         self.record(node, "conv", on_map=True, stage=x.stage, downsample=step, kernel=k, tap_spacing=spacing)
         new = self.call(map_conv, (mod, x, spacing, step, self.backend()), name=node.name)
         return self.map_value(node, new, x, stage=x.stage + int(step))
+
+    def softpools(self, t: int) -> bool:
+        """Whether a stride-2 conv whose input is at OS ``t`` merges by SoftPool (``downsampling="softpool"``: from
+        :data:`SOFTPOOL_FROM_STRIDE` on, the subsamplings of a ResNet's layer3 and layer4)."""
+        return self.downsampling == "softpool" and t >= SOFTPOOL_FROM_STRIDE
+
+    def softpool_step(self, node: fx.Node, x: _Value, mod: _Value, k: int, spacing: int) -> _Value:
+        """A stride-2 conv whose step merges by SoftPool, as the dense SoftPool network does: a 1x1 conv (a
+        shortcut) after the step, on the merged elements; a larger one (a bottleneck's conv2) before it, at every
+        pre-step element, its output then merged."""
+        backend = self.backend()
+        if k == 1:
+            self.record(
+                node, "conv", on_map=True, stage=x.stage + 1, kernel=k, tap_spacing=spacing, note="SoftPool first"
+            )
+            pooled = self.call(map_downsample, (x, "softpool"), name=f"{node.name}_softpool")
+            new = self.call(map_conv, (mod, pooled, spacing, False, backend), name=node.name)
+        else:
+            self.record(node, "conv", on_map=True, stage=x.stage, kernel=k, tap_spacing=spacing, note="then SoftPool")
+            conv = self.call(map_conv, (mod, x, spacing, False, backend), name=node.name)
+            new = self.call(map_downsample, (conv, "softpool"), name=f"{node.name}_softpool")
+        return self.map_value(node, new, x, stage=x.stage + 1)
 
     def pool(self, node: fx.Node, x: _Value, pool: PoolGeometry) -> _Value | str:
         if x.last:

@@ -45,6 +45,10 @@ class AdaptiveGraphModule(nn.Module):
             the heads of a segmentation model built for the dilated network at the finest stride (their convs keep
             their own dilation, and their outputs are at the finest stride). :func:`adatriton.convert` passes the
             heads of the segmentation models it knows.
+        downsampling: ``"top_left"`` (a stride-2 conv subsamples) or ``"softpool"``: a stride-2 conv whose input is at
+            OS8 or coarser merges 2x2 blocks by SoftPool, a 1x1 conv after it and a larger one before it, in the
+            adaptive part (a SoftPool step) and the dense part alike (a ResNet's layer3 and layer4, as
+            ``adatriton.convert(resnet, ..., downsampling="softpool")``).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -68,23 +72,31 @@ class AdaptiveGraphModule(nn.Module):
         unsupported: str = "error",
         leaf_modules: Sequence[type[nn.Module]] = (),
         heads: Sequence[str] = (),
+        downsampling: str = "top_left",
         *,
         source_graph: fx.Graph | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"convert_graph expects an nn.Module that torch.fx can trace, got {type(model).__name__}")
         super().__init__()
-        check_options(unsupported)
+        check_options(unsupported, downsampling)
         self.output_stride, self.finest_stride, self.num_levels = parse_graph_output_stride(output_stride)
         self.backend, self.unsupported, self.leaf_modules = backend, unsupported, tuple(leaf_modules)
-        self.heads = tuple(heads)
+        self.heads, self.downsampling = tuple(heads), downsampling
         self.source_graph = trace(model, self.leaf_modules, self.heads) if source_graph is None else source_graph
         inputs = planning_inputs(model, example_input)
         self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
 
         def plan_on_meta(root: nn.Module, meta_inputs: list) -> Plan:
             converter = Converter(
-                root, self.source_graph, self.finest_stride, self.num_levels, unsupported, meta_inputs, self.heads
+                root,
+                self.source_graph,
+                self.finest_stride,
+                self.num_levels,
+                unsupported,
+                meta_inputs,
+                self.heads,
+                downsampling,
             )
             return converter.run()
 
@@ -157,6 +169,7 @@ class AdaptiveGraphModule(nn.Module):
             self.unsupported,
             self.leaf_modules,
             self.heads,
+            self.downsampling,
             source_graph=self.source_graph,
         )
 
@@ -222,7 +235,14 @@ class AdaptiveGraphModule(nn.Module):
 
         def run(root: nn.Module, meta_inputs: list) -> tuple[int, int, int]:
             converter = Converter(
-                root, self.source_graph, self.finest_stride, 0, self.unsupported, meta_inputs, self.heads
+                root,
+                self.source_graph,
+                self.finest_stride,
+                0,
+                self.unsupported,
+                meta_inputs,
+                self.heads,
+                self.downsampling,
             )
             env = converter.run_original()
             node = next(n for n in env if n.name == self.entry)
@@ -286,6 +306,7 @@ def convert_graph(
     unsupported: str = "error",
     leaf_modules: Sequence[type[nn.Module]] = (),
     heads: Sequence[str] = (),
+    downsampling: str = "top_left",
 ) -> AdaptiveGraphModule:
     """Convert any traceable CNN (docs/semantics.md §8); see :class:`AdaptiveGraphModule` for the arguments.
 
@@ -296,4 +317,6 @@ def convert_graph(
         >>> logits = net(images, levels)          # levels: (N, ceil(H/8), ceil(W/8)) in {0, 1, 2}
         >>> print(net.code)                       # the generated forward
     """
-    return AdaptiveGraphModule(model, output_stride, example_input, backend, unsupported, leaf_modules, heads)
+    return AdaptiveGraphModule(
+        model, output_stride, example_input, backend, unsupported, leaf_modules, heads, downsampling
+    )

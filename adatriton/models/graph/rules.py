@@ -51,6 +51,12 @@ __all__ = [
 #: stride 2, a conv without centred padding, a 3x3 pool with stride 2, ...): raise, or run it densely on the
 #: densified map.
 UNSUPPORTED = ("error", "densify")
+#: How a subsampling merges a 2x2 block: ``"top_left"`` (a strided conv) or ``"softpool"`` (from
+#: :data:`SOFTPOOL_FROM_STRIDE` on; ``adatriton.convert(..., downsampling=)``).
+DOWNSAMPLING = ("top_left", "softpool")
+#: SoftPool replaces the subsamplings that leave this output stride (a ResNet's layer3 and layer4): exactly the steps
+#: an adaptive conversion of a ResNet can make adaptive, so that every uniform map equals a dense SoftPool network.
+SOFTPOOL_FROM_STRIDE = 8
 #: Side of the square ``meta`` input the graph is planned on when no ``example_input`` is given: a multiple of every
 #: output stride up to 256, so every stride is exact.
 PLANNING_SIZE = 512
@@ -372,7 +378,10 @@ def inplace_false(fn: Callable, args: tuple, kwargs: dict) -> tuple[tuple, dict]
     return bound.args, bound.kwargs
 
 
-def check_options(unsupported: str) -> None:
-    """Raise ``ValueError`` unless ``unsupported`` is one of :data:`UNSUPPORTED`."""
+def check_options(unsupported: str, downsampling: str = "top_left") -> None:
+    """Raise ``ValueError`` unless ``unsupported`` is one of :data:`UNSUPPORTED` and ``downsampling`` one of
+    :data:`DOWNSAMPLING`."""
     if unsupported not in UNSUPPORTED:
         raise ValueError(f"unsupported must be one of {UNSUPPORTED}, got {unsupported!r}")
+    if downsampling not in DOWNSAMPLING:
+        raise ValueError(f"downsampling must be one of {DOWNSAMPLING}, got {downsampling!r}")
