@@ -172,3 +172,23 @@ def test_wrap_triton_leaves_an_interpreted_kernel_untraceable():
     except RuntimeError:  # older torch refuses an interpreted kernel outright: not traceable either
         return
     assert wrapped is kernel
+
+
+def test_graph_path_resnet_exports_and_compiles_without_graph_breaks():
+    """The graph conversion of a ResNet (issue 22) exports under no_grad as the ResNet path does (every map of the
+    example's shape computed as eager computes it) and compiles with ``fullgraph=True``, 0 graph breaks."""
+    net = adatriton.convert(tiny_resnet(), "8->32", method="graph", backend="torch").eval()
+    assert type(net).__name__ == "AdaptiveGraphModule"
+    x = torch.randn(1, 3, 64, 64)
+    maps = [LevelMap.random(1, 8, 8, "8->32", generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ep = torch.export.export(net, (x, maps[0]))
+        for lm in maps:
+            assert torch.equal(ep.module()(x, lm), net(x, lm)), lm.element_counts()
+        explanation = torch._dynamo.explain(net)(x, maps[0])
+        assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
+        torch._dynamo.reset()
+        compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x, maps[1]), net(x, maps[1]), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
