@@ -20,6 +20,7 @@ conv whose outputs are stage-``j`` elements; :class:`MacCount` carries both.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,11 +33,11 @@ from torch.overrides import TorchFunctionMode
 from torchvision.models import ResNet
 
 from ..core.levelmap import LevelMap, LevelMapError
+from ..models.convert import convert
 from ..models.d2net import NUM_POOLS, D2Net, D2NetInputError
 from ..models.graph import AdaptiveGraphModule
-from ..models.resnet import LAYERS, AdaptiveResNet, plan_resnet, shortcut_parts
-from ..models.segmentation import AdaptiveSegmentationModel, segmentation_heads
-from ..nn.modules import DeformableConv2d
+from ..models.resnet import AdaptiveResNet
+from ..models.segmentation import AdaptiveSegmentationModel
 from ..runtime.extras import require
 
 if TYPE_CHECKING:
@@ -269,48 +270,6 @@ def _generic(model: nn.Module, x: Tensor) -> list[dict]:
     return _run_on_meta(model, x, lambda m, xm, rec: m(xm), part_of)
 
 
-def _resnet_walk(net: AdaptiveResNet, x: Tensor, recorder: _Recorder) -> dict[str, Tensor]:
-    """The dense network at the finest stride (every layer at least that fine), stem .. layer4 outputs.
-
-    For an adaptive net this is the ``L == 0`` network: the adaptive convs run at every finest-grid pixel here and
-    are rescaled to their element counts afterwards; for a dense net it is the net itself.
-    """
-    recorder.part = "backbone"
-    x = net.stem(x)
-    plans = plan_resnet([len(getattr(net, n)) for n in LAYERS], net.finest_stride, 0, net.downsampling)
-    outs = {}
-    for name, layer_plans in zip(LAYERS, plans):
-        x = outs[name] = net.dense_layer(name, x, layer_plans)
-    return outs
-
-
-def _adaptive_convs(net: AdaptiveResNet, prefix: str) -> dict[str, tuple[int, bool, int]]:
-    """``{conv name: (stage before, downsamples, stage of its outputs)}`` for every conv of the adaptive part.
-
-    A conv2 computes only the survivors of its step when that step subsamples (top-left); with SoftPool, or as a
-    deformable conv (and its offset conv), it computes every pre-step element and the step merges afterwards.
-    """
-    info, stage = {}, 0
-    for name, layer_plans in zip(LAYERS, net.plans):
-        for b, (block, plan) in enumerate(zip(getattr(net, name), layer_plans)):
-            if not plan.adaptive:
-                continue
-            base = f"{prefix}{name}.{b}."
-            step = int(plan.downsample_step)
-            info[base + "conv1"] = (stage, False, stage)
-            if step and (plan.pool != "top_left" or isinstance(block.conv2, DeformableConv2d)):
-                info[base + "conv2"] = (stage, False, stage)
-            else:
-                info[base + "conv2"] = (stage, bool(step), stage + step)
-            if isinstance(block.conv2, DeformableConv2d):
-                info[base + "conv2.offset"] = (stage, False, stage)
-            if shortcut_parts(block) is not None:
-                info[base + "downsample.0"] = (stage, bool(step), stage + step)
-            info[base + "conv3"] = (stage + step, False, stage + step)
-            stage += step
-    return info
-
-
 #: Children whose convs and linear layers count as the head of a model converted by the graph path.
 GRAPH_HEADS = ("classifier", "fc", "head", "heads", "aux_classifier")
 
@@ -390,43 +349,28 @@ def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ..
     return rows, tuple(stage_element_counts(lm)) if lm is not None else ()
 
 
-def _adaptive_resnet(model: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
-    seg = isinstance(model, AdaptiveSegmentationModel)
-    net: AdaptiveResNet = model.backbone if seg else model
-    prefix = "backbone." if seg else ""
-    finest: dict[str, int] = {}
+def _as_graph(model: nn.Module, x: Tensor) -> AdaptiveGraphModule:
+    """The graph path's conversion of a model the ResNet path converted (:class:`AdaptiveResNet`,
+    :class:`AdaptiveSegmentationModel`): the same convs on the same elements (the two paths' outputs are equal at
+    every conversion, tests/models), so one counter counts every model. It converts the model's source holding the
+    children the converted module holds now."""
+    resnet = model.backbone if isinstance(model, AdaptiveSegmentationModel) else model
+    example = torch.empty(tuple(x.shape), device="meta")
+    return convert(
+        _with_children(model), resnet.output_stride, resnet.backend, downsampling=resnet.downsampling,
+        example_input=example, method="graph",
+    )  # fmt: skip
 
-    def fn(m, xm, recorder):
-        net_m = m.backbone if seg else m
-        outs = _resnet_walk(net_m, xm, recorder)
-        first = next((name for name, p in zip(LAYERS, net_m.plans) if p and p[0].adaptive), None)
-        if first is not None:  # the finest grid: the input of the first adaptive layer
-            before = LAYERS[LAYERS.index(first) - 1]
-            finest["shape"] = (outs[before].shape[0], outs[before].shape[2], outs[before].shape[3])
-        recorder.part = "head"
-        if seg:
-            rl = net_m.return_layers
-            feats = {rl[name]: outs[name] for name in LAYERS if name in rl}
-            return segmentation_heads(m.classifier, m.aux_classifier, feats, xm.shape[-2:])
-        if net_m.return_layers is None:
-            return net_m.fc(torch.flatten(net_m.avgpool(outs["layer4"]), 1))
-        return outs
 
-    rows = _run_on_meta(model, x, fn, lambda name: "backbone")
-    if not net.adaptive:
-        return rows, ()
-    lm = _adaptive_level_map(net, levels)
-    n, hf, wf = finest["shape"]
-    if lm.shape != (n, hf, wf):
-        raise LevelMapError(f"level map has shape {lm.shape} but the finest grid of this input is {(n, hf, wf)}")
-    counts = tuple(stage_element_counts(lm))
-    info = _adaptive_convs(net, prefix)
-    for row in rows:
-        hit = info.get(row["layer"])
-        if hit is not None:
-            stage, down, out_stage = hit
-            row.update(adaptive=True, stage=stage, downsample=down, elements=counts[out_stage])
-    return rows, counts
+def _with_children(net: AdaptiveResNet | AdaptiveSegmentationModel) -> nn.Module:
+    """A shallow copy of ``net.source`` whose children are ``net``'s (an adaptive backbone: its source's copy)."""
+    view = copy.copy(net.source)
+    view._modules = dict(net.source._modules)
+    for name in view._modules:
+        child = net._modules.get(name)
+        if child is not None:
+            view._modules[name] = _with_children(child) if isinstance(child, AdaptiveResNet) else child
+    return view
 
 
 def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = None) -> MacCount:
@@ -459,8 +403,8 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
     pd = require("pandas")  # lazily: pandas is the bench extra's, and import adatriton stays light
 
     if isinstance(model, (AdaptiveResNet, AdaptiveSegmentationModel)):
-        rows, counts = _adaptive_resnet(model, x, levels)
-    elif isinstance(model, AdaptiveGraphModule):
+        model = _as_graph(model, x)
+    if isinstance(model, AdaptiveGraphModule):
         rows, counts = _graph(model, x, levels)
     elif isinstance(model, D2Net):
         rows, counts = _d2net(model, x, levels)

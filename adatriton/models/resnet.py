@@ -241,6 +241,8 @@ class AdaptiveResNet(nn.Module):
 
     Attributes:
         return_layers: the ``IntermediateLayerGetter``'s ``{layer: output name}`` mapping, None for a ``ResNet``.
+        source: the model converted (its children are this module's); the graph path converts it to the same
+            network (:func:`adatriton.count_macs` counts through it).
     """
 
     def __init__(
@@ -278,6 +280,7 @@ class AdaptiveResNet(nn.Module):
         self.backend = backend
         self.return_layers = return_layers
         self.downsampling = downsampling
+        vars(self)["source"] = model  # not a child: the same modules are this module's own (no state_dict keys)
         self.plans = plan_resnet([len(children[n]) for n in LAYERS], self.finest_stride, self.num_levels, downsampling)
         swap_modules(model, filter_fn)  # in place: the model's own children, now drop-in modules with its weights
         children = dict(model.named_children())

@@ -273,6 +273,7 @@ class AdaptiveSegmentationModel(nn.Module):
             model.backbone, output_stride, backend, filter_fn=lambda module, fqn: False, downsampling=downsampling
         )
         self.classifier = model.classifier
+        vars(self)["source"] = model  # not a child (see AdaptiveResNet.source)
         self.aux_classifier = model.aux_classifier
 
     @property

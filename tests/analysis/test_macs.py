@@ -145,6 +145,31 @@ def test_matches_explain(resnet50):
     assert sorted(zip(convs["layer"], convs["elements"])) == sorted(zip(explained["layer"], explained["elements"]))
 
 
+@pytest.mark.parametrize("conversion", ["8->32", "16->32", "8->16"])
+def test_softpool_and_deformable_resnets_match_explain(conversion):
+    """The one counter counts the ResNet path through its graph conversion: a SoftPool merge makes conv2 compute
+    every pre-step element, a deformable conv2 (and its offset conv) too, as the converted model does."""
+    model = adatriton.make_deformable(torchvision.models.resnet50().eval(), ["layer3.0.conv2", "layer4.2.conv2"])
+    net = adatriton.convert(model, conversion, downsampling="softpool").eval()
+    x = torch.randn(1, 3, 64, 96)
+    finest = int(conversion.split("->")[0])
+    lm = LevelMap.random(1, 64 // finest, 96 // finest, conversion, generator=torch.Generator().manual_seed(2))
+    rows = count_macs(net, x, lm).rows
+    explained = adatriton.explain(net, x, lm)  # it records conv2d calls, not torchvision's deform_conv2d
+    deformable = rows["layer"].isin(["layer3.0.conv2", "layer4.2.conv2"])
+    convs = rows[(rows["op"] == "conv") & ~deformable]
+    assert convs["MAs"].sum() == explained["MAs"].sum()
+    assert sorted(zip(convs["layer"], convs["elements"])) == sorted(zip(explained["layer"], explained["elements"]))
+    # A deformable conv computes the elements its offset conv computes.
+    by_layer = rows.set_index("layer")
+    for name in ("layer3.0.conv2", "layer4.2.conv2"):
+        assert by_layer.loc[name, "elements"] == by_layer.loc[f"{name}.offset", "elements"]
+        assert (
+            by_layer.loc[name, "MAs"]
+            == 9 * by_layer.loc[name, "cin"] * by_layer.loc[name, "cout"] * by_layer.loc[name, "elements"]
+        )
+
+
 def test_level_map_as_integer_tensor_and_errors(resnet50):
     net = adatriton.convert(resnet50, "8->32")
     x = torch.empty(1, 3, 64, 64, device="meta")

@@ -941,29 +941,44 @@ class Converter:
         step = stride == 2 and x.t < self.b
         self.check_stage(node, x, step)
         if step and self.softpools(x.t):
-            return self.softpool_step(node, x, mod, k, spacing)
-        self.record(node, "conv", on_map=True, stage=x.stage, downsample=step, kernel=k, tap_spacing=spacing)
+            return self.softpool_step(node, m, x, mod, k, spacing)
+        self.record_conv(node, m, x.stage, step, k, spacing)
         new = self.call(map_conv, (mod, x, spacing, step, self.backend()), name=node.name)
         return self.map_value(node, new, x, stage=x.stage + int(step))
+
+    def record_conv(self, node: fx.Node, m: nn.Conv2d, stage: int, step: bool, k: int, spacing: int, note: str = ""):
+        """The plan of a conv on a map. A deformable conv computes every pre-step element (its step keeps the
+        survivors afterwards), and its offset conv runs on the same elements: two plans, which the multiply-add
+        counter and :meth:`~adatriton.models.graph.AdaptiveGraphModule.build_tables` read."""
+        deformable = isinstance(m, DeformableConv2d)
+        info = {
+            "on_map": True,
+            "stage": stage,
+            "downsample": step and not deformable,
+            "kernel": k,
+            "tap_spacing": spacing,
+        }
+        if deformable:
+            offsets = NodePlan(node.name, f"{_target_name(node)}.offset", "conv", **info, note="the deformable offsets")
+            self.plan.nodes.append(offsets)
+        self.record(node, "conv", **info, note=note)
 
     def softpools(self, t: int) -> bool:
         """Whether a stride-2 conv whose input is at OS ``t`` merges by SoftPool (``downsampling="softpool"``: from
         :data:`SOFTPOOL_FROM_STRIDE` on, the subsamplings of a ResNet's layer3 and layer4)."""
         return self.downsampling == "softpool" and t >= SOFTPOOL_FROM_STRIDE
 
-    def softpool_step(self, node: fx.Node, x: _Value, mod: _Value, k: int, spacing: int) -> _Value:
+    def softpool_step(self, node: fx.Node, m: nn.Conv2d, x: _Value, mod: _Value, k: int, spacing: int) -> _Value:
         """A stride-2 conv whose step merges by SoftPool, as the dense SoftPool network does: a 1x1 conv (a
         shortcut) after the step, on the merged elements; a larger one (a bottleneck's conv2) before it, at every
         pre-step element, its output then merged."""
         backend = self.backend()
         if k == 1:
-            self.record(
-                node, "conv", on_map=True, stage=x.stage + 1, kernel=k, tap_spacing=spacing, note="SoftPool first"
-            )
+            self.record_conv(node, m, x.stage + 1, False, k, spacing, "SoftPool first")
             pooled = self.call(map_downsample, (x, "softpool"), name=f"{node.name}_softpool")
             new = self.call(map_conv, (mod, pooled, spacing, False, backend), name=node.name)
         else:
-            self.record(node, "conv", on_map=True, stage=x.stage, kernel=k, tap_spacing=spacing, note="then SoftPool")
+            self.record_conv(node, m, x.stage, False, k, spacing, "then SoftPool")
             conv = self.call(map_conv, (mod, x, spacing, False, backend), name=node.name)
             new = self.call(map_downsample, (conv, "softpool"), name=f"{node.name}_softpool")
         return self.map_value(node, new, x, stage=x.stage + 1)

@@ -26,7 +26,7 @@ from ... import ops as AF
 from ...core.levelmap import LevelMap
 from ...core.multires import MultiResMap
 from ...nn.hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
-from ...nn.modules import conv_at
+from ...nn.modules import DeformableConv2d, conv_at
 from ...ops.batchnorm import ACTIVATIONS
 from .rules import TO_LAST
 
@@ -100,6 +100,8 @@ def map_conv(module: nn.Conv2d, x: MultiResMap, tap_spacing: int, downsample: bo
 
 
 def _conv(module: nn.Conv2d, x: MultiResMap, tap_spacing: int, downsample: bool, backend: str | None) -> MultiResMap:
+    if isinstance(module, DeformableConv2d):  # its offsets from its offset conv, then the step (docs/semantics.md §7)
+        return module.multires(x, tap_spacing=tap_spacing, downsample=downsample, backend=backend)
     return AF.conv2d(x, module.weight, module.bias, tap_spacing, module.groups, downsample, backend)
 
 

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.strides import canonical_stride
-from ...nn.modules import DeformableConv2d
 
 __all__ = [
     "BINARY_FUNCTIONS",
@@ -347,8 +346,6 @@ def conv_problem(m: nn.Conv2d) -> str:
     p = pair(m.padding)
     if p is None or p != (d[0] * (k[0] // 2),) * 2:
         return f"padding {m.padding} does not centre the kernel (dilation * (k // 2) = {d[0] * (k[0] // 2)})"
-    if isinstance(m, DeformableConv2d):
-        return "deformable convs are not converted by the graph path"
     return ""
 
 
