@@ -236,6 +236,27 @@ def test_softpool_graph_path_equals_the_resnet_path(conversion):
     assert merges == {"8->32": 4, "8->16": 2, "16->32": 4, "32": 4}[conversion], graph.code
 
 
+@pytest.mark.parametrize("conversion", ["8->32", "16->32", "8"])
+def test_deformable_graph_path_equals_the_resnet_path(conversion):
+    """Deformable conv2s (``make_deformable``; one with a step, one in the last block), random offsets: the graph
+    path runs them on the map as the ResNet path does (offsets on the pre-step elements, then the step)."""
+    torch.manual_seed(12)
+    model = torchvision.models.resnet50().eval().to(DT)
+    model = adatriton.make_deformable(model, ["layer3.0.conv2", "layer4.2.conv2"])
+    gen = torch.Generator().manual_seed(12)
+    for module in model.modules():
+        if isinstance(module, adatriton.DeformableConv2d):
+            module.offset.weight.data.normal_(0, 0.02, generator=gen)
+    x = _input((40, 56), seed=13)
+    k = num_levels_of(conversion) if "->" in conversion else 0
+    finest = int(conversion.split("->")[0])
+    grid = (-(-40 // finest), -(-56 // finest))
+    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(14)) if k else None
+    with torch.no_grad():
+        graph = adatriton.convert(model, conversion, method="graph")(x, lm)
+        _assert_close(graph, adatriton.convert(copy.deepcopy(model), conversion)(x, lm))
+
+
 def test_intermediate_layer_getter_graph_path_equals_the_resnet_path():
     """Both paths return the getter's dict, the adaptive layers densified on the finest grid."""
     getter = IntermediateLayerGetter(_model("resnext50_32x4d"), {"layer2": "c3", "layer4": "c5"})
