@@ -9,10 +9,13 @@ import types
 
 import pytest
 import torch
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchvision.models._utils import IntermediateLayerGetter
 
 import adatriton
+from adatriton import LevelMap
 from bench.__main__ import main
 from bench._measure import median_interval
 from bench._report import read_csv
@@ -20,6 +23,7 @@ from bench.host import (
     GRAPH,
     SCENARIOS,
     OpCounter,
+    graph_adaptive_part,
     host_time_verdict,
     patch_references,
     restore_references,
@@ -193,3 +197,26 @@ def test_host_time_verdict_reads_the_median_interval(low, high, verdict):
     # a spread that max/min would call noisy: the interval decides, not the slowest forward
     row.update(time_min_ms=1.0, time_max_ms=2.5, iters=40)
     assert host_time_verdict(row) == verdict
+
+
+def test_graph_adaptive_part_equals_the_module_and_computes_the_dense_part_once():
+    """The graph path's split at its level map (the host suite's memoized dense part): the same output as the
+    converted module, and the dense part's modules run once per input tensor."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    getter = IntermediateLayerGetter(model, {"layer4": "out"})
+    net = adatriton.convert(getter, "8->32", method="graph", backend="torch").eval()
+    run = graph_adaptive_part(net)
+    x = torch.randn(1, 3, 64, 96)
+    lm = LevelMap.random(1, 8, 12, "8->32", generator=torch.Generator().manual_seed(3))
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            expected = net(x, lm)["out"]
+            assert len(calls) == 1
+            for _ in range(2):
+                torch.testing.assert_close(run(x, lm)["out"], expected, rtol=0, atol=0)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the module's forward, then once for the split's two calls

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import linecache
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from ..attach import attached_levels, mask_source_of
 from .converter import Converter, Plan, planning_inputs, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
-__all__ = ["AdaptiveGraphModule", "convert_graph"]
+__all__ = ["AdaptiveGraphModule", "convert_graph", "generated_forward"]
 
 
 class AdaptiveGraphModule(nn.Module):
@@ -111,13 +111,7 @@ class AdaptiveGraphModule(nn.Module):
         self._compile()
 
     def _compile(self) -> None:
-        code = _fetching_parents_once(self.graph).python_code(root_module="self")
-        self.code = code.src
-        key = f"<adatriton graph {self.output_stride} {id(self):x}>"
-        linecache.cache[key] = (len(code.src), None, code.src.splitlines(True), key)  # tracebacks show the code
-        scope = dict(code.globals)
-        exec(compile(code.src, key, "exec"), scope)  # noqa: S102 -- fx's generated forward, as GraphModule does
-        self.forward_code = scope["forward"]
+        self.code, self.forward_code = generated_forward(self.graph, f"{self.output_stride} {id(self):x}")
 
     @property
     def adaptive(self) -> bool:
@@ -268,6 +262,18 @@ class AdaptiveGraphModule(nn.Module):
             if p.kernel > 1:
                 lm.layout(p.stage).tap_index(p.kernel, p.tap_spacing, p.downsample)
         return lm
+
+
+def generated_forward(graph: fx.Graph, label: str = "") -> tuple[str, Callable]:
+    """The Python source fx generates for a converted graph and its function, ``forward(module, *inputs)`` (the
+    module whose attributes the graph reads; modules fetched once per call, :func:`_fetching_parents_once`).
+    Tracebacks show the source."""
+    code = _fetching_parents_once(graph).python_code(root_module="self")
+    key = f"<adatriton graph {label or f'{id(graph):x}'}>"
+    linecache.cache[key] = (len(code.src), None, code.src.splitlines(True), key)
+    scope = dict(code.globals)
+    exec(compile(code.src, key, "exec"), scope)  # noqa: S102 -- fx's generated forward, as GraphModule does
+    return code.src, scope["forward"]
 
 
 def _fetching_parents_once(graph: fx.Graph) -> fx.Graph:
