@@ -42,6 +42,7 @@ computed output element (per group), for every conv; pools, ReLUs and the normal
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -245,6 +246,23 @@ def _plan(trunk: nn.Sequential) -> tuple[_Op, ...]:
     return tuple(ops)
 
 
+class _Trunk(nn.Module):
+    """The trunk as the graph path converts it (:meth:`D2Net.graph`): ``features`` with ceil-mode pools, then the
+    optional ReLU."""
+
+    def __init__(self, features: nn.Sequential, use_relu: bool):
+        super().__init__()
+        pools = {i: copy.copy(m) for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)}
+        for pool in pools.values():
+            pool.ceil_mode = True
+        self.features = nn.Sequential(*(pools.get(i, m) for i, m in enumerate(features)))
+        self.use_relu = use_relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)
+        return F.relu(x) if self.use_relu else x
+
+
 #: Output strides of the trunk for :func:`~adatriton.core.strides.parse_output_stride`: name -> (finest stride, K).
 OUTPUT_STRIDES = {**{s: (int(s), 0) for s in DENSE_STRIDES}, ADAPTIVE_STRIDE: (1, NUM_POOLS)}
 
@@ -303,6 +321,28 @@ class D2Net(nn.Module):
 
     def extra_repr(self) -> str:
         return f"output_stride={self.output_stride!r}, use_relu={self.use_relu}, backend={self.backend!r}"
+
+    def graph(self, output_stride: str | int | None = None, example_input: Tensor | None = None) -> nn.Module:
+        """This trunk converted by the graph path (:func:`~adatriton.models.graph.convert_graph`): the same features
+        as :meth:`features_map` at every output stride (tests/models/test_d2net.py), its pools the adaptive steps.
+
+        The trunk it converts holds this module's convs (state_dict keys ``features.<i>.*``, parameters shared); its
+        max-pools are shallow copies with ``ceil_mode=True`` (the rule of the module docstring's "Odd sizes"), and
+        ``use_relu`` ends it with a ReLU. The graph path's max-pool step is the max variant of docs/semantics.md §3.
+
+        Args:
+            output_stride: ``"1"`` .. ``"8"`` or ``"1->8"``; default this module's.
+            example_input: an image batch of the shape to plan on (default ``(1, C, 512, 512)``).
+
+        Returns:
+            An :class:`~adatriton.models.graph.AdaptiveGraphModule`: ``net(x, levels)`` returns
+            :meth:`features_map`'s ``(N, C, H', W')`` features.
+        """
+        from .graph import convert_graph  # the graph path is a sibling of this builder, loaded with the package
+
+        stride = self.output_stride if output_stride is None else output_stride
+        stride = parse_output_stride(stride, OUTPUT_STRIDES, D2NetInputError)[0]
+        return convert_graph(_Trunk(self.features, self.use_relu), stride, example_input, self.backend)
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: Tensor) -> None:

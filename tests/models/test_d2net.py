@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from adatriton import LevelMap, LevelMapError, masks
+from adatriton import LevelMap, LevelMapError, count_macs, masks
 from adatriton.analysis import d2net_macs
 from adatriton.eval import match_mutual_nn
 from adatriton.models import d2net, load_d2net_state_dict
@@ -136,6 +136,35 @@ def test_random_map_with_batchnorm_equals_dense_simulation():
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
     lm = LevelMap.random(2, h, w, "1->8", generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(net.features_map(x, lm), simulate(net, x, lm.levels), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["vgg", "vgg_bn"])
+@pytest.mark.parametrize("size", SIZES)
+def test_graph_path_equals_the_trunk_at_every_stride(size, batch_norm):
+    """The trunk through the graph converter (D2Net.graph, issue 22): its pools are the adaptive steps (max variant),
+    and it equals the hand-written trunk to 1e-12 relative at every output stride, odd sizes included (ceil-mode
+    pools), with the trunk's state_dict keys and parameters."""
+    h, w = size
+    net = small_net(batch_norm=batch_norm)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    lm = LevelMap.random(2, h, w, "1->8", generator=torch.Generator().manual_seed(4))
+    example = torch.empty(1, 3, h, w)
+    with torch.no_grad():
+        for stride in d2net.DENSE_STRIDES:
+            dense = net.with_output_stride(stride)
+            graph = net.graph(stride, example)
+            expected = dense.features_map(x)
+            assert (graph(x) - expected).abs().max() <= 1e-12 * expected.abs().max(), stride
+        graph = net.graph(example_input=example)
+        assert type(graph).__name__ == "AdaptiveGraphModule" and graph.output_stride == "1->8"
+        # conv1_x run before the first step, densely at OS1 (on a stage-0 map they would compute the same pixels)
+        assert len(graph.adaptive_convs()) == 8 and list(graph.state_dict()) == list(net.state_dict())
+        assert all(a is b for a, b in zip(graph.parameters(), net.parameters(), strict=True))
+        expected = net.features_map(x, lm)
+        assert (graph(x, lm) - expected).abs().max() <= 1e-12 * expected.abs().max()
+    # one multiply-add counter: the graph's count is the trunk's
+    assert count_macs(graph, x, lm).total == d2net_macs(net, levels=lm).total
+    assert not any(m.ceil_mode for m in net.features if isinstance(m, nn.MaxPool2d))  # the trunk is left as it was
 
 
 @pytest.mark.parametrize("backend", ["dense", "triton"])
