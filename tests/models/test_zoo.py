@@ -176,6 +176,16 @@ def test_dense_backend_equals_the_simulation(name):
         _assert_close(net(x, lm), simulate(_model(name), x, lm.levels, 8, 2))
 
 
+def _mixed_map(conversion: str, seed: int) -> LevelMap | None:
+    """A per-sample mixed level map for a 2x3x40x56 input at ``conversion`` (None for a dense one): the finest grid
+    is not block-aligned (OS8 5x7, OS16 3x4)."""
+    if "->" not in conversion:
+        return None
+    finest = int(conversion.split("->")[0])
+    grid = (-(-40 // finest), -(-56 // finest))
+    return LevelMap.random(2, *grid, num_levels_of(conversion), generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.mark.parametrize("conversion", ["8->32", "8->16", "16->32", "8", "16"])
 def test_resnext_graph_path_equals_the_resnet_path(conversion):
     """Two implementations of the same rules, at every conversion of the ResNet path (issue 22's first step towards
@@ -183,10 +193,7 @@ def test_resnext_graph_path_equals_the_resnet_path(conversion):
     an odd-sized grid (40x56: OS8 5x7, OS16 3x4)."""
     model = _model("resnext50_32x4d")
     x = _input((40, 56), seed=3)
-    finest = int(conversion.split("->")[0])
-    k = num_levels_of(conversion) if "->" in conversion else 0
-    grid = (-(-40 // finest), -(-56 // finest))
-    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(6)) if k else None
+    lm = _mixed_map(conversion, seed=6)
     args = (x,) if lm is None else (x, lm)
     with torch.no_grad():
         graph = _net("resnext50_32x4d", conversion)(*args)
@@ -205,10 +212,7 @@ def test_dilated_resnet_graph_path_equals_the_resnet_path(conversion):
     leaves the model as it was."""
     model = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval().to(DT)
     x = _input((40, 56), seed=8)
-    k = num_levels_of(conversion) if "->" in conversion else 0
-    finest = int(conversion.split("->")[0])
-    grid = (-(-40 // finest), -(-56 // finest))
-    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(9)) if k else None
+    lm = _mixed_map(conversion, seed=9)
     with torch.no_grad():
         graph = adatriton.convert(model, conversion, method="graph")(x, lm)
         assert model.layer4[0].conv2.stride == (1, 1) and model.layer4[1].conv2.dilation == (4, 4)
@@ -221,10 +225,7 @@ def test_softpool_graph_path_equals_the_resnet_path(conversion):
     before the merge, a shortcut after it), adaptive steps and dense strides alike, as the ResNet path does."""
     model = _model("resnext50_32x4d")
     x = _input((40, 56), seed=10)
-    k = num_levels_of(conversion) if "->" in conversion else 0
-    finest = int(conversion.split("->")[0])
-    grid = (-(-40 // finest), -(-56 // finest))
-    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(11)) if k else None
+    lm = _mixed_map(conversion, seed=11)
     with torch.no_grad():
         graph = adatriton.convert(model, conversion, method="graph", downsampling="softpool")
         soft = graph(x, lm)
@@ -248,10 +249,7 @@ def test_deformable_graph_path_equals_the_resnet_path(conversion):
         if isinstance(module, adatriton.DeformableConv2d):
             module.offset.weight.data.normal_(0, 0.02, generator=gen)
     x = _input((40, 56), seed=13)
-    k = num_levels_of(conversion) if "->" in conversion else 0
-    finest = int(conversion.split("->")[0])
-    grid = (-(-40 // finest), -(-56 // finest))
-    lm = LevelMap.random(2, *grid, k, generator=torch.Generator().manual_seed(14)) if k else None
+    lm = _mixed_map(conversion, seed=14)
     with torch.no_grad():
         graph = adatriton.convert(model, conversion, method="graph")(x, lm)
         _assert_close(graph, adatriton.convert(copy.deepcopy(model), conversion)(x, lm))
