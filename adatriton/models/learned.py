@@ -43,8 +43,9 @@ class LearnedMaskModel(nn.Module):
     Attributes:
         model: the segmentation model (its parameters are the network's; state_dict keys ``model.*``).
         mask: the estimator (state_dict keys ``mask.*``).
-        adaptive_model: ``adatriton.convert(model, "8->16")``, sharing the weights (not a registered submodule, so the
-            state_dict holds every weight once).
+        adaptive_model: ``adatriton.convert(model, "8->16", method="graph")``: the graph path's conversion, sharing
+            the weights (not a registered submodule, so the state_dict holds every weight once); it equals the ResNet
+            path's exactly (tests/models/test_learned.py).
         last_fraction: fraction of the OS8 grid downsampled by the last forward (a differentiable 0-dim tensor in
             training mode, detached in eval mode).
         last_levels: the last eval forward's :class:`~adatriton.LevelMap` (None after a training forward).
@@ -63,7 +64,7 @@ class LearnedMaskModel(nn.Module):
         self.mask = LearnedMask() if mask is None else mask
         # Plain attributes: these wrappers hold the same modules, so registering them would repeat every weight
         # in the state_dict; .to() / .train() reach the shared modules through self.model.
-        self.__dict__["adaptive_model"] = convert(model, LEARNED_CONVERSION, backend)
+        self.__dict__["adaptive_model"] = convert(model, LEARNED_CONVERSION, backend, method="graph")
         self.__dict__["_os8"] = AdaptiveResNet(model.backbone, "8")
         self.__dict__["_os16"] = AdaptiveResNet(model.backbone, "16")
         self.last_fraction: Tensor | None = None
