@@ -18,7 +18,7 @@ from torch import Tensor, nn
 import adatriton
 from adatriton import LevelMap, masks
 from adatriton.core.strides import num_levels_of
-from adatriton.models import segmentation
+from adatriton.models import AdaptiveGraphModule, segmentation
 from adatriton.models.resnet import LAYERS
 from adatriton.runtime.timing import time_calls
 
@@ -135,14 +135,15 @@ def prepare_levelmap(levels: Tensor, num_levels: int, net: nn.Module) -> LevelMa
         The :class:`LevelMap` with its tables built; pass it to the network to time the network alone.
     """
     lm = LevelMap(levels, num_levels)
+    if isinstance(net, AdaptiveGraphModule):  # a segmentation model: its plan lists the convs on maps
+        return net.build_tables(lm)
     for stage in range(num_levels + 1):
         layout = lm.layout(stage)
         if stage < num_levels:
             layout.downsample_sources("top_left")
-    backbone = net.backbone if isinstance(net, adatriton.AdaptiveSegmentationModel) else net
     stage = 0
-    for name, plans in zip(LAYERS, backbone.plans):
-        for block, plan in zip(getattr(backbone, name), plans):
+    for name, plans in zip(LAYERS, net.plans):
+        for block, plan in zip(getattr(net, name), plans):
             if not plan.adaptive:
                 continue
             k = block.conv2.weight.shape[-1]
@@ -361,8 +362,11 @@ def network_rows(
     backends = ctx.backends()
     common = {"model": net.name, "backbone": net.backbone, "head": net.head, "scope": scope, "height": h, "width": w}
 
-    def forward(model: nn.Module) -> Callable:
-        return _compiled(ctx, model.backbone.forward_features if scope == "backbone" else model)
+    def forward(model: nn.Module, source: nn.Module = net.model) -> Callable:
+        if scope == "backbone":  # stem .. layer4 alone: the conversion of the model's backbone, sharing its weights
+            backbone = adatriton.convert(source.backbone, model.output_stride, model.backend).eval()
+            return _compiled(ctx, backbone.forward_features)
+        return _compiled(ctx, model)
 
     jobs = InterleavedRows(ctx)
     with torch.inference_mode():
@@ -386,8 +390,9 @@ def network_rows(
                 # A copy of the weights in the other memory format, converted like the rest.
                 other = torch.contiguous_format if o.channels_last else torch.channels_last
                 scenario = "nchw_weights" if o.channels_last else "channels_last_weights"
-                twin = adatriton.convert(copy.deepcopy(net.model).to(memory_format=other), conversion, "triton")
-                fns[scenario] = forward(twin.eval())
+                twin_model = copy.deepcopy(net.model).to(memory_format=other)
+                twin = adatriton.convert(twin_model, conversion, "triton")
+                fns[scenario] = forward(twin.eval(), twin_model)
                 runs.append(("triton", scenario))
             for source in o.masks:
                 for fraction in o.fractions:

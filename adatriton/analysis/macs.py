@@ -37,7 +37,6 @@ from ..models.convert import convert
 from ..models.d2net import NUM_POOLS, D2Net, D2NetInputError
 from ..models.graph import AdaptiveGraphModule
 from ..models.resnet import AdaptiveResNet
-from ..models.segmentation import AdaptiveSegmentationModel
 from ..runtime.extras import require
 
 if TYPE_CHECKING:
@@ -349,28 +348,16 @@ def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ..
     return rows, tuple(stage_element_counts(lm)) if lm is not None else ()
 
 
-def _as_graph(model: nn.Module, x: Tensor) -> AdaptiveGraphModule:
-    """The graph path's conversion of a model the ResNet path converted (:class:`AdaptiveResNet`,
-    :class:`AdaptiveSegmentationModel`): the same convs on the same elements (the two paths' outputs are equal at
-    every conversion, tests/models), so one counter counts every model. It converts the model's source holding the
-    children the converted module holds now."""
-    resnet = model.backbone if isinstance(model, AdaptiveSegmentationModel) else model
+def _as_graph(net: AdaptiveResNet, x: Tensor) -> AdaptiveGraphModule:
+    """The graph path's conversion of a ResNet the ResNet path converted: the same convs on the same elements (the
+    two paths' outputs are equal at every conversion, tests/models), so one counter counts every model. It converts
+    a shallow copy of the model's source holding the children ``net`` holds now."""
+    source = copy.copy(net.source)
+    source._modules = {name: net._modules.get(name, child) for name, child in net.source._modules.items()}
     example = torch.empty(tuple(x.shape), device="meta")
     return convert(
-        _with_children(model), resnet.output_stride, resnet.backend, downsampling=resnet.downsampling,
-        example_input=example, method="graph",
-    )  # fmt: skip
-
-
-def _with_children(net: AdaptiveResNet | AdaptiveSegmentationModel) -> nn.Module:
-    """A shallow copy of ``net.source`` whose children are ``net``'s (an adaptive backbone: its source's copy)."""
-    view = copy.copy(net.source)
-    view._modules = dict(net.source._modules)
-    for name in view._modules:
-        child = net._modules.get(name)
-        if child is not None:
-            view._modules[name] = _with_children(child) if isinstance(child, AdaptiveResNet) else child
-    return view
+        source, net.output_stride, net.backend, downsampling=net.downsampling, example_input=example, method="graph"
+    )
 
 
 def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = None) -> MacCount:
@@ -402,7 +389,7 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
     """
     pd = require("pandas")  # lazily: pandas is the bench extra's, and import adatriton stays light
 
-    if isinstance(model, (AdaptiveResNet, AdaptiveSegmentationModel)):
+    if isinstance(model, AdaptiveResNet):
         model = _as_graph(model, x)
     if isinstance(model, AdaptiveGraphModule):
         rows, counts = _graph(model, x, levels)

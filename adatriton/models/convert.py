@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from .graph import AdaptiveGraphModule, GraphConversionError, convert_graph
 from .graph.converter import with_meta_parameters
 from .graph.rules import check_options
 from .resnet import LAYERS, STEM, AdaptiveResNet
-from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
+from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel, graph_source
 
 __all__ = ["ConversionWarning", "ConversionProblem", "convert", "coarsest_level_macs"]
 
@@ -61,9 +60,10 @@ def convert(
         model: a torchvision ``ResNet`` with bottleneck blocks (ResNet-50/101/152), any
             ``replace_stride_with_dilation``; the ``IntermediateLayerGetter`` over one; or a segmentation model on one:
             torchvision's ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (``FCN`` / ``DeepLabV3``), or
-            :func:`adatriton.models.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152). Any
-            other model goes through the ``torch.fx`` graph path (:func:`adatriton.models.graph.convert_graph`:
-            MobileNets, EfficientNets, RegNets, VGG, LRASPP, ...), which does not modify it.
+            :func:`adatriton.models.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152), which
+            convert by the graph path. Any other model goes through the ``torch.fx`` graph path too
+            (:func:`adatriton.models.graph.convert_graph`: MobileNets, EfficientNets, RegNets, VGG, LRASPP, ...),
+            which does not modify it.
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks; the ints ``8``, ``16``, ``32`` mean the same) or
             ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive: finest grid at the first stride, downsampled by a level
             map towards the second); the graph path takes any power of two and any ``"a->b"`` with powers of two
@@ -82,8 +82,10 @@ def convert(
         example_input, unsupported: the graph path's (:class:`~adatriton.models.graph.AdaptiveGraphModule`): an
             input of the model's shape to plan on (default ``(1, C, 512, 512)``), and what to do with a layer the
             rules cannot express (``"error"`` or ``"densify"``).
-        method: ``"auto"``: bottleneck ResNets and the segmentation models on them take the ResNet path, every
-            other model the ``torch.fx`` graph path (docs/semantics.md §8); ``"graph"`` forces the graph path.
+        method: ``"auto"``: bottleneck ResNets (and the ``IntermediateLayerGetter`` over one) take the ResNet path,
+            every other model, segmentation models included, the ``torch.fx`` graph path (docs/semantics.md §8);
+            ``"graph"`` forces the graph path, which converts ResNets with equal outputs
+            (:func:`~adatriton.models.segmentation.graph_source`: a dilated backbone re-strided on shallow copies).
         strict: raise :class:`ConversionProblem` where a :class:`ConversionWarning` would be issued.
         mask: a mask source to attach (adaptive ``output_stride`` only), so that ``net(images)`` builds its own
             level map: any callable ``source(images, output_stride) -> LevelMap``, e.g.
@@ -116,8 +118,8 @@ def convert(
         grid; optional for dense strides) and returns what the model returns: logits for a ``ResNet``, the
         getter's ``OrderedDict`` (adaptive layers densified to the finest grid) for an ``IntermediateLayerGetter``
         (:class:`~adatriton.models.AdaptiveResNet`), ``OrderedDict(out=...[, aux=...])`` at the input size for a
-        segmentation model (:class:`~adatriton.models.segmentation.AdaptiveSegmentationModel`; heads on the densified
-        finest-grid maps).
+        segmentation model (:class:`~adatriton.models.segmentation.AdaptiveSegmentationModel`, the graph path's;
+        heads on the densified finest-grid maps).
 
     Example:
         >>> net = adatriton.convert(torchvision.models.resnet101(), "8->32").eval()
@@ -150,7 +152,8 @@ def convert(
     if resnet:
         return _attached(AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling), mask)
     if segmentation:
-        return _attached(AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling), mask)
+        net = AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling, example_input)
+        return _attached(net, mask)
     if filter_fn is not None:
         raise ValueError("filter_fn applies to the ResNet path (it swaps layers in place); the graph path takes none")
     check_options(unsupported, downsampling)
@@ -164,55 +167,6 @@ def convert(
             raise ConversionProblem(problem)
         warnings.warn(problem, ConversionWarning, stacklevel=2)
     return _attached(net, mask)
-
-
-def graph_source(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
-    """What the graph path converts for a bottleneck ResNet, the ``IntermediateLayerGetter`` over one, or a
-    segmentation model on one: the model with torchvision's strides, and the heads that run as built.
-
-    The graph path places its adaptive steps at the stride-2 layers. A dilated backbone (a segmentation model's, or
-    ``replace_stride_with_dilation``) has none past OS8, so its ``layer2`` .. ``layer4`` get the strides of the
-    strided network back: each first bottleneck's ``conv2`` and shortcut conv stride 2, every ``conv2`` dilation 1
-    (the weights do not depend on it; the conversion dilates where its finest stride needs it). Only the changed
-    convs and the modules above them are new objects (shallow copies): every parameter, buffer and hook is the
-    model's, and the model itself is not modified.
-
-    The heads (``classifier``, ``aux_classifier``) were built for the dilated network: they run as built on the
-    densified finest-grid features (docs/semantics.md §7).
-    """
-    prefix = "backbone." if isinstance(model, SEGMENTATION_MODELS) else ""
-    resnet = model.get_submodule(prefix.rstrip("."))
-    changes: dict[str, dict[str, tuple[int, int]]] = {}
-    for name in LAYERS[1:]:
-        for index, block in enumerate(getattr(resnet, name)):
-            stride = (2, 2) if index == 0 else (1, 1)
-            if (block.conv2.stride, block.conv2.dilation, block.conv2.padding) != (stride, (1, 1), (1, 1)):
-                changes[f"{prefix}{name}.{index}.conv2"] = {"stride": stride, "dilation": (1, 1), "padding": (1, 1)}
-            if block.downsample is not None and block.downsample[0].stride != stride:
-                changes[f"{prefix}{name}.{index}.downsample.0"] = {"stride": stride}
-    heads = tuple(h for h in ("classifier", "aux_classifier") if prefix and getattr(model, h, None) is not None)
-    return _copied_along(model, changes), heads
-
-
-def _copied_along(root: nn.Module, changes: dict[str, dict]) -> nn.Module:
-    """``root`` with the attributes ``changes`` gives per module path set on shallow copies of those modules and of
-    the modules above them; every other module, and every parameter and buffer, is shared. No change: ``root``."""
-    copies: dict[str, nn.Module] = {}
-
-    def copy_of(path: str) -> nn.Module:
-        if path not in copies:
-            original = root.get_submodule(path)
-            copies[path] = module = copy.copy(original)
-            module._modules = dict(original._modules)  # its own children table: a copied child replaces one here
-            if path:
-                parent, _, name = path.rpartition(".")
-                copy_of(parent)._modules[name] = module
-        return copies[path]
-
-    for path, attributes in changes.items():
-        for name, value in attributes.items():
-            setattr(copy_of(path), name, value)
-    return copies.get("", root)
 
 
 def _attached(net: nn.Module, mask) -> nn.Module:

@@ -9,12 +9,14 @@ Builders for the paper's models on ResNet-50/101/152 backbones, in torchvision's
 - :func:`deeplabv3plus`: DeepLabv3+ as in the DeepLabV3Plus-Pytorch reference (VainF), which the authors' code
   builds on: ASPP on ``layer4``, a 48-channel projection of ``layer1``, one 3x3 conv on their concatenation.
 
-:class:`AdaptiveSegmentationModel` is what ``convert`` returns for these models (and torchvision's): the backbone
-runs as an :class:`~adatriton.models.AdaptiveResNet`, the heads run densely on its densified outputs.
+:class:`AdaptiveSegmentationModel` is what ``convert`` returns for these models (and torchvision's): their graph-path
+conversion (the backbone with torchvision's strides back, :func:`graph_source`), the heads run as built on the
+densified finest-grid outputs.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -27,13 +29,12 @@ from torchvision.models.resnet import ResNet
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
-from ..core.levelmap import LevelMap
-from ..nn.modules import swap_modules
-from .attach import attached_levels
-from .resnet import AdaptiveResNet
+from .graph import AdaptiveGraphModule
+from .resnet import LAYERS
 
 __all__ = [
     "BACKBONES",
+    "graph_source",
     "segmentation_heads",
     "AdaptiveSegmentationModel",
     "DeepLabHeadV3Plus",
@@ -232,22 +233,24 @@ def deeplabv3plus(
 SEGMENTATION_MODELS = (FCN, DeepLabV3, DeepLabV3Plus)
 
 
-class AdaptiveSegmentationModel(nn.Module):
-    """A segmentation model (torchvision ``FCN`` / ``DeepLabV3``, :class:`DeepLabV3Plus`) with an adaptive backbone.
+class AdaptiveSegmentationModel(AdaptiveGraphModule):
+    """A segmentation model (torchvision ``FCN`` / ``DeepLabV3``, :class:`DeepLabV3Plus`) with an adaptive backbone:
+    the graph path's conversion (:class:`~adatriton.models.graph.AdaptiveGraphModule`) of the model with
+    torchvision's backbone strides back and its heads run as built (:func:`graph_source`).
 
-    Use :func:`adatriton.convert` to build one. The backbone runs as an :class:`~adatriton.models.AdaptiveResNet` on the
-    model's own backbone modules; the heads (the model's own ``classifier`` and ``aux_classifier``) run densely on the
-    densified finest-grid outputs (docs/semantics.md §2, §7): ``layer4`` for the main head, ``layer3`` for the auxiliary
-    head, the dense ``layer1`` for the DeepLabv3+ decoder. Parameters and state_dict keys are the model's.
+    Use :func:`adatriton.convert` to build one. The heads (the model's own ``classifier`` and ``aux_classifier``) run
+    densely on the densified finest-grid features (docs/semantics.md §2, §7): ``layer4`` for the main head,
+    ``layer3`` for the auxiliary head, the dense ``layer1`` for the DeepLabv3+ decoder. Parameters and state_dict keys
+    are the model's; the model is not modified.
 
     Args:
         model: the segmentation model; its ``backbone`` must be an ``IntermediateLayerGetter`` over a bottleneck
             ResNet (torchvision's ``fcn_resnet50/101``, ``deeplabv3_resnet50/101``, this module's builders).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
         backend: conv backend of the adaptive part; None resolves per call.
-        filter_fn: ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g. ``"backbone.layer3.0.conv2"``)
-            chooses the layers :func:`~adatriton.nn.modules.swap_modules` replaces in place; None swaps all.
-        downsampling: ``"top_left"`` or ``"softpool"`` (see :class:`~adatriton.models.AdaptiveResNet`).
+        filter_fn: must be None: the graph path swaps no layer (a ``ValueError`` says so).
+        downsampling: ``"top_left"`` or ``"softpool"`` (every stride-2 conv from OS8 on merges by SoftPool).
+        example_input: an image batch of the shape to plan on (default ``(1, 3, 512, 512)``).
     """
 
     def __init__(
@@ -257,8 +260,8 @@ class AdaptiveSegmentationModel(nn.Module):
         backend: str | None = None,
         filter_fn: Callable[[nn.Module, str], bool] | None = None,
         downsampling: str = "top_left",
+        example_input: Tensor | None = None,
     ):
-        super().__init__()
         if not isinstance(model, SEGMENTATION_MODELS):
             raise TypeError(
                 f"expected a torchvision FCN / DeepLabV3 or an adatriton DeepLabV3Plus, got {type(model).__name__}"
@@ -268,35 +271,57 @@ class AdaptiveSegmentationModel(nn.Module):
                 f"the model's backbone must be torchvision's IntermediateLayerGetter over a ResNet, got "
                 f"{type(model.backbone).__name__}"
             )
-        swap_modules(model, filter_fn)  # heads too: with fqns relative to the whole model
-        self.backbone = AdaptiveResNet(
-            model.backbone, output_stride, backend, filter_fn=lambda module, fqn: False, downsampling=downsampling
-        )
-        self.classifier = model.classifier
-        vars(self)["source"] = model  # not a child (see AdaptiveResNet.source)
-        self.aux_classifier = model.aux_classifier
+        if filter_fn is not None:
+            raise ValueError("filter_fn applies to the ResNet path (it chooses the layers swapped); a segmentation "
+                             "model converts by the graph path, which swaps none")  # fmt: skip
+        source, heads = graph_source(model)
+        super().__init__(source, output_stride, example_input, backend, heads=heads, downsampling=downsampling)
 
-    @property
-    def output_stride(self) -> str:
-        return self.backbone.output_stride
 
-    @property
-    def adaptive(self) -> bool:
-        return self.backbone.adaptive
+def graph_source(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
+    """What the graph path converts for a bottleneck ResNet, the ``IntermediateLayerGetter`` over one, or a
+    segmentation model on one: the model with torchvision's strides, and the heads that run as built.
 
-    def forward(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> OrderedDict[str, Tensor]:
-        """What the segmentation model returns.
+    The graph path places its adaptive steps at the stride-2 layers. A dilated backbone (a segmentation model's, or
+    ``replace_stride_with_dilation``) has none past OS8, so its ``layer2`` .. ``layer4`` get the strides of the
+    strided network back: each first bottleneck's ``conv2`` and shortcut conv stride 2, every ``conv2`` dilation 1
+    (the weights do not depend on it; the conversion dilates where its finest stride needs it). Only the changed
+    convs and the modules above them are new objects (shallow copies): every parameter, buffer and hook is the
+    model's, and the model itself is not modified.
 
-        Args:
-            x: images ``(N, 3, H, W)``.
-            levels: level map on the finest grid ``(N, Hf, Wf)`` (OS8 for ``"8->*"``, OS16 for ``"16->32"``);
-                optional for dense output strides (then all zeros on the ``layer4`` grid); or a callable from the
-                finest-grid features to the map (:meth:`AdaptiveResNet.forward_backbone`); None with a mask source
-                attached (``adatriton.convert(..., mask=...)``): the source's map of ``x``.
+    The heads (``classifier``, ``aux_classifier``) were built for the dilated network: they run as built on the
+    densified finest-grid features (docs/semantics.md §7).
+    """
+    prefix = "backbone." if isinstance(model, SEGMENTATION_MODELS) else ""
+    resnet = model.get_submodule(prefix.rstrip("."))
+    changes: dict[str, dict[str, tuple[int, int]]] = {}
+    for name in LAYERS[1:]:
+        for index, block in enumerate(getattr(resnet, name)):
+            stride = (2, 2) if index == 0 else (1, 1)
+            if (block.conv2.stride, block.conv2.dilation, block.conv2.padding) != (stride, (1, 1), (1, 1)):
+                changes[f"{prefix}{name}.{index}.conv2"] = {"stride": stride, "dilation": (1, 1), "padding": (1, 1)}
+            if block.downsample is not None and block.downsample[0].stride != stride:
+                changes[f"{prefix}{name}.{index}.downsample.0"] = {"stride": stride}
+    heads = tuple(h for h in ("classifier", "aux_classifier") if prefix and getattr(model, h, None) is not None)
+    return _copied_along(model, changes), heads
 
-        Returns:
-            ``OrderedDict`` with ``"out"`` ``(N, num_classes, H, W)`` and, with an auxiliary head, ``"aux"``
-            ``(N, num_classes, H, W)``: the heads' logits bilinearly upsampled to the input size.
-        """
-        levels = attached_levels(self, levels, x)  # none given: the attached mask source's (adatriton.convert(mask=))
-        return segmentation_heads(self.classifier, self.aux_classifier, self.backbone(x, levels), x.shape[-2:])
+
+def _copied_along(root: nn.Module, changes: dict[str, dict]) -> nn.Module:
+    """``root`` with the attributes ``changes`` gives per module path set on shallow copies of those modules and of
+    the modules above them; every other module, and every parameter and buffer, is shared. No change: ``root``."""
+    copies: dict[str, nn.Module] = {}
+
+    def copy_of(path: str) -> nn.Module:
+        if path not in copies:
+            original = root.get_submodule(path)
+            copies[path] = module = copy.copy(original)
+            module._modules = dict(original._modules)  # its own children table: a copied child replaces one here
+            if path:
+                parent, _, name = path.rpartition(".")
+                copy_of(parent)._modules[name] = module
+        return copies[path]
+
+    for path, attributes in changes.items():
+        for name, value in attributes.items():
+            setattr(copy_of(path), name, value)
+    return copies.get("", root)

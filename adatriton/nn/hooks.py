@@ -14,13 +14,14 @@ network. Backward hooks (``register_full_backward_hook``) are not run on modules
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-__all__ = ["call_with_hooks", "has_hooks", "run_forward_hooks", "run_forward_pre_hooks"]
+__all__ = ["call_with_hooks", "has_hooks", "hooks_silenced", "run_forward_hooks", "run_forward_pre_hooks"]
 
 # torch's global hook dicts, read on every check: registering and removing a global hook changes these very dicts
 # (in place), so holding them saves two module attribute lookups per check.
@@ -40,6 +41,28 @@ def has_hooks(*modules: nn.Module | None) -> bool:
         if m is not None and (m._forward_hooks or m._forward_pre_hooks):
             return True
     return False
+
+
+@contextlib.contextmanager
+def hooks_silenced(root: nn.Module) -> Iterator[None]:
+    """While inside, no forward or forward-pre hook runs, neither of ``root``'s modules nor a global one; they are all
+    back afterwards. For planning runs on meta tensors (:func:`adatriton.models.graph.converter.with_meta_parameters`),
+    which are not calls of the model: a hook that records activations must not see them."""
+    tables = ("_forward_hooks", "_forward_pre_hooks")
+    saved = [(m, name, vars(m)[name]) for m in root.modules() for name in tables if name in vars(m)]
+    globals_saved = [(table, dict(table)) for table in (_GLOBAL_PRE, _GLOBAL_POST)]
+    for m, name, table in saved:
+        vars(m)[name] = type(table)()
+    for table, _ in globals_saved:
+        table.clear()
+    try:
+        yield
+    finally:
+        for m, name, table in saved:
+            vars(m)[name] = table
+        for table, contents in globals_saved:
+            table.clear()
+            table.update(contents)
 
 
 def run_forward_pre_hooks(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -85,7 +85,7 @@ def test_deeplabv3_resnet50_hooks_fire_on_every_module():
     model = tvseg.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True).eval()
     net = adatriton.convert(model, "8->32")
     x = torch.randn(1, 3, 64, 64)
-    lm = _levels(net.backbone, 1, 64, 64)
+    lm = _levels(net, 1, 64, 64)
     kinds = _check_all_fire(net, lambda: net(x, lm), exact=False)
     assert kinds["backbone.layer3.0.conv2"][0] is MultiResMap
     assert kinds["classifier"] == (torch.Tensor, torch.Tensor)

@@ -181,7 +181,7 @@ def test_train_blend_all_downsample_is_os16(net):
         with torch.no_grad():
             out, fraction = net.forward_train(x, mask=torch.ones(2, 1, 4, 4, dtype=DT))
             layer4 = seen["x"]
-            os16 = adatriton.convert(net.model, "16").backbone.forward_features(x)
+            os16 = adatriton.convert(net.model.backbone, "16").forward_features(x)
             adaptive = adatriton.convert(net.model, "8->16")(x, LevelMap.uniform(2, 8, 8, 1, 1))
     finally:
         handle.remove()
@@ -199,8 +199,8 @@ def test_train_blend_mixed_mask(net):
     mask = torch.tensor([[[[1.0, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1]]]], dtype=DT)
     with torch.no_grad():
         out, fraction = net.forward_train(x, mask=mask)
-        l3_os8 = adatriton.convert(net.model, "8").backbone.forward_backbone(x, None, ("layer3",))["layer3"]
-        l3_os16 = adatriton.convert(net.model, "16").backbone.forward_backbone(x, None, ("layer3",))["layer3"]
+        l3_os8 = adatriton.convert(net.model.backbone, "8").forward_backbone(x, None, ("layer3",))["layer3"]
+        l3_os16 = adatriton.convert(net.model.backbone, "16").forward_backbone(x, None, ("layer3",))["layer3"]
         m = upsample_mask(mask, 8, 8)
         blend = m * upsample_mask(l3_os16, 8, 8) + (1 - m) * l3_os8
         aux = net.model.aux_classifier(blend)

@@ -299,8 +299,10 @@ def test_convert_dispatch():
     assert [p.tap_spacing for p in basic.adaptive_convs() if p.kernel == 3] == [1, 2, 2, 2, 2, 4, 4, 4]
     with pytest.raises(ValueError, match="method must be"):
         adatriton.convert(torchvision.models.resnet18(), "8->32", method="fx")
-    with pytest.raises(ValueError, match="filter_fn and downsampling"):
-        adatriton.convert(torchvision.models.resnet18(), "8->32", downsampling="softpool")
+    with pytest.raises(ValueError, match="filter_fn applies to the ResNet path"):
+        adatriton.convert(torchvision.models.resnet18(), "8->32", filter_fn=lambda module, fqn: True)
+    segmentation = adatriton.convert(tvseg.fcn_resnet50(weights=None, weights_backbone=None), "8->32")
+    assert isinstance(segmentation, AdaptiveGraphModule) and segmentation.heads == ("classifier",)
 
 
 # ---------------------------------------------------------------------------------------------- small models
@@ -513,7 +515,7 @@ def test_bad_inputs_have_clear_errors():
         net(x)
     with pytest.raises(LevelMapError, match=r"shape \(1, 4, 4\) but the features need \(N, Hf, Wf\) = \(1, 5, 7\)"):
         net(x, torch.zeros(1, 4, 4, dtype=torch.long))
-    with pytest.raises(LevelMapError, match="K=1 levels but this conversion needs K=2"):
+    with pytest.raises(LevelMapError, match="K=1 levels but output_stride '8->32' needs K=2"):
         net(x, LevelMap.uniform(1, 5, 7, 0, 1))
     dense = net.finest_network()
     with pytest.raises(LevelMapError, match="outside 0..0"):

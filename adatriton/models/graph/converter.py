@@ -4,6 +4,7 @@ stride, and writes the converted graph node by node (docs/semantics.md §8; the 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import itertools
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from ...nn.hooks import hooks_silenced
 from ...nn.modules import ADAPTIVE_MODULES, DeformableConv2d
 from ...ops import softpool2d
 from .fusion import fuse_conv_groups
@@ -353,7 +355,8 @@ class Converter:
             self.plan.entry = next((k.name for k, val in self.values.items() if val is v), None) or next(
                 (node.name for node, val, _ in self.scope_inputs.values() if val is v), None
             )
-            self.lm_node = self.call(level_map, (self.levels_node, v, self.k), name="levelmap")
+            conversion = f"{self.a}->{self.b}"
+            self.lm_node = self.call(level_map, (self.levels_node, v, self.k, conversion), name="levelmap")
         elif (n, h, w) != self.finest:
             raise GraphConversionError(
                 f"node {node.name!r}: features of grid {(n, h, w)} enter the adaptive part, whose finest grid is "
@@ -485,7 +488,10 @@ class Converter:
                     out, lambda v: self.densify(v) if isinstance(v, _Value) and v.kind == "map" else v
                 )
                 self.finish()
-                self.g.output(self.nodes_of(out))
+                out = self.nodes_of(out)
+                if isinstance(out, dict):  # fx writes an OrderedDict (torchvision's outputs) as a dict literal
+                    out = self.g.call_function(collections.OrderedDict, (out,), name="outputs")
+                self.g.output(out)
             else:
                 for path in self.scope_starts.get(node, ()):
                     self.enter_scope(path)
@@ -1175,7 +1181,8 @@ class _PlanRunner(nn.Module):
 
 def with_meta_parameters(root: nn.Module, inputs: Sequence, fn: Callable[[nn.Module, list], Any]) -> Any:
     """``fn(root, inputs)`` with every parameter and buffer of ``root`` replaced by a float32 meta tensor, in eval
-    mode (restored afterwards), without gradients; ``root``'s own tensors are untouched."""
+    mode (restored afterwards), without gradients and without hooks (:func:`~adatriton.nn.hooks.hooks_silenced`: a
+    planning run is no call of the model); ``root``'s own tensors are untouched."""
     state = {}
     for n, t in itertools.chain(root.named_parameters(), root.named_buffers()):
         dtype = torch.float32 if t.is_floating_point() else t.dtype
@@ -1183,7 +1190,7 @@ def with_meta_parameters(root: nn.Module, inputs: Sequence, fn: Callable[[nn.Mod
     modes = [(m, m.training) for m in root.modules()]
     root.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooks_silenced(root):
             return torch.func.functional_call(_PlanRunner(root, fn), state, tuple(inputs), strict=False)
     finally:
         for m, training in modes:

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-def level_map(levels: Any, features: Tensor, num_levels: int) -> LevelMap:
+def level_map(levels: Any, features: Tensor, num_levels: int, output_stride: str = "") -> LevelMap:
     """The validated level map of one call, at the first tensor that enters the adaptive part.
 
     Args:
@@ -62,13 +62,13 @@ def level_map(levels: Any, features: Tensor, num_levels: int) -> LevelMap:
             features to one of those.
         features: ``(N, C, Hf, Wf)`` dense features at the finest output stride.
         num_levels: ``K`` of the conversion.
+        output_stride: the conversion's name (``"8->32"``), for the messages.
     """
     if callable(levels) and not isinstance(levels, (LevelMap, Tensor)):
         levels = levels(features)
     grid = f"the finest grid, here {tuple(features.shape[:1] + features.shape[2:])}"
-    return LevelMap.checked(
-        levels, num_levels, "this conversion", call="forward(..., levels)", grid=grid, device=features.device
-    )
+    needs = f"output_stride {output_stride!r}" if output_stride else "this conversion"
+    return LevelMap.checked(levels, num_levels, needs, call="forward(..., levels)", grid=grid, device=features.device)
 
 
 def check_dense_levels(levels: Any, features: Tensor | None) -> None:
