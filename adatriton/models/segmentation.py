@@ -29,6 +29,7 @@ from torchvision.models.resnet import ResNet
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
+from ..nn.modules import swap_modules
 from .graph import AdaptiveGraphModule
 from .resnet import LAYERS
 
@@ -241,14 +242,16 @@ class AdaptiveSegmentationModel(AdaptiveGraphModule):
     Use :func:`adatriton.convert` to build one. The heads (the model's own ``classifier`` and ``aux_classifier``) run
     densely on the densified finest-grid features (docs/semantics.md §2, §7): ``layer4`` for the main head,
     ``layer3`` for the auxiliary head, the dense ``layer1`` for the DeepLabv3+ decoder. Parameters and state_dict keys
-    are the model's; the model is not modified.
+    are the model's; its layers become their drop-in classes in place, as on the ResNet path.
 
     Args:
         model: the segmentation model; its ``backbone`` must be an ``IntermediateLayerGetter`` over a bottleneck
             ResNet (torchvision's ``fcn_resnet50/101``, ``deeplabv3_resnet50/101``, this module's builders).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
         backend: conv backend of the adaptive part; None resolves per call.
-        filter_fn: must be None: the graph path swaps no layer (a ``ValueError`` says so).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g. ``"backbone.layer3.0.conv2"``)
+            chooses the layers :func:`~adatriton.nn.modules.swap_modules` replaces in place by their drop-in classes
+            (as the ResNet path does; the graph path runs either kind); None swaps all.
         downsampling: ``"top_left"`` or ``"softpool"`` (every stride-2 conv from OS8 on merges by SoftPool).
         example_input: an image batch of the shape to plan on (default ``(1, 3, 512, 512)``).
     """
@@ -271,9 +274,7 @@ class AdaptiveSegmentationModel(AdaptiveGraphModule):
                 f"the model's backbone must be torchvision's IntermediateLayerGetter over a ResNet, got "
                 f"{type(model.backbone).__name__}"
             )
-        if filter_fn is not None:
-            raise ValueError("filter_fn applies to the ResNet path (it chooses the layers swapped); a segmentation "
-                             "model converts by the graph path, which swaps none")  # fmt: skip
+        swap_modules(model, filter_fn)  # as the ResNet path: the model's layers become drop-ins, in place
         source, heads = graph_source(model)
         super().__init__(source, output_stride, example_input, backend, heads=heads, downsampling=downsampling)
 
