@@ -71,6 +71,7 @@ from .segmentation import (
     deeplabv3,
     deeplabv3plus,
     fcn,
+    graph_source,
     segmentation_heads,
 )
 
@@ -114,6 +115,7 @@ __all__ = [
     "dilate_head",
     "enter",
     "fcn",
+    "graph_source",
     "level_map",
     "load_authors_state_dict",
     "load_d2net_state_dict",

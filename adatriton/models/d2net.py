@@ -57,6 +57,7 @@ from ..core.levelmap import LevelMap
 from ..core.multires import MultiResMap
 from ..core.strides import parse_output_stride
 from ..nn.hooks import call_with_hooks, has_hooks
+from .graph import convert_graph
 
 __all__ = [
     "ADAPTIVE_STRIDE",
@@ -338,8 +339,6 @@ class D2Net(nn.Module):
             An :class:`~adatriton.models.graph.AdaptiveGraphModule`: ``net(x, levels)`` returns
             :meth:`features_map`'s ``(N, C, H', W')`` features.
         """
-        from .graph import convert_graph  # the graph path is a sibling of this builder, loaded with the package
-
         stride = self.output_stride if output_stride is None else output_stride
         stride = parse_output_stride(stride, OUTPUT_STRIDES, D2NetInputError)[0]
         return convert_graph(_Trunk(self.features, self.use_relu), stride, example_input, self.backend)

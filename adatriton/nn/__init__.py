@@ -1,9 +1,9 @@
 """Drop-in modules: torch layers that also run on multi-resolution maps, and :func:`swap_modules`; a converted model
 as a CUDA graph: :func:`cuda_graph`; module hooks for the modules a converted network runs on maps:
-:func:`call_with_hooks`, :func:`has_hooks`."""
+:func:`call_with_hooks`, :func:`has_hooks`, :func:`hooks_silenced`."""
 
 from .graphs import GraphedForward, StaleGraphError, cuda_graph
-from .hooks import call_with_hooks, has_hooks, run_forward_hooks, run_forward_pre_hooks
+from .hooks import call_with_hooks, has_hooks, hooks_silenced, run_forward_hooks, run_forward_pre_hooks
 from .modules import (
     ADAPTIVE_MODULES,
     AdaptiveBatchNorm2d,
@@ -29,6 +29,7 @@ __all__ = [
     "conv_at",
     "cuda_graph",
     "has_hooks",
+    "hooks_silenced",
     "make_deformable",
     "run_forward_hooks",
     "run_forward_pre_hooks",
