@@ -113,3 +113,19 @@ def test_a_densify_note_says_its_reason_once():
 def test_a_head_that_is_not_a_module_is_refused_by_name():
     with pytest.raises(adatriton.models.GraphConversionError, match="head 'decoder' is not a module of ResNet"):
         adatriton.models.convert_graph(torchvision.models.resnet18(), "8->32", heads=("decoder",))
+
+
+def test_a_softpool_conv_the_rules_cannot_express_runs_as_it_is_with_densify():
+    """A stride-2 conv of the dense part that SoftPool would run at stride 1 with centred zero padding, but whose
+    padding is not that (here reflect): refused by name, or with ``unsupported="densify"`` run as it is, not
+    silently with other padding."""
+    model = torchvision.models.resnet50().eval()
+    model.layer3[0].conv2.padding_mode = "reflect"
+    example = torch.empty(1, 3, 64, 64)
+    with pytest.raises(GraphConversionError, match="layer3_0_conv2.*padding_mode 'reflect' is not 'zeros'"):
+        adatriton.convert(model, "16->32", method="graph", downsampling="softpool", example_input=example)
+    net = adatriton.convert(
+        model, "16->32", method="graph", downsampling="softpool", unsupported="densify", example_input=example
+    )
+    (plan,) = [p for p in net.plan if p.target == "layer3.0.conv2"]
+    assert plan.note == "as is: padding_mode 'reflect' is not 'zeros'"

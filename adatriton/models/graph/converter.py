@@ -774,7 +774,7 @@ class Converter:
         if isinstance(module, nn.Conv2d):
             stride = pair(module.stride)
             if stride == (2, 2) and t < self.a and self.softpools(t):  # the dense part's subsampling, by SoftPool
-                return self.dense_softpool(node, module, x, record)
+                return self.dense_softpool(node, module, args, kwargs, record)
             strided = stride is not None and stride[0] == 2 and t >= self.a
             k = pair(module.kernel_size)
             if not strided and (r == t or k == (1, 1)):
@@ -801,13 +801,16 @@ class Converter:
         record("dense", note=f"as is: {self.pool_problem(pool)}")
         return self.emit(node, node.op, node.target, args, kwargs)
 
-    def dense_softpool(self, node: fx.Node, module: nn.Conv2d, x: _Value, record) -> _Value:
+    def dense_softpool(self, node: fx.Node, module: nn.Conv2d, args: tuple, kwargs: dict, record) -> _Value:
         """A stride-2 conv of the dense part with ``downsampling="softpool"``: at stride 1 with its own dilation, a
         1x1 conv after ``softpool2d`` and a larger one before it (:meth:`softpool_step`'s order)."""
         why = conv_problem(module)
-        if why:
+        if why:  # as dense() does: raise, or (unsupported="densify") the conv as it is, with its own padding
             self.problem(node, why)
+            record("dense", note=f"as is: {why}")
+            return self.emit(node, node.op, node.target, args, kwargs)
         record("dense", note="stride 2 as SoftPool and a stride-1 conv")
+        x = args[0]
         conv = _Value(self.module_node(node), "other", module)
         dilation = pair(module.dilation)[0]
         if pair(module.kernel_size) == (1, 1):
