@@ -576,36 +576,30 @@ def graph_adaptive_part(net) -> Callable:
     levels = next(n for n in nodes if n.op == "placeholder" and n.target == "levels")
     before = set(nodes[:cut]) - {levels}
     live = [n for n in nodes[:cut] if n in before and n.op != "get_attr" and any(u not in before for u in n.users)]
-    inputs = [n for n in nodes[:cut] if n.op == "placeholder" and n is not levels]
 
-    def copy_graph(selected: list, placeholders: list, outputs) -> fx.Graph:
+    def part(selected: list, placeholders: list, output) -> Callable:
+        """The generated function of ``selected`` reading ``placeholders``, returning ``output``; a module or
+        attribute the other part fetched is fetched again here."""
         graph, env = fx.Graph(), {}
         for n in placeholders:
             env[n] = graph.placeholder(n.name)
+
+        def value(a: fx.Node) -> fx.Node:
+            if a not in env:
+                if a.op != "get_attr":
+                    raise RuntimeError(f"node {a.name} is not a live value of the split")
+                env[a] = graph.node_copy(a)
+            return env[a]
+
         for n in selected:
-            if n not in env and n is not levels:
-                env[n] = graph.node_copy(n, lambda a: env[a])
-        graph.output(outputs(env))
-        return graph
+            if n not in env:
+                env[n] = graph.node_copy(n, value)
+        graph.output(fx.node.map_arg(output, value))
+        return generated_forward(graph)[1]
 
-    _, dense = generated_forward(copy_graph(nodes[:cut], inputs, lambda env: tuple(env[n] for n in live)))
-    graph, env = fx.Graph(), {}
-    for n in (*live, levels):
-        env[n] = graph.placeholder(n.name)
-
-    def value(a: fx.Node) -> fx.Node:
-        if a not in env:  # a module or attribute fetched before the cut: fetched again here
-            if a.op != "get_attr":
-                raise RuntimeError(f"node {a.name} of the dense part is not a live value of the split")
-            env[a] = graph.node_copy(a)
-        return env[a]
-
-    for n in nodes[cut:]:
-        if n.op == "output":
-            graph.output(fx.node.map_arg(n.args[0], value))
-        else:
-            env[n] = graph.node_copy(n, value)
-    _, adaptive = generated_forward(graph)
+    inputs = [n for n in nodes[:cut] if n.op == "placeholder" and n is not levels]
+    dense = part([n for n in nodes[:cut] if n.op != "placeholder"], inputs, tuple(live))
+    adaptive = part(nodes[cut:-1], [*live, levels], nodes[-1].args[0])
     memo: list = [None, None]
 
     def run(x: torch.Tensor, levels_arg):

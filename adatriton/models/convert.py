@@ -140,11 +140,10 @@ def convert(
         raise ValueError(f"convert: unknown backend {backend!r}; backend must be one of {list(BACKENDS)} or None")
     if method not in ("auto", "graph"):
         raise ValueError(f"method must be 'auto' or 'graph', got {method!r}")
-    resnets = _bottleneck_resnet(model) or (
-        isinstance(model, SEGMENTATION_MODELS) and _bottleneck_resnet(model.backbone)
-    )
-    resnet = method == "auto" and _bottleneck_resnet(model)
-    segmentation = method == "auto" and resnets and not resnet
+    bottleneck = _bottleneck_resnet(model)
+    resnets = bottleneck or (isinstance(model, SEGMENTATION_MODELS) and _bottleneck_resnet(model.backbone))
+    resnet = method == "auto" and bottleneck
+    segmentation = method == "auto" and resnets and not bottleneck
     if resnet or segmentation:
         output_stride = parse_output_stride(output_stride)[0]  # raises naming the accepted ones; 8 -> "8"
     if mask is not None and not callable(mask):

@@ -88,17 +88,7 @@ class AdaptiveGraphModule(nn.Module):
         self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
 
         def plan_on_meta(root: nn.Module, meta_inputs: list) -> Plan:
-            converter = Converter(
-                root,
-                self.source_graph,
-                self.finest_stride,
-                self.num_levels,
-                unsupported,
-                meta_inputs,
-                self.heads,
-                downsampling,
-            )
-            return converter.run()
+            return self._converter(root, meta_inputs, self.num_levels).run()
 
         plan = with_meta_parameters(model, inputs, plan_on_meta)
         for name, child in model.named_children():
@@ -109,6 +99,19 @@ class AdaptiveGraphModule(nn.Module):
             self.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
         self.graph, self.plan, self.entry = plan.graph, tuple(plan.nodes), plan.entry
         self._compile()
+
+    def _converter(self, root: nn.Module, meta_inputs: list, num_levels: int) -> Converter:
+        """A converter of the source graph with this module's options (on ``root``'s meta parameters)."""
+        return Converter(
+            root,
+            self.source_graph,
+            self.finest_stride,
+            num_levels,
+            self.unsupported,
+            meta_inputs,
+            self.heads,
+            self.downsampling,
+        )
 
     def _compile(self) -> None:
         self.code, self.forward_code = generated_forward(self.graph, f"{self.output_stride} {id(self):x}")
@@ -228,17 +231,7 @@ class AdaptiveGraphModule(nn.Module):
         shapes = [torch.empty(tuple(x.shape), device="meta") if isinstance(x, Tensor) else x for x in inputs]
 
         def run(root: nn.Module, meta_inputs: list) -> tuple[int, int, int]:
-            converter = Converter(
-                root,
-                self.source_graph,
-                self.finest_stride,
-                0,
-                self.unsupported,
-                meta_inputs,
-                self.heads,
-                self.downsampling,
-            )
-            env = converter.run_original()
+            env = self._converter(root, meta_inputs, 0).run_original()
             node = next(n for n in env if n.name == self.entry)
             n, _, h, w = env[node].shape
             return int(n), int(h), int(w)
