@@ -18,8 +18,7 @@ from torch import Tensor, nn
 import adatriton
 from adatriton import LevelMap, masks
 from adatriton.core.strides import num_levels_of
-from adatriton.models import AdaptiveGraphModule, segmentation
-from adatriton.models.resnet import LAYERS
+from adatriton.models import segmentation
 from adatriton.runtime.timing import time_calls
 
 from ._measure import Timing, measure, peak_memory_mb, reset_peak_memory
@@ -129,27 +128,12 @@ def prepare_levelmap(levels: Tensor, num_levels: int, net: nn.Module) -> LevelMa
     Args:
         levels: ``(N, Hf, Wf)`` integer level values on the network's device.
         num_levels: ``K``.
-        net: the converted model (its plans say which tap tables exist).
+        net: the converted model (its plan lists the convs on maps).
 
     Returns:
         The :class:`LevelMap` with its tables built; pass it to the network to time the network alone.
     """
-    lm = LevelMap(levels, num_levels)
-    if isinstance(net, AdaptiveGraphModule):  # a segmentation model: its plan lists the convs on maps
-        return net.build_tables(lm)
-    for stage in range(num_levels + 1):
-        layout = lm.layout(stage)
-        if stage < num_levels:
-            layout.downsample_sources("top_left")
-    stage = 0
-    for name, plans in zip(LAYERS, net.plans):
-        for block, plan in zip(getattr(net, name), plans):
-            if not plan.adaptive:
-                continue
-            k = block.conv2.weight.shape[-1]
-            lm.layout(stage).tap_index(k, plan.dilation, plan.downsample_step)
-            stage += int(plan.downsample_step)
-    return lm
+    return net.build_tables(LevelMap(levels, num_levels))
 
 
 @dataclass

@@ -1,26 +1,23 @@
 """``host``: the host (Python and dispatcher) cost of the adaptive ResNet-101 backbone, measured on the CPU with the
 Triton launches replaced by no-ops, so that what is left is what a GPU would wait on while the CPU issues work.
 
-The adaptive ResNet-101 8->32 and 8->16 backbones run ``forward_features`` on the CPU with ``backend="triton"``
+The adaptive ResNet-101 8->32 and 8->16 backbones (``net.backbone_network()``: stem .. ``layer4``, densified, the
+graph path's conversion) run on the CPU with ``backend="triton"``
 under ``TRITON_INTERPRET=1`` (so the triton path is allowed on the CPU). ``adatriton.kernels.conv.conv_elements``
 runs in full and launches through Triton's own ``JITFunction.run`` (binder, cache key, launch metadata) with only
 the driver's launch replaced by a no-op (:func:`stubbed_launches` with ``launcher=True``, :func:`no_launch_jit`);
 ``adatriton.kernels.densify.densify_elements`` is patched, in every module that holds a reference to it, by a
-no-op that returns ``torch.empty`` of the right shape and dtype. The dense part (stem, layer1, layer2) runs as
-usual; everything below is measured over the **adaptive part** only: from the moment the dense finest-grid features
-exist (the level map is handed to the network through ``forward_features``'s callable ``levels``) to the densified
-``layer4`` output: level map and its checks, ``from_dense``, the adaptive bottlenecks, densify.
+no-op that returns ``torch.empty`` of the right shape and dtype. The dense part (stem, layer1, layer2) computes once
+per input (:func:`graph_adaptive_part`); everything below is measured over the **adaptive part** only: from the
+moment the dense finest-grid features exist (the level map is handed to the network as a callable ``levels``) to the
+densified ``layer4`` output: level map and its checks, ``from_dense``, the adaptive bottlenecks, densify.
 
-Per conversion, three scenarios (column ``scenario``):
+Per conversion, two scenarios (column ``scenario``):
 
 - ``reused_map``: one :class:`~adatriton.LevelMap` whose index tables are built before (the steady state of a
   fixed map);
 - ``new_map``: a fresh level-map tensor per forward (a copy made outside the measured part), so the map, its
-  layouts and tap tables are built inside every forward: the per-image / learned-mask case;
-- ``graph_reused_map``: the prepared map through the graph path (``convert(..., method="graph")`` of the
-  ``IntermediateLayerGetter`` returning ``layer4``), its dense part computed once as the ResNet path's
-  (:func:`graph_adaptive_part`); the summary compares it with ``reused_map`` (issue 22: the same device ops, host
-  µs per conv within :data:`GRAPH_HOST_RATIO`).
+  layouts and tap tables are built inside every forward: the per-image / learned-mask case.
 
 Per row (one per conversion and scenario):
 
@@ -72,7 +69,6 @@ import torchvision
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torchvision.models._utils import IntermediateLayerGetter
 
 import adatriton
 from adatriton import masks
@@ -86,8 +82,6 @@ from ._schema import Row
 from ._suite import Context, Suite
 
 __all__ = [
-    "GRAPH",
-    "GRAPH_HOST_RATIO",
     "SCENARIOS",
     "SUITE",
     "TARGETS",
@@ -103,19 +97,13 @@ __all__ = [
     "sync_reason",
 ]
 
-#: ``reused_map``: a prepared level map passed to every forward; ``new_map``: a fresh map tensor per forward;
-#: ``graph_reused_map``: the prepared map through the graph path (:data:`GRAPH`), timed beside the ResNet path.
-SCENARIOS = ("reused_map", "new_map", "graph_reused_map")
-#: The scenario that runs the ``torch.fx`` graph conversion of the same model (``convert(..., method="graph")`` of
-#: the ``IntermediateLayerGetter`` returning ``layer4``: the same adaptive part, ending with the same densify).
-GRAPH = "graph_reused_map"
+#: ``reused_map``: a prepared level map passed to every forward; ``new_map``: a fresh map tensor per forward.
+SCENARIOS = ("reused_map", "new_map")
 MODEL = "resnet101"
 #: The issues' targets for the host path (reused map): device ops <= ``ops_per_conv`` x convs + ``ops_constant``,
 #: ``syncs`` syncs per forward, at most ``host_us_per_conv`` (issue 20: Triton's launcher included); a new map:
 #: ``syncs_per_map``.
 TARGETS = {"ops_per_conv": 1.2, "ops_constant": 16, "syncs": 0, "host_us_per_conv": 25.0, "syncs_per_map": 1}
-#: Issue 22: the graph path's host µs per conv at most this times the ResNet path's, in the same run.
-GRAPH_HOST_RATIO = 1.1
 
 #: ATen ops that never launch a kernel: views and metadata (their outputs alias an input, or they change a view).
 VIEW_OPS = frozenset(
@@ -524,44 +512,10 @@ class _Window:
         return cpu * 1e3, wall * 1e3
 
 
-@contextlib.contextmanager
-def memoized_dense_part(net) -> Iterator[None]:
-    """While inside, the dense part of ``net`` (its ``stem`` and every ``dense_bottleneck``) computes once per input
-    and then returns the same tensors: it is not what the suite measures, and on a shared CPU it would cost far
-    more than the adaptive part. The adaptive part still runs in full on the same features.
-
-    A block's result is reused only for the same block, plan and input tensor (``is``); anything else computes.
-    """
-    from adatriton.models import resnet
-
-    memo: dict = {}
-    original_block, original_stem = resnet.dense_bottleneck, net.stem
-
-    def dense_bottleneck(block, x, plan):
-        hit = memo.get((id(block), plan))
-        if hit is None or hit[0] is not x:
-            hit = memo[(id(block), plan)] = (x, original_block(block, x, plan))
-        return hit[1]
-
-    def stem(x):
-        hit = memo.get("stem")
-        if hit is None or hit[0] is not x:
-            hit = memo["stem"] = (x, original_stem(x))
-        return hit[1]
-
-    patched = patch_references({original_block: dense_bottleneck})
-    net.stem = stem  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del net.stem
-        restore_references(patched)
-
-
 def graph_adaptive_part(net) -> Callable:
     """``run(x, levels)`` for a graph-converted network whose dense part (every node before its level map) computes
-    once per input and is then reused, as :func:`memoized_dense_part` does for the ResNet path: the rest of the
-    generated forward, from the level map on, runs in full on the same values.
+    once per input and is then reused: it is not what the suite measures, and on a shared CPU it would cost far more
+    than the adaptive part. The rest of the generated forward, from the level map on, runs in full on the same values.
 
     Without it the graph path's window would open right after the dense convs of the same forward, with the CPU's
     caches full of their features: the same adaptive part then takes about 1.5x the host time (measured on this
@@ -629,11 +583,12 @@ def _forward(run, x: torch.Tensor, make_levels: Callable[[], object], window: _W
     return window.close()
 
 
-def _count_dense_part(net, x: torch.Tensor, make_levels: Callable[[], object]) -> int:
-    """Device ops of one forward outside the adaptive part (stem, dense layers), counted while computing it."""
+def _count_dense_part(run, x: torch.Tensor, make_levels: Callable[[], object]) -> int:
+    """Device ops of one forward outside the adaptive part (stem, dense layers), counted while computing it (``run``
+    a fresh :func:`graph_adaptive_part`, so that its dense part computes)."""
     counter = OpCounter()
     with stubbed_launches(counter), counter.watch():
-        _forward(net.forward_features, x, make_levels, _Window(counter))
+        _forward(run, x, make_levels, _Window(counter))
     return counter.outside.total_ops
 
 
@@ -722,51 +677,51 @@ def run(ctx: Context) -> list[Row]:
     ):
         for conversion in o.conversions:
             k = num_levels_of(conversion)
-            net = adatriton.convert(model, conversion, backend="triton").eval()
-            getter = IntermediateLayerGetter(model, {"layer4": "out"})
-            graph = adatriton.convert(getter, conversion, backend="triton", method="graph", example_input=x_meta)
-            graph.eval()
-            runs = {"reused_map": net.forward_features, "new_map": net.forward_features}
-            graph_part = graph_adaptive_part(graph)
-            runs[GRAPH] = lambda images, lv, run=graph_part: run(images, lv)["out"]
+            net = adatriton.convert(model, conversion, backend="triton", example_input=x_meta).eval()
+            backbone = net.backbone_network()  # stem .. layer4, densified: forward_features' network
+
+            def adaptive_part(backbone=backbone) -> Callable:
+                part = graph_adaptive_part(backbone)
+                return lambda images, lv: part(images, lv)["layer4"]
+
+            run_backbone = adaptive_part()
             lm_cpu = masks.synthetic(o.batch, h, w, conversion, fraction, kind="blobs", seed=o.seed)
             levels = lm_cpu.levels.to(device)
             build = functools.partial(prepare_levelmap, levels, k, net)
             bookkeeping = measure(build, device, min(o.warmup, 1), max(3, min(o.iters, 5))).median
             count = adatriton.count_macs(net, x_meta, lm_cpu)
             fr = lm_cpu.fractions().tolist()
-            prepared = graph.build_tables(build())  # the same tables: the graph's convs ask for the same ones
-            with memoized_dense_part(net):
-                dense_ops = _count_dense_part(net, x, lambda lm=prepared: lm)
-                ctx.note(f"{MODEL} {conversion}: the dense part (stem, dense layers) issues {dense_ops} device ops")
-                prepared_scenarios = {}
-                for scenario in SCENARIOS:
-                    make_levels = levels.clone if scenario == "new_map" else (lambda lm=prepared: lm)
-                    try:
-                        measured = _prepare_scenario(runs[scenario], x, make_levels, o.warmup)
-                    except Exception as err:  # noqa: BLE001 -- one failed measurement must not lose the others
-                        first = str(err).splitlines()[0] if str(err) else ""
-                        ctx.note(f"{MODEL} {conversion} {scenario}: failed: {type(err).__name__}: {first}")
-                        bar.update()
-                        continue
-                    prepared_scenarios[scenario] = (runs[scenario], make_levels, measured, True)
-                if "reused_map" in prepared_scenarios:  # the figure without the eager plans, timed alongside
-                    run, make_levels, measured, _ = prepared_scenarios["reused_map"]
-                    without = _Measured([], [], measured.counts, measured.convs, measured.dispatch, math.nan)
-                    prepared_scenarios[EAGER_OFF] = (run, make_levels, without, False)
-                _time_scenarios(x, prepared_scenarios, o.iters)
-                without = prepared_scenarios.pop(EAGER_OFF, None)
-                for scenario, (_, _, m, _) in prepared_scenarios.items():
-                    rows.append(_row(ctx, m, conversion, scenario, fraction, fr, count, bookkeeping))
+            prepared = backbone.build_tables(build())
+            dense_ops = _count_dense_part(adaptive_part(), x, lambda lm=prepared: lm)
+            ctx.note(f"{MODEL} {conversion}: the dense part (stem, dense layers) issues {dense_ops} device ops")
+            prepared_scenarios = {}
+            for scenario in SCENARIOS:
+                make_levels = levels.clone if scenario == "new_map" else (lambda lm=prepared: lm)
+                try:
+                    measured = _prepare_scenario(run_backbone, x, make_levels, o.warmup)
+                except Exception as err:  # noqa: BLE001 -- one failed measurement must not lose the others
+                    first = str(err).splitlines()[0] if str(err) else ""
+                    ctx.note(f"{MODEL} {conversion} {scenario}: failed: {type(err).__name__}: {first}")
                     bar.update()
-                if without is not None:
-                    m, off = prepared_scenarios["reused_map"][2], without[2]
-                    ctx.note(
-                        f"{MODEL} {conversion} reused_map: {_us_per_conv(m):.1f} µs/conv with the eager plans "
-                        f"(remembered conv_bn_act calls), {_us_per_conv(off):.1f} µs/conv without them (every conv "
-                        "through the checks, the dispatcher and conv_elements' remembered launch: the path before "
-                        "them), same run; both with conv_elements and Triton's launcher (driver launch a no-op)"
-                    )
+                    continue
+                prepared_scenarios[scenario] = (run_backbone, make_levels, measured, True)
+            if "reused_map" in prepared_scenarios:  # the figure without the eager plans, timed alongside
+                run, make_levels, measured, _ = prepared_scenarios["reused_map"]
+                without = _Measured([], [], measured.counts, measured.convs, measured.dispatch, math.nan)
+                prepared_scenarios[EAGER_OFF] = (run, make_levels, without, False)
+            _time_scenarios(x, prepared_scenarios, o.iters)
+            without = prepared_scenarios.pop(EAGER_OFF, None)
+            for scenario, (_, _, m, _) in prepared_scenarios.items():
+                rows.append(_row(ctx, m, conversion, scenario, fraction, fr, count, bookkeeping))
+                bar.update()
+            if without is not None:
+                m, off = prepared_scenarios["reused_map"][2], without[2]
+                ctx.note(
+                    f"{MODEL} {conversion} reused_map: {_us_per_conv(m):.1f} µs/conv with the eager plans "
+                    f"(remembered conv_bn_act calls), {_us_per_conv(off):.1f} µs/conv without them (every conv "
+                    "through the checks, the dispatcher and conv_elements' remembered launch: the path before "
+                    "them), same run; both with conv_elements and Triton's launcher (driver launch a no-op)"
+                )
     return rows
 
 
@@ -907,26 +862,9 @@ def summarize(table: pd.DataFrame, suite: str, csv_path: Path, notes=(), referen
                     f"{label}: syncs {r['syncs_per_forward']:.0f} <= {TARGETS['syncs_per_map']} per map: "
                     f"{_verdict(r['syncs_per_forward'] <= TARGETS['syncs_per_map'])}"
                 )
-            elif r["scenario"] == GRAPH and (group["scenario"] == "reused_map").any():
-                targets += _graph_targets(label, r, group[group["scenario"] == "reused_map"].iloc[0])
         out.append("")
     out += closing_sections(targets, notes)
     return "\n".join(out)
-
-
-def _graph_targets(label: str, graph, resnet) -> list[str]:
-    """Issue 22's targets of the graph path against the ResNet path in the same run: the same device ops per
-    forward, no sync, host µs per conv at most :data:`GRAPH_HOST_RATIO` times the ResNet path's (their medians)."""
-    ratio = graph["host_us_per_conv"] / resnet["host_us_per_conv"]
-    ops, resnet_ops = graph["launches_per_forward"], resnet["launches_per_forward"]
-    return [
-        f"{label}: device ops {ops:.0f} == the ResNet path's {resnet_ops:.0f}: {_verdict(ops == resnet_ops)}",
-        f"{label}: syncs {graph['syncs_per_forward']:.0f} <= {TARGETS['syncs']}: "
-        f"{_verdict(graph['syncs_per_forward'] <= TARGETS['syncs'])}",
-        f"{label}: host {graph['host_us_per_conv']:.1f} µs/conv against the ResNet path's "
-        f"{resnet['host_us_per_conv']:.1f}, ratio {ratio:.2f} <= {GRAPH_HOST_RATIO}: "
-        f"{_verdict(ratio <= GRAPH_HOST_RATIO)}",
-    ]
 
 
 SUITE = Suite(

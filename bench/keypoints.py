@@ -262,7 +262,7 @@ def run_keypoints(
     timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     torch.manual_seed(seed)
-    base = D2Net(d2net.vgg_features(trunk_config), "1", backend=backend)
+    base = D2Net(d2net.vgg_features(trunk_config), "1")  # dense rows; each adaptive one picks its backend below
     if weights is not None:
         load_d2net_state_dict(base, weights)
     base = base.to(device=dev, dtype=dtype).eval()

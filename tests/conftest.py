@@ -45,7 +45,7 @@ MARKED_BY_ID = {
         "nn/test_modules.py::test_softpool_mixed_levels_equal_dense_simulation",
         "nn/test_modules.py::test_deformable_level0_equals_the_dense_deformable_network",
         "nn/test_modules.py::test_deformable_mixed_levels_equal_dense_simulation",
-        "nn/test_modules.py::test_convert_swaps_children_in_place_and_honours_filter_fn",
+        "nn/test_modules.py::test_convert_filter_fn_swaps_the_layers_it_picks_in_place",
         "nn/test_compile.py::test_compiled_converted_model_equals_eager_without_graph_breaks",
         "nn/test_compile.py::test_gather_conv_op_passes_opcheck",
         "ops/test_double_backward.py::test_gather_conv_backward_op_passes_opcheck_and_gradcheck",

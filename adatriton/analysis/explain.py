@@ -17,7 +17,7 @@ __all__ = ["explain"]
 
 def _conv_mode(rows: list[dict[str, Any]], names: dict[int, str], adaptive_ids: set[int]):
     """A TorchFunctionMode that records every dense ``conv2d`` on the model's weights (module and functional
-    calls alike: ``dense_bottleneck`` calls ``F.conv2d`` directly, so module hooks would miss it)."""
+    calls alike: a functional ``F.conv2d`` on a module's weight would escape module hooks)."""
 
     class _Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):

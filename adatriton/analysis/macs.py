@@ -20,7 +20,6 @@ conv whose outputs are stage-``j`` elements; :class:`MacCount` carries both.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,10 +32,8 @@ from torch.overrides import TorchFunctionMode
 from torchvision.models import ResNet
 
 from ..core.levelmap import LevelMap, LevelMapError
-from ..models.convert import convert
 from ..models.d2net import NUM_POOLS, D2Net, D2NetInputError
 from ..models.graph import AdaptiveGraphModule
-from ..models.resnet import AdaptiveResNet
 from ..runtime.extras import require
 
 if TYPE_CHECKING:
@@ -318,48 +315,6 @@ def _adaptive_level_map(net: nn.Module, levels) -> LevelMap:
     )
 
 
-def _d2net(net: nn.Module, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
-    """The D2-Net / VGG-16 trunk's convs (:func:`d2net_macs`, analytic) as rows of this table; every conv of the
-    ``"1->8"`` trunk is adaptive, the pools merge elements without computing any."""
-    lm = None
-    if net.adaptive and levels is not None:
-        values = _values(levels).cpu() if isinstance(levels, Tensor) else levels
-        lm = LevelMap.checked(values, NUM_POOLS, "the '1->8' trunk", call="count_macs(model, x, levels)")
-        if lm.shape != (x.shape[0], x.shape[-2], x.shape[-1]):
-            raise LevelMapError(f"level map has shape {lm.shape} but the images are {tuple(x.shape)}")
-    count = d2net_macs(net, size=tuple(x.shape[-2:]), levels=lm, batch=x.shape[0])
-    stage = (lambda r: r.stage) if net.adaptive else (lambda r: -1)
-    rows = [
-        _make_row(
-            f"features.{r.index}",
-            "conv",
-            "backbone",
-            r.in_channels,
-            r.out_channels,
-            r.kernel,
-            r.dilation,
-            r.groups,
-            r.elements,
-            stage=stage(r),
-            adaptive=net.adaptive,
-        )
-        for r in count.rows
-    ]
-    return rows, tuple(stage_element_counts(lm)) if lm is not None else ()
-
-
-def _as_graph(net: AdaptiveResNet, x: Tensor) -> AdaptiveGraphModule:
-    """The graph path's conversion of a ResNet the ResNet path converted: the same convs on the same elements (the
-    two paths' outputs are equal at every conversion, tests/models), so one counter counts every model. It converts
-    a shallow copy of the model's source holding the children ``net`` holds now."""
-    source = copy.copy(net.source)
-    source._modules = {name: net._modules.get(name, child) for name, child in net.source._modules.items()}
-    example = torch.empty(tuple(x.shape), device="meta")
-    return convert(
-        source, net.output_stride, net.backend, downsampling=net.downsampling, example_input=example, method="graph"
-    )
-
-
 def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = None) -> MacCount:
     """Multiply-adds of ``model`` on an input of ``x``'s shape (docs/semantics.md §5), per layer and in total.
 
@@ -389,12 +344,10 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
     """
     pd = require("pandas")  # lazily: pandas is the bench extra's, and import adatriton stays light
 
-    if isinstance(model, AdaptiveResNet):
-        model = _as_graph(model, x)
+    if isinstance(model, D2Net):
+        model = model.graph()  # the network its forwards run
     if isinstance(model, AdaptiveGraphModule):
         rows, counts = _graph(model, x, levels)
-    elif isinstance(model, D2Net):
-        rows, counts = _d2net(model, x, levels)
     elif levels is not None:
         raise TypeError(
             f"count_macs counts adaptive models converted by adatriton.convert; got a {type(model).__name__} with a "
@@ -490,24 +443,23 @@ def d2net_macs(
         if int(batch) < 1:
             raise D2NetInputError(f"batch must be >= 1, got {batch}")
     h, w = (levels.height, levels.width) if levels is not None else (int(size[0]), int(size[1]))
-    kept = 0 if net.adaptive else int(math.log2(net.stride))
+    x = torch.empty(int(batch), net.in_channels, h, w, device="meta")
+    graph_rows, _ = _graph(net.graph(), x, levels)  # the one counter, over the graph the forwards run
+    pools_before, names, pools, convs = {}, {}, 0, 0
+    for index, module in enumerate(net.features):
+        if isinstance(module, nn.MaxPool2d):
+            pools, convs = pools + 1, 0
+        elif isinstance(module, nn.Conv2d):
+            convs += 1
+            pools_before[index], names[index] = pools, f"conv{pools + 1}_{convs}"
     rows = []
-    for op in net.ops:
-        if op.kind != "conv":
-            continue
-        m = net.features[op.index]
-        k = m.kernel_size[0]
-        if net.adaptive:
-            elements = sum(levels.element_counts(op.pools_before))
-            dilation = 1 << op.pools_before
-        else:
-            r = 1 << min(op.pools_before, kept)
-            elements = int(batch) * (-(-h // r)) * (-(-w // r))
-            dilation = 1 << (op.pools_before - min(op.pools_before, kept))
-        macs = conv_macs(k, m.in_channels, m.out_channels, m.groups, elements)
+    for r in graph_rows:
+        index = int(r["layer"].removeprefix("features."))
+        macs = conv_macs(r["k"], r["cin"], r["cout"], r["groups"], r["elements"])
         rows.append(
             D2NetMacRow(
-                op.name, op.index, op.pools_before, k, m.in_channels, m.out_channels, m.groups, dilation, elements, macs
+                names[index], index, pools_before[index], r["k"], r["cin"], r["cout"], r["groups"], r["spacing"],
+                r["elements"], macs,
             )
-        )
+        )  # fmt: skip
     return D2NetMacCount(sum(r.macs for r in rows), int(batch), tuple(rows))

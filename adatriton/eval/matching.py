@@ -84,7 +84,7 @@ def keypoint_describer(
     """
     if net.adaptive and dilations is None:
         raise D2NetInputError("the '1->8' trunk needs the keypoint level map's dilations (d1, d2, d4)")
-    param = net.features[net.ops[0].index].weight
+    param = net.first_conv.weight
     times = DescribeTimes()
 
     def describe(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -52,17 +52,7 @@ from .graph import (
     parse_graph_output_stride,
 )
 from .learned import LearnedMaskModel
-from .resnet import (
-    LAYERS,
-    OUTPUT_STRIDES,
-    STEM,
-    AdaptiveResNet,
-    BlockPlan,
-    adaptive_bottleneck,
-    dense_bottleneck,
-    plan_resnet,
-    shortcut_parts,
-)
+from .resnet import LAYERS, OUTPUT_STRIDES, STEM, AdaptiveResNet, graph_source, is_bottleneck_resnet, restrided
 from .segmentation import (
     BACKBONES,
     AdaptiveSegmentationModel,
@@ -71,7 +61,6 @@ from .segmentation import (
     deeplabv3,
     deeplabv3plus,
     fcn,
-    graph_source,
     segmentation_heads,
 )
 
@@ -85,7 +74,6 @@ __all__ = [
     "AdaptiveSegmentationModel",
     "BACKBONES",
     "BN_PATHS",
-    "BlockPlan",
     "CAFFE_MEAN_BGR",
     "CheckpointError",
     "D2NET_PREFIX",
@@ -104,18 +92,18 @@ __all__ = [
     "STEM",
     "UNSUPPORTED",
     "VGG16_CONFIG",
-    "adaptive_bottleneck",
     "attach_mask",
     "attached_levels",
     "check_dense_levels",
     "convert_graph",
     "deeplabv3",
     "deeplabv3plus",
-    "dense_bottleneck",
     "dilate_head",
     "enter",
     "fcn",
     "graph_source",
+    "is_bottleneck_resnet",
+    "restrided",
     "level_map",
     "load_authors_state_dict",
     "load_d2net_state_dict",
@@ -132,11 +120,9 @@ __all__ = [
     "on_values",
     "on_vectors",
     "parse_graph_output_stride",
-    "plan_resnet",
     "preprocess",
     "read_checkpoint",
     "sample_descriptors",
     "segmentation_heads",
-    "shortcut_parts",
     "vgg_features",
 ]

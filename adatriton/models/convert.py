@@ -10,18 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torchvision.models import ResNet
-from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.resnet import Bottleneck
 
 from ..core.strides import parse_output_stride
+from ..nn.modules import swap_modules
 from ..runtime.backend import BACKENDS
 from .attach import attach_mask
 from .graph import AdaptiveGraphModule, GraphConversionError, convert_graph
 from .graph.converter import with_meta_parameters
 from .graph.rules import check_options
-from .resnet import LAYERS, STEM, AdaptiveResNet
-from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel, graph_source
+from .resnet import AdaptiveResNet, graph_source, is_bottleneck_resnet
+from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
 
 __all__ = ["ConversionWarning", "ConversionProblem", "convert", "coarsest_level_macs"]
 
@@ -51,19 +49,19 @@ def convert(
 ) -> nn.Module:
     """Convert a torchvision model to run at ``output_stride``, sharing its weights.
 
-    Conversion swaps the model's ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` children,
-    recursively and in place, for their drop-in subclasses (:mod:`adatriton.nn.modules`: the same parameter and buffer
-    objects, exactly the same outputs on tensors, so the model itself behaves as before), and wraps the model's
-    children in a module that runs them at ``output_stride``. No weight is copied.
+    Every model converts by the ``torch.fx`` graph path (docs/semantics.md §8). One rule for every model: the model
+    is not modified, and the converted module holds the model's own children (parameters, buffers, hooks and
+    state_dict keys shared; no weight is copied). The only new modules are shallow copies of the convs whose stride
+    or dilation a conversion changes, and of the containers above them (a dilated ResNet re-strided,
+    :func:`~adatriton.models.resnet.restrided`); their parameters are the model's.
 
     Args:
         model: a torchvision ``ResNet`` with bottleneck blocks (ResNet-50/101/152), any
             ``replace_stride_with_dilation``; the ``IntermediateLayerGetter`` over one; or a segmentation model on one:
             torchvision's ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (``FCN`` / ``DeepLabV3``), or
-            :func:`adatriton.models.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152), which
-            convert by the graph path. Any other model goes through the ``torch.fx`` graph path too
-            (:func:`adatriton.models.graph.convert_graph`: MobileNets, EfficientNets, RegNets, VGG, LRASPP, ...),
-            which does not modify it.
+            :func:`adatriton.models.segmentation.fcn` / ``deeplabv3`` / ``deeplabv3plus`` (also on ResNet-152). Or any
+            other model ``torch.fx`` can trace (:func:`adatriton.models.graph.convert_graph`: MobileNets,
+            EfficientNets, RegNets, VGG, LRASPP, ...).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense networks; the ints ``8``, ``16``, ``32`` mean the same) or
             ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive: finest grid at the first stride, downsampled by a level
             map towards the second); the graph path takes any power of two and any ``"a->b"`` with powers of two
@@ -72,9 +70,10 @@ def convert(
         backend: conv backend of the adaptive part (``"torch"``, ``"dense"``, ``"triton"``, ``"auto"``); None
             resolves per call (``adatriton.use_backend``, ``$ADATRITON_BACKEND``, else ``"torch"``). Checked here,
             before anything is converted.
-        filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which layers are swapped (``fqn`` is the dotted name
-            in ``model``, e.g. ``"layer3.0.conv2"``); None swaps all. The convs of the adaptive layers must be
-            swapped (a TypeError says which one is not).
+        filter_fn: None, or ``filter_fn(module, fqn) -> bool`` (``fqn`` the dotted name in ``model``, e.g.
+            ``"layer3.0.conv2"``): an explicit request to swap the layers it picks to their drop-in classes in the
+            model, in place, first (exactly ``adatriton.swap_modules(model, filter_fn)``), for code that wants
+            adatriton's classes there; the conversion runs either kind.
         downsampling: ``"top_left"`` (docs/semantics.md §3: the strided network's subsampling) or ``"softpool"``: every
             2x2 merge from OS8 on (layer3, layer4; adaptive steps and dense strides alike) is a SoftPool, so a uniform
             level map equals the dense network that SoftPools at those strides. The graph path applies it to every
@@ -82,10 +81,11 @@ def convert(
         example_input, unsupported: the graph path's (:class:`~adatriton.models.graph.AdaptiveGraphModule`): an
             input of the model's shape to plan on (default ``(1, C, 512, 512)``), and what to do with a layer the
             rules cannot express (``"error"`` or ``"densify"``).
-        method: ``"auto"``: bottleneck ResNets (and the ``IntermediateLayerGetter`` over one) take the ResNet path,
-            every other model, segmentation models included, the ``torch.fx`` graph path (docs/semantics.md §8);
-            ``"graph"`` forces the graph path, which converts ResNets with equal outputs
-            (:func:`~adatriton.models.segmentation.graph_source`: a dilated backbone re-strided on shallow copies).
+        method: ``"auto"``: a bottleneck ResNet (or the ``IntermediateLayerGetter`` over one) becomes an
+            :class:`~adatriton.models.AdaptiveResNet` and a segmentation model on one an
+            :class:`~adatriton.models.segmentation.AdaptiveSegmentationModel` (graph-path modules with their
+            builders' extra methods); ``"graph"``: a plain :class:`~adatriton.models.graph.AdaptiveGraphModule` of
+            the same network (equal outputs).
         strict: raise :class:`ConversionProblem` where a :class:`ConversionWarning` would be issued.
         mask: a mask source to attach (adaptive ``output_stride`` only), so that ``net(images)`` builds its own
             level map: any callable ``source(images, output_stride) -> LevelMap``, e.g.
@@ -96,10 +96,10 @@ def convert(
             :func:`~adatriton.models.attach_mask` replaces or removes it later).
 
     Warns:
-        ConversionWarning: (graph path; the ResNet path always converts layer2 on, and its coarsest level is the
-            original network) the converted model has no adaptive conv (an adaptive ``output_stride``) or no changed
-            layer (a dense one): it computes what the original does, e.g. ``swin_t`` at ``"8"``, or ``googlenet``
-            and ``convnext_tiny`` with ``unsupported="densify"``. Or its uniform coarsest level (every location
+        ConversionWarning: (not for the ResNet family: its conversions are the paper's) the converted model has no
+            adaptive conv (an adaptive ``output_stride``) or no changed layer (a dense one): it computes what the
+            original does, e.g. ``swin_t`` at ``"8"``, or ``googlenet`` and ``convnext_tiny`` with
+            ``unsupported="densify"``. Or its uniform coarsest level (every location
             downsampled ``K`` times) costs more multiply-adds on the example input than the dense network at the
             conversion's coarsest stride (the original network for ``"8->32"`` on a stride-32 CNN), e.g.
             ``shufflenet_v2_x1_0`` at ``"8->32"``, whose channel shuffle densifies the map on the OS8 grid. The
@@ -140,22 +140,20 @@ def convert(
         raise ValueError(f"convert: unknown backend {backend!r}; backend must be one of {list(BACKENDS)} or None")
     if method not in ("auto", "graph"):
         raise ValueError(f"method must be 'auto' or 'graph', got {method!r}")
-    bottleneck = _bottleneck_resnet(model)
-    resnets = bottleneck or (isinstance(model, SEGMENTATION_MODELS) and _bottleneck_resnet(model.backbone))
-    resnet = method == "auto" and bottleneck
-    segmentation = method == "auto" and resnets and not bottleneck
-    if resnet or segmentation:
+    bottleneck = is_bottleneck_resnet(model)
+    resnets = bottleneck or (isinstance(model, SEGMENTATION_MODELS) and is_bottleneck_resnet(model.backbone))
+    if resnets:
         output_stride = parse_output_stride(output_stride)[0]  # raises naming the accepted ones; 8 -> "8"
     if mask is not None and not callable(mask):
         attach_mask(model, mask)  # raises the TypeError before the model is touched
-    if resnet:
-        return _attached(AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling), mask)
-    if segmentation:
+    check_options(unsupported, downsampling)
+    if method == "auto" and bottleneck:
+        return _attached(AdaptiveResNet(model, output_stride, backend, filter_fn, downsampling, example_input), mask)
+    if method == "auto" and resnets:
         net = AdaptiveSegmentationModel(model, output_stride, backend, filter_fn, downsampling, example_input)
         return _attached(net, mask)
     if filter_fn is not None:
-        raise ValueError("filter_fn applies to the ResNet path (it swaps layers in place); the graph path takes none")
-    check_options(unsupported, downsampling)
+        swap_modules(model, filter_fn)
     source, heads = graph_source(model) if resnets else (model, ())
     net = convert_graph(
         source, output_stride, example_input, backend, unsupported, heads=heads, downsampling=downsampling
@@ -277,14 +275,3 @@ def coarsest_level_macs(net: AdaptiveGraphModule, shapes: Sequence | None = None
             macs = macs // dense_elements * elements[plan.stage + int(plan.downsample)]
         total += macs
     return total
-
-
-def _bottleneck_resnet(model: nn.Module) -> bool:
-    """A torchvision ``ResNet`` (or the ``IntermediateLayerGetter`` over one) with bottleneck blocks: the models
-    the ResNet path converts."""
-    if not isinstance(model, (ResNet, IntermediateLayerGetter)):
-        return False
-    children = dict(model.named_children())
-    if any(name not in children for name in STEM + LAYERS):
-        return False
-    return all(isinstance(block, Bottleneck) for name in LAYERS for block in children[name])

@@ -16,6 +16,10 @@ the adaptive downsampling steps 1, 2, 3 of docs/semantics.md §3 in their **max 
   8 for conv4_x); pool ``j`` is adaptive downsampling step ``j`` (max variant). So ``L == v`` everywhere gives
   exactly the dense OS ``2^v`` trunk (densified), and a mixed map the dense simulation of docs/semantics.md §3.
 
+Every forward runs the trunk's conversion by the graph path (:meth:`D2Net.graph`, docs/semantics.md §8): conv1_x,
+before the first step, run densely on the image grid (a stage-0 map computes the same pixels), each conv-BN-ReLU is
+one fused call, and :meth:`D2Net.features_multires` keeps the conv4_3 map undensified (``map_outputs=True``).
+
 **Odd sizes.** docs/semantics.md §4 keeps every block that holds a real pixel, and the max variant takes the maximum
 over the sub-elements that hold real pixels: that is 2x2 max-pooling with ``ceil_mode=True``. torchvision's VGG pools
 with ``ceil_mode=False`` (floor), which drops the last row/column at odd sizes, and no level map can reproduce that (the
@@ -42,22 +46,18 @@ computed output element (per group), for every conv; pools, ReLUs and the normal
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops as AF
 from ..core.levelmap import LevelMap
 from ..core.multires import MultiResMap
 from ..core.strides import parse_output_stride
-from ..nn.hooks import call_with_hooks, has_hooks
-from .graph import convert_graph
+from ..nn.modules import copied_with
+from .graph import AdaptiveGraphModule
 
 __all__ = [
     "ADAPTIVE_STRIDE",
@@ -136,18 +136,6 @@ def vgg_features(
     return nn.Sequential(*layers)
 
 
-@dataclass(frozen=True)
-class _Op:
-    """One step of the trunk: a conv (with its optional BatchNorm and ReLU), a ReLU/BatchNorm alone, or a pool."""
-
-    kind: str  # "conv", "relu", "bn", "pool"
-    index: int  # module index in the trunk (the conv's for a fused conv)
-    pools_before: int  # max-pools before this op; a pool's own number is pools_before + 1
-    name: str = ""
-    bn: int | None = None  # index of a BatchNorm fused after the conv
-    relu: bool = False  # a ReLU follows (fused)
-
-
 def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -221,42 +209,14 @@ def vgg_trunk(features: nn.Module | None = None) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def _plan(trunk: nn.Sequential) -> tuple[_Op, ...]:
-    """The trunk as a list of ops; a conv absorbs a directly following BatchNorm and ReLU (one fused launch)."""
-    kinds = [_check_module(i, m) for i, m in enumerate(trunk)]
-    ops, pools, block_convs, i = [], 0, 0, 0
-    while i < len(kinds):
-        kind = kinds[i]
-        if kind == "conv":
-            block_convs += 1
-            j, bn, relu = i + 1, None, False
-            if j < len(kinds) and kinds[j] == "bn":
-                bn, j = j, j + 1
-            if j < len(kinds) and kinds[j] == "relu":
-                relu, j = True, j + 1
-            ops.append(_Op("conv", i, pools, f"conv{pools + 1}_{block_convs}", bn, relu))
-            i = j
-            continue
-        if kind == "pool":
-            pools += 1
-            block_convs = 0
-            ops.append(_Op("pool", i, pools - 1, f"pool{pools}"))
-        else:
-            ops.append(_Op(kind, i, pools))
-        i += 1
-    return tuple(ops)
-
-
 class _Trunk(nn.Module):
-    """The trunk as the graph path converts it (:meth:`D2Net.graph`): ``features`` with ceil-mode pools, then the
-    optional ReLU."""
+    """The trunk as the graph path converts it (:meth:`D2Net.graph`): ``features`` with ceil-mode pools (shallow
+    copies; the Sequential's and every module's hooks are the trunk's own), then the optional ReLU."""
 
     def __init__(self, features: nn.Sequential, use_relu: bool):
         super().__init__()
-        pools = {i: copy.copy(m) for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)}
-        for pool in pools.values():
-            pool.ceil_mode = True
-        self.features = nn.Sequential(*(pools.get(i, m) for i, m in enumerate(features)))
+        pools = [str(i) for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+        self.features = copied_with(features, {i: {"ceil_mode": True} for i in pools})
         self.use_relu = use_relu
 
     def forward(self, x: Tensor) -> Tensor:
@@ -295,7 +255,6 @@ class D2Net(nn.Module):
         self.output_stride = parse_output_stride(output_stride, OUTPUT_STRIDES, D2NetInputError)[0]
         self.use_relu = bool(use_relu)
         self.backend = backend
-        self.ops = _plan(self.features)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -308,8 +267,13 @@ class D2Net(nn.Module):
         return 1 if self.adaptive else int(self.output_stride)
 
     @property
+    def first_conv(self) -> nn.Conv2d:
+        """conv1_1 (its weight tells the trunk's dtype and device)."""
+        return next(m for m in self.features if isinstance(m, nn.Conv2d))
+
+    @property
     def in_channels(self) -> int:
-        return next(m for m in self.features if isinstance(m, nn.Conv2d)).in_channels
+        return self.first_conv.in_channels
 
     @property
     def num_channels(self) -> int:
@@ -323,25 +287,39 @@ class D2Net(nn.Module):
     def extra_repr(self) -> str:
         return f"output_stride={self.output_stride!r}, use_relu={self.use_relu}, backend={self.backend!r}"
 
-    def graph(self, output_stride: str | int | None = None, example_input: Tensor | None = None) -> nn.Module:
-        """This trunk converted by the graph path (:func:`~adatriton.models.graph.convert_graph`): the same features
-        as :meth:`features_map` at every output stride (tests/models/test_d2net.py), its pools the adaptive steps.
+    def graph(
+        self, output_stride: str | int | None = None, example_input: Tensor | None = None, map_outputs: bool = False
+    ) -> AdaptiveGraphModule:
+        """This trunk converted by the graph path (:func:`~adatriton.models.graph.convert_graph`), which computes every
+        forward of this module: :meth:`features_map`'s features at every output stride, its pools the adaptive steps.
 
         The trunk it converts holds this module's convs (state_dict keys ``features.<i>.*``, parameters shared); its
         max-pools are shallow copies with ``ceil_mode=True`` (the rule of the module docstring's "Odd sizes"), and
         ``use_relu`` ends it with a ReLU. The graph path's max-pool step is the max variant of docs/semantics.md §3.
+        Built once per ``(output_stride, backend, map_outputs)`` without ``example_input`` and kept (outside the module
+        tree: no state_dict keys).
 
         Args:
             output_stride: ``"1"`` .. ``"8"`` or ``"1->8"``; default this module's.
             example_input: an image batch of the shape to plan on (default ``(1, C, 512, 512)``).
+            map_outputs: ``"1->8"``: return the conv4_3 features as a :class:`MultiResMap` (not densified).
 
         Returns:
-            An :class:`~adatriton.models.graph.AdaptiveGraphModule`: ``net(x, levels)`` returns
-            :meth:`features_map`'s ``(N, C, H', W')`` features.
+            An :class:`~adatriton.models.graph.AdaptiveGraphModule`: ``net(x, levels)`` returns the features
+            ``(N, C, H', W')`` (or their map).
         """
         stride = self.output_stride if output_stride is None else output_stride
         stride = parse_output_stride(stride, OUTPUT_STRIDES, D2NetInputError)[0]
-        return convert_graph(_Trunk(self.features, self.use_relu), stride, example_input, self.backend)
+        key = (stride, self.backend, map_outputs)
+        cache = self.__dict__.setdefault("_graphs", {})
+        if example_input is None and key in cache:
+            return cache[key]
+        net = AdaptiveGraphModule(
+            _Trunk(self.features, self.use_relu), stride, example_input, self.backend, map_outputs=map_outputs
+        )
+        if example_input is None:
+            cache[key] = net
+        return net
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: Tensor) -> None:
@@ -351,7 +329,7 @@ class D2Net(nn.Module):
             raise D2NetInputError(f"images must have {self.in_channels} channels, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise D2NetInputError(f"images must be floating point (preprocess() them first), got {x.dtype}")
-        w = self.features[self.ops[0].index].weight
+        w = self.first_conv.weight
         if x.dtype != w.dtype or x.device != w.device:
             raise D2NetInputError(
                 f"images are {x.dtype} on {x.device} but the weights are {w.dtype} on {w.device}; "
@@ -383,45 +361,7 @@ class D2Net(nn.Module):
         if self.adaptive:
             raise D2NetInputError("features_dense needs a dense output stride ('1', '2', '4' or '8')")
         self._check_images(x)
-        kept = int(math.log2(self.stride))  # pools 1..kept run, the later ones are removed
-
-        def trunk(x: Tensor) -> Tensor:
-            # Every trunk module (and the trunk) through call_with_hooks: its hooks run although the conv runs
-            # at its own dilation here and a removed pool is the identity.
-            for op in self.ops:
-                m = self.features[op.index]
-                if op.kind == "conv":
-                    d = 1 << (op.pools_before - min(op.pools_before, kept))
-                    pad = d * (m.kernel_size[0] // 2)
-                    x = call_with_hooks(
-                        m,
-                        lambda v, m=m, d=d, pad=pad: F.conv2d(
-                            v, m.weight, m.bias, padding=pad, dilation=d, groups=m.groups
-                        ),
-                        x,
-                    )
-                    if op.bn is not None:
-                        x = self.features[op.bn](x)
-                    if op.relu:
-                        x = call_with_hooks(self.features[self._relu_index(op)], F.relu, x)
-                elif op.kind == "pool":
-                    if op.pools_before < kept:  # docs/semantics.md §4: see the module docstring
-                        x = call_with_hooks(m, lambda v: F.max_pool2d(v, 2, 2, ceil_mode=True), x)
-                    else:
-                        x = call_with_hooks(m, lambda v: v, x)
-                elif op.kind == "relu":
-                    x = call_with_hooks(m, F.relu, x)
-                else:
-                    x = m(x)
-            return x
-
-        x = call_with_hooks(self.features, trunk, x)
-        return F.relu(x) if self.use_relu else x
-
-    @staticmethod
-    def _relu_index(op: _Op) -> int:
-        """The trunk index of the ReLU a conv op absorbed (right after the conv, or after its BatchNorm)."""
-        return (op.index if op.bn is None else op.bn) + 1
+        return self.graph()(x)
 
     def features_multires(self, x: Tensor, levels: LevelMap | Tensor) -> MultiResMap:
         """The adaptive trunk: conv4_3 features as a :class:`MultiResMap` at stage 3 of ``levels``.
@@ -434,48 +374,7 @@ class D2Net(nn.Module):
         if not self.adaptive:
             raise D2NetInputError(f"features_multires needs output_stride '1->8', this net is {self.output_stride!r}")
         self._check_images(x)
-        lm = self.levelmap(levels, x)
-
-        def trunk(y: MultiResMap) -> MultiResMap:
-            # Every trunk module (and the trunk) through call_with_hooks, on maps; a conv-BN-ReLU with a hook on
-            # one of its modules runs unfused, so that the hook sees that module's own output.
-            for op in self.ops:
-                m = self.features[op.index]
-                if op.kind == "conv":
-                    bn = self.features[op.bn] if op.bn is not None else None
-                    relu = self.features[self._relu_index(op)] if op.relu else None
-                    spacing = 1 << op.pools_before
-                    if not has_hooks(m, bn, relu):
-                        y = AF.conv_bn_act(
-                            y,
-                            m.weight,
-                            m.bias,
-                            bn=bn,
-                            relu=op.relu,
-                            tap_spacing=spacing,
-                            groups=m.groups,
-                            backend=self.backend,
-                        )
-                        continue
-                    y = call_with_hooks(
-                        m,
-                        lambda v, m=m, s=spacing: AF.conv2d(v, m.weight, m.bias, s, m.groups, backend=self.backend),
-                        y,
-                    )
-                    if bn is not None:
-                        y = call_with_hooks(bn, lambda v, bn=bn: AF.batch_norm(v, bn), y)
-                    if relu is not None:
-                        y = call_with_hooks(relu, MultiResMap.relu, y)
-                elif op.kind == "pool":
-                    y = call_with_hooks(m, lambda v: AF.downsample(v, "max"), y)
-                elif op.kind == "relu":
-                    y = call_with_hooks(m, MultiResMap.relu, y)
-                else:
-                    y = call_with_hooks(m, lambda v, m=m: AF.batch_norm(v, m), y)
-            return y
-
-        y = call_with_hooks(self.features, trunk, MultiResMap.from_dense(x.contiguous(), lm))
-        return y.relu() if self.use_relu else y
+        return self.graph(map_outputs=True)(x.contiguous(), self.levelmap(levels, x))
 
     def features_map(self, x: Tensor, levels: LevelMap | Tensor | None = None) -> Tensor:
         """conv4_3 features (after ``use_relu``) on the output grid: ``(N, C, ceil(H/s), ceil(W/s))``.
@@ -527,14 +426,7 @@ class D2Net(nn.Module):
         The first forward on a level map builds these lazily; calling this first lets a caller time the
         bookkeeping apart from the network.
         """
-        for op in self.ops:
-            if op.kind == "conv":
-                k = self.features[op.index].kernel_size[0]
-                if k > 1:
-                    levels.layout(op.pools_before).tap_index(k, 1 << op.pools_before)
-            elif op.kind == "pool":
-                levels.layout(op.pools_before).downsample_sources("max")
-        return levels
+        return self.graph().build_tables(levels)
 
 
 # ---------------------------------------------------------------------------------------------------- keypoints

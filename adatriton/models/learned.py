@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..core.levelmap import LevelMap
 from ..masks.learned import DOWNSAMPLE, KEEP, LEARNED_CONVERSION, LearnedMask, upsample_mask
 from .convert import convert
-from .resnet import AdaptiveResNet
+from .resnet import restrided
 from .segmentation import SEGMENTATION_MODELS, segmentation_heads
 
 __all__ = ["KEEP", "DOWNSAMPLE", "LearnedMask", "LearnedMaskModel", "upsample_mask"]
@@ -65,20 +65,17 @@ class LearnedMaskModel(nn.Module):
         # Plain attributes: these wrappers hold the same modules, so registering them would repeat every weight
         # in the state_dict; .to() / .train() reach the shared modules through self.model.
         self.__dict__["adaptive_model"] = convert(model, LEARNED_CONVERSION, backend, method="graph")
-        self.__dict__["_os8"] = AdaptiveResNet(model.backbone, "8")
-        self.__dict__["_os16"] = AdaptiveResNet(model.backbone, "16")
         self.last_fraction: Tensor | None = None
         self.last_levels: LevelMap | None = None
 
-    def _stem_to_layer2(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _stem_to_layer2(self, os8: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(layer1, layer2)`` outputs: dense and identical at OS8 and OS16 (both are strided up to layer2)."""
-        net = self._os8
-        x1 = net.dense_layer("layer1", net.stem(x))
-        return x1, net.dense_layer("layer2", x1)
+        x1 = os8.layer1(os8.maxpool(os8.relu(os8.bn1(os8.conv1(x)))))
+        return x1, os8.layer2(x1)
 
     def layer2_features(self, x: Tensor) -> Tensor:
         """The estimator's input: ``layer2`` output ``(N, 512, H8, W8)`` for images ``(N, 3, H, W)``."""
-        return self._stem_to_layer2(x)[1]
+        return self._stem_to_layer2(restrided(self.model.backbone, 8), x)[1]
 
     def forward_train(
         self, x: Tensor, mask: Tensor | None = None, sample: bool | None = None
@@ -100,17 +97,20 @@ class LearnedMaskModel(nn.Module):
             ``(OrderedDict(out=(N, classes, H, W)[, aux=...]), fraction)``: ``fraction`` is the mean of ``m_up``
             (share of the OS8 grid downsampled), differentiable through the straight-through estimator.
         """
-        x1, x2 = self._stem_to_layer2(x)
+        # The backbone as torchvision's dense OS8 and OS16 networks (shallow copies of the re-strided convs, made per
+        # call so that they follow any change to the model; parameters and BatchNorms are the model's).
+        os8, os16 = restrided(self.model.backbone, 8), restrided(self.model.backbone, 16)
+        x1, x2 = self._stem_to_layer2(os8, x)
         if mask is None:
             mask = self.mask.hard_mask(self.mask(x2), sample=sample)
         h8, w8 = x2.shape[-2:]
         m_up = upsample_mask(mask, h8, w8).to(x2.dtype)
-        x3_os8 = self._os8.dense_layer("layer3", x2)
-        x3_os16 = upsample_mask(self._os16.dense_layer("layer3", x2), h8, w8)
+        x3_os8 = os8.layer3(x2)
+        x3_os16 = upsample_mask(os16.layer3(x2), h8, w8)
         x3 = m_up * x3_os16 + (1 - m_up) * x3_os8
-        x4 = self._os8.dense_layer("layer4", x3)
+        x4 = os8.layer4(x3)
         by_layer = {"layer1": x1, "layer2": x2, "layer3": x3, "layer4": x4}
-        features = {out: by_layer[layer] for layer, out in self._os8.return_layers.items()}
+        features = {out: by_layer[layer] for layer, out in os8.return_layers.items()}
         fraction = m_up.float().mean()  # float32 also under autocast: counts up to 2^24 cells stay exact
         self.last_fraction, self.last_levels = fraction, None
         return segmentation_heads(self.model.classifier, self.model.aux_classifier, features, x.shape[-2:]), fraction

@@ -16,7 +16,6 @@ densified finest-grid outputs.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -31,11 +30,10 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from ..nn.modules import swap_modules
 from .graph import AdaptiveGraphModule
-from .resnet import LAYERS
+from .resnet import graph_source
 
 __all__ = [
     "BACKBONES",
-    "graph_source",
     "segmentation_heads",
     "AdaptiveSegmentationModel",
     "DeepLabHeadV3Plus",
@@ -242,16 +240,16 @@ class AdaptiveSegmentationModel(AdaptiveGraphModule):
     Use :func:`adatriton.convert` to build one. The heads (the model's own ``classifier`` and ``aux_classifier``) run
     densely on the densified finest-grid features (docs/semantics.md §2, §7): ``layer4`` for the main head,
     ``layer3`` for the auxiliary head, the dense ``layer1`` for the DeepLabv3+ decoder. Parameters and state_dict keys
-    are the model's; its layers become their drop-in classes in place, as on the ResNet path.
+    are the model's; the model is not modified (:func:`~adatriton.models.resnet.restrided`).
 
     Args:
         model: the segmentation model; its ``backbone`` must be an ``IntermediateLayerGetter`` over a bottleneck
             ResNet (torchvision's ``fcn_resnet50/101``, ``deeplabv3_resnet50/101``, this module's builders).
         output_stride: ``"8"``, ``"16"``, ``"32"`` (dense) or ``"8->16"``, ``"8->32"``, ``"16->32"`` (adaptive).
         backend: conv backend of the adaptive part; None resolves per call.
-        filter_fn: ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g. ``"backbone.layer3.0.conv2"``)
-            chooses the layers :func:`~adatriton.nn.modules.swap_modules` replaces in place by their drop-in classes
-            (as the ResNet path does; the graph path runs either kind); None swaps all.
+        filter_fn: None, or ``filter_fn(module, fqn) -> bool`` (``fqn`` in ``model``, e.g.
+            ``"backbone.layer3.0.conv2"``): the layers it picks are swapped to their drop-in classes in the model, in
+            place, first (exactly :func:`~adatriton.nn.modules.swap_modules`); the conversion runs either kind.
         downsampling: ``"top_left"`` or ``"softpool"`` (every stride-2 conv from OS8 on merges by SoftPool).
         example_input: an image batch of the shape to plan on (default ``(1, 3, 512, 512)``).
     """
@@ -274,55 +272,7 @@ class AdaptiveSegmentationModel(AdaptiveGraphModule):
                 f"the model's backbone must be torchvision's IntermediateLayerGetter over a ResNet, got "
                 f"{type(model.backbone).__name__}"
             )
-        swap_modules(model, filter_fn)  # as the ResNet path: the model's layers become drop-ins, in place
+        if filter_fn is not None:
+            swap_modules(model, filter_fn)
         source, heads = graph_source(model)
         super().__init__(source, output_stride, example_input, backend, heads=heads, downsampling=downsampling)
-
-
-def graph_source(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
-    """What the graph path converts for a bottleneck ResNet, the ``IntermediateLayerGetter`` over one, or a
-    segmentation model on one: the model with torchvision's strides, and the heads that run as built.
-
-    The graph path places its adaptive steps at the stride-2 layers. A dilated backbone (a segmentation model's, or
-    ``replace_stride_with_dilation``) has none past OS8, so its ``layer2`` .. ``layer4`` get the strides of the
-    strided network back: each first bottleneck's ``conv2`` and shortcut conv stride 2, every ``conv2`` dilation 1
-    (the weights do not depend on it; the conversion dilates where its finest stride needs it). Only the changed
-    convs and the modules above them are new objects (shallow copies): every parameter, buffer and hook is the
-    model's, and the model itself is not modified.
-
-    The heads (``classifier``, ``aux_classifier``) were built for the dilated network: they run as built on the
-    densified finest-grid features (docs/semantics.md §7).
-    """
-    prefix = "backbone." if isinstance(model, SEGMENTATION_MODELS) else ""
-    resnet = model.get_submodule(prefix.rstrip("."))
-    changes: dict[str, dict[str, tuple[int, int]]] = {}
-    for name in LAYERS[1:]:
-        for index, block in enumerate(getattr(resnet, name)):
-            stride = (2, 2) if index == 0 else (1, 1)
-            if (block.conv2.stride, block.conv2.dilation, block.conv2.padding) != (stride, (1, 1), (1, 1)):
-                changes[f"{prefix}{name}.{index}.conv2"] = {"stride": stride, "dilation": (1, 1), "padding": (1, 1)}
-            if block.downsample is not None and block.downsample[0].stride != stride:
-                changes[f"{prefix}{name}.{index}.downsample.0"] = {"stride": stride}
-    heads = tuple(h for h in ("classifier", "aux_classifier") if prefix and getattr(model, h, None) is not None)
-    return _copied_along(model, changes), heads
-
-
-def _copied_along(root: nn.Module, changes: dict[str, dict]) -> nn.Module:
-    """``root`` with the attributes ``changes`` gives per module path set on shallow copies of those modules and of
-    the modules above them; every other module, and every parameter and buffer, is shared. No change: ``root``."""
-    copies: dict[str, nn.Module] = {}
-
-    def copy_of(path: str) -> nn.Module:
-        if path not in copies:
-            original = root.get_submodule(path)
-            copies[path] = module = copy.copy(original)
-            module._modules = dict(original._modules)  # its own children table: a copied child replaces one here
-            if path:
-                parent, _, name = path.rpartition(".")
-                copy_of(parent)._modules[name] = module
-        return copies[path]
-
-    for path, attributes in changes.items():
-        for name, value in attributes.items():
-            setattr(copy_of(path), name, value)
-    return copies.get("", root)

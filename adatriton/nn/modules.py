@@ -24,6 +24,7 @@ objects (nothing is copied), so the model's state_dict, optimiser state and outp
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "AdaptiveReLU",
     "DeformableConv2d",
     "conv_at",
+    "copied_with",
     "make_deformable",
     "swap_modules",
 ]
@@ -289,6 +291,33 @@ def _adaptive_copy(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
             state[key] = type(value)(value)
     new.__dict__.update(state)
     return new
+
+
+def copied_with(root: nn.Module, changes: dict[str, dict[str, object]]) -> nn.Module:
+    """``root`` with the attributes ``changes`` gives per module path (``{"layer3.0.conv2": {"stride": (1, 1)}}``)
+    set on shallow copies of those modules and of the modules above them: every other module, and every parameter,
+    buffer and hook, is shared, and ``root`` itself is not modified. No change: ``root``.
+
+    The graph path converts such copies where a model must be read with other strides (a dilated ResNet,
+    :func:`adatriton.models.resnet.restrided`) or other pooling (D2-Net's ceil-mode pools). A copy has its own
+    ``training`` flag; the BatchNorms, whose flag matters, are the model's own unless a change names one.
+    """
+    copies: dict[str, nn.Module] = {}
+
+    def copy_of(path: str) -> nn.Module:
+        if path not in copies:
+            original = root.get_submodule(path)
+            copies[path] = module = copy.copy(original)
+            module._modules = dict(original._modules)  # its own children table: a copied child replaces one here
+            if path:
+                parent, _, name = path.rpartition(".")
+                copy_of(parent)._modules[name] = module
+        return copies[path]
+
+    for path, attributes in changes.items():
+        for name, value in attributes.items():
+            setattr(copy_of(path), name, value)
+    return copies.get("", root)
 
 
 def swap_modules(

@@ -147,7 +147,7 @@ def test_matches_explain(resnet50):
 
 @pytest.mark.parametrize("conversion", ["8->32", "16->32", "8->16"])
 def test_softpool_and_deformable_resnets_match_explain(conversion):
-    """The one counter counts the ResNet path through its graph conversion: a SoftPool merge makes conv2 compute
+    """The one counter counts a converted ResNet over its graph: a SoftPool merge makes conv2 compute
     every pre-step element, a deformable conv2 (and its offset conv) too, as the converted model does."""
     model = adatriton.make_deformable(torchvision.models.resnet50().eval(), ["layer3.0.conv2", "layer4.2.conv2"])
     net = adatriton.convert(model, conversion, downsampling="softpool").eval()
@@ -197,13 +197,15 @@ def test_leaves_the_model_alone(resnet50):
 
 
 def test_count_macs_covers_the_d2net_trunk():
-    """The generic counter takes the D2-Net / VGG-16 trunk: the trunk's own analytic count, per stage."""
+    """The generic counter takes the D2-Net / VGG-16 trunk (over the graph its forwards run); conv1_x run densely on
+    the image grid before the first step, the same pixels as stage 0."""
     net = adatriton.D2Net(output_stride="1->8")
     x = torch.empty(2, 3, 20, 28, device="meta")
     lm = LevelMap.random(2, 20, 28, 3, generator=torch.Generator().manual_seed(1))
     count = adatriton.count_macs(net, x, lm)
     assert count.total == adatriton.analysis.d2net_macs(net, levels=lm).total == count.at(count.elements)
-    assert len(count.rows) == 10 and count.rows["adaptive"].all() and count.head == 0
+    assert count.rows["adaptive"].tolist() == [False] * 2 + [True] * 8 and count.head == 0
+    assert count.rows["elements"].iloc[0] == sum(lm.element_counts(0)) == 2 * 20 * 28
     for level, stride in ((0, "1"), (3, "8")):
         dense = adatriton.count_macs(net.with_output_stride(stride), x)
         assert adatriton.count_macs(net, x, LevelMap.uniform(2, 20, 28, level, 3)).total == dense.total

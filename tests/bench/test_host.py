@@ -20,7 +20,6 @@ from bench.__main__ import main
 from bench._measure import median_interval
 from bench._report import read_csv
 from bench.host import (
-    GRAPH,
     SCENARIOS,
     OpCounter,
     graph_adaptive_part,
@@ -148,15 +147,14 @@ def test_host_suite_through_the_cli(tmp_path):
             by.loc[(conversion, "new_map"), "launches_per_forward"]
             >= by.loc[(conversion, "reused_map"), "launches_per_forward"]
         )
-        # The graph path (issue 22): the same launches as the ResNet path, and no sync with a reused map.
-        graph, resnet = by.loc[(conversion, GRAPH)], by.loc[(conversion, "reused_map")]
-        assert graph["launches_per_forward"] == resnet["launches_per_forward"] == 81
-        assert graph["syncs_per_forward"] == resnet["syncs_per_forward"] == 0
+        # The graph path with a reused map: one fused launch per conv and the densify (issue 22), no sync.
+        reused = by.loc[(conversion, "reused_map")]
+        assert reused["launches_per_forward"] == 81 and reused["syncs_per_forward"] == 0
     assert (t["host_us_per_conv"] > 0).all() and t["host_us_per_conv"].notna().all()
     assert (t["host_us_per_conv"] * t["convs_per_forward"] / 1e3 - t["time_median_ms"]).abs().max() < 1e-6
     text = report["summary"].read_text()
     assert "## Targets" in text and "syncs" in text and "dense part" in text and report["plots"] == []
-    assert text.count("device ops 81 == the ResNet path's 81: met") == 2 and text.count("ratio ") == 2
+    assert text.count("device ops 81 <= ") == 2
     # 2 timed calls judge nothing: the timing target gives no verdict (the counts still do).
     timing = [line for line in text.splitlines() if "µs/conv <=" in line]
     # (the spread may be named too on a loaded machine: "(2 timed calls < 5, max/min 1.32 > 1.25)")

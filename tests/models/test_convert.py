@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 import adatriton
 
@@ -47,9 +48,9 @@ def test_every_known_backend_is_accepted(resnet50, backend):
     assert adatriton.convert(resnet50, "8->32", backend=backend).backend == backend
 
 
-def test_the_graph_path_refuses_filter_fn_and_an_unknown_downsampling():
+def test_filter_fn_swaps_in_place_on_every_model_and_an_unknown_downsampling_is_refused():
     model = torchvision.models.mobilenet_v2()
-    with pytest.raises(ValueError, match="filter_fn applies to the ResNet path"):
-        adatriton.convert(model, "8->32", filter_fn=lambda module, fqn: True)
+    adatriton.convert(model, "8->32", filter_fn=lambda module, fqn: fqn.startswith("features.0"))
+    assert type(model.features[0][0]) is adatriton.AdaptiveConv2d and type(model.features[1].conv[0][0]) is nn.Conv2d
     with pytest.raises(ValueError, match=r"downsampling must be one of \('top_left', 'softpool'\), got 'avg'"):
         adatriton.convert(model, "8->32", downsampling="avg")

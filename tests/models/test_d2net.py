@@ -50,22 +50,33 @@ def simulate(net: D2Net, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     the element centres; each pool is a max-merge of the blocks with ``L > stage``.
     """
     sim, dense, stage = DenseSim(levels, 3), x, 0
-    for op in net.ops:
-        m = net.features[op.index]
-        if op.kind == "conv":
-            dense = sim.conv(dense, m.weight, m.bias, 1 << op.pools_before, stage, groups=m.groups)
-            if op.bn is not None:
-                dense = net.features[op.bn](dense)
-            if op.relu:
-                dense = F.relu(dense)
-        elif op.kind == "pool":
+    for m in net.features:
+        if isinstance(m, torch.nn.Conv2d):
+            dense = sim.conv(dense, m.weight, m.bias, 1 << stage, stage, groups=m.groups)
+        elif isinstance(m, torch.nn.MaxPool2d):
             dense = sim.downsample(dense, stage, "max")
             stage += 1
-        elif op.kind == "relu":
+        elif isinstance(m, torch.nn.ReLU):
             dense = F.relu(dense)
         else:
-            dense = m(dense)
+            dense = m(dense)  # BatchNorm (eval)
     return F.relu(dense) if net.use_relu else dense
+
+
+def dense_reference(net: D2Net, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The dense trunk at output stride ``stride`` from the rule: the first ``log2(stride)`` pools run (ceil mode),
+    the later ones are removed and every conv after a removed pool is dilated by 2 per removed pool."""
+    kept, pools = stride.bit_length() - 1, 0
+    for m in net.features:
+        if isinstance(m, torch.nn.Conv2d):
+            d = 1 << max(0, pools - kept)
+            x = F.conv2d(x, m.weight, m.bias, padding=d * (m.kernel_size[0] // 2), dilation=d, groups=m.groups)
+        elif isinstance(m, torch.nn.MaxPool2d):
+            x = F.max_pool2d(x, 2, 2, ceil_mode=True) if pools < kept else x
+            pools += 1
+        else:
+            x = m(x)  # ReLU, BatchNorm (eval)
+    return F.relu(x) if net.use_relu else x
 
 
 def random_keypoints(n, h, w, m, seed=0):
@@ -77,10 +88,11 @@ def random_keypoints(n, h, w, m, seed=0):
 def test_trunk_is_d2net_cut_of_vgg16():
     net = D2Net(make_layers(cfgs["D"]), "8")
     assert len(net.features) == 22  # conv1_1 .. conv4_3, module indices as in D2-Net's checkpoints
-    assert [op.name for op in net.ops if op.kind == "conv"] == [
+    rows = d2net_macs(net, (64, 64)).rows
+    assert [r.layer for r in rows] == [
         "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3"
     ]  # fmt: skip
-    assert [op.index for op in net.ops if op.kind == "conv"] == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
+    assert [r.index for r in rows] == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
     assert net.num_channels == 512 and net.in_channels == 3
 
 
@@ -140,10 +152,11 @@ def test_random_map_with_batchnorm_equals_dense_simulation():
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["vgg", "vgg_bn"])
 @pytest.mark.parametrize("size", SIZES)
-def test_graph_path_equals_the_trunk_at_every_stride(size, batch_norm):
-    """The trunk through the graph converter (D2Net.graph, issue 22): its pools are the adaptive steps (max variant),
-    and it equals the hand-written trunk to 1e-12 relative at every output stride, odd sizes included (ceil-mode
-    pools), with the trunk's state_dict keys and parameters."""
+def test_graph_path_equals_the_references_at_every_stride(size, batch_norm):
+    """The trunk through the graph converter (D2Net.graph, what every forward runs): its pools are the adaptive steps
+    (max variant). At every dense stride it equals the VGG trunk written from the rule (the pools past the stride
+    removed, the convs after them dilated, ceil-mode pools), at "1->8" the dense simulation, odd sizes included,
+    with the trunk's state_dict keys and parameters."""
     h, w = size
     net = small_net(batch_norm=batch_norm)
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
@@ -153,14 +166,15 @@ def test_graph_path_equals_the_trunk_at_every_stride(size, batch_norm):
         for stride in d2net.DENSE_STRIDES:
             dense = net.with_output_stride(stride)
             graph = net.graph(stride, example)
-            expected = dense.features_map(x)
+            expected = dense_reference(net, x, int(stride))
             assert (graph(x) - expected).abs().max() <= 1e-12 * expected.abs().max(), stride
+            assert torch.equal(dense.features_map(x), graph(x))
         graph = net.graph(example_input=example)
         assert type(graph).__name__ == "AdaptiveGraphModule" and graph.output_stride == "1->8"
         # conv1_x run before the first step, densely at OS1 (on a stage-0 map they would compute the same pixels)
         assert len(graph.adaptive_convs()) == 8 and list(graph.state_dict()) == list(net.state_dict())
         assert all(a is b for a, b in zip(graph.parameters(), net.parameters(), strict=True))
-        expected = net.features_map(x, lm)
+        expected = simulate(net, x, lm.levels)
         assert (graph(x, lm) - expected).abs().max() <= 1e-12 * expected.abs().max()
     # one multiply-add counter: the graph's count is the trunk's
     assert count_macs(graph, x, lm).total == d2net_macs(net, levels=lm).total

@@ -175,8 +175,8 @@ def test_wrap_triton_leaves_an_interpreted_kernel_untraceable():
 
 
 def test_graph_path_resnet_exports_and_compiles_without_graph_breaks():
-    """The graph conversion of a ResNet (issue 22) exports under no_grad as the ResNet path does (every map of the
-    example's shape computed as eager computes it) and compiles with ``fullgraph=True``, 0 graph breaks."""
+    """The plain graph module of a ResNet (``method="graph"``) exports under no_grad (every map of the example's
+    shape computed as eager computes it) and compiles with ``fullgraph=True``, 0 graph breaks."""
     net = adatriton.convert(tiny_resnet(), "8->32", method="graph", backend="torch").eval()
     assert type(net).__name__ == "AdaptiveGraphModule"
     x = torch.randn(1, 3, 64, 64)

@@ -90,14 +90,14 @@ def test_train_mode_and_gradients_stay_exact():
 
 
 def test_a_model_with_drop_in_layers_fuses_as_the_original():
-    """A ResNet that ``convert`` swapped to adatriton's drop-in layers (the ResNet path does it in place) fuses every
+    """A ResNet swapped to adatriton's drop-in layers (``swap_modules``, or ``convert``'s ``filter_fn``) fuses every
     conv with its BatchNorm, add and ReLU on the graph path too: one conv_bn_act call per adaptive conv, a block's
     conv1 included (it enters the map beside its strided shortcut), and the same outputs as the original model's
     graph conversion."""
     x = torch.randn(2, 3, 40, 56, dtype=torch.float64)
     model, net, lm = _convert("resnet50", x)
     swapped = copy.deepcopy(model)
-    adatriton.convert(swapped, "8->32")  # swaps its layers in place
+    adatriton.swap_modules(swapped)  # in place
     assert type(swapped.layer3[0].relu).__name__ == "AdaptiveReLU"
     again = adatriton.convert(swapped, "8->32", example_input=x, method="graph", backend="torch")
     for converted in (net, again):

@@ -132,7 +132,7 @@ def test_eval_runs_adaptive_network(net):
         lm = net.last_levels
         assert lm.shape == (2, 8, 10)
         assert 0 < float(lm.fractions()[1]) < 1  # both levels occur: the adaptive path is exercised
-        ref = adatriton.convert(net.model, "8->16")(x, lm)  # the ResNet path; the model's is the graph path's
+        ref = adatriton.convert(net.model, "8->16")(x, lm)  # the map given, not predicted inside the forward
     assert type(net.adaptive_model).__name__ == "AdaptiveGraphModule"
     assert list(out) == ["out", "aux"] and out["out"].shape == (2, 3, 64, 80)
     torch.testing.assert_close(out["out"], ref["out"], rtol=0, atol=0)

@@ -116,7 +116,9 @@ def _assert_close(actual: dict, expected: dict):
         assert err <= 1e-11 * max(scale, 1.0), f"{key}: max abs diff {err:.3g} at scale {scale:.3g}"
 
 
-def _simulated_reference(model: nn.Module, arch: str, x, levels, conversion: str) -> OrderedDict:
+def _simulated_reference(
+    model: nn.Module, arch: str, x, levels, conversion: str, downsampling: str = "top_left"
+) -> OrderedDict:
     """Dense reference for a mixed level map, independent of adatriton's backbone code.
 
     The backbone maps come from ``tests/simulation.py``: ``simulate_resnet_features`` on a ResNet with default
@@ -128,10 +130,10 @@ def _simulated_reference(model: nn.Module, arch: str, x, levels, conversion: str
     plain = getattr(torchvision.models, arch)().to(DT).eval()
     incompatible = plain.load_state_dict(model.backbone.state_dict(), strict=False)
     assert sorted(incompatible.missing_keys) == ["fc.bias", "fc.weight"] and not incompatible.unexpected_keys
-    features = {"out": simulate_resnet_features(plain, x, levels, conversion)}
+    features = {"out": simulate_resnet_features(plain, x, levels, conversion, downsampling)}
     if model.aux_classifier is not None:
         up_to_layer3 = SimpleNamespace(**{**dict(plain.named_children()), "layer4": nn.Sequential()})
-        features["aux"] = simulate_resnet_features(up_to_layer3, x, levels, conversion)
+        features["aux"] = simulate_resnet_features(up_to_layer3, x, levels, conversion, downsampling)
     size = x.shape[-2:]
     if isinstance(model, segmentation.DeepLabV3Plus):
         features["low_level"] = plain.layer1(plain.maxpool(plain.relu(plain.bn1(plain.conv1(x)))))
@@ -193,35 +195,24 @@ def test_mixed_levels_equal_dense_simulation(seg):
         _assert_close(got, expected)
 
 
-def test_graph_path_equals_the_resnet_path(seg):
-    """The graph converter runs the segmentation models too (issue 22): on the dilated backbone re-strided by
-    ``graph_source`` with the heads run as built, it equals the hand-written path to 1e-12 relative at every
-    conversion, float64, per-sample mixed maps; and it leaves the model as it was, sharing its parameters."""
-    model = copy.deepcopy(seg.model)  # the fixture's model has the ResNet path's drop-in layers by now
+def test_conversion_leaves_the_model_and_softpool_equals_the_simulation(seg):
+    """Every conversion reads the dilated backbone with the strided ResNet's strides on shallow copies (``restrided``)
+    and leaves the model as it was, sharing its parameters; ``method="graph"`` gives the plain graph module of the
+    same network. SoftPool merges (layer3 and layer4) equal the dense simulation, float64, a per-sample mixed map."""
+    model = copy.deepcopy(seg.model)
     strides = [(m.stride, m.dilation, m.padding) for m in model.modules() if isinstance(m, nn.Conv2d)]
     n, _, h, w = seg.x.shape
+    lm = LevelMap.random(n, *_finest((h, w), 8), 2, generator=torch.Generator().manual_seed(5))
     for conversion in (*seg.conversions, "8", "16"):
-        finest, k = CONVERSIONS[conversion] if "->" in conversion else (int(conversion), 0)
-        lm = LevelMap.random(n, *_finest((h, w), finest), k, generator=torch.Generator().manual_seed(k)) if k else None
         graph = adatriton.convert(model, conversion, method="graph")
         assert type(graph).__name__ == "AdaptiveGraphModule"
         assert list(graph.state_dict()) == list(model.state_dict())
         assert all(a is b for a, b in zip(graph.parameters(), model.parameters(), strict=True))
-        with torch.no_grad():
-            got, expected = graph(seg.x, lm), adatriton.convert(seg.model, conversion)(seg.x, lm)
-        assert list(got) == list(expected)
-        for key in expected:
-            err = (got[key] - expected[key]).abs().max().item()
-            assert err <= 1e-12 * expected[key].abs().max().item(), f"{conversion} {key}: {err:.3g}"
     assert strides == [(m.stride, m.dilation, m.padding) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    # SoftPool merges (layer3 and layer4): the same on both paths
-    lm = LevelMap.random(n, *_finest((h, w), 8), 2, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        got = adatriton.convert(model, "8->32", method="graph", downsampling="softpool")(seg.x, lm)
-        expected = adatriton.convert(copy.deepcopy(model), "8->32", downsampling="softpool")(seg.x, lm)
-    for key in expected:
-        err = (got[key] - expected[key]).abs().max().item()
-        assert err <= 1e-12 * expected[key].abs().max().item(), f"softpool {key}: {err:.3g}"
+        got = adatriton.convert(model, "8->32", downsampling="softpool")(seg.x, lm)
+        expected = _simulated_reference(model, seg.arch, seg.x, lm.levels, "8->32", "softpool")
+    _assert_close(got, expected)
 
 
 def test_adaptive_strides_need_levels(seg):

@@ -31,6 +31,7 @@ from adatriton.core.strides import num_levels_of
 from adatriton.models.graph import AdaptiveGraphModule, GraphConversionError
 from adatriton.runtime.backend import triton_runs_on
 from tests.reference.graph_simulation import dilated_network, simulate
+from tests.reference.simulation import simulate_resnet_features
 
 DT = torch.float64
 ODD = (45, 61)  # finest grid 6x8 (VGG's floor-mode pools: 5x7), not a multiple of the 4x4 blocks
@@ -186,61 +187,70 @@ def _mixed_map(conversion: str, seed: int) -> LevelMap | None:
     return LevelMap.random(2, *grid, num_levels_of(conversion), generator=torch.Generator().manual_seed(seed))
 
 
+def _reference(model: nn.Module, x: torch.Tensor, conversion: str, lm: LevelMap | None) -> torch.Tensor:
+    """What ``model`` converted to ``conversion`` computes, written from the rules: torchvision's dilated network
+    (dense) or the dense simulation of docs/semantics.md §8 (adaptive)."""
+    if lm is None:
+        return dilated_network(model, int(conversion))(x)
+    return simulate(model, x, lm.levels, int(conversion.split("->")[0]), lm.num_levels)
+
+
 @pytest.mark.parametrize("conversion", ["8->32", "8->16", "16->32", "8", "16"])
-def test_resnext_graph_path_equals_the_resnet_path(conversion):
-    """Two implementations of the same rules, at every conversion of the ResNet path (issue 22's first step towards
-    one conversion path): the hand-written bottleneck path and the graph rewrite, float64, per-sample mixed maps on
-    an odd-sized grid (40x56: OS8 5x7, OS16 3x4)."""
+def test_resnext_converts_to_the_dense_simulation(conversion):
+    """The ResNet family through ``convert`` (``AdaptiveResNet``: the graph path with its builder's options) at every
+    conversion of the paper, float64, per-sample mixed maps on an odd-sized grid (40x56: OS8 5x7, OS16 3x4). A model
+    swapped to adatriton's drop-in layers converts to the same network (they trace as leaves)."""
     model = _model("resnext50_32x4d")
     x = _input((40, 56), seed=3)
     lm = _mixed_map(conversion, seed=6)
     args = (x,) if lm is None else (x, lm)
     with torch.no_grad():
-        graph = _net("resnext50_32x4d", conversion)(*args)
-        swapped = copy.deepcopy(model)
-        resnet = adatriton.convert(swapped, conversion)  # the ResNet path swaps the layers in place
-        assert type(resnet).__name__ == "AdaptiveResNet"
-        _assert_close(graph, resnet(*args))
-        # A model with adatriton's drop-in layers traces as well (they are leaves).
-        _assert_close(adatriton.convert(swapped, conversion, method="graph")(*args), graph)
+        net = adatriton.convert(model, conversion)
+        assert type(net).__name__ == "AdaptiveResNet"
+        got = net(*args)
+        _assert_close(got, _reference(model, x, conversion, lm))
+        swapped = adatriton.swap_modules(copy.deepcopy(model))
+        _assert_close(adatriton.convert(swapped, conversion)(*args), got)
 
 
 @pytest.mark.parametrize("conversion", ["8->32", "16->32", "8"])
-def test_dilated_resnet_graph_path_equals_the_resnet_path(conversion):
-    """A ResNet built dilated (``replace_stride_with_dilation``) has no stride-2 layer past OS8: the graph path
-    converts it with torchvision's strides back (``graph_source``), as the ResNet path ignores its dilation, and
-    leaves the model as it was."""
+def test_dilated_resnet_converts_as_the_strided_one(conversion):
+    """A ResNet built dilated (``replace_stride_with_dilation``) has no stride-2 layer past OS8: ``convert`` reads it
+    with torchvision's strides back (``restrided``, on shallow copies), so it computes what the strided ResNet with
+    the same weights converts to, and the model is left as it was."""
     model = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval().to(DT)
+    strided = torchvision.models.resnet50().eval().to(DT)
+    strided.load_state_dict(model.state_dict())
     x = _input((40, 56), seed=8)
     lm = _mixed_map(conversion, seed=9)
     with torch.no_grad():
-        graph = adatriton.convert(model, conversion, method="graph")(x, lm)
+        got = adatriton.convert(model, conversion)(x, lm)
         assert model.layer4[0].conv2.stride == (1, 1) and model.layer4[1].conv2.dilation == (4, 4)
-        _assert_close(graph, adatriton.convert(copy.deepcopy(model), conversion)(x, lm))
+        _assert_close(got, _reference(strided, x, conversion, lm))
 
 
-@pytest.mark.parametrize("conversion", ["8->32", "8->16", "16->32", "32"])
-def test_softpool_graph_path_equals_the_resnet_path(conversion):
-    """``downsampling="softpool"`` on the graph path: every stride-2 conv from OS8 on merges by SoftPool (a conv2
-    before the merge, a shortcut after it), adaptive steps and dense strides alike, as the ResNet path does."""
+@pytest.mark.parametrize("conversion", ["8->32", "8->16"])
+def test_softpool_resnext_equals_the_dense_simulation(conversion):
+    """``downsampling="softpool"``: every stride-2 conv from OS8 on merges by SoftPool (a grouped conv2 before the
+    merge, a shortcut after it), adaptive steps and dense strides alike."""
     model = _model("resnext50_32x4d")
     x = _input((40, 56), seed=10)
     lm = _mixed_map(conversion, seed=11)
     with torch.no_grad():
-        graph = adatriton.convert(model, conversion, method="graph", downsampling="softpool")
-        soft = graph(x, lm)
-        _assert_close(soft, adatriton.convert(copy.deepcopy(model), conversion, downsampling="softpool")(x, lm))
-        top_left = adatriton.convert(model, conversion, method="graph")(x, lm)
+        net = adatriton.convert(model, conversion, downsampling="softpool")
+        soft = net.forward_features(x, lm)
+        _assert_close(soft, simulate_resnet_features(model, x, lm.levels, conversion, "softpool"))
+        top_left = adatriton.convert(model, conversion).forward_features(x, lm)
     assert (soft - top_left).abs().max() > 1e-3 * soft.abs().max()
     # layer3's and layer4's conv2 and shortcut, where they subsample (8->16: layer4 is dilated, it does not)
-    merges = sum(line.split("=")[0].strip().endswith("_softpool") for line in graph.code.splitlines())
-    assert merges == {"8->32": 4, "8->16": 2, "16->32": 4, "32": 4}[conversion], graph.code
+    merges = sum(line.split("=")[0].strip().endswith("_softpool") for line in net.code.splitlines())
+    assert merges == {"8->32": 4, "8->16": 2}[conversion], net.code
 
 
-@pytest.mark.parametrize("conversion", ["8->32", "16->32", "8"])
-def test_deformable_graph_path_equals_the_resnet_path(conversion):
-    """Deformable conv2s (``make_deformable``; one with a step, one in the last block), random offsets: the graph
-    path runs them on the map as the ResNet path does (offsets on the pre-step elements, then the step)."""
+@pytest.mark.parametrize("conversion", ["8->32", "16->32"])
+def test_deformable_resnet_equals_the_dense_simulation(conversion):
+    """Deformable conv2s (``make_deformable``; one with a step, one in the last block), random offsets: on the map,
+    offsets on the pre-step elements, then the step."""
     torch.manual_seed(12)
     model = torchvision.models.resnet50().eval().to(DT)
     model = adatriton.make_deformable(model, ["layer3.0.conv2", "layer4.2.conv2"])
@@ -251,21 +261,21 @@ def test_deformable_graph_path_equals_the_resnet_path(conversion):
     x = _input((40, 56), seed=13)
     lm = _mixed_map(conversion, seed=14)
     with torch.no_grad():
-        graph = adatriton.convert(model, conversion, method="graph")(x, lm)
-        _assert_close(graph, adatriton.convert(copy.deepcopy(model), conversion)(x, lm))
+        got = adatriton.convert(model, conversion).forward_features(x, lm)
+        _assert_close(got, simulate_resnet_features(model, x, lm.levels, conversion))
 
 
-def test_intermediate_layer_getter_graph_path_equals_the_resnet_path():
-    """Both paths return the getter's dict, the adaptive layers densified on the finest grid."""
-    getter = IntermediateLayerGetter(_model("resnext50_32x4d"), {"layer2": "c3", "layer4": "c5"})
+def test_intermediate_layer_getter_returns_its_dict_densified():
+    """The getter's dict, in its order: a dense layer as it is, an adaptive one densified on the finest grid."""
+    model = _model("resnext50_32x4d")
+    getter = IntermediateLayerGetter(model, {"layer2": "c3", "layer4": "c5"})
     x = _input((40, 56), seed=4)
     lm = LevelMap.random(2, 5, 7, 2, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        graph = adatriton.convert(copy.deepcopy(getter), "8->32", method="graph")(x, lm)
-        resnet = adatriton.convert(copy.deepcopy(getter), "8->32")(x, lm)
-    assert list(graph) == list(resnet) == ["c3", "c5"]
-    for name in resnet:
-        _assert_close(graph[name], resnet[name])
+        got = adatriton.convert(getter, "8->32")(x, lm)
+        assert list(got) == ["c3", "c5"]
+        _assert_close(got["c3"], model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))))
+        _assert_close(got["c5"], simulate_resnet_features(model, x, lm.levels, "8->32"))
 
 
 def test_dense_output_strides_equal_torchvision_dilation():
@@ -299,8 +309,6 @@ def test_convert_dispatch():
     assert [p.tap_spacing for p in basic.adaptive_convs() if p.kernel == 3] == [1, 2, 2, 2, 2, 4, 4, 4]
     with pytest.raises(ValueError, match="method must be"):
         adatriton.convert(torchvision.models.resnet18(), "8->32", method="fx")
-    with pytest.raises(ValueError, match="filter_fn applies to the ResNet path"):
-        adatriton.convert(torchvision.models.resnet18(), "8->32", filter_fn=lambda module, fqn: True)
     segmentation = adatriton.convert(tvseg.fcn_resnet50(weights=None, weights_backbone=None), "8->32")
     assert isinstance(segmentation, AdaptiveGraphModule) and segmentation.heads == ("classifier",)
 

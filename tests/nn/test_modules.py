@@ -1,4 +1,4 @@
-"""Drop-in modules (``adatriton.nn``), conversion by swapping children, SoftPool and deformable conversions."""
+"""Drop-in modules (``adatriton.nn``), convert's sharing rule and filter_fn, SoftPool and deformable conversions."""
 
 import copy
 
@@ -12,7 +12,6 @@ from torchvision.models._utils import IntermediateLayerGetter
 import adatriton
 from adatriton import AdaptiveConv2d, LevelMap, MultiResMap
 from adatriton import ops as AF
-from adatriton.models.resnet import BlockPlan, adaptive_bottleneck
 from tests.models.test_resnet import DILATION, DT, _assert_close, _finest, _weights
 from tests.reference.simulation import simulate_resnet_features
 
@@ -142,30 +141,49 @@ def test_drop_ins_reject_what_has_no_multires_meaning(module, match):
 
 
 def test_torchvision_bottleneck_runs_on_multires_through_its_modules():
-    """torchvision's own Bottleneck.forward on a MultiResMap (module by module) equals the fused converted path."""
+    """torchvision's own Bottleneck.forward on a MultiResMap (module by module) equals the graph path's conversion of
+    the block (each conv-BN(-add)-ReLU one fused call)."""
     block = adatriton.swap_modules(copy.deepcopy(_resnet50().layer3[0]))  # stride 2, dilation 1: one step
-    x = _multires(512, size=(10, 13))
+    x = _multires(512, size=(10, 13), num_levels=1)  # the block's one step
     got = block(x)
-    fused = adaptive_bottleneck(block, x, BlockPlan(True, 1, 1, True), None)
-    assert got.stage == 1 and got.layout.same_as(fused.layout)
-    torch.testing.assert_close(got.values, fused.values, rtol=1e-12, atol=1e-12)
+    dense = x.densify()
+    fused = adatriton.models.convert_graph(block, "1->2", dense)
+    # conv2, conv3 + add and the shortcut on the map (conv1 runs densely before the step, fused there too)
+    fused_on_map = [p.target for p in fused.adaptive_convs() if p.note.startswith("fused: ")]
+    assert fused_on_map == ["conv2", "conv3", "downsample.0"]
+    assert got.stage == 1
+    torch.testing.assert_close(got.densify(), fused(dense, x.levelmap), rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------ conversion
-def test_convert_swaps_children_in_place_and_honours_filter_fn():
+@pytest.mark.parametrize("dilated", [False, True], ids=["strided", "dilated-os8"])
+def test_convert_shares_and_does_not_modify_the_model(dilated):
+    """The one rule (docs/api.md): ``convert`` leaves the model as it was and the converted module holds its own
+    children; only the re-strided convs of a dilated ResNet (and the containers above them) are shallow copies."""
+    model = _resnet50(8 if dilated else 32)
+    x = torch.randn(1, 3, 64, 64, dtype=DT)
+    expected = model(x)
+    types = {name: type(m) for name, m in model.named_modules()}
+    weights = {name: p for name, p in model.named_parameters()}
+    net = adatriton.convert(model, "8->32")
+    assert {name: type(m) for name, m in model.named_modules()} == types
+    assert all(p is weights[name] for name, p in net.named_parameters())
+    assert list(net.state_dict()) == list(model.state_dict())
+    assert net.layer1 is model.layer1 and (net.layer4 is model.layer4) is not dilated
+    assert net.layer3[0].bn2 is model.layer3[0].bn2
+    assert torch.equal(model(x), expected)  # the source model still computes what it did
+
+
+def test_convert_filter_fn_swaps_the_layers_it_picks_in_place():
     model = _resnet50()
     x = torch.randn(1, 3, 64, 64, dtype=DT)
     expected = model(x)
-    weights = {name: p for name, p in model.named_parameters()}
     net = adatriton.convert(model, "8->32", filter_fn=lambda module, fqn: not fqn.startswith(("conv1", "layer1")))
     assert type(model.conv1) is nn.Conv2d and type(model.layer1[0].conv1) is nn.Conv2d  # kept by filter_fn
     assert type(model.layer3[1].conv2) is AdaptiveConv2d and net.layer3 is model.layer3
-    assert all(p is weights[name] for name, p in net.named_parameters())
-    assert list(net.state_dict()) == list(model.state_dict())
-    assert torch.equal(model(x), expected)  # the source model still computes what it did
-    with pytest.raises(TypeError, match=r"layer3\.0\.conv2 is a Conv2d"):
-        adatriton.convert(_resnet50(), "8->32", filter_fn=lambda module, fqn: fqn != "layer3.0.conv2")
-    adatriton.convert(_resnet50(), "8", filter_fn=lambda module, fqn: fqn != "layer3.0.conv2")  # dense: no need
+    assert torch.equal(model(x), expected)
+    lm = LevelMap.uniform(1, 8, 8, 0, 2)
+    _assert_close(net(x, lm), adatriton.convert(_resnet50(), "8->32")(x, lm))  # either kind converts the same
 
 
 # ------------------------------------------------------------------------------------------------ SoftPool

@@ -157,7 +157,8 @@ def simulate_resnet_features(
                 out = sim.deform_conv(out, c2.offset.weight, c2.weight, c2.bias, spacing, stage)
                 out = sim.downsample(out, stage) if step else out
             elif step and downsampling == "softpool":
-                out = sim.downsample(sim.conv(out, c2.weight, c2.bias, spacing, stage), stage, "softpool")
+                out = sim.conv(out, c2.weight, c2.bias, spacing, stage, False, c2.groups)
+                out = sim.downsample(out, stage, "softpool")
             else:
                 out = sim.conv(out, c2.weight, c2.bias, spacing, stage, step, c2.groups)
             new_stage = stage + int(step)

@@ -76,8 +76,8 @@ __all__ = ["Converter", "Plan", "planning_inputs", "trace", "with_meta_parameter
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with more leaves: torchvision's ``StochasticDepth``, so that its ``training`` flag is read
-    when the converted model runs rather than frozen at tracing; adatriton's drop-in modules (a model that
-    ``convert`` swapped for the ResNet path), whose forward branches on the input type; ``leaf_modules``; and the
+    when the converted model runs rather than frozen at tracing; adatriton's drop-in modules (``swap_modules``, or
+    ``convert``'s ``filter_fn``), whose forward branches on the input type; ``leaf_modules``; and the
     modules at the paths ``heads``."""
 
     def __init__(self, leaf_modules: Sequence[type[nn.Module]] = (), heads: Sequence[str] = ()):
@@ -219,9 +219,10 @@ class Converter:
         inputs: Sequence,
         heads: Sequence[str] = (),
         downsampling: str = "top_left",
+        map_outputs: bool = False,
     ):
         self.root, self.source, self.heads = root, graph, frozenset(heads)
-        self.downsampling = downsampling
+        self.downsampling, self.map_outputs = downsampling, map_outputs
         self.a, self.k, self.b = finest, num_levels, finest << num_levels
         self.unsupported = unsupported
         self.inputs = list(inputs)
@@ -484,9 +485,10 @@ class Converter:
                 self.values[node] = _Value(self.g.get_attr(node.target), "other", self.orig[node], original=True)
             elif node.op == "output":
                 out = fx.node.map_arg(node.args[0], lambda n: self.values[n])
-                out = fx.node.map_aggregate(
-                    out, lambda v: self.densify(v) if isinstance(v, _Value) and v.kind == "map" else v
-                )
+                if not self.map_outputs:
+                    out = fx.node.map_aggregate(
+                        out, lambda v: self.densify(v) if isinstance(v, _Value) and v.kind == "map" else v
+                    )
                 self.finish()
                 out = self.nodes_of(out)
                 if isinstance(out, dict):  # fx writes an OrderedDict (torchvision's outputs) as a dict literal

@@ -184,7 +184,7 @@ def map_conv_bn_act(
         weight, bias = params["weight"], params["bias"]
     else:
         weight, bias = conv.weight, conv.bias
-    relu = activation == "relu"  # the spelling the eager plans are keyed on first, as the ResNet path's
+    relu = activation == "relu"  # the spelling the eager plans are keyed on first
     return AF.conv_bn_act(
         x, weight, bias, bn, relu, residual, tap_spacing, conv.groups, downsample, backend, None if relu else activation
     )

@@ -49,6 +49,9 @@ class AdaptiveGraphModule(nn.Module):
             OS8 or coarser merges 2x2 blocks by SoftPool, a 1x1 conv after it and a larger one before it, in the
             adaptive part (a SoftPool step) and the dense part alike (a ResNet's layer3 and layer4, as
             ``adatriton.convert(resnet, ..., downsampling="softpool")``).
+        map_outputs: (keyword) return the maps that reach the output as
+            :class:`~adatriton.core.multires.MultiResMap` s instead of densifying them (e.g. to read descriptors at
+            a few elements, as :meth:`adatriton.models.d2net.D2Net.features_multires` does).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -74,6 +77,7 @@ class AdaptiveGraphModule(nn.Module):
         heads: Sequence[str] = (),
         downsampling: str = "top_left",
         *,
+        map_outputs: bool = False,
         source_graph: fx.Graph | None = None,
     ):
         if not isinstance(model, nn.Module):
@@ -82,7 +86,7 @@ class AdaptiveGraphModule(nn.Module):
         check_options(unsupported, downsampling)
         self.output_stride, self.finest_stride, self.num_levels = parse_graph_output_stride(output_stride)
         self.backend, self.unsupported, self.leaf_modules = backend, unsupported, tuple(leaf_modules)
-        self.heads, self.downsampling = tuple(heads), downsampling
+        self.heads, self.downsampling, self.map_outputs = tuple(heads), downsampling, map_outputs
         self.source_graph = trace(model, self.leaf_modules, self.heads) if source_graph is None else source_graph
         inputs = planning_inputs(model, example_input)
         self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
@@ -111,6 +115,7 @@ class AdaptiveGraphModule(nn.Module):
             meta_inputs,
             self.heads,
             self.downsampling,
+            self.map_outputs,
         )
 
     def _compile(self) -> None:
@@ -134,8 +139,15 @@ class AdaptiveGraphModule(nn.Module):
                 mask source attached (``adatriton.convert(..., mask=...)``): the source's map of the first input.
 
         Returns:
-            What the model returns; maps that reach the output are densified to the finest grid.
+            What the model returns; maps that reach the output are densified to the finest grid (returned as maps
+            with ``map_outputs=True``).
         """
+        for i, (value, example) in enumerate(zip(inputs, self.example_shapes)):
+            if isinstance(example, tuple) and not isinstance(value, Tensor):
+                raise TypeError(
+                    f"input {i} must be an image batch, expected a torch.Tensor of shape (N, C, H, W) like "
+                    f"{example}, got {type(value).__name__}"
+                )
         if mask_source_of(self) is not None:
             inputs, kwargs = self._with_attached_levels(inputs, kwargs)
         if torch.compiler.is_compiling():
@@ -167,6 +179,7 @@ class AdaptiveGraphModule(nn.Module):
             self.leaf_modules,
             self.heads,
             self.downsampling,
+            map_outputs=self.map_outputs,
             source_graph=self.source_graph,
         )
 
@@ -273,8 +286,8 @@ def _fetching_parents_once(graph: fx.Graph) -> fx.Graph:
     """A copy of ``graph`` whose dotted ``get_attr`` nodes read the attribute from their parent module's node, each
     module fetched once per forward: ``layer3_0.conv1`` instead of ``getattr(self.layer3, "0").conv1`` for every
     module argument. A ResNet-101 forward fetched ~930 attributes through ``nn.Module.__getattr__`` (~0.5 µs each, a
-    third of its per-conv host time beside the ResNet path's); the modules are still fetched on every call, so a
-    layer replaced after conversion is the one that runs."""
+    third of its per-conv host time beside the former hand-written ResNet runner's); the modules are still fetched on
+    every call, so a layer replaced after conversion is the one that runs."""
     new = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     fetched: dict[str, fx.Node] = {}
