@@ -6,7 +6,8 @@ Element order inside a layout: by level, then sample, row, column on that level'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -16,7 +17,15 @@ from .export import fits_int32
 if TYPE_CHECKING:
     from .levelmap import LevelMap
 
-__all__ = ["Layout", "block_sums", "ceil_div"]
+__all__ = ["Layout", "TileGroup", "block_sums", "ceil_div"]
+
+
+#: The smallest tile side of :meth:`Layout.tile_tables` (lattice points), unless the lattice is smaller.
+MIN_TILE = 8
+#: The cost of gathering one input row of a tile's window, in the units of :meth:`Layout.tile_tables`'s
+#: ``output_cost``: a write and a read of a fresh buffer, which (page faults included) the measured CPU timings put
+#: well above the in-cache copy.
+GATHER_COST = 16
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -36,6 +45,26 @@ def block_sums(x: Tensor, block: int) -> Tensor:
     if hb * bh != h or wb * bw != w:
         x = torch.nn.functional.pad(x, (0, wb * bw - w, 0, hb * bh - h))
     return x.reshape(n, hb, bh, wb, bw).sum(dim=(2, 4))
+
+
+class TileGroup(NamedTuple):
+    """The output rows of a conv whose centres lie on one lattice ``r + g * m`` of the padded finest grid, computed
+    as an ordinary conv over tiles of that lattice (see :meth:`Layout.tile_tables`).
+
+    Attributes:
+        start, stop: the output rows (a contiguous range of the conv's outputs).
+        dilation: the conv's tap spacing in lattice steps, ``o / g``.
+        window: ``(tiles, Ty + 2P, Tx + 2P)`` element read at every lattice point of each tile's input window
+            (``P = dilation * (k // 2)``), the sentinel ``E`` (reads zero) outside the padded grid and where no
+            element covers a pixel.
+        pick: ``(stop - start,)`` position of each output row among the ``tiles * Ty * Tx`` outputs of the tiles.
+    """
+
+    start: int
+    stop: int
+    dilation: int
+    window: Tensor
+    pick: Tensor
 
 
 class Layout:
@@ -97,6 +126,7 @@ class Layout:
         self.centre_y, self.centre_x = torch.cat(cy), torch.cat(cx)
         self._taps: dict[tuple[int, int, bool], Tensor] = {}
         self._kernel_tables: dict[tuple[int, int, bool], Tensor | None] = {}
+        self._tiles: dict[tuple[int, int, bool, int], tuple[TileGroup, ...]] = {}
         self._down: dict[str, Tensor] = {}
         self.in_graph, self._next = in_graph, None
         self.inference_tables = False  # built under torch.inference_mode (set by LevelMap.layout)
@@ -218,6 +248,93 @@ class Layout:
             table = table.to(torch.int32)
         self._kernel_tables[key] = table
         return table
+
+    def tile_tables(
+        self, kernel: int, tap_spacing: int, downsample: bool = False, output_cost: int = 4
+    ) -> tuple[TileGroup, ...]:
+        """Tiles that compute a conv at every output element as ordinary dense convs over small windows.
+
+        An element of level ``v`` (block side ``s = 2^v``) is centred at ``q * s + s // 2``; with ``g = gcd(s, o)``
+        (``o`` the tap spacing) every one of its taps ``c + (i - k // 2) * o`` lies on the lattice ``r + g * m``
+        (``r = (s // 2) % g``), ``o / g`` lattice steps apart, and a tap outside the padded grid is outside the
+        lattice. So the outputs of the levels that share ``(g, r)`` are ``conv2d(F_lattice, W, dilation=o/g,
+        padding=(o/g)*(k//2))`` at their lattice points, with ``F = densify(x, padded=True)`` as the dense path
+        reads it (docs/semantics.md §3-4): the same sums of the same values. Only the tiles (``Ty x Tx`` lattice
+        points) that hold an output are computed, each from its own input window (the tile plus a halo ``P``).
+
+        The tile side is the power of two (at least :data:`MIN_TILE`) that minimises ``tiles * (GATHER_COST *
+        window area + output_cost * tile area)``; a side that spans the lattice is one tile per sample, the dense
+        conv over that lattice.
+
+        Args:
+            kernel, tap_spacing, downsample: as in :meth:`tap_index`.
+            output_cost: the cost of a conv output, in the units where gathering one input row costs
+                :data:`GATHER_COST`.
+
+        Returns:
+            One :class:`TileGroup` per lattice, in output row order. Built once per argument set (one host sync).
+        """
+        output_cost = max(1, int(output_cost))
+        key = (kernel, tap_spacing, bool(downsample), output_cost)
+        hit = self._tiles.get(key)
+        if hit is not None:
+            return hit
+        hp, wp = self.id_map.shape[1:]
+        b, cy, cx = self.batch_index, self.centre_y, self.centre_x
+        if downsample:
+            src = self.downsample_sources("top_left")
+            b, cy, cx = b[src], cy[src], cx[src]
+            nxt, j = self.next(), self.stage + 1
+            # survivors by next-stage level: v < j - 1 keep their level, the next level-(j-1) and level-j elements
+            # come from level j - 1 (docs/semantics.md §3)
+            counts = [nxt.counts[v] for v in range(j - 1)] + [nxt.counts[j - 1] + nxt.counts[j]]
+        else:
+            counts = list(self.counts)
+        halo = tap_spacing * (kernel // 2)
+        lattices: list[list] = []  # [g, r, start, stop]; levels that share a lattice are adjacent in row order
+        start = 0
+        for v, count in enumerate(counts):
+            s = 1 << v
+            g = math.gcd(s, tap_spacing)
+            r = (s // 2) % g
+            if lattices and lattices[-1][:2] == [g, r]:
+                lattices[-1][3] += count
+            else:
+                lattices.append([g, r, start, start + count])
+            start += count
+        groups = []
+        for g, r, start, stop in lattices:
+            if stop == start:
+                continue
+            d, p = tap_spacing // g, halo // g
+            hg, wg = ceil_div(hp - r, g), ceil_div(wp - r, g)
+            bb, my, mx = b[start:stop], (cy[start:stop] - r) // g, (cx[start:stop] - r) // g
+            best = None
+            side = MIN_TILE
+            while True:
+                ty, tx = min(side, hg), min(side, wg)
+                nty, ntx = ceil_div(hg, ty), ceil_div(wg, tx)
+                tile = (bb * nty + my // ty) * ntx + mx // tx
+                tiles = torch.unique(tile)
+                cost = len(tiles) * (GATHER_COST * (ty + 2 * p) * (tx + 2 * p) + output_cost * ty * tx)
+                if best is None or cost < best[0]:
+                    best = (cost, ty, tx, nty, ntx, tile, tiles)
+                if side >= hg and side >= wg:
+                    break
+                side *= 2
+            _, ty, tx, nty, ntx, tile, tiles = best
+            rank = torch.searchsorted(tiles, tile)
+            pick = (rank * ty + my % ty) * tx + mx % tx
+            tb, t_y, t_x = tiles // (nty * ntx), (tiles // ntx) % nty, tiles % ntx
+            wy = t_y[:, None] * ty - p + torch.arange(ty + 2 * p, device=tiles.device)  # lattice rows of each window
+            wx = t_x[:, None] * tx - p + torch.arange(tx + 2 * p, device=tiles.device)
+            inside = ((wy >= 0) & (wy < hg))[:, :, None] & ((wx >= 0) & (wx < wg))[:, None, :]
+            py, px = (r + g * wy).clamp(0, hp - 1), (r + g * wx).clamp(0, wp - 1)
+            window = self.id_map[tb[:, None, None], py[:, :, None], px[:, None, :]]
+            window = torch.where(inside, window, self.num_elements)
+            groups.append(TileGroup(start, stop, d, window, pick))
+        self._tiles[key] = tuple(groups)
+        return self._tiles[key]
 
     def __repr__(self) -> str:
         return f"Layout(stage={self.stage}, counts={self.counts}, levelmap={self.levelmap.shape})"
