@@ -48,8 +48,8 @@ class Row:
         device: GPU name, or CPU model and intra-op threads.
         torch_version, triton_version, adatriton_version: software versions (``triton_version`` empty if absent).
         timestamp: start of the run (ISO 8601, UTC); the same for every row of a run.
-        scenario: what else names the measurement; the ``host`` suite: ``reused_map`` / ``new_map`` /
-            ``graph_reused_map``; empty for the other suites. Part of the key.
+        scenario: what else names the measurement; the ``host`` suite: ``reused_map`` / ``new_map``; empty for
+            the other suites. Part of the key.
         convs_per_forward: adaptive convs per forward (``host`` suite; 0 where not counted).
         launches_per_forward: device ops per forward: ATen ops that launch a kernel on a GPU plus Triton launches
             (``host`` suite: of the adaptive part; NaN where not counted).

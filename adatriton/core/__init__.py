@@ -9,7 +9,7 @@ from .export import (
     is_traced,
     traced_stage_counts,
 )
-from .layout import Layout, block_sums, ceil_div
+from .layout import Layout, TileGroup, block_sums, ceil_div
 from .levelmap import MAX_LEVELS, LevelMap, LevelMapDtypeError, LevelMapError, LevelMapExportError
 from .multires import MultiResMap, densify_values, expect_map
 from .strides import (
@@ -34,6 +34,7 @@ __all__ = [
     "OUTPUT_STRIDES",
     "TracedCounts",
     "TILE_STRIDE",
+    "TileGroup",
     "block_sums",
     "canonical_stride",
     "ceil_div",

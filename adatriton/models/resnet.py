@@ -166,7 +166,8 @@ class AdaptiveResNet(AdaptiveGraphModule):
         key = (tuple(sorted(set(layers), key=LAYERS.index)), self.backend)
         cache = self.__dict__.setdefault("_backbone_networks", {})
         if key not in cache:
-            getter = IntermediateLayerGetter(restrided(self.source, 32), {name: name for name in key[0]})
+            # over this module's own children: a re-strided copy is the same object in both networks (its hooks run)
+            getter = IntermediateLayerGetter(self, {name: name for name in key[0]})
             example = torch.empty(self.example_shapes[0], device="meta")  # the shape planned on; no data
             cache[key] = AdaptiveGraphModule(
                 getter, self.output_stride, example, self.backend, downsampling=self.downsampling

@@ -124,6 +124,22 @@ def test_converted_model_shares_weights_and_state_dict_keys():
     net.load_state_dict(model.state_dict())
 
 
+def test_forward_features_runs_the_modules_of_the_converted_network():
+    """``forward_features`` / ``forward_backbone`` run this network's own children: a hook on a re-strided copy of a
+    dilated model's conv (``net.layer4[1].conv2``, not the model's) fires in both."""
+    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval()
+    net = adatriton.convert(model, "8->32")
+    assert net.layer4[1].conv2 is not model.layer4[1].conv2 and net.layer4[1].bn2 is model.layer4[1].bn2
+    calls = []
+    net.layer4[1].conv2.register_forward_hook(lambda *args: calls.append(1))
+    lm = LevelMap.uniform(1, 8, 8, 1, 2)
+    with torch.no_grad():
+        net(torch.randn(1, 3, 64, 64), lm)
+        net.forward_features(torch.randn(1, 3, 64, 64), lm)
+        net.forward_backbone(torch.randn(1, 3, 64, 64), lm, ("layer3", "layer4"))
+    assert len(calls) == 3
+
+
 def test_train_mode_runs_and_backpropagates():
     model = torchvision.models.resnet50().train()
     net = adatriton.convert(model, "8->32")
