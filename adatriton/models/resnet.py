@@ -74,37 +74,34 @@ def graph_source(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
 def is_bottleneck_resnet(model: nn.Module) -> bool:
     """A torchvision ``ResNet`` (or the ``IntermediateLayerGetter`` over one) with bottleneck blocks: the models
     :class:`AdaptiveResNet` converts."""
-    if not isinstance(model, (ResNet, IntermediateLayerGetter)):
-        return False
-    children = dict(model.named_children())
-    if any(name not in children for name in STEM + LAYERS):
-        return False
-    return all(isinstance(block, Bottleneck) for name in LAYERS for block in children[name])
+    return _bottleneck_problem(model, check_return_layers=False) is None
 
 
-def _check_bottleneck_resnet(model: nn.Module) -> None:
-    """Raise unless ``model`` is a torchvision ``ResNet`` with bottleneck blocks or the ``IntermediateLayerGetter``
-    over one (``return_layers`` among ``layer1`` .. ``layer4``), saying what is wrong."""
+def _bottleneck_problem(model: nn.Module, check_return_layers: bool) -> Exception | None:
+    """What keeps ``model`` from being a torchvision ``ResNet`` with bottleneck blocks or the
+    ``IntermediateLayerGetter`` over one (with ``check_return_layers``: returning only ``layer1`` .. ``layer4``), as
+    the error to raise; None if nothing does."""
     if not isinstance(model, (ResNet, IntermediateLayerGetter)):
-        raise TypeError(
+        return TypeError(
             f"expected a torchvision ResNet or an IntermediateLayerGetter over one, got {type(model).__name__}"
         )
     children = dict(model.named_children())
     missing = [name for name in STEM + LAYERS if name not in children]
     if missing:
-        raise TypeError(f"{type(model).__name__} has no {missing}; expected the children of a torchvision ResNet")
-    if isinstance(model, IntermediateLayerGetter):
+        return TypeError(f"{type(model).__name__} has no {missing}; expected the children of a torchvision ResNet")
+    if check_return_layers and isinstance(model, IntermediateLayerGetter):
         unsupported = sorted(set(map(str, model.return_layers)) - set(LAYERS))
         if unsupported:
-            raise NotImplementedError(
+            return NotImplementedError(
                 f"IntermediateLayerGetter returns {unsupported}; only {list(LAYERS)} outputs are supported"
             )
     for name in LAYERS:
         for block in children[name]:
             if not isinstance(block, Bottleneck):
-                raise NotImplementedError(
+                return NotImplementedError(
                     f"{name} has {type(block).__name__} blocks; only bottleneck ResNets (50/101/152) are supported"
                 )
+    return None
 
 
 class AdaptiveResNet(AdaptiveGraphModule):
@@ -142,7 +139,9 @@ class AdaptiveResNet(AdaptiveGraphModule):
         downsampling: str = "top_left",
         example_input: Tensor | None = None,
     ):
-        _check_bottleneck_resnet(model)
+        problem = _bottleneck_problem(model, check_return_layers=True)
+        if problem is not None:
+            raise problem
         if filter_fn is not None:
             swap_modules(model, filter_fn)
         super().__init__(restrided(model, 32), output_stride, example_input, backend, downsampling=downsampling)
