@@ -552,7 +552,15 @@ class Converter:
     def on_inputs(self, inputs: Sequence) -> Converter:
         """A converter with this one's options for other example inputs."""
         return Converter(
-            self.root, self.source, self.a, self.k, self.unsupported, inputs, self.heads, self.downsampling
+            self.root,
+            self.source,
+            self.a,
+            self.k,
+            self.unsupported,
+            inputs,
+            self.heads,
+            self.downsampling,
+            self.map_outputs,
         )
 
     def strides_at(self, side: int | None) -> dict[str, int | None] | None:
