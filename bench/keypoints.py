@@ -10,7 +10,7 @@ cycled past six), random VGG-16 weights (``--seed``). Columns:
 
 - ``model`` ``d2net_vgg16``, ``backbone`` ``vgg16``, ``head`` ``d2net``, ``scope`` ``backbone``: the timed call is
   the trunk (``features_map`` dense, ``features_multires`` adaptive, without densifying); D2-Net's head (L2
-  normalisation) has no MAs, so ``macs_total == macs_backbone`` (per batch, :func:`adatriton.analysis.d2net_macs`).
+  normalisation) has no MAs, so ``macs_total == macs_backbone`` (per batch, :func:`adatriton.count_macs`).
 - ``output_stride`` ``"1"``, ``"2"``, ``"4"``, ``"8"`` (dense; ``backend`` ``onednn`` / ``cudnn``) or ``"1->8"``.
 - ``mask_source`` ``keypoints`` (dense: ``none``), ``mask_param`` the triplet ``d1/d2/d4`` (``25/51/51``,
   ``inf/inf/inf``; dense: empty) -- it names the map and is part of the key.
@@ -30,7 +30,7 @@ Full run: 240x320, 10 warm-up + 10 timed calls; ``--quick``: 96x128, 1 + 5 (fewe
 [--sequence PATH] [--backends ...]``, :func:`run_keypoints`; options spelt as in ``python -m bench``, see
 :mod:`bench._cli`) writes ``<out>/keypoints_hpatches.csv`` (:class:`KeypointRow`, its own columns):
 
-- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.analysis.d2net_macs`) per image, averaged over the six
+- **multiply-adds** (docs/semantics.md §5, :func:`adatriton.count_macs`) per image, averaged over the six
   images of an HPatches-layout sequence (by default the synthetic mini-sequence, or a folder of the real dataset),
   and of the timed image;
 - **runtime** of the trunk on image 1 (batch 1; ``--warmup`` untimed then ``--iters`` timed calls; CUDA events on
@@ -63,7 +63,7 @@ import pandas as pd
 import torch
 
 from adatriton import masks
-from adatriton.analysis import d2net_macs
+from adatriton.analysis import count_macs
 from adatriton.eval import hpatches
 from adatriton.models import d2net, load_d2net_state_dict
 from adatriton.models.d2net import D2Net
@@ -172,6 +172,13 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return ""
+
+
+def _macs(net: D2Net, h: int, w: int, levels=None) -> int:
+    """MAs of the trunk on ``h x w`` images (one, or one per sample of ``levels``), counted over the graph its forwards
+    run (:func:`adatriton.count_macs`, docs/semantics.md §5); nothing is computed."""
+    batch = 1 if levels is None else levels.batch
+    return count_macs(net, torch.empty(batch, net.in_channels, h, w, device="meta"), levels).total
 
 
 def _dilation_label(dilations: Sequence[float]) -> str:
@@ -327,9 +334,9 @@ def run_keypoints(
             level1=math.nan,
             level2=math.nan,
             level3=math.nan,
-            macs_per_image=d2net_macs(net, (h, w)).per_image,
+            macs_per_image=_macs(net, h, w),
             macs_ratio_to_os1=math.nan,
-            macs_timed=d2net_macs(net, (h, w)).total,
+            macs_timed=_macs(net, h, w),
             median_s=statistics.median(times),
             min_s=min(times),
             max_s=max(times),
@@ -400,9 +407,9 @@ def _adaptive_row(
         level1=fr[1],
         level2=fr[2],
         level3=fr[3],
-        macs_per_image=d2net_macs(net, levels=lm_all).per_image,
+        macs_per_image=_macs(net, lm_all.height, lm_all.width, lm_all) / lm_all.batch,
         macs_ratio_to_os1=math.nan,
-        macs_timed=d2net_macs(net, levels=lm1).total,
+        macs_timed=_macs(net, lm1.height, lm1.width, lm1),
         median_s=statistics.median(times),
         min_s=min(times),
         max_s=max(times),
@@ -525,9 +532,9 @@ def run(ctx: Context) -> list[Row]:
     with ctx.progress(len(d2net.DENSE_STRIDES) + len(DILATIONS) * len(backends)) as bar, torch.inference_mode():
         for stride in d2net.DENSE_STRIDES:
             net = D2Net(features, stride)
-            count = d2net_macs(net, (h, w), batch=o.batch)
+            count = count_macs(net, torch.empty(o.batch, net.in_channels, h, w, device="meta"))
             level = int(math.log2(int(stride)))  # the uniform "1->8" map L == level equals this network
-            elements = count.rows[-1].elements
+            elements = int(count.rows["elements"].iloc[-1])
             columns = dense_columns(common, stride, level, d2net.NUM_POOLS, dev, elements, count.total, count.total)
             call = functools.partial(compiled(net.features_map), x)
             row = timed_row(ctx, call, f"{MODEL} OS{stride}", columns, record=False)
@@ -541,7 +548,7 @@ def run(ctx: Context) -> list[Row]:
             build = functools.partial(_keypoint_tables, any_net, rgb, dil, kps, dev)
             bookkeeping = measure(build, dev, min(o.warmup, 1), o.iters).median
             lm = build()
-            count = d2net_macs(any_net, levels=lm_cpu)
+            count = count_macs(any_net, torch.empty(lm_cpu.batch, any_net.in_channels, h, w, device="meta"), lm_cpu)
             fr = lm_cpu.fractions().tolist()
             for backend, fn in fns.items():
                 columns = dict(
@@ -553,7 +560,7 @@ def run(ctx: Context) -> list[Row]:
                     fraction_level0=fr[0],
                     level_fractions=level_fractions(fr),
                     backend=backend,
-                    elements=count.rows[-1].elements,
+                    elements=int(count.rows["elements"].iloc[-1]),
                     macs_total=count.total,
                     macs_backbone=count.total,
                     bookkeeping_ms=bookkeeping,

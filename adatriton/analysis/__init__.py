@@ -4,15 +4,6 @@
 :func:`adatriton.explain`.
 """
 
-from .macs import COLUMNS, D2NetMacCount, D2NetMacRow, MacCount, conv_macs, count_macs, d2net_macs, stage_element_counts
+from .macs import COLUMNS, MacCount, conv_macs, count_macs, stage_element_counts
 
-__all__ = [
-    "COLUMNS",
-    "D2NetMacCount",
-    "D2NetMacRow",
-    "MacCount",
-    "conv_macs",
-    "count_macs",
-    "d2net_macs",
-    "stage_element_counts",
-]
+__all__ = ["COLUMNS", "MacCount", "conv_macs", "count_macs", "stage_element_counts"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torchvision.models import ResNet
 
 from ..core.levelmap import LevelMap, LevelMapError
-from ..models.d2net import NUM_POOLS, D2Net, D2NetInputError
+from ..models.d2net import D2Net
 from ..models.graph import AdaptiveGraphModule
 from ..runtime.extras import require
 
@@ -41,12 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
-    "D2NetMacCount",
-    "D2NetMacRow",
     "MacCount",
     "conv_macs",
     "count_macs",
-    "d2net_macs",
     "stage_element_counts",
 ]
 
@@ -367,99 +364,3 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
             per_element[r["stage"] + int(r["downsample"])] += cost  # the stage of its outputs
     fixed = int(table.loc[~table["adaptive"].astype(bool), "MAs"].sum())
     return MacCount(table, fixed, tuple(per_element), counts)
-
-
-@dataclass(frozen=True)
-class D2NetMacRow:
-    """Multiply-adds of one conv (docs/semantics.md §5).
-
-    Attributes:
-        layer: VGG name (``conv1_1`` .. ``conv4_3``); index: module index in the trunk.
-        stage: max-pools before it (the adaptive stage it runs at).
-        kernel, in_channels, out_channels, groups: the conv.
-        dilation: its dilation (dense) or tap spacing (adaptive).
-        elements: output elements computed, whole batch (output pixels for a dense trunk).
-        macs: ``elements * k * k * Cin * Cout / groups``.
-    """
-
-    layer: str
-    index: int
-    stage: int
-    kernel: int
-    in_channels: int
-    out_channels: int
-    groups: int
-    dilation: int
-    elements: int
-    macs: int
-
-
-@dataclass(frozen=True)
-class D2NetMacCount:
-    """Multiply-adds of a trunk forward: ``total`` over the batch, ``per_image``, and one :class:`D2NetMacRow` per
-    conv."""
-
-    total: int
-    batch: int
-    rows: tuple[D2NetMacRow, ...] = field(default_factory=tuple)
-
-    @property
-    def per_image(self) -> float:
-        return self.total / self.batch
-
-
-def d2net_macs(
-    net: D2Net,
-    size: Sequence[int] | None = None,
-    levels: LevelMap | Tensor | None = None,
-    batch: int = 1,
-) -> D2NetMacCount:
-    """Multiply-adds of the trunk (docs/semantics.md §5), dense or adaptive; no forward pass runs.
-
-    Args:
-        net: the :class:`D2Net`.
-        size: ``(H, W)`` of the images (dense; taken from ``levels`` when given).
-        levels: the ``"1->8"`` level map ``(N, H, W)`` (required for the adaptive trunk); the count sums over
-            its samples, each computing the elements of its own map.
-        batch: images (dense trunk).
-
-    Returns:
-        :class:`D2NetMacCount`. A conv at stage ``j`` computes ``sum(levels.element_counts(j))`` elements (adaptive) or
-        ``ceil(H / r) * ceil(W / r)`` pixels per image, ``r`` = 2 to the pools it runs after (dense).
-    """
-    if net.adaptive:
-        levels = LevelMap.checked(
-            levels, NUM_POOLS, "the '1->8' trunk", call="d2net_macs(net, size, levels)", grid="the image grid",
-            missing=D2NetInputError,
-        )  # fmt: skip
-        if size is not None and tuple(size) != (levels.height, levels.width):
-            raise D2NetInputError(f"size {tuple(size)} differs from the level map's {levels.shape[1:]}")
-        batch = levels.batch
-    else:
-        if levels is not None:
-            raise D2NetInputError(f"a dense trunk (output stride {net.output_stride}) takes no level map")
-        if size is None or len(size) != 2 or min(int(s) for s in size) < 1:
-            raise D2NetInputError(f"size must be (H, W) with positive sides, got {size!r}")
-        if int(batch) < 1:
-            raise D2NetInputError(f"batch must be >= 1, got {batch}")
-    h, w = (levels.height, levels.width) if levels is not None else (int(size[0]), int(size[1]))
-    x = torch.empty(int(batch), net.in_channels, h, w, device="meta")
-    graph_rows, _ = _graph(net.graph(), x, levels)  # the one counter, over the graph the forwards run
-    pools_before, names, pools, convs = {}, {}, 0, 0
-    for index, module in enumerate(net.features):
-        if isinstance(module, nn.MaxPool2d):
-            pools, convs = pools + 1, 0
-        elif isinstance(module, nn.Conv2d):
-            convs += 1
-            pools_before[index], names[index] = pools, f"conv{pools + 1}_{convs}"
-    rows = []
-    for r in graph_rows:
-        index = int(r["layer"].removeprefix("features."))
-        macs = conv_macs(r["k"], r["cin"], r["cout"], r["groups"], r["elements"])
-        rows.append(
-            D2NetMacRow(
-                names[index], index, pools_before[index], r["k"], r["cin"], r["cout"], r["groups"], r["spacing"],
-                r["elements"], macs,
-            )
-        )  # fmt: skip
-    return D2NetMacCount(sum(r.macs for r in rows), int(batch), tuple(rows))

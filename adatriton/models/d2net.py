@@ -40,7 +40,7 @@ network replaces pool3 by a 2x2 average pool at stride 1 and dilates conv4_x by 
 trunk removes pool3 instead (docs/semantics.md §3: a location below level 3 is not pooled at step 3), so its descriptors
 differ slightly from theirs.
 
-**Multiply-adds** (:func:`adatriton.analysis.macs.d2net_macs`, docs/semantics.md §5): ``k * k * Cin * Cout`` per
+**Multiply-adds** (:func:`adatriton.count_macs`, docs/semantics.md §5): ``k * k * Cin * Cout`` per
 computed output element (per group), for every conv; pools, ReLUs and the normalisation cost nothing.
 """
 

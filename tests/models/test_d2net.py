@@ -16,7 +16,6 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from adatriton import LevelMap, LevelMapError, count_macs, masks
-from adatriton.analysis import d2net_macs
 from adatriton.eval import match_mutual_nn
 from adatriton.models import d2net, load_d2net_state_dict
 from adatriton.models.d2net import D2Net, D2NetCheckpointError, D2NetInputError
@@ -88,11 +87,8 @@ def random_keypoints(n, h, w, m, seed=0):
 def test_trunk_is_d2net_cut_of_vgg16():
     net = D2Net(make_layers(cfgs["D"]), "8")
     assert len(net.features) == 22  # conv1_1 .. conv4_3, module indices as in D2-Net's checkpoints
-    rows = d2net_macs(net, (64, 64)).rows
-    assert [r.layer for r in rows] == [
-        "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3"
-    ]  # fmt: skip
-    assert [r.index for r in rows] == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
+    rows = count_macs(net, torch.empty(1, 3, 64, 64, device="meta")).rows
+    assert rows["layer"].tolist() == [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21)]
     assert net.num_channels == 512 and net.in_channels == 3
 
 
@@ -177,7 +173,7 @@ def test_graph_path_equals_the_references_at_every_stride(size, batch_norm):
         expected = simulate(net, x, lm.levels)
         assert (graph(x, lm) - expected).abs().max() <= 1e-12 * expected.abs().max()
     # one multiply-add counter: the graph's count is the trunk's
-    assert count_macs(graph, x, lm).total == d2net_macs(net, levels=lm).total
+    assert count_macs(graph, x, lm).total == count_macs(net, x, lm).total
     assert not any(m.ceil_mode for m in net.features if isinstance(m, nn.MaxPool2d))  # the trunk is left as it was
 
 
@@ -233,13 +229,24 @@ def vgg_conv_macs(config, h, w, stride):
     return total
 
 
+def d2net_count(net: D2Net, h: int, w: int, levels=None, batch: int = 1):
+    """``count_macs`` of the trunk on a ``batch x 3 x h x w`` image batch (on meta: nothing is computed)."""
+    return count_macs(net, torch.empty(batch, 3, h, w, device="meta"), levels)
+
+
+def pools_before(net: D2Net, layer: str) -> int:
+    """Max-pools before the module ``features.<i>``: the adaptive stage a conv runs at."""
+    index = int(layer.removeprefix("features."))
+    return sum(isinstance(m, nn.MaxPool2d) for m in net.features[:index])
+
+
 def test_macs_vgg16_224():
     net = D2Net(make_layers(cfgs["D"]), "8")
-    count = d2net_macs(net, (224, 224))
+    count = d2net_count(net, 224, 224)
     # conv1_x 1.936e9 + conv2_x 2.775e9 + conv3_x 4.624e9 + conv4_x 4.624e9; with conv5_x (1.387e9) this is the
     # well-known 15.35 GMAs of VGG-16's features at 224x224.
     assert count.total == vgg_conv_macs(d2net.VGG16_CONFIG, 224, 224, 8) == 13_959_364_608
-    assert [r.layer for r in count.rows][-1] == "conv4_3" and count.rows[-1].elements == 28 * 28
+    assert count.rows["layer"].iloc[-1] == "features.21" and count.rows["elements"].iloc[-1] == 28 * 28
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -247,27 +254,26 @@ def test_macs_uniform_levels_equal_dense(size):
     h, w = size
     net = small_net()
     for v in range(4):
-        dense = d2net_macs(net.with_output_stride(str(1 << v)), (h, w), batch=2)
-        adaptive = d2net_macs(net, levels=LevelMap.uniform(2, h, w, v, "1->8"))
+        dense = d2net_count(net.with_output_stride(str(1 << v)), h, w, batch=2)
+        adaptive = d2net_count(net, h, w, LevelMap.uniform(2, h, w, v, "1->8"), batch=2)
         assert dense.total == adaptive.total == 2 * vgg_conv_macs(SMALL, h, w, 1 << v)
-        assert dense.per_image == adaptive.per_image == dense.total / 2
-        assert [r.elements for r in dense.rows] == [r.elements for r in adaptive.rows]
+        assert dense.rows["elements"].tolist() == adaptive.rows["elements"].tolist()
 
 
 def test_macs_mixed_map_counts_elements():
     h, w = 27, 37
     net = small_net()
     lm = LevelMap.random(2, h, w, "1->8", generator=torch.Generator().manual_seed(7))
-    count = d2net_macs(net, levels=lm)
+    count = d2net_count(net, h, w, lm, batch=2)
     lv = lm.levels
-    for row in count.rows:
-        j = row.stage
+    for row in count.rows.itertuples():
+        j = pools_before(net, row.layer)
         # Independent element count: per level u <= j, aligned 2^u blocks whose top-left pixel is at level u now.
         expected = sum(int((lv[:, :: 1 << u, :: 1 << u].clamp(max=j) == u).sum()) for u in range(j + 1))
         assert row.elements == expected
-        assert row.macs == expected * 9 * row.in_channels * row.out_channels
-        assert row.dilation == 1 << j
-    assert count.total == sum(r.macs for r in count.rows)
+        assert row.MAs == expected * 9 * row.cin * row.cout
+        assert row.spacing == 1 << j
+    assert count.total == int(count.rows["MAs"].sum())
 
 
 def test_macs_grow_along_the_paper_sweep():
@@ -275,7 +281,7 @@ def test_macs_grow_along_the_paper_sweep():
     net = small_net()
     images = torch.rand(1, 3, h, w)
     kps = random_keypoints(1, h, w, 6, seed=2)
-    totals = [d2net_macs(net, levels=masks.keypoints(images, d, keypoints_xy=kps)).total
+    totals = [d2net_count(net, h, w, masks.keypoints(images, d, keypoints_xy=kps)).total
               for d in masks.PAPER_KEYPOINT_DILATIONS]  # fmt: skip
     assert totals == sorted(totals)
     assert totals[0] == vgg_conv_macs(SMALL, h, w, 8) and totals[-1] == vgg_conv_macs(SMALL, h, w, 1)
@@ -283,14 +289,12 @@ def test_macs_grow_along_the_paper_sweep():
 
 def test_macs_errors():
     net = small_net()
-    with pytest.raises(D2NetInputError, match="level map"):
-        d2net_macs(net, (8, 8))
-    with pytest.raises(LevelMapError, match="K=2 levels but the '1->8' trunk needs K=3"):
-        d2net_macs(net, levels=LevelMap.uniform(1, 8, 8, 0, "8->32"))
-    with pytest.raises(D2NetInputError, match="no level map"):
-        d2net_macs(net.with_output_stride("1"), (8, 8), levels=LevelMap.uniform(1, 8, 8, 0, "1->8"))
-    with pytest.raises(D2NetInputError, match="size"):
-        d2net_macs(net.with_output_stride("1"), None)
+    with pytest.raises(ValueError, match="needs a level map"):
+        d2net_count(net, 8, 8)
+    with pytest.raises(LevelMapError, match="K=2 levels but output_stride '1->8' needs K=3"):
+        d2net_count(net, 8, 8, LevelMap.uniform(1, 8, 8, 0, "8->32"))
+    with pytest.raises(LevelMapError, match="shape"):
+        d2net_count(net, 8, 16, LevelMap.uniform(1, 8, 8, 0, "1->8"))
 
 
 # ---------------------------------------------------------------------------------------------------- descriptors

@@ -20,27 +20,12 @@ keys are shared, and its ``forward(*inputs, levels)`` is Python code generated f
 index tables exist.
 
 The package's modules are its strata: :mod:`~adatriton.models.graph.rules` (what the converter accepts),
-:mod:`~adatriton.models.graph.mapops` (the ops on maps the generated forward calls),
+:mod:`~adatriton.models.graph.mapops` (the ops on maps the generated forward calls; internal, as the other strata: the package lists only what users
+call),
 :mod:`~adatriton.models.graph.converter` (tracing and writing the converted graph) and
 :mod:`~adatriton.models.graph.module` (the converted module).
 """
 
-from .mapops import (
-    check_dense_levels,
-    enter,
-    level_map,
-    map_batch_norm,
-    map_cat,
-    map_conv,
-    map_densify,
-    map_downsample,
-    map_global_pool,
-    map_module,
-    map_size,
-    map_stochastic_depth,
-    on_values,
-    on_vectors,
-)
 from .module import AdaptiveGraphModule, convert_graph
 from .rules import UNSUPPORTED, GraphConversionError, NodePlan, parse_graph_output_stride
 
@@ -49,20 +34,6 @@ __all__ = [
     "GraphConversionError",
     "NodePlan",
     "UNSUPPORTED",
-    "check_dense_levels",
     "convert_graph",
-    "enter",
-    "level_map",
-    "map_batch_norm",
-    "map_cat",
-    "map_conv",
-    "map_densify",
-    "map_downsample",
-    "map_global_pool",
-    "map_module",
-    "map_size",
-    "map_stochastic_depth",
-    "on_values",
-    "on_vectors",
     "parse_graph_output_stride",
 ]
