@@ -20,10 +20,10 @@ keys are shared, and its ``forward(*inputs, levels)`` is Python code generated f
 index tables exist.
 
 The package's modules are its strata: :mod:`~adatriton.models.graph.rules` (what the converter accepts),
-:mod:`~adatriton.models.graph.mapops` (the ops on maps the generated forward calls; internal, as the other strata: the package lists only what users
-call),
+:mod:`~adatriton.models.graph.mapops` (the ops on maps the generated forward calls),
 :mod:`~adatriton.models.graph.converter` (tracing and writing the converted graph) and
-:mod:`~adatriton.models.graph.module` (the converted module).
+:mod:`~adatriton.models.graph.module` (the converted module). The package lists only what users call; the strata's
+own names are internal.
 """
 
 from .module import AdaptiveGraphModule, convert_graph
