@@ -20,20 +20,16 @@ conv whose outputs are stage-``j`` elements; :class:`MacCount` carries both.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torchvision.models import ResNet
 
 from ..core.levelmap import LevelMap, LevelMapError
 from ..models.d2net import D2Net
-from ..models.graph import AdaptiveGraphModule
+from ..models.graph import AdaptiveGraphModule, conv_calls
 from ..runtime.extras import require
 
 if TYPE_CHECKING:
@@ -68,11 +64,6 @@ COLUMNS = (
 def conv_macs(kernel: int, cin: int, cout: int, groups: int, elements: int) -> int:
     """Multiply-adds of a ``kernel x kernel`` conv computing ``elements`` outputs: ``k*k*Cin/groups*Cout`` each."""
     return int(kernel) * int(kernel) * (int(cin) // int(groups)) * int(cout) * int(elements)
-
-
-_CONVS = (torch.conv1d, torch.conv2d, torch.conv3d)
-#: torchvision's deformable conv (``DeformableConv2d`` on tensors): a k x k conv per output element.
-_DEFORM = (torch.ops.torchvision.deform_conv2d, torch.ops.torchvision.deform_conv2d.default)
 
 
 @dataclass(frozen=True)
@@ -159,142 +150,28 @@ def _values(levels: Tensor) -> Tensor:
     return levels
 
 
-class _Recorder(TorchFunctionMode):
-    """Records every conv / linear call on the model's (meta) weights: name, shape and output size."""
-
-    def __init__(self, names: dict[int, str]):
-        super().__init__()
-        self.names, self.part, self.rows = names, "backbone", []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in _CONVS or func is F.linear or func in _DEFORM:
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            name = self.names.get(id(weight))
-            if name is not None:
-                self.rows.append(self._row(func, name, args, kwargs, weight, out))
-        return out
-
-    def _row(self, func, name: str, args, kwargs, weight: Tensor, out: Tensor) -> dict:
-        if func is F.linear:  # weight (out_features, in_features); every leading dim of the output is a row
-            cout, cin = weight.shape
-            elements = out.numel() // cout
-            return _make_row(name, "linear", self.part, cin, cout, 1, 1, 1, elements)
-
-        def arg(i: int, key: str, default):
-            return args[i] if len(args) > i else kwargs.get(key, default)
-
-        if func in _DEFORM:  # (input, weight, offset, mask, bias, stride h/w, pad h/w, dilation h/w, groups, ...)
-            groups, dilation = int(args[11]), args[9]
-        else:
-            groups, dilation = int(arg(6, "groups", 1)), arg(5, "dilation", 1)
-        dilation = dilation[0] if isinstance(dilation, (tuple, list)) else dilation
-        cout = weight.shape[0]
-        elements = out.numel() // cout
-        return _make_row(
-            name, "conv", self.part, weight.shape[1] * groups, cout, weight.shape[-1], int(dilation), groups, elements
-        )
-
-
-def _make_row(name, op, part, cin, cout, k, spacing, groups, elements, stage=-1, downsample=False, adaptive=False):
-    return {
-        "layer": name,
-        "op": op,
-        "part": part,
-        "adaptive": adaptive,
-        "stage": stage,
-        "downsample": downsample,
-        "cin": int(cin),
-        "cout": int(cout),
-        "k": int(k),
-        "spacing": int(spacing),
-        "groups": int(groups),
-        "elements": int(elements),
-    }
-
-
-class _Wrapper(nn.Module):
-    """Holds the model so that :func:`torch.func.functional_call` swaps in its meta weights for ``fn``."""
-
-    def __init__(self, model: nn.Module, fn):
-        super().__init__()
-        self.model, self.fn = model, fn
-
-    def forward(self, x: Tensor) -> object:
-        return self.fn(self.model, x)
-
-
-def _run_on_meta(model: nn.Module, x: Tensor, fn, part_of) -> list[dict]:
-    """Call ``fn(model, x_meta)`` with every parameter and buffer replaced by a meta tensor; record the calls."""
-    state = {}
-    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-        # float32 everywhere: counts do not depend on the dtype, and mixed dtypes would trip the meta kernels.
-        dtype = torch.float32 if t.is_floating_point() else t.dtype
-        state[n] = torch.empty(t.shape, dtype=dtype, device="meta")
-    names = {id(t): n.removesuffix(".weight") for n, t in state.items() if n.endswith(".weight")}
-    recorder = _Recorder(names)
-    wrapper = _Wrapper(model, lambda m, xm: fn(m, xm, recorder))
-    x_meta = torch.empty(tuple(x.shape), dtype=torch.float32, device="meta")
-    # Eval mode for the count: train-mode BatchNorm would reject a batch of one at 1x1 (ASPP pooling) and update
-    # running statistics; the MAs are the same. Every module's own flag comes back afterwards.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), recorder:
-            torch.func.functional_call(wrapper, {f"model.{n}": t for n, t in state.items()}, (x_meta,), strict=False)
-    finally:
-        for m, training in modes:
-            m.training = training
-    for row in recorder.rows:
-        if row["part"] == "backbone":
-            row["part"] = part_of(row["layer"])
-    return recorder.rows
-
-
-def _generic(model: nn.Module, x: Tensor) -> list[dict]:
-    def part_of(name: str) -> str:
-        if isinstance(getattr(model, "backbone", None), nn.Module):
-            return "backbone" if name.startswith("backbone.") else "head"
-        if isinstance(model, ResNet):
-            return "head" if name.startswith("fc") else "backbone"
-        return "backbone"
-
-    return _run_on_meta(model, x, lambda m, xm, rec: m(xm), part_of)
-
-
 #: Children whose convs and linear layers count as the head of a model converted by the graph path.
 GRAPH_HEADS = ("classifier", "fc", "head", "heads", "aux_classifier")
 
 
-def _graph(model: AdaptiveGraphModule, x: Tensor, levels) -> tuple[list[dict], tuple[int, ...]]:
-    """A model converted by the graph path: the dense network at its finest stride (the ``L == 0`` network, which
-    calls the same convs in the same order) on meta, then every conv that runs on a map counts the elements of its
-    output stage instead of the finest grid."""
-
-    def part_of(name: str) -> str:
+def _part_of(model: nn.Module, name: str) -> str:
+    """``"head"`` or ``"backbone"``: the part of the model a conv / linear layer belongs to."""
+    if isinstance(model, AdaptiveGraphModule):
         return "head" if name.split(".")[0] in GRAPH_HEADS else "backbone"
+    if isinstance(getattr(model, "backbone", None), nn.Module):
+        return "backbone" if name.startswith("backbone.") else "head"
+    if isinstance(model, ResNet):
+        return "head" if name.startswith("fc") else "backbone"
+    return "backbone"
 
-    dense = model.finest_network() if model.adaptive else model
-    rows = _run_on_meta(dense, x, lambda m, xm, rec: m(xm), part_of)
-    if not model.adaptive:
-        return rows, ()
+
+def _elements(model: AdaptiveGraphModule, x: Tensor, levels) -> tuple[int, ...]:
+    """``E_0 .. E_K`` of the level map an adaptive graph is counted on, checked against the input's finest grid."""
     lm = _adaptive_level_map(model, levels)
     grid = model.finest_grid(x)
     if lm.shape != grid:
         raise LevelMapError(f"level map has shape {lm.shape} but the finest grid of this input is {grid}")
-    counts = tuple(stage_element_counts(lm))
-    pending: dict[str, list] = {}
-    for plan in model.adaptive_convs():  # in execution order, as the rows
-        pending.setdefault(plan.target, []).append(plan)
-    for row in rows:
-        calls = pending.get(row["layer"])
-        if calls:
-            plan = calls.pop(0)
-            out_stage = plan.stage + int(plan.downsample)
-            row.update(adaptive=True, stage=plan.stage, downsample=plan.downsample, elements=counts[out_stage])
-            row["spacing"] = plan.tap_spacing
-    return rows, counts
+    return tuple(stage_element_counts(lm))
 
 
 def _adaptive_level_map(net: nn.Module, levels) -> LevelMap:
@@ -343,24 +220,23 @@ def count_macs(model: nn.Module, x: Tensor, levels: LevelMap | Tensor | None = N
 
     if isinstance(model, D2Net):
         model = model.graph()  # the network its forwards run
-    if isinstance(model, AdaptiveGraphModule):
-        rows, counts = _graph(model, x, levels)
-    elif levels is not None:
+    adaptive = isinstance(model, AdaptiveGraphModule) and model.adaptive
+    if levels is not None and not isinstance(model, AdaptiveGraphModule):
         raise TypeError(
             f"count_macs counts adaptive models converted by adatriton.convert; got a {type(model).__name__} with a "
             "level map. For other adaptive models, adatriton.explain(model, x, levels) lists every conv's MAs by "
             "running the model"
         )
-    else:
-        rows, counts = _generic(model, x), ()
-    weights = dict(model.named_parameters())
-    # MAs per output position: every weight entry once (Cout * Cin/groups * k * k for a conv, out * in for a linear).
-    per_output = [int(math.prod(weights[r["layer"] + ".weight"].shape)) for r in rows]
+    counts = _elements(model, x, levels) if adaptive else ()
+    rows = conv_calls(model, [x], counts)
+    for r in rows:
+        r["part"] = _part_of(model, r["layer"])
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "MAs"])
-    table["MAs"] = pd.Series(per_output, dtype="int64") * table["elements"].astype("int64")
+    per_output = pd.Series([r["per_output"] for r in rows], dtype="int64")
+    table["MAs"] = per_output * table["elements"].astype("int64")
     per_element = [0] * len(counts)
-    for r, cost in zip(rows, per_output):
+    for r in rows:
         if r["adaptive"]:
-            per_element[r["stage"] + int(r["downsample"])] += cost  # the stage of its outputs
+            per_element[r["stage"] + int(r["downsample"])] += r["per_output"]  # the stage of its outputs
     fixed = int(table.loc[~table["adaptive"].astype(bool), "MAs"].sum())
     return MacCount(table, fixed, tuple(per_element), counts)

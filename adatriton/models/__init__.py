@@ -34,6 +34,7 @@ from .graph import (
     AdaptiveGraphModule,
     GraphConversionError,
     NodePlan,
+    conv_calls,
     convert_graph,
     parse_graph_output_stride,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "VGG16_CONFIG",
     "attach_mask",
     "attached_levels",
+    "conv_calls",
     "convert_graph",
     "deeplabv3",
     "deeplabv3plus",

@@ -7,16 +7,13 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..core.strides import parse_output_stride
 from ..nn.modules import swap_modules
 from ..runtime.backend import BACKENDS
 from .attach import attach_mask
-from .graph import AdaptiveGraphModule, GraphConversionError, convert_graph
-from .graph.converter import with_meta_parameters
+from .graph import AdaptiveGraphModule, GraphConversionError, conv_calls, convert_graph
 from .graph.rules import check_options
 from .resnet import AdaptiveResNet, graph_source, is_bottleneck_resnet
 from .segmentation import SEGMENTATION_MODELS, AdaptiveSegmentationModel
@@ -209,49 +206,13 @@ def _problem(net: AdaptiveGraphModule, model: nn.Module) -> str | None:
     return None
 
 
-class _ConvMacs(TorchFunctionMode):
-    """Multiply-adds of every conv / linear call on a named weight, per call in order: ``(weight name, MAs,
-    output elements)`` (the count of :func:`adatriton.analysis.count_macs`, here so that convert, a lower layer, can
-    check a conversion without pandas)."""
-
-    def __init__(self, names: dict[int, str]):
-        super().__init__()
-        self.names, self.calls = names, []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in (torch.conv1d, torch.conv2d, torch.conv3d, F.linear):
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            name = self.names.get(id(weight))
-            if name is not None:
-                per_element = weight[0].numel() * weight.shape[0]  # Cout * Cin/groups * taps (linear: Cout * Cin)
-                elements = out.numel() // weight.shape[0]
-                self.calls.append((name, per_element * elements, elements))
-        return out
-
-
-def _conv_calls(model: nn.Module, shapes: Sequence) -> list[tuple[str, int, int]]:
-    """The conv / linear calls of ``model`` on meta inputs of ``shapes`` (:class:`_ConvMacs`)."""
-    inputs = [torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in shapes]
-
-    def run(root: nn.Module, meta_inputs: list) -> list[tuple[str, int, int]]:
-        mode = _ConvMacs({id(t): n.removesuffix(".weight") for n, t in root.named_parameters()})
-        with mode:
-            root(*meta_inputs)
-        return mode.calls
-
-    return with_meta_parameters(model, inputs, run)
-
-
-def _macs(model: nn.Module, shapes: Sequence) -> int:
-    return sum(macs for _, macs, _ in _conv_calls(model, shapes))
+def _macs(model: nn.Module, shapes: Sequence, elements: Sequence[int] | None = None) -> int:
+    return sum(r["per_output"] * r["elements"] for r in conv_calls(model, shapes, elements))
 
 
 def coarsest_level_macs(net: AdaptiveGraphModule, shapes: Sequence | None = None) -> int:
     """Multiply-adds of a graph-converted adaptive network at its coarsest uniform level (every location downsampled
-    ``K`` times), counted on meta tensors: the dense network at the finest stride calls the same convs in the same
-    order, and each conv that runs on the map counts the elements of its output stage instead.
+    ``K`` times), counted on meta tensors (:func:`~adatriton.models.graph.conv_calls`).
 
     Args:
         net: an adaptive :class:`~adatriton.models.graph.AdaptiveGraphModule`.
@@ -263,15 +224,6 @@ def coarsest_level_macs(net: AdaptiveGraphModule, shapes: Sequence | None = None
     shapes = net.example_shapes if shapes is None else shapes
     n, h, w = net.finest_grid(*[torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in shapes])
     # A uniform level-K map keeps one element per aligned 2^j cell at stage j (docs/semantics.md §4).
-    elements = [n * math.ceil(h / (1 << j)) * math.ceil(w / (1 << j)) for j in range(net.num_levels + 1)]
-    pending: dict[str, list] = {}
-    for plan in net.adaptive_convs():  # in execution order, as the calls
-        pending.setdefault(plan.target, []).append(plan)
-    total = 0
-    for name, macs, dense_elements in _conv_calls(net.finest_network(), shapes):
-        calls = pending.get(name)
-        if calls:
-            plan = calls.pop(0)
-            macs = macs // dense_elements * elements[plan.stage + int(plan.downsample)]
-        total += macs
-    return total
+    return _macs(
+        net, shapes, [n * math.ceil(h / (1 << j)) * math.ceil(w / (1 << j)) for j in range(net.num_levels + 1)]
+    )

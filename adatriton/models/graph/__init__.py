@@ -26,7 +26,7 @@ The package's modules are its strata: :mod:`~adatriton.models.graph.rules` (what
 own names are internal.
 """
 
-from .module import AdaptiveGraphModule, convert_graph
+from .module import AdaptiveGraphModule, conv_calls, convert_graph
 from .rules import UNSUPPORTED, GraphConversionError, NodePlan, parse_graph_output_stride
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "GraphConversionError",
     "NodePlan",
     "UNSUPPORTED",
+    "conv_calls",
     "convert_graph",
     "parse_graph_output_stride",
 ]

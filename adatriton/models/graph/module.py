@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ...core.levelmap import LevelMap
 from ...runtime.context import environment_snapshot
@@ -17,7 +19,7 @@ from ..attach import attached_levels, mask_source_of
 from .converter import Converter, Plan, planning_inputs, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
-__all__ = ["AdaptiveGraphModule", "convert_graph", "generated_forward"]
+__all__ = ["AdaptiveGraphModule", "conv_calls", "convert_graph", "generated_forward"]
 
 
 class AdaptiveGraphModule(nn.Module):
@@ -332,3 +334,93 @@ def convert_graph(
     return AdaptiveGraphModule(
         model, output_stride, example_input, backend, unsupported, leaf_modules, heads, downsampling
     )
+
+
+_CONVS = (torch.conv1d, torch.conv2d, torch.conv3d)
+#: torchvision's deformable conv (``DeformableConv2d`` on tensors): a k x k conv per output element.
+_DEFORM = (torch.ops.torchvision.deform_conv2d, torch.ops.torchvision.deform_conv2d.default)
+
+
+class _ConvCallRecorder(TorchFunctionMode):
+    """Records every conv / linear call on a weight of ``names`` (id -> name), one row per call (:func:`conv_calls`)."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__()
+        self.names, self.rows = names, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not (func in _CONVS or func in _DEFORM or func is F.linear):
+            return out
+        weight = args[1] if len(args) > 1 else kwargs["weight"]
+        name = self.names.get(id(weight))
+        if name is None:
+            return out
+        if func is F.linear:  # weight (out_features, in_features); every leading dim of the output is a row
+            op, groups, dilation, k = "linear", 1, 1, 1
+        elif func in _CONVS:
+            op, k = "conv", weight.shape[-1]
+            groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+            dilation = args[5] if len(args) > 5 else kwargs.get("dilation", 1)
+        else:  # deform_conv2d(input, weight, offset, mask, bias, stride h/w, pad h/w, dilation h/w, groups, ...)
+            op, k, groups, dilation = "conv", weight.shape[-1], args[11], args[9]
+        dilation = dilation[0] if isinstance(dilation, (tuple, list)) else dilation
+        cout = weight.shape[0]
+        self.rows.append(
+            {
+                "layer": name, "op": op, "adaptive": False, "stage": -1, "downsample": False,
+                "cin": int(weight.shape[1]) * int(groups), "cout": int(cout), "k": int(k), "spacing": int(dilation),
+                "groups": int(groups), "elements": int(out.numel() // cout), "per_output": int(weight.numel()),
+            }
+        )  # fmt: skip
+        return out
+
+
+def conv_calls(model: nn.Module, inputs: Sequence, elements: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The conv and linear calls of ``model`` on inputs of these shapes, counted on ``meta`` tensors
+    (docs/semantics.md §5): the one multiply-add counter, which :func:`adatriton.count_macs` tabulates.
+
+    An adaptive :class:`AdaptiveGraphModule` runs as its dense network at the finest stride, which calls the same
+    convs in the same order; each conv that runs on the map then computes the elements of its output stage instead of
+    the finest grid's pixels.
+
+    Args:
+        model: any module; its own tensors are untouched (it runs on meta copies, without hooks).
+        inputs: its inputs, or tensors (any device) or shapes of them.
+        elements: an adaptive network's elements per stage, ``E_0 .. E_K`` (required for one, else ignored).
+
+    Returns:
+        One dict per call in execution order: ``layer`` (the weight's name without ``.weight``), ``op`` (``"conv"`` /
+        ``"linear"``), ``adaptive``, ``stage`` (downsamplings before an adaptive conv, -1 for dense ones),
+        ``downsample`` (computes only the survivors of the next step), ``cin``, ``cout``, ``k``, ``spacing``
+        (dilation, or tap spacing on the finest grid), ``groups``, ``elements`` (output positions computed, whole
+        batch) and ``per_output`` (multiply-adds per output position: every weight entry once).
+    """
+    adaptive = isinstance(model, AdaptiveGraphModule) and model.adaptive
+    if adaptive and elements is None:
+        raise ValueError("the conv calls of an adaptive network need its elements per stage (E_0 .. E_K)")
+    shapes = [
+        torch.empty(tuple(x.shape) if isinstance(x, Tensor) else x, device="meta")
+        if isinstance(x, (Tensor, tuple))
+        else x
+        for x in inputs
+    ]
+
+    def run(root: nn.Module, meta_inputs: list) -> list[dict[str, Any]]:
+        recorder = _ConvCallRecorder({id(t): n.removesuffix(".weight") for n, t in root.named_parameters()})
+        with recorder:
+            root(*meta_inputs)
+        return recorder.rows
+
+    rows = with_meta_parameters(model.finest_network() if adaptive else model, shapes, run)
+    if adaptive:
+        pending: dict[str, list[NodePlan]] = {}
+        for plan in model.adaptive_convs():  # in execution order, as the rows
+            pending.setdefault(plan.target, []).append(plan)
+        for row in rows:
+            if pending.get(row["layer"]):
+                plan = pending[row["layer"]].pop(0)
+                row.update(adaptive=True, stage=plan.stage, downsample=plan.downsample, spacing=plan.tap_spacing)
+                row["elements"] = int(elements[plan.stage + int(plan.downsample)])
+    return rows
