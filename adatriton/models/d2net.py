@@ -296,8 +296,8 @@ class D2Net(nn.Module):
         The trunk it converts holds this module's convs (state_dict keys ``features.<i>.*``, parameters shared); its
         max-pools are shallow copies with ``ceil_mode=True`` (the rule of the module docstring's "Odd sizes"), and
         ``use_relu`` ends it with a ReLU. The graph path's max-pool step is the max variant of docs/semantics.md §3.
-        Built once per ``(output_stride, backend, map_outputs)`` without ``example_input`` and kept (outside the module
-        tree: no state_dict keys).
+        Built once per ``(output_stride, backend, map_outputs, use_relu)`` without ``example_input`` and kept (outside
+        the module tree: no state_dict keys), and built again where a module of ``features`` was replaced since.
 
         Args:
             output_stride: ``"1"`` .. ``"8"`` or ``"1->8"``; default this module's.
@@ -310,15 +310,17 @@ class D2Net(nn.Module):
         """
         stride = self.output_stride if output_stride is None else output_stride
         stride = parse_output_stride(stride, OUTPUT_STRIDES, D2NetInputError)[0]
-        key = (stride, self.backend, map_outputs)
+        key = (stride, self.backend, map_outputs, self.use_relu)
         cache = self.__dict__.setdefault("_graphs", {})
-        if example_input is None and key in cache:
-            return cache[key]
+        # The trunk's modules by identity: the kept graph holds the old ones (alive, so no new one can reuse an id).
+        modules = tuple(map(id, self.features))
+        if example_input is None and key in cache and cache[key][0] == modules:
+            return cache[key][1]
         net = AdaptiveGraphModule(
             _Trunk(self.features, self.use_relu), stride, example_input, self.backend, map_outputs=map_outputs
         )
         if example_input is None:
-            cache[key] = net
+            cache[key] = (modules, net)
         return net
 
     # ------------------------------------------------------------------ checks

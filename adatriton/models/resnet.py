@@ -158,20 +158,21 @@ class AdaptiveResNet(AdaptiveGraphModule):
     def backbone_network(self, layers: Sequence[str] = ("layer4",)) -> AdaptiveGraphModule:
         """The conversion of the ``IntermediateLayerGetter`` returning ``layers`` (stem .. the last of them), with this
         network's options, sharing every module; built once per ``(layers, backend)`` and kept (outside the module
-        tree: no state_dict keys)."""
+        tree: no state_dict keys), and built again where a child of this module was replaced since."""
         unknown = [name for name in layers if name not in LAYERS]
         if unknown or not layers:
             raise ValueError(f"layers must be among {list(LAYERS)}, got {list(layers)}")
         key = (tuple(sorted(set(layers), key=LAYERS.index)), self.backend)
         cache = self.__dict__.setdefault("_backbone_networks", {})
-        if key not in cache:
+        # The children by identity: the kept network holds the old ones (alive, so no new child can reuse an id).
+        children = tuple(map(id, self._modules.values()))
+        if key not in cache or cache[key][0] != children:
             # over this module's own children: a re-strided copy is the same object in both networks (its hooks run)
             getter = IntermediateLayerGetter(self, {name: name for name in key[0]})
             example = torch.empty(self.example_shapes[0], device="meta")  # the shape planned on; no data
-            cache[key] = AdaptiveGraphModule(
-                getter, self.output_stride, example, self.backend, downsampling=self.downsampling
-            )
-        return cache[key]
+            net = AdaptiveGraphModule(getter, self.output_stride, example, self.backend, downsampling=self.downsampling)
+            cache[key] = (children, net)
+        return cache[key][1]
 
     def forward_backbone(
         self, x: Tensor, levels: LevelMap | Tensor | None = None, layers: Sequence[str] = ("layer3", "layer4")

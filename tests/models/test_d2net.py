@@ -99,6 +99,24 @@ def test_shares_parameters_across_strides():
     assert list(net.state_dict()) == list(other.state_dict())
 
 
+@pytest.mark.parametrize("output_stride", ["1->8", "4"])
+def test_forward_sees_a_module_or_use_relu_changed_after_the_first_call(output_stride):
+    """The kept graph conversion (``D2Net.graph``) follows ``net.features[i] = ...`` and ``net.use_relu = ...``."""
+    h, w = 24, 40
+    net = small_net(output_stride, use_relu=False)
+    x = torch.randn(1, 3, h, w, dtype=torch.float64)
+    levels = LevelMap.random(1, h, w, "1->8", generator=torch.Generator().manual_seed(3)) if net.adaptive else None
+    net.features_map(x, levels)
+    conv = copy.deepcopy(net.features[19])  # conv4_2
+    conv.weight.data.mul_(-1.0)
+    net.features[19] = conv
+    net.use_relu = True
+    stride = 1 if net.adaptive else int(output_stride)
+    expected = simulate(net, x, levels.levels) if net.adaptive else dense_reference(net, x, stride)
+    got = net.features_map(x, levels)
+    assert (got - expected).abs().max() <= 1e-12 * expected.abs().max()
+
+
 # ---------------------------------------------------------------------------------------------------- equivalences
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("level", [0, 1, 2, 3])

@@ -1,6 +1,7 @@
 """Adaptive ResNets (docs/semantics.md §3 consequences): uniform maps equal torchvision's strided/dilated networks,
 mixed maps equal the dense simulation, on both backends, float64, eval mode with randomised BatchNorm statistics."""
 
+import copy
 import functools
 
 import pytest
@@ -138,6 +139,23 @@ def test_forward_features_runs_the_modules_of_the_converted_network():
         net.forward_features(torch.randn(1, 3, 64, 64), lm)
         net.forward_backbone(torch.randn(1, 3, 64, 64), lm, ("layer3", "layer4"))
     assert len(calls) == 3
+
+
+def test_forward_features_sees_a_child_replaced_after_conversion():
+    """``net.layer4 = ...`` after conversion: ``forward_features`` runs the new layer, as ``forward`` does."""
+    model = torchvision.models.resnet50().eval()
+    net = adatriton.convert(model, "8->32", example_input=torch.empty(1, 3, 64, 64))
+    x, lm = torch.randn(1, 3, 64, 64), LevelMap.uniform(1, 8, 8, 1, 2)
+    with torch.no_grad():
+        before = net.forward_features(x, lm)
+        replaced = copy.deepcopy(net.layer4)
+        for p in replaced.parameters():
+            p.mul_(0.5)
+        net.layer4 = model.layer4 = replaced
+        after = net.forward_features(x, lm)
+        expected = adatriton.convert(model, "8->32", example_input=x).forward_features(x, lm)  # converted anew
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)
 
 
 def test_train_mode_runs_and_backpropagates():
