@@ -71,7 +71,7 @@ from .rules import (
     upsampling,
 )
 
-__all__ = ["Converter", "Plan", "planning_inputs", "trace", "with_meta_parameters"]
+__all__ = ["Converter", "Plan", "planning_inputs", "run_original", "trace", "with_meta_parameters"]
 
 
 class _Tracer(fx.Tracer):
@@ -464,7 +464,7 @@ class Converter:
 
     def write(self) -> Plan:
         """:meth:`run` without the check of the example input's size."""
-        self.orig = self.run_original()
+        self.orig = run_original(self.root, self.source, self.inputs)
         self.plan_scopes()
         placeholders = [n for n in self.source.nodes if n.op == "placeholder"]
         if len(placeholders) != len(self.inputs):
@@ -569,7 +569,7 @@ class Converter:
         inputs = self.inputs if side is None else self.resized(side)
         other = self.on_inputs(inputs)
         try:
-            env = other.run_original()
+            env = run_original(self.root, self.source, inputs)
         except GraphConversionError:
             return None
         return {node.name: other.stride_of(value)[0] for node, value in env.items()}
@@ -616,29 +616,6 @@ class Converter:
             f"smallest square example_input that works is {side}x{side}; sides that are multiples of the model's "
             f"deepest output stride, {deepest}, keep every stride exact"
         )
-
-    def run_original(self) -> dict[fx.Node, Any]:
-        env: dict[fx.Node, Any] = {}
-        inputs = iter(self.inputs)
-        for node in self.source.nodes:
-            if node.op == "placeholder":
-                env[node] = next(inputs)
-            elif node.op != "output":
-                args = fx.node.map_arg(node.args, lambda n: env[n])
-                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
-                if keeps_shape(self.root, node, args, kwargs):
-                    # Shape-preserving ops need no meta kernel (some run as slow Python decompositions on meta).
-                    env[node] = torch.empty_like(args[0])
-                    continue
-                try:
-                    env[node] = _run(self.root, node.op, node.target, args, kwargs)
-                except Exception as err:  # noqa: BLE001
-                    shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in self.inputs]
-                    raise GraphConversionError(
-                        f"the traced model fails on meta inputs of shape {shapes} at node {node.name!r} "
-                        f"({_target_name(node)}): {type(err).__name__}: {err}. Pass an example_input the model accepts"
-                    ) from err
-        return env
 
     def finish(self) -> None:
         """Check that the conversion found its adaptive part; the error says what the model has instead."""
@@ -1168,6 +1145,35 @@ class Converter:
             self.record(node, "permute", on_map=True, stage=x.stage)
             return self.map_value(node, x.node, x, last=not x.last)  # the values stay: a view changes its name
         return f"permute{dims} (only NCHW <-> NHWC views have a rule)"
+
+
+def run_original(root: nn.Module, graph: fx.Graph, inputs: Sequence) -> dict[fx.Node, Any]:
+    """Every value of the traced ``graph`` on ``inputs`` (meta tensors), modules resolved in ``root``.
+
+    Raises:
+        GraphConversionError: a node fails on them (naming it and the input shapes).
+    """
+    env: dict[fx.Node, Any] = {}
+    values = iter(inputs)
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            env[node] = next(values)
+        elif node.op != "output":
+            args = fx.node.map_arg(node.args, lambda n: env[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            if keeps_shape(root, node, args, kwargs):
+                # Shape-preserving ops need no meta kernel (some run as slow Python decompositions on meta).
+                env[node] = torch.empty_like(args[0])
+                continue
+            try:
+                env[node] = _run(root, node.op, node.target, args, kwargs)
+            except Exception as err:  # noqa: BLE001
+                shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
+                raise GraphConversionError(
+                    f"the traced model fails on meta inputs of shape {shapes} at node {node.name!r} "
+                    f"({_target_name(node)}): {type(err).__name__}: {err}. Pass an example_input the model accepts"
+                ) from err
+    return env
 
 
 def planning_inputs(model: nn.Module, example_input: Any) -> list:

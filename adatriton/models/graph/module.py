@@ -16,7 +16,7 @@ from torch.overrides import TorchFunctionMode
 from ...core.levelmap import LevelMap
 from ...runtime.context import environment_snapshot
 from ..attach import attached_levels, mask_source_of
-from .converter import Converter, Plan, planning_inputs, trace, with_meta_parameters
+from .converter import Converter, Plan, planning_inputs, run_original, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
 __all__ = ["AdaptiveGraphModule", "conv_calls", "convert_graph", "generated_forward"]
@@ -94,7 +94,11 @@ class AdaptiveGraphModule(nn.Module):
         self.example_shapes = [tuple(x.shape) if isinstance(x, Tensor) else x for x in inputs]
 
         def plan_on_meta(root: nn.Module, meta_inputs: list) -> Plan:
-            return self._converter(root, meta_inputs, self.num_levels).run()
+            converter = Converter(
+                root, self.source_graph, self.finest_stride, self.num_levels, unsupported, meta_inputs, self.heads,
+                downsampling, map_outputs,
+            )  # fmt: skip
+            return converter.run()
 
         plan = with_meta_parameters(model, inputs, plan_on_meta)
         for name, child in model.named_children():
@@ -105,20 +109,6 @@ class AdaptiveGraphModule(nn.Module):
             self.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
         self.graph, self.plan, self.entry = plan.graph, tuple(plan.nodes), plan.entry
         self._compile()
-
-    def _converter(self, root: nn.Module, meta_inputs: list, num_levels: int) -> Converter:
-        """A converter of the source graph with this module's options (on ``root``'s meta parameters)."""
-        return Converter(
-            root,
-            self.source_graph,
-            self.finest_stride,
-            num_levels,
-            self.unsupported,
-            meta_inputs,
-            self.heads,
-            self.downsampling,
-            self.map_outputs,
-        )
 
     def _compile(self) -> None:
         self.code, self.forward_code = generated_forward(self.graph, f"{self.output_stride} {id(self):x}")
@@ -246,7 +236,7 @@ class AdaptiveGraphModule(nn.Module):
         shapes = [torch.empty(tuple(x.shape), device="meta") if isinstance(x, Tensor) else x for x in inputs]
 
         def run(root: nn.Module, meta_inputs: list) -> tuple[int, int, int]:
-            env = self._converter(root, meta_inputs, 0).run_original()
+            env = run_original(root, self.source_graph, meta_inputs)
             node = next(n for n in env if n.name == self.entry)
             n, _, h, w = env[node].shape
             return int(n), int(h), int(w)
