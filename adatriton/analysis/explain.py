@@ -6,53 +6,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
+from ..models.graph.module import ConvCallRecorder
 from ..ops.dispatch import recording
 from ..runtime.extras import require
 from .macs import conv_macs
 
 __all__ = ["explain"]
-
-
-def _conv_mode(rows: list[dict[str, Any]], names: dict[int, str], adaptive_ids: set[int]):
-    """A TorchFunctionMode that records every dense ``conv2d`` on the model's weights (module and functional
-    calls alike: a functional ``F.conv2d`` on a module's weight would escape module hooks)."""
-
-    class _Mode(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func is torch.conv2d and len(args) >= 2:
-                weight = args[1]
-                # The dense backend of an adaptive conv also calls conv2d, on a weight the recorder has seen.
-                if id(weight) in names and id(weight) not in adaptive_ids:
-                    groups = args[6] if len(args) > 6 else (kwargs or {}).get("groups", 1)
-                    dil = args[5] if len(args) > 5 else (kwargs or {}).get("dilation", 1)
-                    dil = dil[0] if isinstance(dil, (tuple, list)) else dil
-                    n, cout, ho, wo = out.shape
-                    elements = n * ho * wo
-                    rows.append(
-                        {
-                            "layer": names[id(weight)],
-                            "adaptive": False,
-                            "stage": None,
-                            "fractions": None,
-                            "cin": int(args[0].shape[1]),
-                            "cout": int(cout),
-                            "k": int(weight.shape[-1]),
-                            "spacing": int(dil),
-                            "groups": int(groups),
-                            "downsample": False,
-                            "elements": int(elements),
-                            "density": 1.0,
-                            "backend": "dense network",
-                            "reason": "not adaptive: plain torch conv2d",
-                            "MAs": conv_macs(weight.shape[-1], args[0].shape[1], cout, groups, elements),
-                        }
-                    )
-            return out
-
-    return _Mode()
 
 
 _COLUMNS = [
@@ -125,6 +85,10 @@ def explain(model: nn.Module, x: Tensor, levels: Any = None):
                 }
             )
 
-    with recording(_Collect()), torch.inference_mode(), _conv_mode(rows, names, adaptive_ids):
+    # Dense convs (module and functional calls alike: a functional F.conv2d on a module's weight escapes module hooks);
+    # the dense backend of an adaptive conv calls conv2d too, on a weight select() has just recorded.
+    with recording(_Collect()), torch.inference_mode(), ConvCallRecorder(names, rows, skip=adaptive_ids):
         model(x, levels)
-    return pd.DataFrame(rows, columns=_COLUMNS)
+    dense = {"stage": None, "fractions": None, "density": 1.0, "backend": "dense network", "reason": "not adaptive"}
+    rows = [r if r["adaptive"] else {**r, **dense, "MAs": r["per_output"] * r["elements"]} for r in rows]
+    return pd.DataFrame([r for r in rows if r.get("op") != "linear"], columns=_COLUMNS)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import linecache
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from ..attach import attached_levels, mask_source_of
 from .converter import Converter, Plan, planning_inputs, run_original, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
-__all__ = ["AdaptiveGraphModule", "conv_calls", "convert_graph", "generated_forward"]
+__all__ = ["AdaptiveGraphModule", "ConvCallRecorder", "conv_calls", "convert_graph", "generated_forward"]
 
 
 class AdaptiveGraphModule(nn.Module):
@@ -331,12 +331,13 @@ _CONVS = (torch.conv1d, torch.conv2d, torch.conv3d)
 _DEFORM = (torch.ops.torchvision.deform_conv2d, torch.ops.torchvision.deform_conv2d.default)
 
 
-class _ConvCallRecorder(TorchFunctionMode):
-    """Records every conv / linear call on a weight of ``names`` (id -> name), one row per call (:func:`conv_calls`)."""
+class ConvCallRecorder(TorchFunctionMode):
+    """Records every conv / linear call on a weight of ``names`` (id -> name) whose id is not in ``skip`` (read at
+    each call) into ``rows``: one dict per call, the columns of :func:`conv_calls`."""
 
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], rows: list | None = None, skip: Collection[int] = ()):
         super().__init__()
-        self.names, self.rows = names, []
+        self.names, self.rows, self.skip = names, [] if rows is None else rows, skip
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -345,7 +346,7 @@ class _ConvCallRecorder(TorchFunctionMode):
             return out
         weight = args[1] if len(args) > 1 else kwargs["weight"]
         name = self.names.get(id(weight))
-        if name is None:
+        if name is None or id(weight) in self.skip:
             return out
         if func is F.linear:  # weight (out_features, in_features); every leading dim of the output is a row
             op, groups, dilation, k = "linear", 1, 1, 1
@@ -398,7 +399,7 @@ def conv_calls(model: nn.Module, inputs: Sequence, elements: Sequence[int] | Non
     ]
 
     def run(root: nn.Module, meta_inputs: list) -> list[dict[str, Any]]:
-        recorder = _ConvCallRecorder({id(t): n.removesuffix(".weight") for n, t in root.named_parameters()})
+        recorder = ConvCallRecorder({id(t): n.removesuffix(".weight") for n, t in root.named_parameters()})
         with recorder:
             root(*meta_inputs)
         return recorder.rows
