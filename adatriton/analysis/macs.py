@@ -111,12 +111,8 @@ class MacCount:
 
 
 def stage_element_counts(levels: LevelMap | Tensor, num_levels: int | str | None = None) -> list[int]:
-    """Elements after each number of downsamplings, ``E_0 .. E_K``, straight from the level values (docs/semantics.md
-    §2, §4).
-
-    At stage ``j`` every aligned ``2^v`` cell with a real pixel whose top-left value is ``v`` (``v < j``), or at
-    least ``j`` (``v = j``), is one element; this is what :class:`~adatriton.core.layout.Layout` enumerates, without
-    building any index table.
+    """Elements after each number of downsamplings, ``E_0 .. E_K`` (docs/semantics.md §4): what the
+    :class:`LevelMap` counted when it was built, without building any index table.
 
     Args:
         levels: a :class:`LevelMap` or an integer tensor ``(N, Hf, Wf)`` with values (not on ``meta``).
@@ -125,21 +121,11 @@ def stage_element_counts(levels: LevelMap | Tensor, num_levels: int | str | None
     Returns:
         ``[E_0, ..., E_K]``.
     """
-    if isinstance(levels, LevelMap):
-        lm = levels
-    elif num_levels is None:
-        raise ValueError("num_levels is needed with a level tensor")
-    else:
-        lm = LevelMap(_values(levels).cpu(), num_levels)  # validates docs/semantics.md §1 (range, alignment)
-    lv, k = lm.levels.cpu(), lm.num_levels
-    counts = []
-    for j in range(k + 1):
-        total = 0
-        for v in range(j + 1):
-            top_left = lv[:, :: 1 << v, :: 1 << v]
-            total += int((top_left == v).sum() if v < j else (top_left >= j).sum())
-        counts.append(total)
-    return counts
+    if not isinstance(levels, LevelMap):
+        if num_levels is None:
+            raise ValueError("num_levels is needed with a level tensor")
+        levels = LevelMap(_values(levels).cpu(), num_levels)  # validates docs/semantics.md §1 (range, alignment)
+    return [sum(levels.element_counts(j)) for j in range(levels.num_levels + 1)]
 
 
 def _values(levels: Tensor) -> Tensor:
