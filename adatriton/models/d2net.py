@@ -58,6 +58,7 @@ from ..core.multires import MultiResMap
 from ..core.strides import parse_output_stride
 from ..nn.modules import copied_with
 from .graph import AdaptiveGraphModule
+from .graph.module import kept_network
 
 __all__ = [
     "ADAPTIVE_STRIDE",
@@ -296,8 +297,9 @@ class D2Net(nn.Module):
         The trunk it converts holds this module's convs (state_dict keys ``features.<i>.*``, parameters shared); its
         max-pools are shallow copies with ``ceil_mode=True`` (the rule of the module docstring's "Odd sizes"), and
         ``use_relu`` ends it with a ReLU. The graph path's max-pool step is the max variant of docs/semantics.md §3.
-        Built once per ``(output_stride, backend, map_outputs, use_relu)`` without ``example_input`` and kept (outside
-        the module tree: no state_dict keys), and built again where a module of ``features`` was replaced since.
+        Without ``example_input`` it is kept per ``(output_stride, backend, map_outputs, use_relu)``
+        (:func:`~adatriton.models.graph.module.kept_network`: no state_dict keys; built again after a module of
+        ``features`` is replaced).
 
         Args:
             output_stride: ``"1"`` .. ``"8"`` or ``"1->8"``; default this module's.
@@ -310,18 +312,14 @@ class D2Net(nn.Module):
         """
         stride = self.output_stride if output_stride is None else output_stride
         stride = parse_output_stride(stride, OUTPUT_STRIDES, D2NetInputError)[0]
-        key = (stride, self.backend, map_outputs, self.use_relu)
-        cache = self.__dict__.setdefault("_graphs", {})
-        # The trunk's modules by identity: the kept graph holds the old ones (alive, so no new one can reuse an id).
-        modules = tuple(map(id, self.features))
-        if example_input is None and key in cache and cache[key][0] == modules:
-            return cache[key][1]
-        net = AdaptiveGraphModule(
-            _Trunk(self.features, self.use_relu), stride, example_input, self.backend, map_outputs=map_outputs
-        )
-        if example_input is None:
-            cache[key] = (modules, net)
-        return net
+
+        def build() -> AdaptiveGraphModule:
+            trunk = _Trunk(self.features, self.use_relu)
+            return AdaptiveGraphModule(trunk, stride, example_input, self.backend, map_outputs=map_outputs)
+
+        if example_input is not None:
+            return build()
+        return kept_network(self, (stride, self.backend, map_outputs, self.use_relu), self.features, build)
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: Tensor) -> None:

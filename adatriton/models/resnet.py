@@ -24,6 +24,7 @@ from ..core.strides import OUTPUT_STRIDES
 from ..nn.modules import copied_with, swap_modules
 from .attach import attached_levels
 from .graph import AdaptiveGraphModule
+from .graph.module import kept_network
 
 __all__ = ["LAYERS", "OUTPUT_STRIDES", "STEM", "AdaptiveResNet", "graph_source", "is_bottleneck_resnet", "restrided"]
 
@@ -157,22 +158,22 @@ class AdaptiveResNet(AdaptiveGraphModule):
 
     def backbone_network(self, layers: Sequence[str] = ("layer4",)) -> AdaptiveGraphModule:
         """The conversion of the ``IntermediateLayerGetter`` returning ``layers`` (stem .. the last of them), with this
-        network's options, sharing every module; built once per ``(layers, backend)`` and kept (outside the module
-        tree: no state_dict keys), and built again where a child of this module was replaced since."""
+        network's options, sharing every module; kept per ``(layers, backend)``
+        (:func:`~adatriton.models.graph.module.kept_network`: built again after a child of this module is replaced)."""
         unknown = [name for name in layers if name not in LAYERS]
         if unknown or not layers:
             raise ValueError(f"layers must be among {list(LAYERS)}, got {list(layers)}")
-        key = (tuple(sorted(set(layers), key=LAYERS.index)), self.backend)
-        cache = self.__dict__.setdefault("_backbone_networks", {})
-        # The children by identity: the kept network holds the old ones (alive, so no new child can reuse an id).
-        children = tuple(map(id, self._modules.values()))
-        if key not in cache or cache[key][0] != children:
+        layers = tuple(sorted(set(layers), key=LAYERS.index))
+
+        def build() -> AdaptiveGraphModule:
             # over this module's own children: a re-strided copy is the same object in both networks (its hooks run)
-            getter = IntermediateLayerGetter(self, {name: name for name in key[0]})
+            getter = IntermediateLayerGetter(self, {name: name for name in layers})
             example = torch.empty(self.example_shapes[0], device="meta")  # the shape planned on; no data
-            net = AdaptiveGraphModule(getter, self.output_stride, example, self.backend, downsampling=self.downsampling)
-            cache[key] = (children, net)
-        return cache[key][1]
+            return AdaptiveGraphModule(
+                getter, self.output_stride, example, self.backend, downsampling=self.downsampling
+            )
+
+        return kept_network(self, ("backbone", layers, self.backend), self._modules.values(), build)
 
     def forward_backbone(
         self, x: Tensor, levels: LevelMap | Tensor | None = None, layers: Sequence[str] = ("layer3", "layer4")

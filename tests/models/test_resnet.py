@@ -142,10 +142,13 @@ def test_forward_features_runs_the_modules_of_the_converted_network():
 
 
 def test_forward_features_sees_a_child_replaced_after_conversion():
-    """``net.layer4 = ...`` after conversion: ``forward_features`` runs the new layer, as ``forward`` does."""
+    """``net.layer4 = ...`` after conversion: ``forward_features`` runs the new layer, as ``forward`` does, and the
+    dense finest-stride network holds it."""
     model = torchvision.models.resnet50().eval()
     net = adatriton.convert(model, "8->32", example_input=torch.empty(1, 3, 64, 64))
     x, lm = torch.randn(1, 3, 64, 64), LevelMap.uniform(1, 8, 8, 1, 2)
+    finest = net.finest_network()
+    assert net.finest_network() is finest  # kept while nothing changes
     with torch.no_grad():
         before = net.forward_features(x, lm)
         replaced = copy.deepcopy(net.layer4)
@@ -156,6 +159,7 @@ def test_forward_features_sees_a_child_replaced_after_conversion():
         expected = adatriton.convert(model, "8->32", example_input=x).forward_features(x, lm)  # converted anew
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, expected, rtol=0, atol=0)
+    assert net.finest_network() is not finest and net.finest_network().layer4 is replaced
 
 
 def test_train_mode_runs_and_backpropagates():

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import linecache
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,14 @@ from ..attach import attached_levels, mask_source_of
 from .converter import Converter, Plan, planning_inputs, run_original, trace, with_meta_parameters
 from .rules import NodePlan, check_options, parse_graph_output_stride
 
-__all__ = ["AdaptiveGraphModule", "ConvCallRecorder", "conv_calls", "convert_graph", "generated_forward"]
+__all__ = [
+    "AdaptiveGraphModule",
+    "ConvCallRecorder",
+    "conv_calls",
+    "convert_graph",
+    "generated_forward",
+    "kept_network",
+]
 
 
 class AdaptiveGraphModule(nn.Module):
@@ -177,14 +184,11 @@ class AdaptiveGraphModule(nn.Module):
 
     def finest_network(self) -> AdaptiveGraphModule:
         """The dense network at the finest output stride (what a uniform level-0 map equals), sharing every
-        parameter; built once and kept (outside the module tree, so it adds no state_dict keys)."""
+        parameter; kept (:func:`kept_network`: built again after a child of this module is replaced)."""
         if not self.adaptive:
             return self
-        net = self.__dict__.get("_finest_network")
-        if net is None or net.backend != self.backend:
-            net = self.with_output_stride(str(self.finest_stride))
-            self.__dict__["_finest_network"] = net
-        return net
+        key = ("finest", self.backend)
+        return kept_network(self, key, self._modules.values(), lambda: self.with_output_stride(str(self.finest_stride)))
 
     def adaptive_convs(self) -> list[NodePlan]:
         """The convs that run on maps, in execution order (``target`` is the module path)."""
@@ -260,6 +264,22 @@ class AdaptiveGraphModule(nn.Module):
             if p.kernel > 1:
                 lm.layout(p.stage).tap_index(p.kernel, p.tap_spacing, p.downsample)
         return lm
+
+
+def kept_network(
+    owner: nn.Module, key: Hashable, modules: Iterable[nn.Module], build: Callable[[], AdaptiveGraphModule]
+) -> AdaptiveGraphModule:
+    """A network derived from ``owner`` (its conversion at another stride, or over other outputs), built by ``build``
+    once per ``key`` and kept outside the module tree (no state_dict keys); built again where one of ``modules``, the
+    modules it is built over, was replaced since. The modules are compared by identity: a kept network holds the old
+    ones, so they stay alive and no new module can reuse their ids. ``.data`` writes and dtype or device moves need
+    no rebuild: the kept network shares the modules and their parameters."""
+    cache = owner.__dict__.setdefault("_kept_networks", {})
+    ids = tuple(map(id, modules))
+    hit = cache.get(key)
+    if hit is None or hit[0] != ids:
+        hit = cache[key] = (ids, build())
+    return hit[1]
 
 
 def generated_forward(graph: fx.Graph, label: str = "") -> tuple[str, Callable]:
