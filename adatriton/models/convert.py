@@ -188,7 +188,7 @@ def _problem(net: AdaptiveGraphModule, model: nn.Module) -> str | None:
     if net.adaptive and finer:
         coarsest_stride = net.finest_stride << net.num_levels
         dense = net.with_output_stride(str(coarsest_stride))
-        reference = _macs(dense, net.example_shapes)
+        reference = _macs(dense, net.example_inputs())
         coarsest = coarsest_level_macs(net)
         if coarsest > reference:
             # Against the dense network at the conversion's coarsest stride, which the coarsest level should match:
@@ -221,9 +221,12 @@ def coarsest_level_macs(net: AdaptiveGraphModule, shapes: Sequence | None = None
     Returns:
         The total, equal to ``adatriton.count_macs(net, x, uniform K map).total``.
     """
-    shapes = net.example_shapes if shapes is None else shapes
-    n, h, w = net.finest_grid(*[torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in shapes])
+    if shapes is None:
+        inputs = net.example_inputs()
+    else:
+        inputs = [torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in shapes]
+    n, h, w = net.finest_grid(*inputs)
     # A uniform level-K map keeps one element per aligned 2^j cell at stage j (docs/semantics.md §4).
     return _macs(
-        net, shapes, [n * math.ceil(h / (1 << j)) * math.ceil(w / (1 << j)) for j in range(net.num_levels + 1)]
+        net, inputs, [n * math.ceil(h / (1 << j)) * math.ceil(w / (1 << j)) for j in range(net.num_levels + 1)]
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
@@ -168,7 +167,7 @@ class AdaptiveResNet(AdaptiveGraphModule):
         def build() -> AdaptiveGraphModule:
             # over this module's own children: a re-strided copy is the same object in both networks (its hooks run)
             getter = IntermediateLayerGetter(self, {name: name for name in layers})
-            example = torch.empty(self.example_shapes[0], device="meta")  # the shape planned on; no data
+            example = self.example_inputs()[0]  # the shape planned on; no data
             return AdaptiveGraphModule(
                 getter, self.output_stride, example, self.backend, downsampling=self.downsampling
             )

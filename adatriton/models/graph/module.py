@@ -172,7 +172,7 @@ class AdaptiveGraphModule(nn.Module):
         return AdaptiveGraphModule(
             self,
             output_stride,
-            tuple(torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in self.example_shapes),
+            tuple(self.example_inputs()),
             self.backend,
             self.unsupported,
             self.leaf_modules,
@@ -181,6 +181,10 @@ class AdaptiveGraphModule(nn.Module):
             map_outputs=self.map_outputs,
             source_graph=self.source_graph,
         )
+
+    def example_inputs(self) -> list:
+        """Meta tensors of the shapes the conversion was planned on (``example_shapes``; other inputs as given)."""
+        return [torch.empty(s, device="meta") if isinstance(s, tuple) else s for s in self.example_shapes]
 
     def finest_network(self) -> AdaptiveGraphModule:
         """The dense network at the finest output stride (what a uniform level-0 map equals), sharing every
@@ -237,7 +241,7 @@ class AdaptiveGraphModule(nn.Module):
         """``(N, Hf, Wf)`` of the finest grid for inputs of these shapes (any device, meta included)."""
         if self.entry is None:
             raise ValueError(f"output stride {self.output_stride!r} has no adaptive part")
-        shapes = [torch.empty(tuple(x.shape), device="meta") if isinstance(x, Tensor) else x for x in inputs]
+        shapes = planning_inputs(self, list(inputs))
 
         def run(root: nn.Module, meta_inputs: list) -> tuple[int, int, int]:
             env = run_original(root, self.source_graph, meta_inputs)
@@ -398,7 +402,7 @@ def conv_calls(model: nn.Module, inputs: Sequence, elements: Sequence[int] | Non
 
     Args:
         model: any module; its own tensors are untouched (it runs on meta copies, without hooks).
-        inputs: its inputs, or tensors (any device) or shapes of them.
+        inputs: its inputs (tensors on any device, meta included: only their shapes are read).
         elements: an adaptive network's elements per stage, ``E_0 .. E_K`` (required for one, else ignored).
 
     Returns:
@@ -411,12 +415,7 @@ def conv_calls(model: nn.Module, inputs: Sequence, elements: Sequence[int] | Non
     adaptive = isinstance(model, AdaptiveGraphModule) and model.adaptive
     if adaptive and elements is None:
         raise ValueError("the conv calls of an adaptive network need its elements per stage (E_0 .. E_K)")
-    shapes = [
-        torch.empty(tuple(x.shape) if isinstance(x, Tensor) else x, device="meta")
-        if isinstance(x, (Tensor, tuple))
-        else x
-        for x in inputs
-    ]
+    shapes = planning_inputs(model, list(inputs))
 
     def run(root: nn.Module, meta_inputs: list) -> list[dict[str, Any]]:
         recorder = ConvCallRecorder({id(t): n.removesuffix(".weight") for n, t in root.named_parameters()})
